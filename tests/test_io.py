@@ -1,0 +1,83 @@
+import os
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from toolkit import DoubleGaussianPsf, Exposure, FitsReadError, GaussianPsf, ImagePsf, InputError
+from toolkit.io import read_exposure, read_plain_fits, write_exposure
+from toolkit.sim import make_wcs
+
+
+@pytest.mark.parametrize("psf", [GaussianPsf(1.7), DoubleGaussianPsf(7.7), ImagePsf(np.outer([1, 2, 1], [1, 3, 1]))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_round_trip_is_lossless(tmp_path, psf, dtype):
+    rng = np.random.default_rng(1)
+    shape = (33, 47)
+    e = Exposure(rng.normal(size=shape).astype(dtype), rng.uniform(1, 2, shape).astype(dtype), psf=psf,
+                 wcs=make_wcs(shape), xy0=(-123, 45), photo_calib=0.37, metadata={"BUNIT": "nJy", "EPOCH": 3})
+    e.set_plane("SAT", e.image > 1.5)
+    e.set_plane("CLIPPED", e.image < -1.5)
+    path = write_exposure(e, tmp_path / "e.fits")
+    r = read_exposure(path)
+    assert r.image.dtype == e.image.dtype
+    np.testing.assert_array_equal(r.image, e.image)
+    np.testing.assert_array_equal(r.variance, e.variance)
+    np.testing.assert_array_equal(r.mask, e.mask)
+    assert dict(r.mask_planes) == dict(e.mask_planes)
+    assert list(r.mask_planes) == list(e.mask_planes)
+    assert r.psf == e.psf
+    assert r.xy0 == e.xy0 and r.photo_calib == e.photo_calib
+    assert r.metadata["BUNIT"] == "nJy" and r.metadata["EPOCH"] == 3
+    # same sky position for the same parent pixel
+    np.testing.assert_allclose(r.wcs.pixel_to_world_values(-100, 60), e.wcs.pixel_to_world_values(-100, 60), rtol=0, atol=1e-10)
+    # the file also reads with a standard FITS WCS at array pixels
+    with fits.open(path) as h:
+        assert [x.name for x in h] == ["PRIMARY", "IMAGE", "MASK", "VARIANCE", "PSF"]
+        assert h["MASK"].header["MP_CLIPPED"] == 9
+
+
+def test_write_is_atomic(tmp_path, monkeypatch):
+    e = Exposure(np.ones((4, 4), np.float32))
+    target = tmp_path / "x.fits"
+    write_exposure(e, target)
+    before = target.read_bytes()
+
+    def boom(self, *a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(fits.HDUList, "writeto", boom)
+    with pytest.raises(RuntimeError):
+        write_exposure(Exposure(np.zeros((4, 4), np.float32)), target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["x.fits"]
+
+
+def test_plain_fits_with_error_map(tmp_path):
+    rng = np.random.default_rng(2)
+    img = rng.normal(size=(16, 16)).astype(np.float32)
+    sig = np.full((16, 16), 2.0, np.float32)
+    fits.writeto(tmp_path / "img.fits", img)
+    fits.writeto(tmp_path / "err.fits", sig)
+    fits.writeto(tmp_path / "ivar.fits", 1 / sig**2)
+    fits.writeto(tmp_path / "mask.fits", (img > 1).astype(np.int16))
+    e = read_plain_fits(tmp_path / "img.fits", sigma=tmp_path / "err.fits", mask=tmp_path / "mask.fits")
+    np.testing.assert_allclose(e.variance, 4.0)
+    np.testing.assert_array_equal(e.get_plane("BAD"), img > 1)
+    e2 = read_plain_fits(tmp_path / "img.fits", inverse_variance=tmp_path / "ivar.fits")
+    np.testing.assert_allclose(e2.variance, 4.0, rtol=1e-6)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(FitsReadError, match="not found"):
+        read_exposure(tmp_path / "missing.fits")
+    junk = tmp_path / "junk.fits"
+    junk.write_text("this is not FITS at all" * 100)
+    with pytest.raises(FitsReadError, match="not a readable FITS"):
+        read_exposure(junk)
+    fits.writeto(tmp_path / "plain.fits", np.zeros((4, 4)))
+    with pytest.raises(FitsReadError, match="no IMAGE extension"):
+        read_exposure(tmp_path / "plain.fits")
+    fits.writeto(tmp_path / "small.fits", np.zeros((3, 3)))
+    with pytest.raises(InputError, match="shape"):
+        read_plain_fits(tmp_path / "plain.fits", variance=tmp_path / "small.fits")

@@ -1,0 +1,344 @@
+"""FITS input and output.
+
+:func:`write_exposure` / :func:`read_exposure` use LSST's afw multi-extension layout: an empty
+primary HDU carrying the metadata, then ``IMAGE``, ``MASK`` and ``VARIANCE`` image extensions.
+The mask header lists the plane dictionary as ``MP_<NAME> = bit`` cards, every extension carries
+the WCS and the parent-frame origin (``LTV1/LTV2`` and the ``A`` alternate WCS, ``CRVAL1A``), and
+the PSF kernel goes in an extra ``PSF`` extension whose header records the model, so that a
+round trip restores the PSF object exactly.  Writes go to a temporary file in the target directory
+and are renamed into place, so a crash never leaves a half-written file.
+
+:func:`read_plain_fits` reads images from other tools: one image HDU plus optional separate
+variance, inverse-variance or sigma maps and a mask.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+
+from .errors import FitsReadError, InputError
+from .exposure import Exposure
+from .masks import MaskPlanes
+from .psf import Psf, psf_from_dict, ImagePsf
+
+__all__ = ["write_exposure", "read_exposure", "read_plain_fits", "atomic_write", "write_hdul", "read_mask_fits"]
+
+_RESERVED = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "EXTNAME", "PCOUNT", "GCOUNT", "XTENSION", "BZERO", "BSCALE"}
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it into place."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.exists():
+        raise InputError(f"output directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_hdul(hdul: fits.HDUList, path: str | os.PathLike) -> Path:
+    """Write an HDU list atomically."""
+    return atomic_write(path, lambda tmp: hdul.writeto(tmp, overwrite=True))
+
+
+def _wcs_header(exposure: Exposure) -> fits.Header:
+    hdr = fits.Header()
+    x0, y0 = exposure.xy0
+    if exposure.wcs is not None:
+        # diffstack's WCS maps parent-frame pixels; a FITS WCS maps array pixels, so shift CRPIX
+        w = exposure.wcs.deepcopy()
+        w.wcs.crpix = w.wcs.crpix - np.array([x0, y0], dtype=float)
+        hdr.update(w.to_header(relax=True))
+    hdr["LTV1"] = (-x0, "minus parent-frame x0 of pixel [0,0]")
+    hdr["LTV2"] = (-y0, "minus parent-frame y0 of pixel [0,0]")
+    hdr["CRPIX1A"], hdr["CRPIX2A"] = 1.0, 1.0
+    hdr["CRVAL1A"], hdr["CRVAL2A"] = float(x0), float(y0)
+    hdr["CTYPE1A"], hdr["CTYPE2A"] = "LINEAR", "LINEAR"
+    hdr["CUNIT1A"], hdr["CUNIT2A"] = "PIXEL", "PIXEL"
+    hdr["WCSNAMEA"] = "PARENT"
+    return hdr
+
+
+def _metadata_cards(metadata: Mapping[str, Any]) -> fits.Header:
+    hdr = fits.Header()
+    extra = {}
+    for key, value in metadata.items():
+        k = str(key).upper()
+        if k in _RESERVED:
+            continue
+        if len(k) <= 8 and k.replace("_", "").replace("-", "").isalnum() and isinstance(value, (str, int, float, bool, np.integer, np.floating, np.bool_)):
+            if isinstance(value, str) and len(value) > 68:
+                extra[key] = value
+                continue
+            hdr[k] = value.item() if isinstance(value, np.generic) else value
+        else:
+            extra[key] = value
+    if extra:
+        # Keys that are not FITS keywords (long, lower case, structured) travel as JSON.
+        text = json.dumps(extra, default=str)
+        hdr["DSMETA"] = "see DSMETAnn cards (JSON)"
+        for i in range(0, len(text), 60):
+            hdr[f"DSM{i // 60:05d}"] = text[i : i + 60]
+    return hdr
+
+
+def _metadata_from_header(hdr: fits.Header) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    chunks = []
+    skip = {"PHOTOCAL", "DSMETA", "INHERIT", "COMMENT", "HISTORY", ""}
+    for key, value in hdr.items():
+        if key in _RESERVED or key in skip:
+            continue
+        if key.startswith("DSM") and key[3:].isdigit():
+            chunks.append(value)
+            continue
+        meta[key] = value
+    if chunks:
+        meta.update(json.loads("".join(chunks)))
+    return meta
+
+
+def write_exposure(exposure: Exposure, path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Write ``exposure`` to ``path`` in the afw layout (atomically).
+
+    Parameters
+    ----------
+    exposure : Exposure
+    path : path-like
+    overwrite : bool
+        Refuse to replace an existing file when False.
+    """
+    if not isinstance(exposure, Exposure):
+        raise InputError(f"write_exposure needs an Exposure, got {type(exposure).__name__}")
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} exists and overwrite=False")
+    primary = fits.PrimaryHDU()
+    primary.header.update(_metadata_cards(exposure.metadata))
+    primary.header["PHOTOCAL"] = (exposure.photo_calib, "nJy per image unit")
+    if "BUNIT" in exposure.metadata:
+        primary.header["BUNIT"] = str(exposure.metadata["BUNIT"])
+    wcs_hdr = _wcs_header(exposure)
+    img = fits.ImageHDU(exposure.image, header=wcs_hdr.copy(), name="IMAGE")
+    if "BUNIT" in exposure.metadata:
+        img.header["BUNIT"] = str(exposure.metadata["BUNIT"])
+    mask_hdr = wcs_hdr.copy()
+    for name, bit in exposure.mask_planes.items():
+        mask_hdr[f"HIERARCH MP_{name}"] = bit
+    msk = fits.ImageHDU(exposure.mask, header=mask_hdr, name="MASK")
+    var = fits.ImageHDU(exposure.variance, header=wcs_hdr.copy(), name="VARIANCE")
+    hdus = [primary, img, msk, var]
+    if exposure.psf is not None:
+        hdus.append(_psf_hdu(exposure.psf))
+    return write_hdul(fits.HDUList(hdus), path)
+
+
+def _psf_hdu(psf: Psf) -> fits.ImageHDU:
+    desc = psf.to_dict()
+    kernel = psf.compute_kernel_image() if desc["type"] != "ImagePsf" else desc["array"]
+    hdu = fits.ImageHDU(np.asarray(kernel, dtype=np.float64), name="PSF")
+    params = {k: v for k, v in desc.items() if k != "array"}
+    text = json.dumps(params)
+    for i in range(0, len(text), 60):
+        hdu.header[f"PSFM{i // 60:04d}"] = text[i : i + 60]
+    hdu.header["PSFTYPE"] = desc["type"]
+    return hdu
+
+
+def _psf_from_hdu(hdu: fits.ImageHDU) -> Psf:
+    chunks = [v for k, v in hdu.header.items() if k.startswith("PSFM") and k[4:].isdigit()]
+    desc = json.loads("".join(chunks)) if chunks else {"type": "ImagePsf"}
+    if desc.get("type") == "ImagePsf":
+        return ImagePsf(np.asarray(hdu.data, dtype=np.float64), normalize=False)
+    return psf_from_dict(desc)
+
+
+def _open_fits(path: str | os.PathLike) -> fits.HDUList:
+    path = Path(path)
+    if not path.exists():
+        raise FitsReadError(f"FITS file not found: {path}")
+    if path.is_dir():
+        raise FitsReadError(f"{path} is a directory, not a FITS file")
+    try:
+        hdul = fits.open(path, memmap=False)
+        hdul.verify("silentfix")
+        _ = [h.header for h in hdul]
+        return hdul
+    except FitsReadError:
+        raise
+    except Exception as exc:
+        raise FitsReadError(f"{path} is not a readable FITS file ({type(exc).__name__}: {exc})") from None
+
+
+def _read_wcs(hdr: fits.Header) -> WCS | None:
+    if "CTYPE1" not in hdr:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            wcs = WCS(hdr, relax=True)
+        except Exception:
+            return None
+    return wcs if wcs.has_celestial else None
+
+
+def _xy0(hdr: fits.Header) -> tuple[int, int]:
+    if "CRVAL1A" in hdr and hdr.get("WCSNAMEA", "PARENT") == "PARENT":
+        return int(round(hdr["CRVAL1A"] - (hdr.get("CRPIX1A", 1.0) - 1))), int(round(hdr["CRVAL2A"] - (hdr.get("CRPIX2A", 1.0) - 1)))
+    return -int(hdr.get("LTV1", 0)), -int(hdr.get("LTV2", 0))
+
+
+def read_exposure(path: str | os.PathLike) -> Exposure:
+    """Read an Exposure written by :func:`write_exposure` (or any afw-layout FITS file).
+
+    Raises
+    ------
+    FitsReadError
+        If the file is missing, not FITS, or lacks an ``IMAGE`` extension.
+    """
+    with _open_fits(path) as hdul:
+        names = [h.name for h in hdul]
+        if "IMAGE" not in names:
+            raise FitsReadError(f"{path} has no IMAGE extension (found {names}); use read_plain_fits for single-image files")
+        img_hdu = hdul["IMAGE"]
+        image = np.asarray(img_hdu.data)
+        if image.dtype.byteorder not in ("=", "|"):
+            image = image.astype(image.dtype.newbyteorder("="))
+        if image.dtype.type not in (np.float32, np.float64):
+            image = image.astype(np.float32)
+        variance = None
+        if "VARIANCE" in names:
+            variance = np.asarray(hdul["VARIANCE"].data).astype(image.dtype)
+        mask = None
+        planes = None
+        if "MASK" in names:
+            mhdu = hdul["MASK"]
+            mask = np.asarray(mhdu.data).astype(np.int32)
+            planes = {k[3:]: int(v) for k, v in mhdu.header.items() if k.startswith("MP_")}
+            # afw sorts MP_ cards alphabetically; restore bit order for a readable dictionary
+            planes = dict(sorted(planes.items(), key=lambda kv: kv[1])) or None
+        psf = _psf_from_hdu(hdul["PSF"]) if "PSF" in names else None
+        xy0 = _xy0(img_hdu.header)
+        wcs = _read_wcs(img_hdu.header)
+        if wcs is not None:
+            wcs.wcs.crpix = wcs.wcs.crpix + np.array(xy0, dtype=float)
+        primary = hdul[0].header
+        meta = _metadata_from_header(primary)
+        photo_calib = float(primary.get("PHOTOCAL", 1.0))
+        return Exposure(
+            image,
+            variance,
+            mask,
+            MaskPlanes(planes) if planes else None,
+            psf=psf,
+            photo_calib=photo_calib,
+            wcs=wcs,
+            xy0=xy0,
+            metadata=meta,
+            copy=False,
+        )
+
+
+def _first_image(hdul: fits.HDUList, path: Any, hdu: int | str | None) -> tuple[np.ndarray, fits.Header, fits.Header]:
+    if hdu is not None:
+        try:
+            h = hdul[hdu]
+        except (KeyError, IndexError):
+            raise FitsReadError(f"{path} has no HDU {hdu!r}") from None
+        if h.data is None or np.ndim(h.data) != 2:
+            raise FitsReadError(f"HDU {hdu!r} of {path} holds no 2-D image")
+        return np.asarray(h.data), h.header, hdul[0].header
+    for h in hdul:
+        if h.is_image and h.data is not None and np.ndim(h.data) == 2:
+            return np.asarray(h.data), h.header, hdul[0].header
+    raise FitsReadError(f"{path} contains no 2-D image HDU")
+
+
+def read_plain_fits(
+    image_path: str | os.PathLike,
+    variance: str | os.PathLike | None = None,
+    inverse_variance: str | os.PathLike | None = None,
+    sigma: str | os.PathLike | None = None,
+    mask: str | os.PathLike | None = None,
+    mask_plane: str = "BAD",
+    hdu: int | str | None = None,
+    psf: Psf | None = None,
+    photo_calib: float | None = None,
+    dtype: Any = np.float32,
+) -> Exposure:
+    """Read a single-image FITS file, with optional separate noise and mask maps.
+
+    Exactly one of ``variance``, ``inverse_variance`` and ``sigma`` may be given; each names a
+    FITS file whose first 2-D image is that quantity.  Pixels with a non-positive inverse
+    variance get infinite variance.  A mask file's non-zero pixels set ``mask_plane``.  Without
+    any noise map the variance plane is NaN-free ones and the header key ``DSNOVAR`` is set;
+    use :func:`toolkit.real_data.load_image` to estimate it from the image instead.
+    """
+    given = [n for n, v in (("variance", variance), ("inverse_variance", inverse_variance), ("sigma", sigma)) if v is not None]
+    if len(given) > 1:
+        raise InputError(f"give at most one noise map, got {', '.join(given)}")
+    with _open_fits(image_path) as hdul:
+        data, hdr, phdr = _first_image(hdul, image_path, hdu)
+        image = np.array(data, dtype=dtype)
+        meta = _metadata_from_header(phdr)
+        meta.update(_metadata_from_header(hdr))
+        wcs = _read_wcs(hdr) or _read_wcs(phdr)
+    var = None
+    for kind, p in (("variance", variance), ("inverse_variance", inverse_variance), ("sigma", sigma)):
+        if p is None:
+            continue
+        with _open_fits(p) as h2:
+            arr, _, _ = _first_image(h2, p, None)
+            arr = np.asarray(arr, dtype=np.float64)
+        if arr.shape != image.shape:
+            raise InputError(f"{kind} map {p} has shape {arr.shape}, image {image_path} has {image.shape}")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if kind == "variance":
+                var = arr
+            elif kind == "sigma":
+                var = arr**2
+            else:
+                var = np.where(arr > 0, 1.0 / arr, np.inf)
+        var = var.astype(dtype)
+    msk = None
+    planes = MaskPlanes()
+    if mask is not None:
+        with _open_fits(mask) as h3:
+            m, _, _ = _first_image(h3, mask, None)
+        if m.shape != image.shape:
+            raise InputError(f"mask {mask} has shape {m.shape}, image {image_path} has {image.shape}")
+        bit = planes.add(mask_plane)
+        msk = np.where(np.asarray(m) != 0, np.int32(planes.bitmask([mask_plane])), np.int32(0))
+        del bit
+    if var is None:
+        meta["DSNOVAR"] = True
+    pc = photo_calib if photo_calib is not None else float(meta.get("PHOTOCAL", 1.0))
+    return Exposure(image, var, msk, planes, psf=psf, photo_calib=pc, wcs=wcs, metadata=meta, copy=False)
+
+
+def read_mask_fits(path: str | os.PathLike) -> tuple[np.ndarray, MaskPlanes]:
+    """Read a mask-only file (as written for per-epoch artifact masks): array and plane dictionary."""
+    with _open_fits(path) as hdul:
+        for h in hdul:
+            if h.data is not None and np.ndim(h.data) == 2:
+                planes = {k[3:]: int(v) for k, v in h.header.items() if k.startswith("MP_")}
+                return np.asarray(h.data).astype(np.int32), MaskPlanes(dict(sorted(planes.items(), key=lambda kv: kv[1])) or None)
+    raise FitsReadError(f"{path} holds no mask image")

@@ -1,0 +1,1 @@
+"""diffstack's interactive views: ipywidgets controls and linked Bokeh panels."""
