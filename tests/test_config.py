@@ -1,0 +1,250 @@
+"""Configs: LSST names/defaults, bounds, presets, pex export (checked with the real
+lsst.pex.config loader), YAML round trip, and safe import of override files."""
+
+import ast
+
+import pytest
+
+from toolkit.config import (
+    PRESETS, AssembleCoaddConfig, CompareWarpConfig, ConfigError, ZogyConfig, parse_pex_override, preset,
+)
+
+pex = pytest.importorskip("lsst.pex.config")
+
+
+# ---- pex_config classes declared with LSST's field names, types and ranges -----------------------
+class PexInterp(pex.Config):
+    useFallbackValueAtEdge = pex.Field(dtype=bool, default=True, doc="d")
+    fallbackValueType = pex.ChoiceField(dtype=str, default="MEDIAN", allowed={k: k for k in ("MEAN", "MEDIAN", "MEANCLIP", "USER")}, doc="d")
+    fallbackUserValue = pex.Field(dtype=float, default=0.0, doc="d")
+    negativeFallbackAllowed = pex.Field(dtype=bool, default=False, doc="d")
+    transpose = pex.Field(dtype=bool, default=False, doc="d")
+
+
+class PexCoaddPsf(pex.Config):
+    warpingKernelName = pex.ChoiceField(dtype=str, default="lanczos3", allowed={k: k for k in ("bilinear", "lanczos2", "lanczos3", "lanczos4", "lanczos5")}, doc="d")
+    cacheSize = pex.Field(dtype=int, default=0, doc="d")
+
+
+class PexDetect(pex.Config):
+    thresholdValue = pex.RangeField(dtype=float, default=5.0, min=0.0, doc="d")
+    thresholdType = pex.ChoiceField(dtype=str, default="pixel_stdev", allowed={k: k for k in ("variance", "stdev", "value", "pixel_stdev")}, doc="d")
+    thresholdPolarity = pex.ChoiceField(dtype=str, default="positive", allowed={k: k for k in ("positive", "negative", "both")}, doc="d")
+    includeThresholdMultiplier = pex.RangeField(dtype=float, default=1.0, min=0.0, doc="d")
+    minPixels = pex.RangeField(dtype=int, default=1, min=0, doc="d")
+    nSigmaToGrow = pex.Field(dtype=float, default=2.4, doc="d")
+    isotropicGrow = pex.Field(dtype=bool, default=True, doc="d")
+    combinedGrow = pex.Field(dtype=bool, default=True, doc="d")
+    returnOriginalFootprints = pex.Field(dtype=bool, default=False, doc="d")
+    doTempLocalBackground = pex.Field(dtype=bool, default=True, doc="d")
+    reEstimateBackground = pex.Field(dtype=bool, default=True, doc="d")
+    nSigmaForKernel = pex.Field(dtype=float, default=7.0, doc="d")
+
+
+class PexScaleVar(pex.Config):
+    maskPlanes = pex.ListField(dtype=str, default=["DETECTED", "DETECTED_NEGATIVE", "BAD", "SAT", "NO_DATA", "INTRP"], doc="d")
+    limit = pex.Field(dtype=float, default=10.0, doc="d")
+
+
+class PexStreaks(pex.Config):
+    absMinimumKernelHeight = pex.Field(dtype=float, default=5.0, doc="d")
+    clusterMinimumSize = pex.Field(dtype=int, default=50, doc="d")
+    nSigmaMask = pex.Field(dtype=float, default=5.0, doc="d")
+    rhoBinSize = pex.Field(dtype=float, default=40.0, doc="d")
+    thetaBinSize = pex.Field(dtype=float, default=2.0, doc="d")
+    onlyMaskDetected = pex.Field(dtype=bool, default=True, doc="d")
+
+
+class PexAssemble(pex.Config):
+    coaddName = pex.Field(dtype=str, default="deep", doc="d")
+    badMaskPlanes = pex.ListField(dtype=str, default=["NO_DATA", "BAD", "SAT", "EDGE"], doc="d")
+    warpType = pex.ChoiceField(dtype=str, default="direct", allowed={"direct": "d", "psfMatched": "d"}, doc="d")
+    subregionSize = pex.ListField(dtype=int, default=(2000, 2000), length=2, doc="d")
+    statistic = pex.Field(dtype=str, default="MEANCLIP", doc="d")
+    doOnlineForMean = pex.Field(dtype=bool, default=False, doc="d")
+    sigmaClip = pex.Field(dtype=float, default=3.0, doc="d")
+    clipIter = pex.Field(dtype=int, default=2, doc="d")
+    calcErrorFromInputVariance = pex.Field(dtype=bool, default=True, doc="d")
+    doInterp = pex.Field(dtype=bool, default=True, doc="d")
+    interpImage = pex.ConfigField(dtype=PexInterp, doc="d")
+    doWrite = pex.Field(dtype=bool, default=True, doc="d")
+    doWriteArtifactMasks = pex.Field(dtype=bool, default=False, doc="d")
+    doNImage = pex.Field(dtype=bool, default=False, doc="d")
+    maskPropagationThresholds = pex.DictField(keytype=str, itemtype=float, default={"SAT": 0.1}, doc="d")
+    removeMaskPlanes = pex.ListField(dtype=str, default=["NOT_DEBLENDED"], doc="d")
+    doMaskBrightObjects = pex.Field(dtype=bool, default=False, doc="d")
+    brightObjectMaskName = pex.Field(dtype=str, default="BRIGHT_OBJECT", doc="d")
+    coaddPsf = pex.ConfigField(dtype=PexCoaddPsf, doc="d")
+    doSelectVisits = pex.Field(dtype=bool, default=False, doc="d")
+    doInputMap = pex.Field(dtype=bool, default=False, doc="d")
+    doAttachTransmissionCurve = pex.Field(dtype=bool, default=False, doc="d")
+    hasFakes = pex.Field(dtype=bool, default=False, doc="d")
+
+
+class PexCompareWarp(PexAssemble):
+    assembleStaticSkyModel = pex.ConfigField(dtype=PexAssemble, doc="d")
+    detect = pex.ConfigField(dtype=PexDetect, doc="d")
+    detectTemplate = pex.ConfigField(dtype=PexDetect, doc="d")
+    detectTemplateIterMultiplier = pex.Field(dtype=float, default=1.25, doc="d")
+    maxDetectTemplateIter = pex.Field(dtype=int, default=10, doc="d")
+    maskStreaks = pex.ConfigField(dtype=PexStreaks, doc="d")
+    streakMaskName = pex.Field(dtype=str, default="STREAK", doc="d")
+    maxNumEpochs = pex.Field(dtype=int, default=2, doc="d")
+    maxFractionEpochsLow = pex.RangeField(dtype=float, default=0.4, min=0.0, max=1.0, doc="d")
+    maxFractionEpochsHigh = pex.RangeField(dtype=float, default=0.03, min=0.0, max=1.0, doc="d")
+    spatialThreshold = pex.RangeField(dtype=float, default=0.5, min=0.0, max=1.0, inclusiveMin=True, inclusiveMax=True, doc="d")
+    doScaleWarpVariance = pex.Field(dtype=bool, default=True, doc="d")
+    scaleWarpVariance = pex.ConfigField(dtype=PexScaleVar, doc="d")
+    doPreserveContainedBySource = pex.Field(dtype=bool, default=True, doc="d")
+    doPrefilterArtifacts = pex.Field(dtype=bool, default=True, doc="d")
+    prefilterArtifactsMaskPlanes = pex.ListField(dtype=str, default=("NO_DATA", "BAD", "SUSPECT"), doc="d")
+    prefilterArtifactsRatio = pex.Field(dtype=float, default=0.05, doc="d")
+    doFilterMorphological = pex.Field(dtype=bool, default=False, doc="d")
+    growStreakFp = pex.Field(dtype=float, default=5, doc="d")
+
+    def setDefaults(self):
+        super().setDefaults()
+        self.statistic = "MEAN"
+        self.badMaskPlanes = ["NO_DATA", "BAD", "SAT"]
+        self.removeMaskPlanes = ["NOT_DEBLENDED", "EDGE"]
+        s = self.assembleStaticSkyModel
+        s.badMaskPlanes = ["NO_DATA"]
+        s.warpType = "psfMatched"
+        s.statistic = "MEANCLIP"
+        s.sigmaClip = 2.5
+        s.clipIter = 3
+        s.calcErrorFromInputVariance = True
+        s.doWrite = False
+        d = self.detect
+        d.doTempLocalBackground = False
+        d.reEstimateBackground = False
+        d.returnOriginalFootprints = False
+        d.thresholdPolarity = "both"
+        d.thresholdValue = 7.5
+        d.minPixels = 4
+        d.nSigmaToGrow = 0.4
+        t = self.detectTemplate
+        t.nSigmaToGrow = 2.4
+        t.thresholdValue = 300.0
+
+
+class PexZogy(pex.Config):
+    templateFluxScaling = pex.Field(dtype=float, default=1.0, doc="d")
+    scienceFluxScaling = pex.Field(dtype=float, default=1.0, doc="d")
+    scaleByCalibration = pex.Field(dtype=bool, default=True, doc="d")
+    correctBackground = pex.Field(dtype=bool, default=False, doc="d")
+    ignoreMaskPlanes = pex.ListField(dtype=str, default=("INTRP", "EDGE", "DETECTED", "SAT", "CR", "BAD", "NO_DATA", "DETECTED_NEGATIVE"), doc="d")
+    maxPsfCentroidDist = pex.Field(dtype=float, default=0.2, doc="d")
+    doSpatialGrid = pex.Field(dtype=bool, default=False, doc="d")
+    gridInnerSize = pex.Field(dtype=float, default=8, doc="d")
+
+
+def _pex_dict(cfg):
+    out = {}
+    for name, value in cfg.items():
+        if isinstance(value, pex.Config):
+            out.update({f"{name}.{k}": v for k, v in _pex_dict(value).items()})
+        else:
+            out[name] = list(value) if isinstance(value, (pex.listField.List, tuple, list)) else (dict(value) if hasattr(value, "keys") else value)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("only_changed", [True, False])
+def test_every_preset_exports_a_loadable_override(name, only_changed, tmp_path):
+    cfg = preset(name)
+    text = cfg.to_pex_override(label="assembleDeepCoadd", only_changed=only_changed, preset_name=name)
+    ast.parse(text)  # (a)
+    path = tmp_path / "override.py"
+    path.write_text(text)
+    pcfg = (PexZogy if isinstance(cfg, ZogyConfig) else PexCompareWarp)()
+    pcfg.load(str(path))  # (b) the real loader
+    pcfg.validate()
+    # every LSST field we export has the same value in the loaded pex config
+    loaded = _pex_dict(pcfg)
+    for dotted, value in cfg.flat_items(pex=True):
+        got = loaded[dotted]
+        assert (list(got) if isinstance(value, (list, tuple)) else got) == (list(value) if isinstance(value, (list, tuple)) else value), dotted
+    back = type(cfg).from_pex_override(text)  # (c)
+    assert back == cfg
+
+
+def test_single_change_is_one_line():
+    base = CompareWarpConfig().to_pex_override()
+    for dotted, value in [("spatialThreshold", 0.3), ("detect.thresholdValue", 6.0), ("assembleStaticSkyModel.sigmaClip", 2.0), ("maxNumEpochs", 3), ("badMaskPlanes", ["NO_DATA", "BAD"])]:
+        cfg = CompareWarpConfig()
+        cfg.set_dotted(dotted, value)
+        lines = [l for l in cfg.to_pex_override().splitlines() if l.startswith("config.")]
+        assert len(lines) == 1 and lines[0].startswith(f"config.{dotted} = ")
+    assert not [l for l in base.splitlines() if l.startswith("config.")]
+
+
+def test_out_of_range_and_wrong_type_refused():
+    cfg = CompareWarpConfig()
+    with pytest.raises(ValueError, match="spatialThreshold.*at most 1"):
+        cfg.spatialThreshold = 1.5
+    with pytest.raises(ValueError, match="thresholdValue"):
+        cfg.detect.thresholdValue = -1.0
+    with pytest.raises(ValueError, match="statistic"):
+        cfg.statistic = "BOGUS"
+    with pytest.raises(ValueError, match="clipIter"):
+        cfg.clipIter = "two"
+    with pytest.raises(ConfigError, match="maxFractionEpochsLow"):
+        CompareWarpConfig.from_pex_override("config.maxFractionEpochsLow = 3.0\n")
+    with pytest.raises(ConfigError, match="unknown config field 'notAField'"):
+        CompareWarpConfig.from_pex_override("config.notAField = 1\n")
+
+
+def test_validate_rules_named():
+    c = AssembleCoaddConfig(statistic="MAX")
+    with pytest.raises(ConfigError, match="statistic"):
+        c.validate()
+    c = CompareWarpConfig()
+    c.assembleStaticSkyModel.doNImage = True
+    with pytest.raises(ConfigError, match="doNImage"):
+        c.validate()
+    with pytest.raises(ConfigError, match="doWriteArtifactMasks"):
+        AssembleCoaddConfig(doWriteArtifactMasks=True).validate()
+
+
+@pytest.mark.parametrize("payload", [
+    "import os\nos.system('touch {s}')\n",
+    "__import__('os').system('touch {s}')\n",
+    "config.spatialThreshold = __import__('os').system('touch {s}')\n",
+    "exec(\"open('{s}', 'w').write('x')\")\n",
+    "config.spatialThreshold = float(open('{s}', 'w').write('x'))\n",
+    "x = 1\n",
+    "config.detect.thresholdValue = [i for i in range(3)]\n",
+])
+def test_malicious_override_refused_nothing_runs(payload, tmp_path):
+    sentinel = tmp_path / "sentinel"
+    with pytest.raises(ConfigError, match="line 1"):
+        CompareWarpConfig.from_pex_override(payload.format(s=sentinel))
+    assert not sentinel.exists()
+
+
+def test_yaml_json_round_trip():
+    for name in PRESETS:
+        cfg = preset(name)
+        assert type(cfg).from_yaml(cfg.to_yaml()) == cfg
+        assert type(cfg).from_json(cfg.to_json()) == cfg
+
+
+def test_zogy_scalings_swap_to_lsst_names():
+    z = ZogyConfig(scienceFluxScaling=2.0, templateFluxScaling=3.0)
+    text = z.to_pex_override()
+    assert "config.templateFluxScaling = 2.0" in text and "config.scienceFluxScaling = 3.0" in text
+    assert "paddingSeed" not in text
+    assert ZogyConfig.from_pex_override(text) == z
+
+
+def test_effective_max_epochs_table():
+    c = CompareWarpConfig()
+    got = [c.effective_max_epochs(n) for n in (1, 2, 3, 4, 5, 33, 34, 100, 300)]
+    assert got == [0, 0, 1, 1, 2, 2, 3, 5, 11]
+
+
+def test_parse_rejects_non_config_targets():
+    assert parse_pex_override("'''doc'''\nconfig.a.b = 1\n") == [(2, "a.b", 1)]
+    with pytest.raises(ConfigError, match="line 2"):
+        parse_pex_override("config.a = 1\nconfig.a[0] = 2\n")

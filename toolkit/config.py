@@ -1,0 +1,594 @@
+"""``param`` configuration classes that mirror LSST's task configs field for field.
+
+Field names are LSST's (camelCase, as they appear in a ``pipetask`` override file), defaults are
+LSST's current ones (drp_tasks / meas_algorithms / last ip_diffim ZogyTask), and bounds and
+allowed values are enforced at assignment by ``param``.  ``validate()`` adds LSST's
+cross-field rules.  :meth:`LsstConfig.to_pex_override` writes ``config.<dotted> = <literal>``
+lines; :func:`load_pex_override` reads them back *without executing anything* (``ast`` only).
+
+diffstack-only options (not LSST fields) are listed in ``_diffstack_only`` and never written to a
+pex override; they do travel in YAML/JSON.  The one renamed pair is ZOGY's flux scalings:
+diffstack names them by role (``scienceFluxScaling`` scales the science image) while LSST's
+``templateFluxScaling`` was applied to exposure1, the science image; the export swaps them back
+(see ``ZogyConfig._pex_names``).
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as _dt
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import param
+
+from .errors import ConfigError
+
+__all__ = [
+    "LsstConfig",
+    "AssembleCoaddConfig",
+    "CompareWarpConfig",
+    "DetectionConfig",
+    "ScaleVarianceConfig",
+    "InterpImageConfig",
+    "MaskStreaksConfig",
+    "CoaddPsfConfig",
+    "ZogyConfig",
+    "PRESETS",
+    "preset",
+    "load_pex_override",
+    "parse_pex_override",
+    "config_from_file",
+]
+
+#: afw.math.Property names (LSST statistic choices)
+AFW_PROPERTIES = [
+    "NOTHING", "ERRORS", "NPOINT", "MEAN", "STDEV", "VARIANCE", "MEDIAN", "IQRANGE", "MEANCLIP",
+    "STDEVCLIP", "VARIANCECLIP", "MIN", "MAX", "SUM", "MEANSQUARE", "ORMASK", "NCLIPPED", "NMASKED",
+]
+#: statistics this engine stacks with (the ones CompareWarp and AssembleCoadd use in practice)
+SUPPORTED_STATISTICS = ("MEAN", "MEDIAN", "MEANCLIP")
+
+
+class LsstConfig(param.Parameterized):
+    """Base: recursive export/import for configs whose parameters are LSST fields."""
+
+    _diffstack_only: tuple[str, ...] = ()
+    _pex_names: dict[str, str] = {}
+
+    def __init__(self, **params: Any) -> None:
+        nested = {k: v for k, v in params.items() if isinstance(v, dict) and isinstance(self.param[k], param.ClassSelector) if k in self.param}
+        flat = {k: v for k, v in params.items() if k not in nested}
+        super().__init__(**flat)
+        for k, v in nested.items():
+            getattr(self, k).update_from_dict(v)
+
+    # ------------------------------------------------------------------ introspection
+    def field_names(self) -> list[str]:
+        return [n for n in self.param if n != "name"]
+
+    def nested(self) -> dict[str, "LsstConfig"]:
+        return {n: getattr(self, n) for n in self.field_names() if isinstance(getattr(self, n), LsstConfig)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain-Python dictionary of every field."""
+        out: dict[str, Any] = {}
+        for n in self.field_names():
+            v = getattr(self, n)
+            if isinstance(v, LsstConfig):
+                out[n] = v.to_dict()
+            elif isinstance(v, tuple):
+                out[n] = list(v)
+            elif isinstance(v, dict):
+                out[n] = dict(v)
+            elif isinstance(v, list):
+                out[n] = list(v)
+            else:
+                out[n] = v
+        return out
+
+    def update_from_dict(self, d: dict[str, Any], prefix: str = "") -> None:
+        """Set fields from a nested dictionary (validated); unknown keys raise ConfigError."""
+        flat = {}
+        for k, v in d.items():
+            if k not in self.param or k == "name":
+                raise ConfigError(f"unknown config field {prefix}{k!r} for {type(self).__name__}")
+            cur = getattr(self, k)
+            if isinstance(cur, LsstConfig):
+                if not isinstance(v, dict):
+                    raise ConfigError(f"{prefix}{k} is a config group; give a mapping, got {v!r}")
+                cur.update_from_dict(v, prefix=f"{prefix}{k}.")
+            else:
+                p = self.param[k]
+                if isinstance(p, param.NumericTuple) and isinstance(v, list):
+                    v = tuple(v)
+                if isinstance(p, param.List) and isinstance(v, tuple):
+                    v = list(v)
+                flat[k] = v
+        try:
+            self.param.update(**flat)
+        except ValueError as exc:
+            raise ConfigError(f"{prefix}{exc}") from None
+
+    def set_dotted(self, dotted: str, value: Any) -> None:
+        """Assign ``a.b.c = value`` (as in an override file)."""
+        parts = dotted.split(".")
+        obj: LsstConfig = self
+        for i, part in enumerate(parts[:-1]):
+            if part not in obj.param or not isinstance(getattr(obj, part), LsstConfig):
+                raise ConfigError(f"unknown config group {'.'.join(parts[: i + 1])!r}")
+            obj = getattr(obj, part)
+        obj.update_from_dict({parts[-1]: value}, prefix=".".join(parts[:-1]) + "." if len(parts) > 1 else "")
+
+    def get_dotted(self, dotted: str) -> Any:
+        obj: Any = self
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def flat_items(self, pex: bool = False, prefix: str = "") -> list[tuple[str, Any]]:
+        """``(dotted_name, value)`` pairs; with ``pex=True`` only LSST fields, in LSST names."""
+        items = []
+        for n in self.field_names():
+            if pex and n in self._diffstack_only:
+                continue
+            v = getattr(self, n)
+            name = self._pex_names.get(n, n) if pex else n
+            if isinstance(v, LsstConfig):
+                items.extend(v.flat_items(pex, prefix=f"{prefix}{name}."))
+            else:
+                items.append((f"{prefix}{name}", v))
+        return items
+
+    def copy(self) -> "LsstConfig":
+        new = type(self)()
+        new.update_from_dict(self.to_dict())
+        return new
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def validate(self) -> None:
+        for sub in self.nested().values():
+            sub.validate()
+
+    # ------------------------------------------------------------------ export
+    def to_pex_override(
+        self,
+        label: str | None = None,
+        only_changed: bool = True,
+        preset_name: str = "custom",
+        note: str = "",
+        path: str | Path | None = None,
+    ) -> str:
+        """Text of a ``pipetask run -C <label>:<file>`` override file.
+
+        Parameters
+        ----------
+        label : str, optional
+            Pipeline task label used in the header's usage line (e.g. ``assembleDeepCoadd``).
+        only_changed : bool
+            Only fields whose value differs from LSST's defaults (default); else every field.
+        preset_name, note : str
+            Recorded in the header comment (the preset tuned from, and the data it was tuned on).
+        path : path-like, optional
+            Also write the text there (atomically).
+        """
+        from . import __version__
+
+        self.validate()
+        default = dict(type(self)().flat_items(pex=True))
+        lines = [
+            f"# {type(self).__name__} override written by diffstack {__version__}",
+            f"# date: {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}",
+            f"# preset: {preset_name}",
+        ]
+        if note:
+            lines += [f"# note: {line}" for line in note.splitlines()]
+        usage = label or "<label>"
+        lines.append(f"# usage: pipetask run ... -C {usage}:<this file>")
+        lines += self._pex_header_notes()
+        for name, value in self.flat_items(pex=True):
+            if only_changed and name in default and _same(default[name], value):
+                continue
+            lines.append(f"config.{name} = {_literal(value)}")
+        text = "\n".join(lines) + "\n"
+        if path is not None:
+            from .io import atomic_write
+
+            atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        return text
+
+    def _pex_header_notes(self) -> list[str]:
+        return []
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        import yaml
+
+        text = yaml.safe_dump({"class": type(self).__name__, "config": self.to_dict()}, sort_keys=False)
+        if path is not None:
+            from .io import atomic_write
+
+            atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        return text
+
+    def to_json(self) -> str:
+        return json.dumps({"class": type(self).__name__, "config": self.to_dict()}, indent=1)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "LsstConfig":
+        import yaml
+
+        data = yaml.safe_load(text)
+        return cls._from_payload(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "LsstConfig":
+        return cls._from_payload(json.loads(text))
+
+    @classmethod
+    def _from_payload(cls, data: Any) -> "LsstConfig":
+        if not isinstance(data, dict) or "config" not in data:
+            raise ConfigError("config document must be a mapping with 'class' and 'config' keys")
+        klass = CONFIG_CLASSES.get(data.get("class", cls.__name__))
+        if klass is None:
+            raise ConfigError(f"unknown config class {data.get('class')!r}")
+        if cls is not LsstConfig and not issubclass(klass, cls):
+            raise ConfigError(f"document holds a {klass.__name__}, expected {cls.__name__}")
+        cfg = klass()
+        cfg.update_from_dict(data["config"])
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_pex_override(cls, text: str, base: "LsstConfig | None" = None) -> "LsstConfig":
+        """Apply an override file's assignments to ``base`` (default: LSST defaults)."""
+        cfg = cls() if base is None else base.copy()
+        rename = {v: k for k, v in cfg._pex_names.items()}
+        for lineno, dotted, value in parse_pex_override(text):
+            head, _, rest = dotted.partition(".")
+            if head in _IGNORED_LSST_GROUPS or dotted in _IGNORED_LSST_FIELDS:
+                warnings.warn(f"line {lineno}: LSST field config.{dotted} has no effect in diffstack; ignored", stacklevel=2)
+                continue
+            dotted = rename.get(head, head) + ("." + rest if rest else "")
+            try:
+                cfg.set_dotted(dotted, value)
+            except ConfigError as exc:
+                raise ConfigError(f"line {lineno}: {exc}") from None
+        cfg.validate()
+        return cfg
+
+
+_IGNORED_LSST_GROUPS = {"connections", "select", "inputRecorder", "inputMapper", "scaleZeroPoint"}
+_IGNORED_LSST_FIELDS: set[str] = set()
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return a == b and type(a) is type(b) or (isinstance(a, float) and isinstance(b, float) and a == b)
+
+
+def _literal(value: Any) -> str:
+    """Python literal for a pex_config value (floats always with a decimal point)."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, float):
+        return repr(float(value))
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    if isinstance(value, list):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_literal(k)}: {_literal(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def parse_pex_override(text: str) -> list[tuple[int, str, Any]]:
+    """Parse an override file into ``(line, dotted_name, value)`` without executing it.
+
+    Only ``config.a.b = <literal>`` statements (and docstrings) are accepted; anything else —
+    imports, calls, subscripts, other names — raises :class:`ConfigError` with its line number.
+    """
+    try:
+        tree = ast.parse(text)
+    except SyntaxError as exc:
+        raise ConfigError(f"line {exc.lineno}: not valid Python syntax: {exc.msg}") from None
+    out = []
+    for node in tree.body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            continue
+        if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+            raise ConfigError(f"line {node.lineno}: only 'config.<field> = <literal>' assignments are allowed, found {type(node).__name__}")
+        parts = []
+        t = node.targets[0]
+        while isinstance(t, ast.Attribute):
+            parts.append(t.attr)
+            t = t.value
+        if not isinstance(t, ast.Name) or t.id != "config" or not parts:
+            raise ConfigError(f"line {node.lineno}: assignment target must be config.<field>")
+        try:
+            value = ast.literal_eval(node.value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            raise ConfigError(f"line {node.lineno}: value of config.{'.'.join(reversed(parts))} is not a literal") from None
+        out.append((node.lineno, ".".join(reversed(parts)), value))
+    return out
+
+
+# ====================================================================== subtask configs
+class InterpImageConfig(LsstConfig):
+    """``InterpImageTask`` (interpolation over NO_DATA after stacking)."""
+
+    useFallbackValueAtEdge = param.Boolean(True, doc="Use a fallback value at the image edges instead of extrapolating.")
+    fallbackValueType = param.Selector(objects=["MEAN", "MEDIAN", "MEANCLIP", "USER"], default="MEDIAN", doc="Statistic of the image used as the edge fallback.")
+    fallbackUserValue = param.Number(0.0, doc="Fallback value when fallbackValueType is USER.")
+    negativeFallbackAllowed = param.Boolean(False, doc="Allow a negative fallback value (else clamped to 0).")
+    transpose = param.Boolean(False, doc="Interpolate along columns instead of rows (DECam sets True).")
+
+
+class CoaddPsfConfig(LsstConfig):
+    """``CoaddPsfConfig`` (recorded for export; diffstack's CoaddPsf does not resample)."""
+
+    warpingKernelName = param.Selector(objects=["bilinear", "lanczos2", "lanczos3", "lanczos4", "lanczos5"], default="lanczos3", doc="Warping kernel of the CoaddPsf.")
+    cacheSize = param.Integer(0, bounds=(0, None), doc="CoaddPsf kernel-image cache size (AssembleCoadd sets 0).")
+
+
+class DetectionConfig(LsstConfig):
+    """The ``SourceDetectionTask`` fields CompareWarp's detection uses."""
+
+    thresholdValue = param.Number(5.0, bounds=(0, None), inclusive_bounds=(False, True), doc="Detection threshold, in units of thresholdType.")
+    thresholdType = param.Selector(objects=["variance", "stdev", "value", "pixel_stdev"], default="pixel_stdev", doc="How the threshold is interpreted; pixel_stdev = per-pixel sqrt(variance).")
+    thresholdPolarity = param.Selector(objects=["positive", "negative", "both"], default="positive", doc="Which sign of deviation to detect.")
+    includeThresholdMultiplier = param.Number(1.0, bounds=(0, None), inclusive_bounds=(False, True), doc="Multiplier on the threshold for inclusion.")
+    minPixels = param.Integer(1, bounds=(0, None), doc="Minimum footprint area (pixels) before growth.")
+    nSigmaToGrow = param.Number(2.4, bounds=(0, None), doc="Grow footprints by this many PSF sigmas.")
+    isotropicGrow = param.Boolean(True, doc="Grow isotropically (circular stencil).")
+    combinedGrow = param.Boolean(True, doc="Grow positive and negative footprints together and merge.")
+    returnOriginalFootprints = param.Boolean(False, doc="Return the ungrown footprints.")
+    doTempLocalBackground = param.Boolean(True, doc="Subtract a temporary local background before thresholding.")
+    reEstimateBackground = param.Boolean(True, doc="Re-estimate the background after detection.")
+    nSigmaForKernel = param.Number(7.0, bounds=(0, None), inclusive_bounds=(False, True), doc="Smoothing-kernel full width in PSF sigmas.")
+
+
+class ScaleVarianceConfig(LsstConfig):
+    """``ScaleVarianceTask``: rescale the variance plane to match the pixel scatter."""
+
+    maskPlanes = param.List(["DETECTED", "DETECTED_NEGATIVE", "BAD", "SAT", "NO_DATA", "INTRP"], item_type=str, doc="Pixels with these planes are ignored.")
+    limit = param.Number(10.0, bounds=(0, None), inclusive_bounds=(False, True), doc="Largest acceptable variance factor.")
+
+
+class MaskStreaksConfig(LsstConfig):
+    """``MaskStreaksTask`` fields diffstack's Hough streak finder uses (others are LSST-only)."""
+
+    absMinimumKernelHeight = param.Number(5.0, bounds=(0, None), doc="Minimum streak length scale (pixels).")
+    clusterMinimumSize = param.Integer(50, bounds=(1, None), doc="Minimum number of edge pixels supporting a line.")
+    nSigmaMask = param.Number(5.0, bounds=(0, None), doc="Mask the streak out to this many profile sigmas.")
+    rhoBinSize = param.Number(40.0, bounds=(0, None), inclusive_bounds=(False, True), doc="Hough rho bin (pixels) for clustering.")
+    thetaBinSize = param.Number(2.0, bounds=(0, None), inclusive_bounds=(False, True), doc="Hough theta bin (degrees).")
+    onlyMaskDetected = param.Boolean(True, doc="Only mask pixels that are DETECTED.")
+
+
+# ====================================================================== AssembleCoadd
+class AssembleCoaddConfig(LsstConfig):
+    """LSST ``AssembleCoaddConfig`` (after ``setDefaults``)."""
+
+    _diffstack_only = ()
+
+    coaddName = param.String("deep", doc="Coadd name used in dataset names.")
+    badMaskPlanes = param.List(["NO_DATA", "BAD", "SAT", "EDGE"], item_type=str, doc="Inputs with any of these planes are excluded from the stack.")
+    warpType = param.Selector(objects=["direct", "psfMatched"], default="direct", doc="Which warp type is stacked.")
+    subregionSize = param.NumericTuple((2000, 2000), length=2, doc="(width, height) of the sub-boxes stacked in turn to bound memory.")
+    statistic = param.Selector(objects=AFW_PROPERTIES, default="MEANCLIP", doc="Per-pixel stacking statistic (diffstack implements MEAN, MEDIAN, MEANCLIP).")
+    doOnlineForMean = param.Boolean(False, doc="With MEAN, accumulate running sums instead of sub-region stacking.")
+    sigmaClip = param.Number(3.0, bounds=(0, None), inclusive_bounds=(False, True), doc="N-sigma for clipping (also for the weight estimate).")
+    clipIter = param.Integer(2, bounds=(1, None), doc="Clipping iterations (also for the weight estimate).")
+    calcErrorFromInputVariance = param.Boolean(True, doc="Coadd variance from the input variances (else from the sample scatter).")
+    doInterp = param.Boolean(True, doc="Interpolate over NO_DATA pixels after stacking.")
+    interpImage = param.ClassSelector(class_=InterpImageConfig, default=InterpImageConfig(), instantiate=True, doc="InterpImageTask config.")
+    doWrite = param.Boolean(True, doc="Persist the coadd (pipeline only).")
+    doWriteArtifactMasks = param.Boolean(False, doc="Write per-visit artifact masks (CompareWarp only).")
+    doNImage = param.Boolean(False, doc="Produce the nImage map.")
+    maskPropagationThresholds = param.Dict({"SAT": 0.1}, doc="Set a plane on the coadd if rejected inputs carrying it exceed this weight fraction.")
+    removeMaskPlanes = param.List(["NOT_DEBLENDED"], item_type=str, doc="Clear these planes from every input before stacking.")
+    doMaskBrightObjects = param.Boolean(False, doc="Paint BRIGHT_OBJECT from a bright-object catalog.")
+    brightObjectMaskName = param.String("BRIGHT_OBJECT", doc="Mask plane name for bright objects.")
+    coaddPsf = param.ClassSelector(class_=CoaddPsfConfig, default=CoaddPsfConfig(), instantiate=True, doc="CoaddPsf construction.")
+    doSelectVisits = param.Boolean(False, doc="Keep only visits in selectedVisits (pipeline only).")
+    doInputMap = param.Boolean(False, doc="Build the HealSparse input map (pipeline only).")
+    doAttachTransmissionCurve = param.Boolean(False, doc="Attach the transmission curve (pipeline only).")
+    hasFakes = param.Boolean(False, doc="Inputs have fakes injected (pipeline only).")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.doInterp and self.statistic not in ("MEAN", "MEDIAN", "MEANCLIP", "VARIANCE", "VARIANCECLIP"):
+            raise ConfigError(f"statistic={self.statistic!r} with doInterp=True: must be one of MEAN, MEDIAN, MEANCLIP, VARIANCE, VARIANCECLIP")
+        # LSST's unstackable list has the typo 'ERROR' (so 'ERRORS' passes there); mirrored
+        if self.statistic in ("NOTHING", "ERROR", "ORMASK"):
+            raise ConfigError(f"statistic={self.statistic!r} cannot be stacked")
+        if self.doWriteArtifactMasks and not isinstance(self, CompareWarpConfig):
+            raise ConfigError("doWriteArtifactMasks is only allowed on a CompareWarpConfig")
+
+
+class CompareWarpConfig(AssembleCoaddConfig):
+    """LSST ``CompareWarpAssembleCoaddConfig`` with current (2026) defaults."""
+
+    assembleStaticSkyModel = param.ClassSelector(class_=AssembleCoaddConfig, default=None, instantiate=True, doc="Static-sky template AssembleCoadd config.")
+    detect = param.ClassSelector(class_=DetectionConfig, default=None, instantiate=True, doc="Artifact-candidate detection on each warpDiff.")
+    detectTemplate = param.ClassSelector(class_=DetectionConfig, default=None, instantiate=True, doc="Protected-source detection on the template.")
+    detectTemplateIterMultiplier = param.Number(1.25, bounds=(1, None), doc="Threshold factor per detectTemplate retry.")
+    maxDetectTemplateIter = param.Integer(10, bounds=(1, None), doc="Maximum detectTemplate retries.")
+    maskStreaks = param.ClassSelector(class_=MaskStreaksConfig, default=None, instantiate=True, doc="Streak finder (doFilterMorphological).")
+    streakMaskName = param.String("STREAK", doc="Mask plane written by the streak finder.")
+    maxNumEpochs = param.Integer(2, bounds=(0, None), doc="Offset term of the broken-line temporal threshold.")
+    maxFractionEpochsLow = param.Number(0.4, bounds=(0, 1), doc="Low-N slope of the temporal threshold.")
+    maxFractionEpochsHigh = param.Number(0.03, bounds=(0, 1), doc="High-N slope of the temporal threshold.")
+    spatialThreshold = param.Number(0.5, bounds=(0, 1), doc="Clip a candidate if the fraction of its pixels that are transient exceeds this (0 clips all, 1 none).")
+    doScaleWarpVariance = param.Boolean(True, doc="Rescale PSF-matched warp variance empirically before differencing.")
+    scaleWarpVariance = param.ClassSelector(class_=ScaleVarianceConfig, default=None, instantiate=True, doc="ScaleVarianceTask config.")
+    doPreserveContainedBySource = param.Boolean(True, doc="Do not clip candidates entirely inside a template footprint.")
+    doPrefilterArtifacts = param.Boolean(True, doc="Drop candidates mostly on bad pixels before the epoch count.")
+    prefilterArtifactsMaskPlanes = param.List(["NO_DATA", "BAD", "SUSPECT"], item_type=str, doc="Bad planes for the prefilter.")
+    prefilterArtifactsRatio = param.Number(0.05, bounds=(0, 1), doc="Keep a candidate only if its good-pixel fraction exceeds this.")
+    doFilterMorphological = param.Boolean(False, doc="Also clip streaks found on the warpDiffs, with no temporal test.")
+    growStreakFp = param.Number(5.0, bounds=(0, None), doc="Dilate streaks by this many PSF determinant radii.")
+
+    def __init__(self, **params: Any) -> None:
+        # LSST setDefaults, in order
+        base = dict(statistic="MEAN", badMaskPlanes=["NO_DATA", "BAD", "SAT"], removeMaskPlanes=["NOT_DEBLENDED", "EDGE"])
+        sky = AssembleCoaddConfig(badMaskPlanes=["NO_DATA"], warpType="psfMatched", statistic="MEANCLIP", sigmaClip=2.5, clipIter=3, calcErrorFromInputVariance=True, doWrite=False)
+        det = DetectionConfig(doTempLocalBackground=False, reEstimateBackground=False, returnOriginalFootprints=False, thresholdPolarity="both", thresholdValue=7.5, thresholdType="pixel_stdev", minPixels=4, isotropicGrow=True, nSigmaToGrow=0.4)
+        tdet = DetectionConfig(nSigmaToGrow=2.4, thresholdValue=300.0, doTempLocalBackground=True, reEstimateBackground=True, returnOriginalFootprints=False)
+        groups = dict(assembleStaticSkyModel=sky, detect=det, detectTemplate=tdet, scaleWarpVariance=ScaleVarianceConfig(), maskStreaks=MaskStreaksConfig())
+        nested_overrides = {k: params.pop(k) for k in list(params) if k in groups and isinstance(params[k], dict)}
+        for k, v in groups.items():
+            params.setdefault(k, v)
+        for k, v in base.items():
+            params.setdefault(k, v)
+        super().__init__(**params)
+        for k, v in nested_overrides.items():
+            getattr(self, k).update_from_dict(v, prefix=f"{k}.")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.assembleStaticSkyModel.doNImage:
+            raise ConfigError("assembleStaticSkyModel.doNImage must be False (no PSF-matched nImage dataset exists)")
+        if self.assembleStaticSkyModel.doWrite and self.warpType == self.assembleStaticSkyModel.warpType:
+            raise ConfigError("assembleStaticSkyModel.doWrite with warpType == assembleStaticSkyModel.warpType: the two outputs would share a dataset name")
+
+    def effective_max_epochs(self, n_mean: float) -> int:
+        """LSST's broken-line temporal threshold for a candidate whose mean nImage is ``n_mean``."""
+        return int(min(self.maxFractionEpochsLow * n_mean, self.maxNumEpochs + self.maxFractionEpochsHigh * n_mean))
+
+
+# ====================================================================== ZOGY
+class ZogyConfig(LsstConfig):
+    """LSST ``ZogyConfig`` (ip_diffim, last version before its 2023 removal) plus diffstack
+    options from the ZOGY paper that LSST did not implement (all off by default)."""
+
+    _diffstack_only = (
+        "paddingSeed", "doAstrometricNoise", "astrometricSigmaX", "astrometricSigmaY",
+        "doSourceNoise", "doFitFluxRatio", "transientThreshold", "transientMinPixels",
+    )
+    # diffstack names the scalings by role; LSST applied templateFluxScaling to exposure1 = science
+    _pex_names = {"scienceFluxScaling": "templateFluxScaling", "templateFluxScaling": "scienceFluxScaling"}
+
+    scienceFluxScaling = param.Number(1.0, bounds=(0, None), inclusive_bounds=(False, True), doc="Flux scaling F_n of the science image (used when scaleByCalibration is False).")
+    templateFluxScaling = param.Number(1.0, bounds=(0, None), inclusive_bounds=(False, True), doc="Flux scaling F_r of the template image (used when scaleByCalibration is False).")
+    scaleByCalibration = param.Boolean(True, doc="Calibrate both images to nJy with their photo_calib and set both scalings to 1.")
+    correctBackground = param.Boolean(False, doc="Subtract each image's 3-sigma clipped mean before subtraction.")
+    ignoreMaskPlanes = param.List(["INTRP", "EDGE", "DETECTED", "SAT", "CR", "BAD", "NO_DATA", "DETECTED_NEGATIVE"], item_type=str, doc="Pixels ignored by every statistic (variance means, background).")
+    maxPsfCentroidDist = param.Number(0.2, bounds=(0, None), doc="Largest allowed distance (pixels) between the two PSF centroids.")
+    doSpatialGrid = param.Boolean(False, doc="Solve ZOGY per grid cell with each cell's PSFs.")
+    gridInnerSize = param.Number(8.0, bounds=(0, None), inclusive_bounds=(False, True), doc="Inner cell size in units of the matching-kernel size.")
+    # ---- diffstack extras (not LSST fields)
+    paddingSeed = param.Integer(0, doc="Seed of the white-noise padding (diffstack gives the two images independent noise, unlike LSST).")
+    doAstrometricNoise = param.Boolean(False, doc="Add the paper's astrometric-noise terms to the Scorr denominator.")
+    astrometricSigmaX = param.Number(0.0, bounds=(0, None), doc="Astrometric registration noise sigma_x (pixels).")
+    astrometricSigmaY = param.Number(0.0, bounds=(0, None), doc="Astrometric registration noise sigma_y (pixels).")
+    doSourceNoise = param.Boolean(False, doc="Use the variance planes' source noise in the Scorr denominator (paper's source-noise term).")
+    doFitFluxRatio = param.Boolean(False, doc="Fit F_n/F_r (and the noise levels) from the images instead of using calibrations/scalings.")
+    transientThreshold = param.Number(5.0, bounds=(0, None), inclusive_bounds=(False, True), doc="|Scorr| threshold of the transient catalog.")
+    transientMinPixels = param.Integer(1, bounds=(1, None), doc="Minimum pixels above threshold for a catalog entry.")
+
+    def _pex_header_notes(self) -> list[str]:
+        return [
+            "# LSST removed ZogyTask in 2023 (DM-38846); these are its last field names (standalone ZogyConfig).",
+            "# In the old ImageDifferenceTask prefix each line with config.subtract['zogy'].zogyConfig instead of config.",
+            "# Flux scalings: LSST applied templateFluxScaling to exposure1 (the science image); the values below",
+            "# are swapped accordingly from diffstack's role names.",
+        ]
+
+
+CONFIG_CLASSES: dict[str, type[LsstConfig]] = {
+    c.__name__: c
+    for c in (AssembleCoaddConfig, CompareWarpConfig, ZogyConfig, DetectionConfig, ScaleVarianceConfig, InterpImageConfig, MaskStreaksConfig, CoaddPsfConfig)
+}
+
+
+# ====================================================================== presets
+def _lsst() -> CompareWarpConfig:
+    return CompareWarpConfig()
+
+
+def _dmtn080() -> CompareWarpConfig:
+    """Defaults as of DMTN-080 (Aug 2018): 5-sigma detection, growth 2, template variance from scatter."""
+    c = CompareWarpConfig()
+    c.detect.param.update(thresholdValue=5.0, nSigmaToGrow=2.0)
+    c.detectTemplate.param.update(thresholdValue=5.0, nSigmaToGrow=2.0)
+    c.assembleStaticSkyModel.calcErrorFromInputVariance = False
+    c.prefilterArtifactsMaskPlanes = ["NO_DATA", "BAD", "SAT", "SUSPECT"]
+    return c
+
+
+def _lsstcam_fl() -> CompareWarpConfig:
+    """drp_pipe LSSTCam DRP-FL (first-look cadence) overrides."""
+    c = CompareWarpConfig()
+    c.maxFractionEpochsHigh = 0.2
+    c.doPreserveContainedBySource = False
+    return c
+
+
+def _hsc() -> CompareWarpConfig:
+    """Older obs_subaru HSC coadd overrides."""
+    c = CompareWarpConfig()
+    c.badMaskPlanes = ["BAD", "EDGE", "SAT", "NO_DATA"]
+    c.doMaskBrightObjects = True
+    c.doNImage = True
+    c.subregionSize = (10000, 200)
+    return c
+
+
+def _decam() -> CompareWarpConfig:
+    """drp_pipe DECam DRP overrides."""
+    c = CompareWarpConfig()
+    c.subregionSize = (10000, 200)
+    c.doFilterMorphological = True
+    c.interpImage.transpose = True
+    c.coaddPsf.warpingKernelName = "lanczos5"
+    c.removeMaskPlanes = c.removeMaskPlanes + ["CROSSTALK"]
+    c.badMaskPlanes = c.badMaskPlanes + ["SUSPECT"]
+    return c
+
+
+PRESETS = {
+    "lsst": (_lsst, "LSST current defaults (drp_tasks, 2026)"),
+    "dmtn080": (_dmtn080, "DMTN-080 era defaults (2018)"),
+    "lsstcam-fl": (_lsstcam_fl, "LSSTCam DRP-FL first-look overrides"),
+    "hsc": (_hsc, "HSC (obs_subaru) production overrides"),
+    "decam": (_decam, "DECam DRP production overrides"),
+    "zogy": (ZogyConfig, "LSST ZogyConfig defaults (last version)"),
+}
+
+
+def preset(name: str) -> LsstConfig:
+    """A fresh config for preset ``name`` (see :data:`PRESETS`)."""
+    try:
+        return PRESETS[name][0]()
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
+
+
+def load_pex_override(path: str | Path, cls: type[LsstConfig] = CompareWarpConfig, base: LsstConfig | None = None) -> LsstConfig:
+    """Read a pipetask override file (never executed) into a config of class ``cls``."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file not found: {p}")
+    return cls.from_pex_override(p.read_text(), base=base)
+
+
+def config_from_file(path: str | Path, cls: type[LsstConfig]) -> LsstConfig:
+    """Load a ``.py`` override, or a ``.yaml``/``.yml``/``.json`` export, as ``cls``."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file not found: {p}")
+    if p.suffix in (".yaml", ".yml"):
+        return cls.from_yaml(p.read_text())
+    if p.suffix == ".json":
+        return cls.from_json(p.read_text())
+    return load_pex_override(p, cls)
