@@ -49,6 +49,11 @@ def _integrated_1d(offsets: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     return 0.5 * (erf((offsets + 0.5) / s) - erf((offsets - 0.5) / s))
 
 
+def _sampled_1d(offsets: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    s = sigma[:, None]
+    return np.exp(-0.5 * (offsets / s) ** 2) / (np.sqrt(2 * np.pi) * s)
+
+
 def render_points(
     shape: tuple[int, int],
     x: np.ndarray,
@@ -56,6 +61,7 @@ def render_points(
     flux: np.ndarray,
     sigma: np.ndarray | float,
     half_width: int | None = None,
+    sampled: bool = False,
 ) -> np.ndarray:
     """Sum of pixel-integrated circular Gaussians (float64 image of ``shape``).
 
@@ -76,8 +82,9 @@ def render_points(
     canvas = np.zeros((ny + 2 * h) * (nx + 2 * h))
     for s in range(0, x.size, chunk):
         sl = slice(s, s + chunk)
-        gx = _integrated_1d(d[None, :] - (x[sl] - ix[sl])[:, None], sig[sl])
-        gy = _integrated_1d(d[None, :] - (y[sl] - iy[sl])[:, None], sig[sl])
+        prof = _sampled_1d if sampled else _integrated_1d
+        gx = prof(d[None, :] - (x[sl] - ix[sl])[:, None], sig[sl])
+        gy = prof(d[None, :] - (y[sl] - iy[sl])[:, None], sig[sl])
         stamps = flux[sl, None, None] * gy[:, :, None] * gx[:, None, :]
         rows = (iy[sl, None] + h + d[None, :])  # (n, 2h+1) in canvas coordinates
         cols = (ix[sl, None] + h + d[None, :])
@@ -440,9 +447,10 @@ def simulate_pair(
     tflux = target_snr / snr1
     sci_sig = np.array([sci_psf.sigma_at((x, y)) for x, y in zip(sx, sy)]) if isinstance(sci_psf, VaryingGaussianPsf) else s_sci0
     tr_sig = np.array([sci_psf.sigma_at((x, y)) for x, y in zip(tx, ty)]) if isinstance(sci_psf, VaryingGaussianPsf) else s_sci0
-    ref_model = render_points((ny, nx), sx, sy, sflux, s_ref)
-    sci_static = render_points((ny, nx), sx, sy, sflux, sci_sig)
-    sci_model = sci_static + render_points((ny, nx), tx, ty, tflux, tr_sig)
+    # sampled (not pixel-integrated) profiles: exactly the PSF models the pair carries
+    ref_model = render_points((ny, nx), sx, sy, sflux, s_ref, sampled=True)
+    sci_static = render_points((ny, nx), sx, sy, sflux, sci_sig, sampled=True)
+    sci_model = sci_static + render_points((ny, nx), tx, ty, tflux, tr_sig, sampled=True)
 
     def observe(model_njy, sky_sigma_njy, calib, psf):
         counts = model_njy / calib
