@@ -316,6 +316,8 @@ def simulate_stack(
         nrng = np.random.default_rng(noise_seeds[ep])
         counts = counts_model + nrng.standard_normal((ny, nx)) * np.sqrt(var_counts)
         mask = np.zeros((ny, nx), np.int32)
+        # single-visit detection footprints (LSST warps carry DETECTED): sources above 2 sigma
+        mask[model / thr[ep] >= 2 * np.sqrt(sky[ep] + read_noise**2)] |= np.int32(planes.bitmask(["DETECTED"]))
         sat = counts_model + sky[ep] > _SAT_COUNTS
         counts[sat] = _SAT_COUNTS - sky[ep]
         mask[sat] |= sat_bit

@@ -1,0 +1,417 @@
+"""``CompareWarpAssembleCoaddTask`` as a staged, cached pipeline.
+
+Stages (reference §3) and what each depends on:
+
+=================  =========================================================================
+``psf_matched``    the inputs (PSF-matched warps are made with :mod:`psf_matching` if absent)
+``template``       ``assembleStaticSkyModel.*``
+``protected``      template + ``doPreserveContainedBySource``, ``detectTemplate.*``
+``warp_diffs``     template + ``doScaleWarpVariance``, ``scaleWarpVariance.*``
+``candidates``     warp diffs + ``detect.*``, prefilter fields, ``badMaskPlanes``
+``streaks``        candidates + ``doFilterMorphological``, ``maskStreaks.*``, ``growStreakFp``
+``filter``         candidates, protected, streaks + ``maxNumEpochs``, ``maxFractionEpochs*``,
+                   ``spatialThreshold``
+``weights``        direct warps + ``badMaskPlanes``, ``sigmaClip``, ``clipIter``
+``coadd``          filter + weights + the top-level AssembleCoadd fields
+=================  =========================================================================
+
+Each stage's result is cached under a key made of its own config values and its inputs' keys,
+so a change recomputes only the stages downstream of it.  ``run_counts`` counts executions and
+``timings`` records the last run time of each stage (LSST's task timer metadata).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from .coadd import CoaddResult, assemble_coadd, compute_weights
+from .config import CompareWarpConfig
+from .detection import binned_background, circular_stencil, grow_radius, smooth_for_detection, threshold_footprints
+from .errors import InputError
+from .exposure import Exposure
+from .psf import DoubleGaussianPsf
+from .psf_matching import match_to_psf
+from .stats import IQR_TO_SIGMA
+
+__all__ = ["CompareWarpPipeline", "compare_warp_coadd", "CompareWarpResult", "scale_variance", "STAGES"]
+
+log = logging.getLogger("diffstack.compare_warp")
+
+STAGES = ("psf_matched", "template", "protected", "warp_diffs", "candidates", "streaks", "filter", "weights", "coadd")
+
+
+def scale_variance(exposure: Exposure, mask_planes: Sequence[str], limit: float = 10.0) -> tuple[float, np.ndarray]:
+    """LSST ``ScaleVarianceTask``: the factor and the rescaled variance (input untouched).
+
+    The factor is (0.74 IQR(image/sqrt(var)))^2 over good pixels after removing a 32-px
+    background; if it exceeds ``limit`` the image-based estimate (0.74 IQR(image))^2 / median(var)
+    is tried; if that also exceeds ``limit``, :class:`InputError` is raised.
+    """
+    bad = (exposure.mask & np.int32(exposure.mask_planes.bitmask(mask_planes, strict=False))) != 0
+    img = exposure.image.astype(np.float64)
+    var = exposure.variance.astype(np.float64)
+    good = ~bad & np.isfinite(img) & np.isfinite(var) & (var > 0)
+    if good.sum() < 2:
+        return 1.0, exposure.variance.copy()
+    bg = binned_background(img, ~good, 32)
+    resid = (img - bg)[good]
+    snr = resid / np.sqrt(var[good])
+    q1, q3 = np.percentile(snr, [25, 75])
+    factor = (0.74 * (q3 - q1)) ** 2
+    if factor > limit:
+        q1, q3 = np.percentile(resid, [25, 75])
+        factor = (0.74 * (q3 - q1)) ** 2 / np.median(var[good])
+        if factor > limit:
+            raise InputError(f"variance scaling factor {factor:.2f} exceeds limit {limit}")
+    return float(factor), (exposure.variance * factor).astype(exposure.dtype)
+
+
+@dataclass
+class CompareWarpResult:
+    """Everything :func:`compare_warp_coadd` produced (same fields as the pipeline's stages)."""
+
+    coadd: Exposure
+    n_image: np.ndarray
+    input_map: np.ndarray
+    template: Exposure
+    epoch_count: np.ndarray
+    n_image_psf_matched: np.ndarray
+    artifact_masks: list[dict[str, np.ndarray]]
+    candidates: list[np.ndarray]
+    timings: dict[str, float]
+    coadd_result: CoaddResult
+
+
+class CompareWarpPipeline:
+    """Lazily computed, cached CompareWarp stages.
+
+    Parameters
+    ----------
+    direct_warps : sequence of Exposure
+    psf_matched_warps : sequence of Exposure or None, optional
+        In the direct-warp order; ``None`` entries mark missing PSF-matched warps (that epoch
+        is then NO_DATA everywhere).  If the argument is omitted they are computed by matching to
+        ``model_psf`` (LSST's 7.7-px double Gaussian by default).
+    config : CompareWarpConfig, optional
+    progress : callable(stage, fraction), optional
+    """
+
+    def __init__(self, direct_warps: Sequence[Exposure], psf_matched_warps: Sequence[Exposure | None] | None = None, config: CompareWarpConfig | None = None, model_psf=None, progress: Callable[[str, float], None] | None = None) -> None:
+        if len(direct_warps) == 0:
+            raise InputError("CompareWarp needs at least one direct warp")
+        self.direct_warps = list(direct_warps)
+        if psf_matched_warps is not None and len(psf_matched_warps) != len(self.direct_warps):
+            raise InputError(f"{len(psf_matched_warps)} PSF-matched warps for {len(self.direct_warps)} direct warps")
+        self._given_matched = None if psf_matched_warps is None else list(psf_matched_warps)
+        self.config = CompareWarpConfig() if config is None else config
+        self.model_psf = DoubleGaussianPsf(7.7) if model_psf is None else model_psf
+        self.progress = progress
+        self._cache: dict[str, tuple[str, Any]] = {}
+        self.run_counts = {s: 0 for s in STAGES}
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ caching machinery
+    def _cfg(self, *names: str) -> str:
+        c = self.config
+        return json.dumps({n: _plain(c.get_dotted(n)) for n in names}, sort_keys=True)
+
+    def _stage(self, name: str, key: str, compute: Callable[[], Any]) -> tuple[str, Any]:
+        hit = self._cache.get(name)
+        full_key = f"{name}|{key}"
+        if hit is not None and hit[0] == full_key:
+            return hit
+        t = time.perf_counter()
+        if self.progress:
+            self.progress(name, 0.0)
+        value = compute()
+        self.timings[name] = time.perf_counter() - t
+        self.run_counts[name] += 1
+        if self.progress:
+            self.progress(name, 1.0)
+        self._cache[name] = (full_key, value)
+        return self._cache[name]
+
+    def invalidate(self) -> None:
+        """Drop every cached stage (e.g. after replacing the inputs)."""
+        self._cache.clear()
+
+    # ------------------------------------------------------------------ stages
+    def _psf_matched(self):
+        def run():
+            if self._given_matched is not None:
+                return self._given_matched
+            return [match_to_psf(w, self.model_psf) for w in self.direct_warps]
+
+        return self._stage("psf_matched", "inputs", run)
+
+    @property
+    def psf_matched_warps(self) -> list[Exposure | None]:
+        return self._psf_matched()[1]
+
+    def _template(self):
+        pk, pm = self._psf_matched()
+        key = pk + self._cfg("assembleStaticSkyModel")
+
+        def run():
+            warps = [w for w in pm if w is not None]
+            if not warps:
+                raise InputError("no PSF-matched warps to build the template from")
+            return assemble_coadd(warps, self.config.assembleStaticSkyModel).coadd
+
+        return self._stage("template", key, run)
+
+    @property
+    def template(self) -> Exposure:
+        return self._template()[1]
+
+    def _protected(self):
+        tk, tmpl = self._template()
+        key = tk + self._cfg("doPreserveContainedBySource", "detectTemplate")
+
+        def run():
+            if not self.config.doPreserveContainedBySource:
+                return np.zeros(tmpl.shape, np.int32)
+            d = self.config.detectTemplate
+            sigma = tmpl.psf.determinant_radius(tmpl.bbox.center) if tmpl.psf is not None else self.model_psf.determinant_radius()
+            img = tmpl.image.astype(np.float64)
+            if d.doTempLocalBackground:
+                img = img - binned_background(img, ~np.isfinite(img), 64)
+            simg, svar = smooth_for_detection(img, tmpl.variance.astype(np.float64), sigma, d.nSigmaForKernel)
+            lab, _ = threshold_footprints(simg, svar, d.thresholdValue * d.includeThresholdMultiplier, "positive", d.minPixels, grow_radius(d.nSigmaToGrow, sigma))
+            return lab
+
+        return self._stage("protected", key, run)
+
+    @property
+    def protected_footprints(self) -> np.ndarray:
+        """Label image of the protected (template) footprints (0 = none)."""
+        return self._protected()[1]
+
+    def _warp_diffs(self):
+        pk, pm = self._psf_matched()
+        tk, tmpl = self._template()
+        key = pk + tk + self._cfg("doScaleWarpVariance", "scaleWarpVariance")
+
+        def run():
+            diffs = []
+            for i, w in enumerate(pm):
+                if w is None:
+                    diffs.append(None)
+                    continue
+                var = w.variance
+                if self.config.doScaleWarpVariance:
+                    try:
+                        _, var = scale_variance(w, self.config.scaleWarpVariance.maskPlanes, self.config.scaleWarpVariance.limit)
+                    except InputError as exc:
+                        log.warning("epoch %d: variance not rescaled (%s)", i, exc)
+                d = Exposure(w.image - tmpl.image, var + tmpl.variance, w.mask, w.mask_planes, psf=w.psf, xy0=w.xy0, wcs=w.wcs, copy=False)
+                diffs.append(d)
+                if self.progress:
+                    self.progress("warp_diffs", (i + 1) / len(pm))
+            return diffs
+
+        return self._stage("warp_diffs", key, run)
+
+    @property
+    def warp_diffs(self) -> list[Exposure | None]:
+        return self._warp_diffs()[1]
+
+    def _candidates(self):
+        wk, diffs = self._warp_diffs()
+        key = wk + self._cfg("detect", "doPrefilterArtifacts", "prefilterArtifactsMaskPlanes", "prefilterArtifactsRatio", "badMaskPlanes")
+
+        def run():
+            c = self.config
+            shape = self.direct_warps[0].shape
+            epoch_count = np.zeros(shape, np.int32)
+            n_image = np.zeros(shape, np.int32)
+            cands, nodata, edge = [], [], []
+            for i, d in enumerate(diffs):
+                if d is None:
+                    cands.append((np.zeros(0, np.int64), np.zeros(0, np.int32), 0))
+                    nodata.append(np.ones(shape, bool))
+                    edge.append(np.zeros(shape, bool))
+                    continue
+                bad = np.int32(d.mask_planes.bitmask(c.badMaskPlanes, strict=False))
+                n_image += (np.isfinite(d.image) & ((d.mask & bad) == 0)).astype(np.int32)
+                sigma = d.psf.determinant_radius(d.bbox.center)
+                lab, n = threshold_footprints(d.image, d.variance, c.detect.thresholdValue * c.detect.includeThresholdMultiplier, c.detect.thresholdPolarity, c.detect.minPixels, grow_radius(c.detect.nSigmaToGrow, sigma))
+                flat = np.flatnonzero(lab)
+                lv = lab.ravel()[flat]
+                if n and c.doPrefilterArtifacts:
+                    pb = np.int32(d.mask_planes.bitmask(c.prefilterArtifactsMaskPlanes, strict=False))
+                    good = ((d.mask.ravel()[flat] & pb) == 0).astype(float)
+                    area = np.bincount(lv, minlength=n + 1)
+                    ngood = np.bincount(lv, weights=good, minlength=n + 1)
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        keep = ngood / area > c.prefilterArtifactsRatio
+                    keep[0] = False
+                    sel = keep[lv]
+                    flat, lv = flat[sel], lv[sel]
+                    # relabel 1..m
+                    _, lv = np.unique(lv, return_inverse=True)
+                    lv = lv.astype(np.int32) + 1
+                    n = int(lv.max()) if lv.size else 0
+                epoch_count.ravel()[flat] += 1
+                cands.append((flat, lv, n))
+                nodata.append(~np.isfinite(d.image))
+                edge.append(d.get_plane("EDGE") if "EDGE" in d.mask_planes else np.zeros(shape, bool))
+                if self.progress:
+                    self.progress("candidates", (i + 1) / len(diffs))
+            return dict(candidates=cands, epoch_count=epoch_count, n_image=n_image, nodata=nodata, edge=edge)
+
+        return self._stage("candidates", key, run)
+
+    @property
+    def epoch_count(self) -> np.ndarray:
+        return self._candidates()[1]["epoch_count"]
+
+    @property
+    def n_image_psf_matched(self) -> np.ndarray:
+        """Approximate nImage of the PSF-matched warps (what filterArtifacts uses)."""
+        return self._candidates()[1]["n_image"]
+
+    def candidate_image(self, epoch: int) -> np.ndarray:
+        """Label image of epoch ``epoch``'s candidates after the prefilter."""
+        flat, lv, _ = self._candidates()[1]["candidates"][epoch]
+        out = np.zeros(self.direct_warps[0].shape, np.int32)
+        out.ravel()[flat] = lv
+        return out
+
+    def _streaks(self):
+        ck, cand = self._candidates()
+        wk, diffs = self._warp_diffs()
+        key = ck + self._cfg("doFilterMorphological", "maskStreaks", "growStreakFp")
+
+        def run():
+            shape = self.direct_warps[0].shape
+            if not self.config.doFilterMorphological:
+                return [np.zeros(shape, bool) for _ in diffs]
+            from .streaks import find_streaks
+
+            out = []
+            for i, d in enumerate(diffs):
+                if d is None:
+                    out.append(np.zeros(shape, bool))
+                    continue
+                det = np.zeros(shape, bool)
+                det.ravel()[cand["candidates"][i][0]] = True
+                sigma = d.psf.determinant_radius(d.bbox.center)
+                out.append(find_streaks(det, self.config.maskStreaks, grow=int(self.config.growStreakFp * sigma)))
+            return out
+
+        return self._stage("streaks", key, run)
+
+    def _filter(self):
+        ck, cand = self._candidates()
+        pk, prot = self._protected()
+        sk, streaks = self._streaks()
+        key = ck + pk + sk + self._cfg("maxNumEpochs", "maxFractionEpochsLow", "maxFractionEpochsHigh", "spatialThreshold", "doPreserveContainedBySource")
+
+        def run():
+            c = self.config
+            count = cand["epoch_count"].ravel()
+            nimg = cand["n_image"].ravel()
+            pflat = prot.ravel()
+            masks = []
+            clipped_labels = []
+            for i, (flat, lv, n) in enumerate(cand["candidates"]):
+                clipped = np.zeros(self.direct_warps[0].shape, bool)
+                if n:
+                    area = np.bincount(lv, minlength=n + 1).astype(float)
+                    nbar = np.bincount(lv, weights=nimg[flat], minlength=n + 1) / np.maximum(area, 1)
+                    eff = np.minimum(c.maxFractionEpochsLow * nbar, c.maxNumEpochs + c.maxFractionEpochsHigh * nbar).astype(np.int64)
+                    cnt = count[flat]
+                    below = (cnt > 0) & (cnt <= eff[lv])
+                    nbelow = np.bincount(lv, weights=below.astype(float), minlength=n + 1)
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        clip = nbelow / area > c.spatialThreshold
+                    clip[0] = False
+                    if c.doPreserveContainedBySource and pflat.any():
+                        t = pflat[flat]
+                        tmin = ndimage.minimum(t, lv, np.arange(n + 1))
+                        tmax = ndimage.maximum(t, lv, np.arange(n + 1))
+                        contained = (np.asarray(tmin) == np.asarray(tmax)) & (np.asarray(tmin) > 0)
+                        clip &= ~contained
+                    clipped.ravel()[flat[clip[lv]]] = True
+                    clipped_labels.append(np.nonzero(clip)[0])
+                else:
+                    clipped_labels.append(np.zeros(0, int))
+                clipped |= streaks[i]
+                masks.append({"CLIPPED": clipped, "NO_DATA": cand["nodata"][i], "EDGE": cand["edge"][i]})
+            return dict(masks=masks, clipped_labels=clipped_labels)
+
+        return self._stage("filter", key, run)
+
+    @property
+    def artifact_masks(self) -> list[dict[str, np.ndarray]]:
+        """Per epoch ``{"CLIPPED", "NO_DATA", "EDGE"}`` boolean masks (LSST's altMaskList)."""
+        return self._filter()[1]["masks"]
+
+    def _weights(self):
+        key = self._cfg("badMaskPlanes", "sigmaClip", "clipIter")
+        return self._stage("weights", key, lambda: compute_weights(self.direct_warps, self.config))
+
+    def _coadd(self):
+        fk, filt = self._filter()
+        wk, (weights, skipped) = self._weights()
+        top = [n for n in self.config.field_names() if n in _ASSEMBLE_FIELDS]
+        key = fk + wk + self._cfg(*top)
+
+        def run():
+            edge = np.zeros(self.direct_warps[0].shape, bool)
+            for m in filt["masks"]:
+                edge |= m["EDGE"]
+            return assemble_coadd(
+                self.direct_warps, self.config, alt_masks=filt["masks"], extra_bad_planes=["CLIPPED"],
+                use_psf_matched_polygons=True, alt_edge_mask=edge, weights=weights,
+            )
+
+        return self._stage("coadd", key, run)
+
+    @property
+    def coadd_result(self) -> CoaddResult:
+        return self._coadd()[1]
+
+    @property
+    def coadd(self) -> Exposure:
+        return self.coadd_result.coadd
+
+    def run(self) -> CompareWarpResult:
+        """Compute (or fetch from cache) every stage and bundle the results."""
+        r = self.coadd_result
+        cand = self._candidates()[1]
+        return CompareWarpResult(
+            coadd=r.coadd, n_image=r.n_image, input_map=r.input_map, template=self.template,
+            epoch_count=cand["epoch_count"], n_image_psf_matched=cand["n_image"],
+            artifact_masks=self.artifact_masks, candidates=[self.candidate_image(i) for i in range(len(self.direct_warps))],
+            timings=dict(self.timings), coadd_result=r,
+        )
+
+
+def _plain(v: Any) -> Any:
+    if hasattr(v, "to_dict"):
+        return v.to_dict()
+    if isinstance(v, tuple):
+        return list(v)
+    return v
+
+
+_ASSEMBLE_FIELDS = {
+    "badMaskPlanes", "subregionSize", "statistic", "doOnlineForMean", "sigmaClip", "clipIter",
+    "calcErrorFromInputVariance", "doInterp", "interpImage", "doNImage", "maskPropagationThresholds",
+    "removeMaskPlanes", "doMaskBrightObjects", "brightObjectMaskName",
+}
+
+
+def compare_warp_coadd(direct_warps: Sequence[Exposure], psf_matched_warps: Sequence[Exposure | None] | None = None, config: CompareWarpConfig | None = None, progress=None) -> CompareWarpResult:
+    """One-call CompareWarp: build the pipeline and run every stage."""
+    return CompareWarpPipeline(direct_warps, psf_matched_warps, config, progress=progress).run()
