@@ -289,7 +289,7 @@ def simulate_stack(
     sat_star = np.zeros(n_stars, bool)
     for ep in range(n_epochs):
         psf_s = float(sigma[ep])
-        model = render_points((ny, nx), sx, sy, sflux * var_mult[ep], psf_s)
+        model = render_points((ny, nx), sx, sy, sflux * var_mult[ep], psf_s, sampled=True)
         model += _render_galaxies((ny, nx), gx, gy, gflux, gxx, gyy, gxy, psf_s)
         art = np.zeros((ny, nx))
         kind_img = np.zeros((ny, nx), np.uint8)

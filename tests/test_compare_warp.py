@@ -1,0 +1,76 @@
+"""CompareWarp: LSST's invariant, the temporal/spatial rule on injected squares, caching."""
+
+import numpy as np
+import pytest
+
+from toolkit import Exposure, GaussianPsf, DoubleGaussianPsf
+from toolkit.coadd import assemble_coadd
+from toolkit.compare_warp import CompareWarpPipeline
+from toolkit.config import AssembleCoaddConfig, CompareWarpConfig
+
+
+@pytest.mark.parametrize("online", [False, True])
+def test_lsst_invariant_mask_then_mean(small_stack, online):
+    cfg = CompareWarpConfig(doOnlineForMean=online)
+    p = CompareWarpPipeline(small_stack.direct_warps, small_stack.psf_matched_warps, cfg)
+    coadd = p.coadd
+    plain_cfg = AssembleCoaddConfig(statistic="MEAN", badMaskPlanes=["NO_DATA", "BAD", "SAT", "CLIPPED", "REJECTED"], removeMaskPlanes=["NOT_DEBLENDED", "EDGE"], doOnlineForMean=online)
+    plain = assemble_coadd(small_stack.direct_warps, plain_cfg, alt_masks=p.artifact_masks, use_psf_matched_polygons=True)
+    np.testing.assert_array_equal(plain.coadd.image, coadd.image)
+    np.testing.assert_array_equal(plain.coadd.variance, coadd.variance)
+
+
+def square_stack(n_with, n=10, size=64, seed=0, amp_sigma=20.0):
+    rng = np.random.default_rng(seed)
+    target = DoubleGaussianPsf(7.7)
+    direct, matched = [], []
+    for i in range(n):
+        img = rng.normal(0, 1, (size, size))
+        if i < n_with:
+            img[30:35, 30:35] += amp_sigma
+        e = Exposure(img.astype(np.float32), np.ones((size, size), np.float32), psf=GaussianPsf(1.5), metadata={"BUNIT": "nJy", "EPOCH": i})
+        direct.append(e)
+        matched.append(Exposure(img.astype(np.float32), np.ones((size, size), np.float32), psf=target, metadata={"BUNIT": "nJy"}))
+    return direct, matched
+
+
+def test_single_epoch_square_is_clipped():
+    direct, matched = square_stack(1)
+    p = CompareWarpPipeline(direct, matched, CompareWarpConfig(doScaleWarpVariance=False))
+    clipped = p.artifact_masks[0]["CLIPPED"]
+    assert clipped[30:35, 30:35].all()
+    c = p.coadd
+    assert abs(c.image[30:35, 30:35].mean()) < 5 / np.sqrt(9 * 25)  # the +20 is gone
+    assert c.get_plane("INEXACT_PSF")[30:35, 30:35].all()
+
+
+def test_square_in_six_epochs_is_kept():
+    direct, matched = square_stack(6)
+    p = CompareWarpPipeline(direct, matched, CompareWarpConfig(doScaleWarpVariance=False))
+    assert not any(m["CLIPPED"][30:35, 30:35].any() for m in p.artifact_masks)
+    assert p.coadd.image[30:35, 30:35].mean() == pytest.approx(12.0, abs=0.5)
+
+
+def test_candidate_inside_protected_footprint_is_kept():
+    direct, matched = square_stack(1)
+    p = CompareWarpPipeline(direct, matched, CompareWarpConfig(doScaleWarpVariance=False))
+    prot = np.zeros((64, 64), np.int32)
+    prot[20:45, 20:45] = 1
+    p._stage("protected", p._template()[0] + p._cfg("doPreserveContainedBySource", "detectTemplate"), lambda: prot)
+    assert not p.artifact_masks[0]["CLIPPED"][30:35, 30:35].any()
+
+
+def test_changing_spatial_threshold_reruns_only_filter_and_stack(small_stack):
+    p = CompareWarpPipeline(small_stack.direct_warps, small_stack.psf_matched_warps)
+    _ = p.coadd
+    before = dict(p.run_counts)
+    p.config.spatialThreshold = 0.2
+    c2 = p.coadd
+    changed = {k for k in p.run_counts if p.run_counts[k] != before[k]}
+    assert changed == {"filter", "coadd"}
+    fresh = CompareWarpPipeline(small_stack.direct_warps, small_stack.psf_matched_warps, CompareWarpConfig(spatialThreshold=0.2)).coadd
+    np.testing.assert_array_equal(fresh.image, c2.image)
+    np.testing.assert_array_equal(fresh.mask, c2.mask)
+    p.config.detect.thresholdValue = 6.0
+    _ = p.coadd
+    assert p.run_counts["candidates"] == 2 and p.run_counts["template"] == 1
