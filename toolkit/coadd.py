@@ -318,7 +318,7 @@ def _online_mean(x, v, usable, w, calc_from_input):
     for k in range(x.shape[0]):
         g = usable[k]
         wk = np.where(g, w[k], 0.0)
-        xk = np.where(g, x[k].astype(np.float64), 0.0) if not np.all(np.isfinite(x[k][g])) else np.where(g, x[k], 0.0)
+        xk = np.where(g, x[k].astype(np.float64), 0.0)
         sw += wk
         swx += wk * xk
         if calc_from_input:

@@ -29,7 +29,8 @@ from .config import ZogyConfig
 from .errors import InputError
 from .exposure import Exposure
 from .geom import Box
-from .psf import ImagePsf, Psf, determinant_radius
+from .psf import ImagePsf, Psf
+from .psf_matching import _embed_origin
 from .stats import meanclip_scalar
 
 __all__ = [
@@ -101,13 +102,9 @@ def pad_center_origin(a: np.ndarray, shape: tuple[int, int], inverse: bool = Fal
     """LSST ``padCenterOriginArray``: forward zero-pads and puts ``a[n//2]`` at index 0; inverse
     crops a full array back to ``shape`` and re-centres (``fftshift`` for equal shapes)."""
     if not inverse:
-        out = np.zeros(shape, dtype=a.dtype)
-        ny, nx = a.shape
-        out[:ny, :nx] = a
-        return np.roll(out, (-(ny // 2), -(nx // 2)), (0, 1))
+        return _embed_origin(a, shape)
     ny, nx = shape
-    full = np.roll(a, ((ny - 1) // 2 + 1 if False else ny // 2 - (1 - ny % 2) * 0, nx // 2), (0, 1))
-    return full[:ny, :nx]
+    return np.roll(a, (ny // 2, nx // 2), (0, 1))[:ny, :nx]
 
 
 def pixel_space_square(x_hat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -193,13 +190,6 @@ def check_centroids(k1: np.ndarray, k2: np.ndarray, max_dist: float) -> None:
     d = _psf_centroid(k1) - _psf_centroid(k2)
     if float(d @ d) > max_dist**2:
         raise InputError(f"PSF centroids differ by {np.hypot(*d):.3f} px > maxPsfCentroidDist={max_dist} (off-centre PSF?)")
-
-
-def _meanclip_var(e: Exposure, bad: int, region=None) -> float:
-    sl = (slice(None), slice(None)) if region is None else region
-    v = e.variance[sl]
-    good = ((e.mask[sl] & np.int32(bad)) == 0) & np.isfinite(v)
-    return meanclip_scalar(v[good], 3.0, 3) if good.any() else float("nan")
 
 
 def _fit_flux_ratio(n_img, r_img, pn, pr, var_n, var_r) -> float:
@@ -375,8 +365,7 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
 
 
 def _crop_normalize(full: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    ny, nx = shape
-    centred = np.roll(full, (ny // 2, nx // 2), (0, 1))[:ny, :nx]
+    centred = pad_center_origin(full, shape, inverse=True)
     s = centred.sum()
     return centred / s if s != 0 else centred
 
