@@ -208,7 +208,7 @@ def assemble_coadd(
     out_mask = np.zeros((ny, nx), np.int32)
     n_image = np.zeros((ny, nx), np.int32)
     n_clip = np.zeros((ny, nx), np.int32)
-    nbytes = (len(used) + 7) // 8
+    nbytes = (n + 7) // 8  # bits indexed by input position, skipped inputs stay 0
     input_map = np.zeros((nbytes, ny, nx), np.uint8)
     wts = weights[used]
     alt = [None if alt_masks is None else alt_masks[i] for i in used]
@@ -244,7 +244,12 @@ def assemble_coadd(
             value[sl] = st.value
             variance[sl] = st.variance
             n_clip[sl] = st.n_clipped
-            input_map[(slice(None),) + sl] = np.packbits(st.survivors, axis=0)
+            if len(used) == n:
+                input_map[(slice(None),) + sl] = np.packbits(st.survivors, axis=0)
+            else:
+                full = np.zeros((n,) + st.survivors.shape[1:], bool)
+                full[used] = st.survivors
+                input_map[(slice(None),) + sl] = np.packbits(full, axis=0)
             # ---- output mask
             mk = np.bitwise_or.reduce(np.where(usable, m, 0), axis=0)
             rej = ~usable

@@ -16,6 +16,8 @@ the image edge become NO_DATA with a NaN image and infinite variance, which is t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import warnings
 
 
@@ -128,8 +130,10 @@ def match_to_psf(
     exposure: Exposure,
     target_psf: Psf | None = None,
     kernel_size: int | None = None,
+    mask_growth: int | None = 10,
     core_threshold: float = 1e-3,
     regularization: float = 1e-12,
+    interpolate_planes: Sequence[str] = ("BAD", "SAT", "CR"),
 ) -> Exposure:
     """Return a PSF-matched copy of ``exposure`` (the input is not modified).
 
@@ -141,11 +145,23 @@ def match_to_psf(
         Default: LSST's model PSF, a double Gaussian of FWHM 7.7 px.
     kernel_size : int, optional
         Odd matching-kernel size; default from the target's flux extent.
+    mask_growth : int or None
+        Half-width (pixels) of the box over which every mask plane is OR-grown and around
+        missing pixels the output is set to NO_DATA.  The default, 10, is what LSST's warps get:
+        afw ORs the mask over the whole matching kernel, and ``matchingKernelSize`` is 21 by
+        default (HSC and DECam use 29, i.e. 14).  diffstack's own kernel is larger (it matches the
+        untruncated model exactly), so its far wings are not allowed to grow masks further.
+        ``None`` uses the kernel core instead (``|K| >= core_threshold * max|K|``).
     core_threshold : float
-        Defines the kernel core (``|K| >= core_threshold * max|K|``) over which masks are grown
-        and the NO_DATA border is drawn.
+        Defines the kernel core when ``mask_growth`` is None.
     regularization : float
         Tikhonov term of the kernel solution.
+    interpolate_planes : sequence of str
+        Mask planes whose pixels are replaced by a row-wise linear interpolation *before* the
+        convolution (the masks themselves are kept and grown).  LSST's warps come from calexps
+        whose defects, saturated cores and cosmic rays were already interpolated by ISR and
+        repair (INTRP); raw values there (a hot column, say) would otherwise be spread by the
+        kernel's wings far beyond the grown mask.  Pass ``()`` to convolve the pixels as given.
 
     Returns
     -------
@@ -171,12 +187,26 @@ def match_to_psf(
             stacklevel=2,
         )
     k = matching_kernel(exposure.psf, target, kernel_size, pos, regularization)
-    h = _core_half_width(k, core_threshold)
+    if mask_growth is None:
+        h = _core_half_width(k, core_threshold)
+    elif int(mask_growth) < 0:
+        raise InputError(f"mask_growth must be >= 0, got {mask_growth}")
+    else:
+        h = int(mask_growth)
     planes = exposure.mask_planes.copy()
     planes.add("NO_DATA")
     no_data = planes.bitmask(["NO_DATA"])
     bad_input = ~np.isfinite(exposure.image) | ~np.isfinite(exposure.variance) | ((exposure.mask & no_data) != 0)
     img = np.where(bad_input, 0, exposure.image).astype(exposure.dtype)
+    interp_bits = np.int32(planes.bitmask([p for p in interpolate_planes if p in planes], strict=False))
+    if interp_bits:
+        fix = ((exposure.mask & interp_bits) != 0) & ~bad_input
+        if fix.any() and not (fix | bad_input).all():
+            from .interp import _interp_rows
+
+            good = ~(fix | bad_input)
+            img = _interp_rows(img, ~good, float(np.median(img[good]))).astype(exposure.dtype)
+            img[bad_input] = 0
     var = np.where(bad_input, 0, exposure.variance).astype(exposure.dtype)
     out_img = fft_convolve(img, k)
     out_var = fft_convolve(var, (k * k))

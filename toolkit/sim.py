@@ -24,6 +24,7 @@ from .errors import InputError
 from .exposure import Exposure
 from .masks import MaskPlanes
 from .psf import FWHM_PER_SIGMA, GaussianPsf, Psf, VaryingGaussianPsf, DoubleGaussianPsf
+from .detection import grow_radius, smooth_for_detection, threshold_footprints
 from .psf_matching import match_to_psf
 
 __all__ = ["simulate_stack", "simulate_pair", "SimulatedStack", "SimulatedPair", "render_points", "make_wcs", "predicted_zogy_snr"]
@@ -155,17 +156,17 @@ def simulate_stack(
     size: int | tuple[int, int] = 256,
     seed: int = 1,
     fwhm_range: tuple[float, float] = (2.5, 5.0),
-    star_density: float = 1.5e-3,
+    star_density: float = 3e-4,
     galaxy_density: float = 5e-4,
     variable_fraction: float = 0.05,
     sky_counts: tuple[float, float] = (300.0, 800.0),
     read_noise: float = 5.0,
     throughput_range: tuple[float, float] = (0.8, 1.25),
     n_trails: int = 2,
-    cosmic_ray_density: float = 1.2e-4,
+    cosmic_ray_density: float = 2.5e-5,
     ghost: bool = True,
     chip_gap_fraction: float = 0.3,
-    bad_columns: int = 2,
+    bad_columns: int = 1,
     psf_matched: bool = True,
     target_fwhm: float = 7.7,
     keep_truth_images: bool = True,
@@ -219,14 +220,14 @@ def simulate_stack(
     wcs = make_wcs((ny, nx))
 
     # ---- static sky
-    n_stars = max(1, rng.poisson(star_density * area))
+    # a few guaranteed bright (saturating) stars, so SAT handling is always exercised
+    n_bright = max(2, int(round(area * 3e-5)))
+    n_stars = max(n_bright, rng.poisson(star_density * area))
     sx, sy = rng.uniform(-0.5, nx - 0.5, n_stars), rng.uniform(-0.5, ny - 0.5, n_stars)
     # power-law (dN/dF ~ F^-2) fluxes in nJy, 2e3 .. 5e6
     u = rng.uniform(size=n_stars)
     fmin, fmax = 2e3, 5e6
     sflux = 1.0 / (1.0 / fmin - u * (1.0 / fmin - 1.0 / fmax))
-    # a few guaranteed bright (saturating) stars, so SAT handling is always exercised
-    n_bright = max(2, int(round(area * 3e-5)))
     sflux[:n_bright] = rng.uniform(1.5e6, 5e6, n_bright)
     n_gal = rng.poisson(galaxy_density * area)
     gx, gy = rng.uniform(0, nx - 1, n_gal), rng.uniform(0, ny - 1, n_gal)
@@ -316,8 +317,11 @@ def simulate_stack(
         nrng = np.random.default_rng(noise_seeds[ep])
         counts = counts_model + nrng.standard_normal((ny, nx)) * np.sqrt(var_counts)
         mask = np.zeros((ny, nx), np.int32)
-        # single-visit detection footprints (LSST warps carry DETECTED): sources above 2 sigma
-        mask[model / thr[ep] >= 2 * np.sqrt(sky[ep] + read_noise**2)] |= np.int32(planes.bitmask(["DETECTED"]))
+        # single-visit detection footprints, as LSST's calexp detection makes them (warps carry
+        # DETECTED): 5 sigma on the PSF-smoothed image, grown by 2.4 sigma_PSF
+        simg, svar = smooth_for_detection(counts, var_counts, psf_s)
+        det, _ = threshold_footprints(simg, svar, 5.0, "positive", 1, grow_radius(2.4, psf_s))
+        mask[det > 0] |= np.int32(planes.bitmask(["DETECTED"]))
         sat = counts_model + sky[ep] > _SAT_COUNTS
         counts[sat] = _SAT_COUNTS - sky[ep]
         mask[sat] |= sat_bit
