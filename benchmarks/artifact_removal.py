@@ -1,0 +1,66 @@
+"""How much of each simulated artifact CompareWarp removes, and what clipping does to stars.
+
+Prints, for several simulated 10-epoch stacks and configurations, the fraction of each artifact
+kind's flux removed from the coadd (noise-free, from the coadd's input map; see
+``toolkit.validation``), and the relative aperture-flux change that clipping caused at stars
+away from artifacts (static and variable).  Targets (issue 4): faint trails >= 95 %, bright
+trails, cosmic rays and the ghost >= 99 %, static star cores within 0.1 %, variables within 1 %.
+
+Usage: python benchmarks/artifact_removal.py [--size 256] [--seeds 3 4 5 6 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+import numpy as np
+
+from toolkit.compare_warp import CompareWarpPipeline
+from toolkit.config import CompareWarpConfig, preset
+from toolkit.sim import simulate_stack
+from toolkit.validation import artifact_removal, star_flux_errors
+
+CONFIGS = {
+    "lsst": {},
+    "no-protection": {"doPreserveContainedBySource": False},
+    "lsstcam-fl": "lsstcam-fl",
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[3, 4, 5, 6, 7])
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")
+    kinds = ("faint_trail", "bright_trail", "cosmic_ray", "ghost")
+    for name, spec in CONFIGS.items():
+        print(f"\n== config: {name}")
+        print(f"{'seed':>4} " + " ".join(f"{k:>13}" for k in kinds) + f" {'static max|clip|':>17} {'variable max|clip|':>19} {'protected':>9}")
+        tot = {k: [0.0, 0.0] for k in kinds}
+        for seed in args.seeds:
+            stack = simulate_stack(seed=seed, size=args.size)
+            cfg = preset(spec) if isinstance(spec, str) else CompareWarpConfig()
+            if isinstance(spec, dict):
+                for k, v in spec.items():
+                    cfg.set_dotted(k, v)
+            p = CompareWarpPipeline(stack.direct_warps, stack.psf_matched_warps, config=cfg)
+            rem = artifact_removal(stack, p)
+            stars = star_flux_errors(stack, p)
+            cells = []
+            for k in kinds:
+                if k in rem:
+                    tot[k][0] += rem[k]["injected"]
+                    tot[k][1] += rem[k]["remaining"]
+                    cells.append(f"{rem[k]['removed_fraction']:13.4f}")
+                else:
+                    cells.append(f"{'-':>13}")
+            smax = np.abs(stars["static_clip"]).max() if stars["static_clip"].size else np.nan
+            vmax = np.abs(stars["variable_clip"]).max() if stars["variable_clip"].size else np.nan
+            print(f"{seed:>4} " + " ".join(cells) + f" {smax:17.5f} {vmax:19.5f} {(p.protected_footprints > 0).mean():9.3f}")
+        print(f"{'all':>4} " + " ".join(f"{1 - r / i:13.4f}" if i else f"{'-':>13}" for i, r in tot.values()))
+
+
+if __name__ == "__main__":
+    main()
