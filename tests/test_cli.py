@@ -29,3 +29,59 @@ def test_bad_input_one_line_error(tmp_path, capsys):
     assert main(["simulate", "--size", "8", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) >= 1 and "size must be at least" in err[-1]
+
+
+def test_cli_coadd_and_zogy_equal_the_api(tmp_path):
+    """An exported config run through the CLI gives the same arrays as the Python API."""
+    from toolkit.cli import main
+    from toolkit.compare_warp import CompareWarpPipeline
+    from toolkit.config import CompareWarpConfig, ZogyConfig
+    from toolkit.io import read_exposure, read_mask_fits
+    from toolkit.zogy import zogy
+
+    assert main(["simulate", "--size", "80", "--epochs", "4", "--seed", "5", "--out", str(tmp_path / "sim")]) == 0
+    cfg = CompareWarpConfig()
+    cfg.spatialThreshold = 0.3
+    cfg.detect.thresholdValue = 6.0
+    cfg.to_pex_override(path=tmp_path / "cw.py")
+    assert main(["coadd", str(tmp_path / "sim"), "--psf-matched", str(tmp_path / "sim"), "--config", str(tmp_path / "cw.py"), "--out", str(tmp_path / "co")]) == 0
+    direct = [read_exposure(p) for p in sorted((tmp_path / "sim").glob("direct_warp_*.fits"))]
+    matched = [read_exposure(p) for p in sorted((tmp_path / "sim").glob("psf_matched_warp_*.fits"))]
+    api = CompareWarpPipeline(direct, matched, config=cfg).run()
+    got = read_exposure(tmp_path / "co" / "coadd.fits")
+    np.testing.assert_array_equal(got.image, api.coadd.image)
+    np.testing.assert_array_equal(got.variance, api.coadd.variance)
+    np.testing.assert_array_equal(got.mask, api.coadd.mask)
+    m, planes = read_mask_fits(tmp_path / "co" / "artifact_mask_002.fits")
+    np.testing.assert_array_equal((m & planes.bitmask(["CLIPPED"])) != 0, api.artifact_masks[2]["CLIPPED"])
+
+    assert main(["simulate", "--kind", "pair", "--size", "96", "--seed", "2", "--out", str(tmp_path / "pair")]) == 0
+    zc = ZogyConfig()
+    zc.doAstrometricNoise = True
+    (tmp_path / "z.yaml").write_text(zc.to_yaml())
+    assert main(["zogy", str(tmp_path / "pair" / "science.fits"), str(tmp_path / "pair" / "reference.fits"), "--config", str(tmp_path / "z.yaml"), "--out", str(tmp_path / "z")]) == 0
+    res = zogy(read_exposure(tmp_path / "pair" / "science.fits"), read_exposure(tmp_path / "pair" / "reference.fits"), zc)
+    np.testing.assert_array_equal(read_exposure(tmp_path / "z" / "diff.fits").image, res.diff.image)
+    from astropy.io import fits
+
+    np.testing.assert_array_equal(fits.getdata(tmp_path / "z" / "scorr.fits"), res.scorr.astype(np.float32))
+
+
+def test_cli_config_commands(tmp_path, capsys):
+    from toolkit.cli import main
+    from toolkit.config import config_from_file, CompareWarpConfig, preset
+
+    assert main(["config", "export", "--preset", "hsc", "--format", "yaml", "--out", str(tmp_path / "h.yaml")]) == 0
+    assert config_from_file(tmp_path / "h.yaml", CompareWarpConfig) == preset("hsc")
+    capsys.readouterr()
+    assert main(["config", "diff", "lsst", str(tmp_path / "h.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "detect.thresholdValue" in out or "badMaskPlanes" in out
+    assert main(["config", "diff", "hsc", str(tmp_path / "h.yaml")]) == 0
+    assert capsys.readouterr().out.strip() == "(identical)"
+    import pytest
+
+    with pytest.raises(SystemExit) as exc:
+        main(["config", "show", "--preset", "nonsense"])
+    assert exc.value.code == 2
+    assert main(["zogy", str(tmp_path / "missing.fits"), str(tmp_path / "missing.fits"), "--out", str(tmp_path)]) == 2

@@ -17,6 +17,8 @@ image (correct), and ``lsst_online_quirk=True`` reproduces LSST's behaviour.
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,8 +40,9 @@ log = logging.getLogger("diffstack.coadd")
 
 ProgressFn = Callable[[str, float], None]
 
-#: pixels (epochs x pixels) per internal chunk: bounds temporaries to a few hundred MB
-_CHUNK_ELEMENTS = 1 << 22
+#: elements (epochs x pixels) per internal chunk: small enough that the ~20 float64 temporaries
+#: of the statistic stay in cache (3x faster than whole-image passes) and memory stays bounded
+_CHUNK_ELEMENTS = 1 << 20
 
 
 @dataclass
@@ -99,21 +102,28 @@ def _check_warps(warps: Sequence[Exposure]) -> None:
 
 def compute_weights(warps: Sequence[Exposure], config: AssembleCoaddConfig, planes: MaskPlanes | None = None) -> tuple[np.ndarray, dict[int, str]]:
     """Weights 1/MEANCLIP(variance) (unweighted, NaN-safe, and-mask = badMaskPlanes), and skips."""
-    weights = np.zeros(len(warps))
-    skipped: dict[int, str] = {}
-    for i, w in enumerate(warps):
+
+    def one(w: Exposure) -> tuple[float, str | None]:
         if not np.any(np.isfinite(w.image)):
-            skipped[i] = "image is entirely NaN"
-            log.warning("skipping warp %d: %s", i, skipped[i])
-            continue
+            return 0.0, "image is entirely NaN"
         bad = w.mask_planes.bitmask(config.badMaskPlanes, strict=False)
         good = ((w.mask & np.int32(bad)) == 0) & np.isfinite(w.variance)
         mc = meanclip_scalar(w.variance[good], config.sigmaClip, config.clipIter)
         if not np.isfinite(mc) or mc <= 0:
-            skipped[i] = f"clipped mean variance is {mc} (non-positive or not finite)"
-            log.warning("skipping warp %d: %s", i, skipped[i])
-            continue
-        weights[i] = 1.0 / mc
+            return 0.0, f"clipped mean variance is {mc} (non-positive or not finite)"
+        return 1.0 / mc, None
+
+    # numpy's partition and reductions release the GIL, so threads use every core
+    with ThreadPoolExecutor(max_workers=min(len(warps), os.cpu_count() or 1) or 1) as pool:
+        results = list(pool.map(one, warps))
+    weights = np.zeros(len(warps))
+    skipped: dict[int, str] = {}
+    for i, (wt, reason) in enumerate(results):
+        if reason is not None:
+            skipped[i] = reason
+            log.warning("skipping warp %d: %s", i, reason)
+        else:
+            weights[i] = wt
     return weights, skipped
 
 
@@ -218,59 +228,67 @@ def assemble_coadd(
         raise ConfigError(f"subregionSize must be positive, got {config.subregionSize}")
     t1 = time.perf_counter()
     tiles = [(y, x) for y in range(0, ny, th) for x in range(0, nx, tw)] if not online else [(0, 0)]
-    for ti, (ty, tx) in enumerate(tiles):
-        ty1, tx1 = (min(ty + th, ny), min(tx + tw, nx)) if not online else (ny, nx)
-        rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, len(used) * (tx1 - tx)))
-        for cy in range(ty, ty1, rows_per_chunk):
-            cy1 = min(cy + rows_per_chunk, ty1)
-            sl = (slice(cy, cy1), slice(tx, tx1))
-            x = np.stack([warps[i].image[sl] for i in used])
-            v = np.stack([warps[i].variance[sl] for i in used])
-            m = np.stack([
-                apply_alt_masks(masks[i][sl], planes, None if a is None else {k: np.asarray(s)[sl] for k, s in a.items()}, config.badMaskPlanes, use_psf_matched_polygons)
-                for i, a in zip(used, alt)
-            ])
-            masked = (m & and_mask) != 0
-            n_image[sl] = (~masked).sum(0)
-            m &= ~remove
-            if online and lsst_online_quirk:
-                usable = ~masked  # LSST tests isfinite(mask), which is always True
-            else:
-                usable = ~masked & np.isfinite(x)
-            if online:
-                st = _online_mean(x, v, usable, wts, config.calcErrorFromInputVariance)
-            else:
-                st = stack_statistic(x, v, usable, wts, config.statistic, config.sigmaClip, config.clipIter, config.calcErrorFromInputVariance)
-            value[sl] = st.value
-            variance[sl] = st.variance
-            n_clip[sl] = st.n_clipped
-            if len(used) == n:
-                input_map[(slice(None),) + sl] = np.packbits(st.survivors, axis=0)
-            else:
-                full = np.zeros((n,) + st.survivors.shape[1:], bool)
-                full[used] = st.survivors
-                input_map[(slice(None),) + sl] = np.packbits(full, axis=0)
-            # ---- output mask
-            mk = np.bitwise_or.reduce(np.where(usable, m, 0), axis=0)
-            rej = ~usable
-            rej_or = np.bitwise_or.reduce(np.where(rej, m, 0), axis=0)
-            wcol = wts.reshape((-1, 1, 1))
-            sw_use = np.where(usable, wcol, 0.0).sum(0)
-            for bit, t in thresholds:
-                rw = np.where(rej & ((m & bit) != 0), wcol, 0.0).sum(0)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    frac = rw / (sw_use + rw)
-                mk[frac > t] |= bit
-            mk[st.n_clipped > 0] |= b["CLIPPED"]
-            has_rej = rej.any(0)
-            mk[has_rej & ((rej_or & rejected_src) != 0)] |= b["REJECTED"]
-            mk[has_rej & ((rej_or & b["EDGE"]) != 0)] |= b["SENSOR_EDGE"]
-            mk[has_rej & ((rej_or & b["CLIPPED"]) != 0)] |= b["CLIPPED"]
-            none = st.n_point == 0
-            mk[none] = b["NO_DATA"]
-            out_mask[sl] = mk
-        if progress:
-            progress("stack", (ti + 1) / len(tiles))
+
+    def _chunk(sl: tuple[slice, slice]) -> None:
+        x = np.stack([warps[i].image[sl] for i in used])
+        v = np.stack([warps[i].variance[sl] for i in used])
+        m = np.stack([
+            apply_alt_masks(masks[i][sl], planes, None if a is None else {k: np.asarray(s)[sl] for k, s in a.items()}, config.badMaskPlanes, use_psf_matched_polygons)
+            for i, a in zip(used, alt)
+        ])
+        masked = (m & and_mask) != 0
+        n_image[sl] = (~masked).sum(0)
+        m &= ~remove
+        if online and lsst_online_quirk:
+            usable = ~masked  # LSST tests isfinite(mask), which is always True
+        else:
+            usable = ~masked & np.isfinite(x)
+        if online:
+            st = _online_mean(x, v, usable, wts, config.calcErrorFromInputVariance)
+        else:
+            st = stack_statistic(x, v, usable, wts, config.statistic, config.sigmaClip, config.clipIter, config.calcErrorFromInputVariance)
+        value[sl] = st.value
+        variance[sl] = st.variance
+        n_clip[sl] = st.n_clipped
+        if len(used) == n:
+            input_map[(slice(None),) + sl] = np.packbits(st.survivors, axis=0)
+        else:
+            full = np.zeros((n,) + st.survivors.shape[1:], bool)
+            full[used] = st.survivors
+            input_map[(slice(None),) + sl] = np.packbits(full, axis=0)
+        # ---- output mask
+        mk = np.bitwise_or.reduce(np.where(usable, m, 0), axis=0)
+        rej = ~usable
+        rej_or = np.bitwise_or.reduce(np.where(rej, m, 0), axis=0)
+        wcol = wts.reshape((-1, 1, 1))
+        sw_use = np.where(usable, wcol, 0.0).sum(0)
+        for bit, t in thresholds:
+            rw = np.where(rej & ((m & bit) != 0), wcol, 0.0).sum(0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                frac = rw / (sw_use + rw)
+            mk[frac > t] |= bit
+        mk[st.n_clipped > 0] |= b["CLIPPED"]
+        has_rej = rej.any(0)
+        mk[has_rej & ((rej_or & rejected_src) != 0)] |= b["REJECTED"]
+        mk[has_rej & ((rej_or & b["EDGE"]) != 0)] |= b["SENSOR_EDGE"]
+        mk[has_rej & ((rej_or & b["CLIPPED"]) != 0)] |= b["CLIPPED"]
+        none = st.n_point == 0
+        mk[none] = b["NO_DATA"]
+        out_mask[sl] = mk
+
+    # chunks write disjoint slices and numpy releases the GIL in the heavy ufuncs, so a thread
+    # pool spreads the stack over every core without copying the inputs
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+    try:
+        for ti, (ty, tx) in enumerate(tiles):
+            ty1, tx1 = (min(ty + th, ny), min(tx + tw, nx)) if not online else (ny, nx)
+            rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, len(used) * (tx1 - tx)))
+            chunks = [(slice(cy, min(cy + rows_per_chunk, ty1)), slice(tx, tx1)) for cy in range(ty, ty1, rows_per_chunk)]
+            list(pool.map(_chunk, chunks))
+            if progress:
+                progress("stack", (ti + 1) / len(tiles))
+    finally:
+        pool.shutdown()
     timings["stack"] = time.perf_counter() - t1
     # ---- setInexactPsf, setCoaddEdgeBits
     inexact = (out_mask & (b["SENSOR_EDGE"] | b["CLIPPED"] | b["REJECTED"])) != 0

@@ -301,11 +301,16 @@ def simulate_stack(
             if kind in (1, 2):  # trail: PSF-wide line through the whole image, truncated at 5 sigma
                 dist = np.abs(-(xx - x0) * np.sin(theta) + (yy - y0) * np.cos(theta))
                 prof = np.where(dist <= 5 * width, amp * np.exp(-0.5 * (dist / width) ** 2), 0.0)
-            elif kind == 3:  # cosmic ray: sharp track, not PSF-convolved
+            elif kind == 3:  # cosmic ray: sharp track, not PSF-convolved (rendered in a local box)
                 ux, uy = np.cos(theta), np.sin(theta)
-                t = np.clip((xx - x0) * ux + (yy - y0) * uy, 0, extra)
-                dist = np.hypot(xx - (x0 + t * ux), yy - (y0 + t * uy))
-                prof = np.where(dist <= 1.5, amp * np.exp(-0.5 * (dist / width) ** 2), 0.0)
+                r = int(extra) + 4
+                ys = slice(max(0, int(y0) - r), min(ny, int(y0) + r + 1))
+                xs = slice(max(0, int(x0) - r), min(nx, int(x0) + r + 1))
+                bx, by = xx[ys, xs], yy[ys, xs]
+                t = np.clip((bx - x0) * ux + (by - y0) * uy, 0, extra)
+                dist = np.hypot(bx - (x0 + t * ux), by - (y0 + t * uy))
+                prof = np.zeros((ny, nx))
+                prof[ys, xs] = np.where(dist <= 1.5, amp * np.exp(-0.5 * (dist / width) ** 2), 0.0)
             else:  # ghost: a faint disk with soft edge, truncated
                 r = np.hypot(xx - x0, yy - y0)
                 prof = np.where(r <= extra + 3 * width, amp / (1 + np.exp((r - extra) / width)), 0.0)

@@ -135,14 +135,32 @@ def stack_statistic(
 
 
 def meanclip_scalar(values: np.ndarray, n_sigma: float = 3.0, n_iter: int = 2) -> float:
-    """afw MEANCLIP of a 1-D array of usable values, unweighted (used for warp weights)."""
-    x = np.asarray(values, dtype=np.float64).ravel()
+    """afw MEANCLIP of a 1-D array of usable values, unweighted (used for warp weights).
+
+    The quartiles are taken with one ``np.partition`` in the input dtype (selection is exact in
+    any dtype) and interpolated in float64; sums are accumulated in float64.  That is the same
+    result as ``np.percentile`` on a float64 copy at a third of the time on a 2048^2 plane.
+    """
+    x = np.asarray(values).ravel()
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
     n = x.size
     if n == 0:
         return float("nan")
-    q25, med, q75 = np.percentile(x, [25, 50, 75])
+    pos = {q: q * (n - 1) for q in (0.25, 0.5, 0.75)}
+    kth = sorted({int(np.floor(p)) for p in pos.values()} | {min(int(np.floor(p)) + 1, n - 1) for p in pos.values()})
+    part = np.partition(x, kth)
+
+    def quantile(q: float) -> float:
+        lo = int(np.floor(pos[q]))
+        hi = min(lo + 1, n - 1)
+        a, b = float(part[lo]), float(part[hi])
+        return a + (pos[q] - lo) * (b - a)
+
+    q25, med, q75 = quantile(0.25), quantile(0.5), quantile(0.75)
+    del part
     iqr_hw = n_sigma * IQR_TO_SIGMA * (q75 - q25)
-    center, hw = med, iqr_hw
+    center, hw = np.float64(med), np.float64(iqr_hw)
     keep = None
     for it in range(n_iter):
         keep = np.abs(x - center) <= hw
@@ -151,12 +169,11 @@ def meanclip_scalar(values: np.ndarray, n_sigma: float = 3.0, n_iter: int = 2) -
         xk = x[keep]
         nk = xk.size
         if nk >= 1:
-            m = xk.mean()
-            var = ((xk - m) ** 2).sum() / (nk - 1) if nk > 1 else 0.0
-            center = m
+            m = xk.mean(dtype=np.float64)
+            var = float(np.square(xk - m, dtype=np.float64).sum()) / (nk - 1) if nk > 1 else 0.0
+            center = np.float64(m)
         else:
             var = 0.0
-        hw = iqr_hw if nk <= 1 else n_sigma * np.sqrt(max(var, 0.0))
+        hw = np.float64(iqr_hw if nk <= 1 else n_sigma * np.sqrt(max(var, 0.0)))
     xk = x[keep]
-    return float(xk.mean()) if xk.size else float("nan")
-
+    return float(xk.mean(dtype=np.float64)) if xk.size else float("nan")

@@ -1,0 +1,190 @@
+"""The engine subcommands of ``diffstack``: ``coadd``, ``zogy`` and ``config``.
+
+They call exactly the functions a notebook calls (:class:`~toolkit.compare_warp.CompareWarpPipeline`,
+:func:`~toolkit.coadd.assemble_coadd`, :func:`~toolkit.zogy.zogy`) with a config read from a
+pipetask override file, a YAML/JSON export or a preset, so a configuration tuned in JupyterLab
+gives the same arrays here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from astropy.io import fits
+
+from .config import PRESETS, AssembleCoaddConfig, CompareWarpConfig, LsstConfig, ZogyConfig, config_from_file, preset
+from .errors import ConfigError, InputError
+from .io import read_exposure, write_exposure, write_hdul
+
+__all__ = ["add_subcommands", "load_config", "write_mask_image"]
+
+_CLASSES = {"compare-warp": CompareWarpConfig, "assemble": AssembleCoaddConfig, "zogy": ZogyConfig}
+
+
+def load_config(spec: str | None, cls: type[LsstConfig]) -> LsstConfig:
+    """A config from a file path (.py override, .yaml/.yml, .json) or a preset name; defaults if None."""
+    if spec is None:
+        return cls()
+    if spec in PRESETS and not Path(spec).exists():
+        cfg = preset(spec)
+        if not isinstance(cfg, cls):
+            raise ConfigError(f"preset {spec!r} is a {type(cfg).__name__}, not a {cls.__name__}")
+        return cfg
+    cfg = config_from_file(spec, cls)
+    cfg.validate()
+    return cfg
+
+
+def write_mask_image(mask: np.ndarray, planes, path: Path) -> None:
+    """A mask-only FITS (int32 plus ``MP_<plane>`` bit cards), readable by :func:`toolkit.io.read_mask_fits`."""
+    hdr = fits.Header()
+    for name, bit in planes.items():
+        hdr[f"HIERARCH MP_{name}"] = bit
+    hdu = fits.ImageHDU(mask.astype(np.int32), header=hdr, name="MASK")
+    write_hdul(fits.HDUList([fits.PrimaryHDU(), hdu]), path)
+
+
+def _fits_files(items: list[str], pattern: str) -> list[Path]:
+    files: list[Path] = []
+    for it in items:
+        p = Path(it)
+        if p.is_dir():
+            found = sorted(p.glob(pattern))
+            if not found:
+                raise InputError(f"no {pattern} files in directory {p}")
+            files.extend(found)
+        elif p.exists():
+            files.append(p)
+        else:
+            raise InputError(f"input not found: {p}")
+    return files
+
+
+def _cmd_coadd(args: argparse.Namespace, progress: Callable) -> int:
+    from .coadd import assemble_coadd
+    from .compare_warp import CompareWarpPipeline
+
+    direct_files = _fits_files(args.warps, args.pattern)
+    progress(f"reading {len(direct_files)} warps")
+    direct = [read_exposure(f) for f in direct_files]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.task == "assemble":
+        cfg = load_config(args.config, AssembleCoaddConfig)
+        res = assemble_coadd(direct, cfg, progress=progress)
+        write_exposure(res.coadd, out / "coadd.fits")
+        write_hdul(fits.HDUList([fits.PrimaryHDU(res.n_image.astype(np.int32))]), out / "nimage.fits")
+        progress(f"wrote {out}")
+        return 0
+    cfg = load_config(args.config, CompareWarpConfig)
+    matched = None
+    if args.psf_matched:
+        mfiles = _fits_files(args.psf_matched, args.psf_matched_pattern)
+        if len(mfiles) != len(direct):
+            raise InputError(f"{len(mfiles)} PSF-matched warps for {len(direct)} direct warps")
+        matched = [read_exposure(f) for f in mfiles]
+    pipe = CompareWarpPipeline(direct, matched, config=cfg, progress=progress)
+    res = pipe.run()
+    write_exposure(res.coadd, out / "coadd.fits")
+    write_hdul(fits.HDUList([fits.PrimaryHDU(res.n_image.astype(np.int32))]), out / "nimage.fits")
+    write_hdul(fits.HDUList([fits.PrimaryHDU(res.epoch_count.astype(np.int32))]), out / "epoch_count.fits")
+    write_exposure(res.template, out / "template.fits")
+    planes = res.coadd.mask_planes
+    for i, (f, m) in enumerate(zip(direct_files, res.artifact_masks)):
+        mask = np.zeros(res.coadd.shape, np.int32)
+        for name, sel in m.items():
+            mask[sel] |= np.int32(planes.bitmask([name]))
+        write_mask_image(mask, planes, out / f"artifact_mask_{i:03d}.fits")
+    progress(f"wrote {out} (coadd, nimage, epoch_count, template, {len(direct)} artifact masks)")
+    return 0
+
+
+def _cmd_zogy(args: argparse.Namespace, progress: Callable) -> int:
+    from .zogy import transient_catalog, zogy
+
+    cfg = load_config(args.config, ZogyConfig)
+    sci = read_exposure(args.science)
+    tmpl = read_exposure(args.template)
+    res = zogy(sci, tmpl, cfg, calculate_score=True, progress=progress)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_exposure(res.diff, out / "diff.fits")
+    write_exposure(res.score, out / "score.fits")
+    write_hdul(fits.HDUList([fits.PrimaryHDU(res.scorr.astype(np.float32))]), out / "scorr.fits")
+    cat = transient_catalog(res, cfg.transientThreshold, cfg.transientMinPixels)
+    cat.write(out / "transients.ecsv", overwrite=True)
+    progress(f"wrote {out} (diff, score, scorr, {len(cat)} transients)")
+    return 0
+
+
+def _render(cfg: LsstConfig, fmt: str, all_fields: bool, label: str | None, preset_name: str) -> str:
+    if fmt == "pex":
+        return cfg.to_pex_override(label=label, only_changed=not all_fields, preset_name=preset_name)
+    if fmt == "yaml":
+        return cfg.to_yaml()
+    return cfg.to_json() + "\n"
+
+
+def _cmd_config(args: argparse.Namespace, progress: Callable) -> int:
+    cls = _CLASSES[args.task]
+    if args.action == "diff":
+        if len(args.specs) != 2:
+            raise InputError("config diff needs two configs (files or preset names)")
+        a, b = (load_config(s, cls) for s in args.specs)
+        da, db = dict(a.flat_items()), dict(b.flat_items())
+        n = 0
+        for key in da:
+            if da[key] != db.get(key):
+                print(f"{key}: {da[key]!r} -> {db.get(key)!r}")
+                n += 1
+        if n == 0:
+            print("(identical)")
+        return 0
+    spec = args.preset or (args.specs[0] if args.specs else None)
+    if args.preset == "zogy" or (spec == "zogy"):
+        cls = ZogyConfig
+    cfg = load_config(spec, cls)
+    text = _render(cfg, args.format, args.all, args.label, args.preset or (spec or "lsst"))
+    if args.action == "export" and args.out:
+        from .io import atomic_write
+
+        atomic_write(args.out, lambda tmp: Path(tmp).write_text(text))
+        progress(f"wrote {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def add_subcommands(sub, progress: Callable) -> None:
+    """Register ``coadd``, ``zogy`` and ``config`` on the ``diffstack`` subparsers."""
+    c = sub.add_parser("coadd", help="CompareWarp (or plain AssembleCoadd) coadd of warp FITS files")
+    c.add_argument("warps", nargs="+", help="direct-warp FITS files or directories")
+    c.add_argument("--pattern", default="direct_warp_*.fits", help="glob used inside directories")
+    c.add_argument("--psf-matched", nargs="+", help="PSF-matched warps (files or directories), same order")
+    c.add_argument("--psf-matched-pattern", default="psf_matched_warp_*.fits")
+    c.add_argument("--config", help="pipetask override (.py), YAML/JSON export, or preset name")
+    c.add_argument("--task", choices=["compare-warp", "assemble"], default="compare-warp")
+    c.add_argument("--out", required=True, help="output directory")
+    c.set_defaults(func=lambda a: _cmd_coadd(a, progress))
+
+    z = sub.add_parser("zogy", help="ZOGY subtraction science - template")
+    z.add_argument("science")
+    z.add_argument("template")
+    z.add_argument("--config", help="pipetask override (.py), YAML/JSON export, or 'zogy'")
+    z.add_argument("--out", required=True, help="output directory")
+    z.set_defaults(func=lambda a: _cmd_zogy(a, progress))
+
+    g = sub.add_parser("config", help="show, compare or export configs")
+    g.add_argument("action", choices=["show", "diff", "export"])
+    g.add_argument("specs", nargs="*", help="config files or preset names")
+    g.add_argument("--preset", choices=list(PRESETS))
+    g.add_argument("--task", choices=list(_CLASSES), default="compare-warp")
+    g.add_argument("--format", choices=["pex", "yaml", "json"], default="pex")
+    g.add_argument("--all", action="store_true", help="pex: every field, not only those differing from LSST")
+    g.add_argument("--label", help="pipetask label for the usage line (pex)")
+    g.add_argument("--out", help="export: file to write (atomically)")
+    g.set_defaults(func=lambda a: _cmd_config(a, progress))
