@@ -1,0 +1,131 @@
+"""Headless explorer tests: widgets -> models -> Bokeh sources, caching, batching, latest-wins."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("jupyter_bokeh")
+
+import widgets  # noqa: E402
+from toolkit.models import CompareWarpModel, ZogyModel  # noqa: E402
+from toolkit.sim import simulate_pair, simulate_stack  # noqa: E402
+
+
+def _find(w, css):
+    out = [w] if css in getattr(w, "_dom_classes", ()) else []
+    for c in getattr(w, "children", ()):
+        out += _find(c, css)
+    return out
+
+
+@pytest.fixture(scope="module")
+def stack():
+    return simulate_stack(seed=3, size=128)
+
+
+def test_compare_warp_explorer_widget_to_model_to_source(stack):
+    ex = widgets.CompareWarpExplorer(CompareWarpModel(stack.direct_warps, stack.psf_matched_warps))
+    assert ex.render_count == 1
+    slider = _find(ex.widget, "ds-ctl-spatialThreshold")[0]
+    before = ex.sources["coadd"].data["image"][0]
+    mask_before = ex.sources["mask:CLIPPED"].data["image"][0]
+    slider.value = 0.0  # every candidate is clipped
+    assert ex.model.config.spatialThreshold == 0.0
+    after = ex.sources["coadd"].data["image"][0]
+    assert after is not before
+    assert ex.sources["mask:CLIPPED"].data["image"][0].sum() > mask_before.sum()
+    # the template and the candidates were not recomputed: only filter + final stack ran
+    rc = ex.model.outputs["run_counts"]
+    assert rc["template"] == 1 and rc["candidates"] == 1 and rc["filter"] == 2 and rc["coadd"] == 2
+    # model -> widget direction
+    ex.model.config.spatialThreshold = 0.7
+    assert slider.value == pytest.approx(0.7)
+    # the epoch selector changes the warpDiff panel only
+    n = ex.render_count
+    ex.model.epoch = 4
+    assert ex.render_count == n + 1 and "epoch 4" in ex.figures["warp_diff"].title.text
+    # every buffer is uint8 and at most the screen size
+    for name, src in ex.sources.items():
+        img = src.data["image"][0]
+        assert img.dtype == np.uint8 and max(img.shape) <= ex.display.max_pixels
+
+
+def test_batched_update_renders_once(stack):
+    ex = widgets.CompareWarpExplorer(CompareWarpModel(stack.direct_warps, stack.psf_matched_warps))
+    n, c = ex.render_count, ex.model.compute_count
+    ex.model.config.param.update(spatialThreshold=0.3, maxNumEpochs=3)
+    assert ex.render_count == n + 1 and ex.model.compute_count == c + 1
+
+
+def test_out_of_range_widget_value_is_refused(stack):
+    ex = widgets.CompareWarpExplorer(CompareWarpModel(stack.direct_warps, stack.psf_matched_warps))
+    txt = _find(ex.widget, "ds-ctl-thresholdValue")[0]
+    old = ex.model.config.detect.thresholdValue
+    txt.value = -1.0  # thresholds must be > 0
+    assert ex.model.config.detect.thresholdValue == old and txt.value == old
+
+
+def test_superseded_recompute_never_published(stack):
+    m = CompareWarpModel(stack.direct_warps, stack.psf_matched_warps, background=True, compute=False)
+    published = []
+    m.param.watch(lambda e: published.append(m.outputs["config"].spatialThreshold), ["version"])
+    real = m._compute
+    gate = threading.Event()
+
+    def slow(snap):
+        if snap[0].spatialThreshold == 0.1:
+            gate.wait(10)  # the first (slow) request is still running when the next arrives
+        return real(snap)
+
+    m._compute = slow
+    m.config.spatialThreshold = 0.1
+    time.sleep(0.05)
+    m.config.spatialThreshold = 0.9
+    gate.set()
+    m.wait()
+    assert published == [0.9]
+    assert m.outputs["config"].spatialThreshold == 0.9
+
+
+def test_zogy_and_pipeline_explorers():
+    pair = simulate_pair(size=128, seed=2)
+    zx = widgets.ZogyExplorer(ZogyModel(pair.science, pair.reference))
+    n_before = len(zx.catalog_source.data["x"])
+    assert n_before >= 1
+    assert zx.sources["scorr"].data["image"][0].dtype == np.uint8
+    zx.model.config.transientThreshold = 1e6  # nothing passes
+    assert len(zx.catalog_source.data["x"]) == 0
+    px = widgets.explore_pipeline(simulate_stack(seed=4, size=96, n_epochs=5))
+    v = px.zogy.model.version
+    px.model.science_epoch = 2
+    assert px.zogy.model.version == v + 1
+
+
+def test_export_and_tap(stack, tmp_path):
+    ex = widgets.CompareWarpExplorer(CompareWarpModel(stack.direct_warps, stack.psf_matched_warps))
+    ex.model.config.spatialThreshold = 0.25
+    text = ex.export_config(str(tmp_path / "o.py"), "pex")
+    assert "config.spatialThreshold = 0.25" in text and (tmp_path / "o.py").read_text() == text
+
+    class Ev:
+        x, y = 60.0, 70.0
+
+    ex._tap(Ev())
+    d = ex.series_source.data
+    assert len(d["epoch"]) == len(stack.direct_warps)
+    np.testing.assert_allclose(d["value"], [w.image[70, 60] for w in stack.direct_warps])
+
+
+def test_reductions_keep_what_matters():
+    from widgets.display import reduce_block
+
+    a = np.zeros((8, 8))
+    a[3, 5] = -9.0
+    a[0, 0] = 2.0
+    r = reduce_block(a, 4, "absmax")
+    assert r[0, 1] == -9.0 and r[0, 0] == 2.0
+    m = np.zeros((8, 8), np.int32)
+    m[7, 7] = 4
+    assert reduce_block(m, 4, "or")[1, 1] == 4
