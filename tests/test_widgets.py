@@ -129,3 +129,10 @@ def test_reductions_keep_what_matters():
     m = np.zeros((8, 8), np.int32)
     m[7, 7] = 4
     assert reduce_block(m, 4, "or")[1, 1] == 4
+
+
+def test_status_line_follows_recomputes(stack):
+    ex = widgets.CompareWarpExplorer(CompareWarpModel(stack.direct_warps, stack.psf_matched_warps))
+    assert "filter 1" in ex.status.value
+    ex.model.config.spatialThreshold = 0.2
+    assert "filter 2" in ex.status.value and "template 1" in ex.status.value

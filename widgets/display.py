@@ -17,8 +17,8 @@ __all__ = ["block_factor", "reduce_block", "stretch_uint8", "limits", "AFW_MASK_
 #: afwDisplay's default mask colours
 AFW_MASK_COLORS = {
     "BAD": "red", "CR": "magenta", "EDGE": "yellow", "INTERPOLATED": "green", "INTRP": "green", "SAT": "green",
-    "DETECTED": "blue", "DETECTED_NEGATIVE": "cyan", "SUSPECT": "yellow", "NO_DATA": "orange", "CLIPPED": "#ff7f00",
-    "REJECTED": "#a65628", "SENSOR_EDGE": "#999999", "INEXACT_PSF": "#f781bf", "STREAK": "#984ea3",
+    "DETECTED": "blue", "DETECTED_NEGATIVE": "cyan", "SUSPECT": "yellow", "NO_DATA": "orange", "CLIPPED": "#9467bd",
+    "REJECTED": "#a65628", "SENSOR_EDGE": "#999999", "INEXACT_PSF": "#f781bf", "STREAK": "#17becf",
 }
 #: Okabe-Ito colour-blind-safe palette, assigned in plane order
 CB_SAFE_MASK_COLORS = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]

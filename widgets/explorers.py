@@ -68,7 +68,7 @@ def _image_source() -> ColumnDataSource:
 class _PanelExplorer:
     """Shared machinery: figures with shared ranges, image sources, mappers, render bookkeeping."""
 
-    panel_size = 320
+    panel_size = 260
 
     def __init__(self, shape: tuple[int, int], xy0: tuple[int, int], display: DisplaySettings | None) -> None:
         self.display = display or DisplaySettings()
@@ -167,6 +167,8 @@ class CompareWarpExplorer(_PanelExplorer):
         f_series.scatter(x="epoch", y="value", color="color", size=7, source=self.series_source)
         self.figures["series"] = f_series
         grid = gridplot([[f_coadd, f_tmpl], [f_diff, f_count], [f_series, None]], merge_tools=False)
+        if model.outputs:  # before wrapping: the BokehModel's initial bundle must carry the images
+            self.render(None)
         self.bokeh = BokehModel(grid, combine_events=True)
         self.bokeh.add_class("ds-bokeh")
         # controls
@@ -185,14 +187,12 @@ class CompareWarpExplorer(_PanelExplorer):
         self.controls = config_controls(model.config, "CompareWarp")
         self.widget = ipw.VBox([
             ipw.HBox([self.epoch_slider, self.status]), disp,
-            ipw.HBox([self.bokeh, ipw.VBox([self.controls], layout=ipw.Layout(width="420px"))]),
+            ipw.HBox([ipw.VBox([self.controls], layout=ipw.Layout(width="360px", min_width="360px")), self.bokeh]),
             ipw.HBox([self.export_format, self.export_path, self.export_button, self.save_button]), self.export_text,
         ])
         self.widget.add_class("ds-compare-warp-explorer")
         model.param.watch(self._on_model, ["version"])
-        model.param.watch(lambda e: self._set_status(), ["status", "busy"])
-        if model.outputs:
-            self.render(None)
+        model.param.watch(lambda e: self._set_status(), ["status", "busy", "version"])
         self._set_status()
 
     # ------------------------------------------------------------------ rendering
@@ -236,7 +236,8 @@ class CompareWarpExplorer(_PanelExplorer):
         def need(*names: str) -> bool:
             return every or bool(changed & set(names))
 
-        with self.bokeh.hold_sync() if hasattr(self.bokeh, "hold_sync") else _null():
+        bk = getattr(self, "bokeh", None)
+        with bk.hold_sync() if bk is not None else _null():
             if need("coadd"):
                 c = out["coadd"]
                 self._image("coadd", c.image)
@@ -313,18 +314,18 @@ class ZogyExplorer(_PanelExplorer):
         f_scorr.scatter(x="x", y="y", source=self.catalog_source, marker="circle", size=14, fill_color=None, line_color="lime", line_width=1.5)
         f_diff.scatter(x="x", y="y", source=self.catalog_source, marker="circle", size=14, fill_color=None, line_color="lime", line_width=1.5)
         grid = gridplot([[f_sci, f_tmpl], [f_diff, f_scorr]], merge_tools=False)
+        if model.outputs:  # before wrapping: the BokehModel's initial bundle must carry the images
+            self.render(None)
         self.bokeh = BokehModel(grid, combine_events=True)
         self.bokeh.add_class("ds-bokeh")
         self.status = ipw.HTML()
         self.status.add_class("ds-status")
         disp = ipw.HBox([widget_for(self.display, n) for n in ("interval", "stretch", "cmap")])
         self.controls = config_controls(model.config, "ZOGY")
-        self.widget = ipw.VBox([self.status, disp, ipw.HBox([self.bokeh, ipw.VBox([self.controls], layout=ipw.Layout(width="420px"))])])
+        self.widget = ipw.VBox([self.status, disp, ipw.HBox([ipw.VBox([self.controls], layout=ipw.Layout(width="360px", min_width="360px")), self.bokeh])])
         self.widget.add_class("ds-zogy-explorer")
         model.param.watch(lambda *_: self.render(set(model.changed)), ["version"])
-        model.param.watch(lambda *_: self._set_status(), ["status", "busy"])
-        if model.outputs:
-            self.render(None)
+        model.param.watch(lambda *_: self._set_status(), ["status", "busy", "version"])
         self._set_status()
 
     def render(self, changed: set[str] | None) -> None:
