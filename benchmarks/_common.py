@@ -45,3 +45,17 @@ def astropy_baseline(exposures, sigma: float = 3.0, maxiters: int = 2) -> float:
 
 def gb(nbytes: float) -> str:
     return f"{nbytes / 2**30:.2f} GiB"
+
+
+def size_epochs_main(doc: str, run) -> None:
+    """Shared command line of the stack benchmarks: ``--size`` and ``--epochs``, then ``run(size, n)``."""
+    import argparse
+    import warnings
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--epochs", type=int, nargs="+", default=[10, 30])
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")
+    for n in args.epochs:
+        run(args.size, n)

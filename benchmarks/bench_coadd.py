@@ -14,10 +14,7 @@ Usage: python benchmarks/bench_coadd.py [--size 2048] [--epochs 10 30]
 
 from __future__ import annotations
 
-import argparse
-import warnings
-
-from _common import astropy_baseline, exposure_bytes, gb, measure
+from _common import astropy_baseline, exposure_bytes, gb, measure, size_epochs_main
 
 from toolkit.coadd import assemble_coadd
 from toolkit.config import AssembleCoaddConfig
@@ -42,15 +39,5 @@ def run(size: int, n: int) -> None:
               f"  peak {gb(peak)} = {peak / in_bytes:.2f}x input")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=2048)
-    ap.add_argument("--epochs", type=int, nargs="+", default=[10, 30])
-    args = ap.parse_args()
-    warnings.simplefilter("ignore")
-    for n in args.epochs:
-        run(args.size, n)
-
-
 if __name__ == "__main__":
-    main()
+    size_epochs_main(__doc__, run)

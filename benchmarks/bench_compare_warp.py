@@ -13,10 +13,7 @@ Usage: python benchmarks/bench_compare_warp.py [--size 2048] [--epochs 10 30]
 
 from __future__ import annotations
 
-import argparse
-import warnings
-
-from _common import astropy_baseline, exposure_bytes, gb, measure
+from _common import astropy_baseline, exposure_bytes, gb, measure, size_epochs_main
 
 from toolkit.compare_warp import STAGES, CompareWarpPipeline
 from toolkit.sim import simulate_stack
@@ -45,15 +42,5 @@ def run(size: int, n: int) -> None:
     print(f"peak traced memory {gb(peak)} = {peak / in_bytes:.2f}x input (target <= 2); during re-filter {gb(peak_re)}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=2048)
-    ap.add_argument("--epochs", type=int, nargs="+", default=[10, 30])
-    args = ap.parse_args()
-    warnings.simplefilter("ignore")
-    for n in args.epochs:
-        run(args.size, n)
-
-
 if __name__ == "__main__":
-    main()
+    size_epochs_main(__doc__, run)

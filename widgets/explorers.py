@@ -231,10 +231,7 @@ class CompareWarpExplorer(_PanelExplorer):
         out = self.model.outputs
         if not out:
             return
-        every = changed is None
-
-        def need(*names: str) -> bool:
-            return every or bool(changed & set(names))
+        need = _needs(changed)
 
         bk = getattr(self, "bokeh", None)
         with bk.hold_sync() if bk is not None else _null():
@@ -246,7 +243,7 @@ class CompareWarpExplorer(_PanelExplorer):
                 for i, name in enumerate(self._mask_renderers):
                     if name in c.mask_planes:
                         self._assign(f"mask:{name}", ((red & np.int32(c.mask_planes.bitmask([name]))) != 0).astype(np.uint8), k)
-                    if every:
+                    if changed is None:
                         col = self._mask_color(name, i)
                         self.mappers[f"mask:{name}"].update(palette=[col], high_color=col)
             if need("template"):
@@ -332,10 +329,7 @@ class ZogyExplorer(_PanelExplorer):
         out = self.model.outputs
         if not out:
             return
-        every = changed is None
-
-        def need(*names: str) -> bool:
-            return every or bool(changed & set(names))
+        need = _needs(changed)
 
         if need("science"):
             self._image("science", out["science"].image)
@@ -374,6 +368,11 @@ class PipelineExplorer:
 
         load_bokehjs()
         display(self.widget)
+
+
+def _needs(changed: set[str] | None):
+    """``need(*outputs)``: True when any of them changed (everything when ``changed`` is None)."""
+    return lambda *names: changed is None or bool(changed & set(names))
 
 
 class _null:
