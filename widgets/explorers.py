@@ -111,6 +111,23 @@ class _PanelExplorer:
         self.limits = getattr(self, "limits", {})
         self.limits[name] = (lo, hi)
 
+    def _wrap(self, grid) -> None:
+        """Render, then wrap the layout in one BokehModel (its initial bundle must carry the images)."""
+        if self.model.outputs:
+            self.render(None)
+        self.bokeh = BokehModel(grid, combine_events=True)
+        self.bokeh.add_class("ds-bokeh")
+        self.status = ipw.HTML()
+        self.status.add_class("ds-status")
+
+    def _watch_model(self) -> None:
+        self.model.param.watch(lambda *_: self.render(set(self.model.changed)), ["version"])
+        self.model.param.watch(lambda *_: self._set_status(), ["status", "busy", "version"])
+        self._set_status()
+
+    def _controls_column(self) -> ipw.VBox:
+        return ipw.VBox([self.controls], layout=ipw.Layout(width="360px", min_width="360px"))
+
     def _cmap_changed(self, *_: Any) -> None:
         for name, m in self.mappers.items():
             if name in self._greyscale_panels:
@@ -167,13 +184,8 @@ class CompareWarpExplorer(_PanelExplorer):
         f_series.scatter(x="epoch", y="value", color="color", size=7, source=self.series_source)
         self.figures["series"] = f_series
         grid = gridplot([[f_coadd, f_tmpl], [f_diff, f_count], [f_series, None]], merge_tools=False)
-        if model.outputs:  # before wrapping: the BokehModel's initial bundle must carry the images
-            self.render(None)
-        self.bokeh = BokehModel(grid, combine_events=True)
-        self.bokeh.add_class("ds-bokeh")
+        self._wrap(grid)
         # controls
-        self.status = ipw.HTML()
-        self.status.add_class("ds-status")
         self.epoch_slider = widget_for(model, "epoch", label="epoch")
         self.export_format = ipw.Dropdown(options=["pex", "yaml"], value="pex", description="format")
         self.export_path = ipw.Text(value="compare_warp_override.py", description="file")
@@ -187,13 +199,11 @@ class CompareWarpExplorer(_PanelExplorer):
         self.controls = config_controls(model.config, "CompareWarp")
         self.widget = ipw.VBox([
             ipw.HBox([self.epoch_slider, self.status]), disp,
-            ipw.HBox([ipw.VBox([self.controls], layout=ipw.Layout(width="360px", min_width="360px")), self.bokeh]),
+            ipw.HBox([self._controls_column(), self.bokeh]),
             ipw.HBox([self.export_format, self.export_path, self.export_button, self.save_button]), self.export_text,
         ])
         self.widget.add_class("ds-compare-warp-explorer")
-        model.param.watch(self._on_model, ["version"])
-        model.param.watch(lambda e: self._set_status(), ["status", "busy", "version"])
-        self._set_status()
+        self._watch_model()
 
     # ------------------------------------------------------------------ rendering
     def _add_mask_layers(self, fig) -> None:
@@ -222,9 +232,6 @@ class CompareWarpExplorer(_PanelExplorer):
         if self.display.mask_palette == "afw":
             return AFW_MASK_COLORS.get(name, Category10[10][i % 10])
         return CB_SAFE_MASK_COLORS[i % len(CB_SAFE_MASK_COLORS)]
-
-    def _on_model(self, *_: Any) -> None:
-        self.render(set(self.model.changed))
 
     def render(self, changed: set[str] | None) -> None:
         """Re-render the panels whose inputs changed (all when ``changed`` is None)."""
@@ -311,19 +318,12 @@ class ZogyExplorer(_PanelExplorer):
         f_scorr.scatter(x="x", y="y", source=self.catalog_source, marker="circle", size=14, fill_color=None, line_color="lime", line_width=1.5)
         f_diff.scatter(x="x", y="y", source=self.catalog_source, marker="circle", size=14, fill_color=None, line_color="lime", line_width=1.5)
         grid = gridplot([[f_sci, f_tmpl], [f_diff, f_scorr]], merge_tools=False)
-        if model.outputs:  # before wrapping: the BokehModel's initial bundle must carry the images
-            self.render(None)
-        self.bokeh = BokehModel(grid, combine_events=True)
-        self.bokeh.add_class("ds-bokeh")
-        self.status = ipw.HTML()
-        self.status.add_class("ds-status")
+        self._wrap(grid)
         disp = ipw.HBox([widget_for(self.display, n) for n in ("interval", "stretch", "cmap")])
         self.controls = config_controls(model.config, "ZOGY")
-        self.widget = ipw.VBox([self.status, disp, ipw.HBox([ipw.VBox([self.controls], layout=ipw.Layout(width="360px", min_width="360px")), self.bokeh])])
+        self.widget = ipw.VBox([self.status, disp, ipw.HBox([self._controls_column(), self.bokeh])])
         self.widget.add_class("ds-zogy-explorer")
-        model.param.watch(lambda *_: self.render(set(model.changed)), ["version"])
-        model.param.watch(lambda *_: self._set_status(), ["status", "busy", "version"])
-        self._set_status()
+        self._watch_model()
 
     def render(self, changed: set[str] | None) -> None:
         out = self.model.outputs
