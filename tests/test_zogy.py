@@ -167,3 +167,78 @@ def test_inputs_not_modified():
     before[3, 3] = np.nan
     zogy(sci, ref, ZogyConfig(scaleByCalibration=False, correctBackground=True))
     np.testing.assert_array_equal(sci.image, before)
+
+
+def _lsst_calculate_fourier_diffim(N1, N2, V1, V2, k1, k2, F1, F2, var1, var2):
+    """Reference: LSST's calculateFourierDiffim written out with complex128 numpy FFTs on the
+    full padded cell (reference §4.4), to check the engine's small-grid kernel algebra and
+    pruned kernel transforms against."""
+    from toolkit.zogy import pad_center_origin
+
+    shape = N1.shape
+    fft, ifft = np.fft.fft2, lambda a: np.fft.ifft2(a).real
+    P1, P2 = fft(pad_center_origin(k1, shape)), fft(pad_center_origin(k2, shape))
+    n1, n2, v1, v2 = fft(N1), fft(N2), fft(V1), fft(V2)
+    a1, a2 = var1 * F2**2, var2 * F1**2
+    fd = np.sqrt(a1 + a2)
+    sd = a1 * np.abs(P2) ** 2 + a2 * np.abs(P1) ** 2
+    den = np.sqrt(sd)
+    c1, c2 = F2 * P2 / den, F1 * P1 / den
+    s1 = F1 * F2**2 * P1.conj() * np.abs(P2) ** 2 / sd
+    s2 = F2 * F1**2 * P2.conj() * np.abs(P1) ** 2 / sd
+    sq = lambda c: fft(ifft(c) ** 2)
+    return dict(D=ifft(c1 * n1 - c2 * n2), VD=ifft(sq(c1) * v1 + sq(c2) * v2),
+                S=ifft(s1 * n1 - s2 * n2), VS=ifft(sq(s1) * v1 + sq(s2) * v2), F_D=F1 * F2 / fd)
+
+
+@pytest.mark.parametrize("varying", [True, False])
+@pytest.mark.parametrize("stamps", ["truncated", "well-sampled"])
+def test_fast_cell_equals_lsst_formulas(varying, stamps):
+    """Truncated 25-px stamps of sigma 3.3/2.2 Gaussians (LSST's test) whiten into long-tailed
+    kernels that take the full-cell squares; well-sampled sigma 1.6/1.1 stamps give compact
+    kernels that take the boxed squares.  Both must equal LSST's formulas.  (Well-sampled wide
+    Gaussians are not usable here: where both spectra sink to rounding level, LSST's c1 and c2
+    are ratios of rounding noise and no two FFT implementations agree on D there.)"""
+    from toolkit.zogy import _cell_kernels, _fourier_cell
+
+    rng = np.random.default_rng(5)
+    shape = (180, 200)
+    s1, s2, size = (3.3, 2.2, 25) if stamps == "truncated" else (1.6, 1.1, 21)
+    k1 = GaussianPsf(s1, size=size).compute_kernel_image()
+    g2 = GaussianPsf(s2, size=size - 4).compute_kernel_image()
+    k2 = ImagePsf(np.roll(g2, 1, axis=1) * 0.3 + g2 * 0.7).compute_kernel_image()
+    N1, N2 = rng.normal(0, 10, shape), rng.normal(0, 7, shape)
+    V1 = 100 + 50 * rng.random(shape) if varying else np.full(shape, 100.0)
+    V2 = np.full(shape, 49.0) if not varying else 49 + 20 * rng.random(shape)
+    F1, F2, var1, var2 = 1.3, 0.8, 100.0, 49.0
+    ref = _lsst_calculate_fourier_diffim(N1, N2, V1, V2, k1, k2, F1, F2, var1, var2)
+    ker = _cell_kernels(k1, k2, F1, F2, var1, var2, shape, True, np.float64)
+    out = _fourier_cell(N1, N2, V1, V2, ker, True, False, (0, 0))
+    assert ker.F_D == pytest.approx(ref["F_D"], rel=1e-12)
+    if varying:
+        assert (len(ker.boxed) == 4) == (stamps == "well-sampled")
+    for key in ("D", "VD", "S", "VS"):
+        # c2 = F1 P1 / den is a ratio of two spectra at their rounding level near Nyquist, so
+        # any two FFT implementations differ by ~1e-8 of D's scale there; nothing more is allowed
+        scale = np.abs(ref[key]).max()
+        np.testing.assert_allclose(out[key], ref[key], atol=1e-7 * scale, rtol=0, err_msg=key)
+
+
+def test_float32_matches_float64_and_cells_fft_friendly():
+    p = simulate_pair(size=256, seed=3, source_noise=False)
+    cfg = ZogyConfig()
+    r32 = zogy(p.science, p.reference, cfg)
+    assert p.science.dtype == np.float32 and r32.diff.image.dtype == np.float32
+    as64 = [Exposure(e.image.astype(np.float64), e.variance.astype(np.float64), e.mask, e.mask_planes, psf=e.psf, photo_calib=e.photo_calib) for e in (p.science, p.reference)]
+    r64 = zogy(*as64, cfg)
+    # float32 transforms: errors ~1e-6 of the image scale, far below the noise (Scorr is in
+    # sigma).  Near the edges the padding noise differs (float32 and float64 draws differ).
+    inner = (slice(40, -40), slice(40, -40))
+    np.testing.assert_allclose(r32.scorr[inner], r64.scorr[inner], atol=2e-3, rtol=0)
+    np.testing.assert_allclose(r32.diff.variance[inner], r64.diff.variance[inner], rtol=1e-4)
+    outer = r32.cells[0]["outer"]
+    assert outer.width % 2 == 0 and outer.width < 512  # 256 + 2 x border -> FFT-friendly, not 512
+    lsst = zogy(p.science, p.reference, ZogyConfig(powerOfTwoCells=True))
+    assert lsst.cells[0]["outer"].width == 512
+    # only the padding noise differs: interiors agree
+    assert np.median(np.abs(lsst.scorr[inner] - r32.scorr[inner])) < 0.02

@@ -474,6 +474,7 @@ class ZogyConfig(LsstConfig):
     _diffstack_only = (
         "paddingSeed", "doAstrometricNoise", "astrometricSigmaX", "astrometricSigmaY",
         "doSourceNoise", "doFitFluxRatio", "transientThreshold", "transientMinPixels",
+        "powerOfTwoCells",
     )
     # diffstack names the scalings by role; LSST applied templateFluxScaling to exposure1 = science
     _pex_names = {"scienceFluxScaling": "templateFluxScaling", "templateFluxScaling": "scienceFluxScaling"}
@@ -488,6 +489,7 @@ class ZogyConfig(LsstConfig):
     gridInnerSize = param.Number(8.0, bounds=(0, None), inclusive_bounds=(False, True), doc="Inner cell size in units of the matching-kernel size.")
     # ---- diffstack extras (not LSST fields)
     paddingSeed = param.Integer(0, doc="Seed of the white-noise padding (diffstack gives the two images independent noise, unlike LSST).")
+    powerOfTwoCells = param.Boolean(False, doc="Pad cells to powers of two as LSST did (a 2048^2 image becomes a 4096^2 cell); by default cells are padded to the next FFT-friendly even size, with the same minimum border.")
     doAstrometricNoise = param.Boolean(False, doc="Add the paper's astrometric-noise terms to the Scorr denominator.")
     astrometricSigmaX = param.Number(0.0, bounds=(0, None), doc="Astrometric registration noise sigma_x (pixels).")
     astrometricSigmaY = param.Number(0.0, bounds=(0, None), doc="Astrometric registration noise sigma_y (pixels).")

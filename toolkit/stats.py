@@ -134,12 +134,68 @@ def stack_statistic(
     return StackStats(mean, variance, n_point, n_point - n_keep, keep)
 
 
-def meanclip_scalar(values: np.ndarray, n_sigma: float = 3.0, n_iter: int = 2) -> float:
-    """afw MEANCLIP of a 1-D array of usable values, unweighted (used for warp weights).
+def _order_statistics(x: np.ndarray, ranks: list[int]) -> dict[int, float]:
+    """Exact order statistics ``sorted(x)[r]`` for a few ranks.
 
-    The quartiles are taken with one ``np.partition`` in the input dtype (selection is exact in
-    any dtype) and interpolated in float64; sums are accumulated in float64.  That is the same
-    result as ``np.percentile`` on a float64 copy at a third of the time on a 2048^2 plane.
+    A full ``np.partition`` of a 4-megapixel plane costs ~0.1 s.  Instead a fixed-seed sample
+    brackets each rank, one counting pass checks that the bracket really contains it, and only
+    the few thousand values inside are partitioned.  The answer is exact whatever the sample;
+    a bracket that misses (adversarial data) falls back to the full partition.
+    """
+    n = x.size
+    out: dict[int, float] = {}
+    if n > 200_000:
+        ns = 32768
+        sample = np.sort(x[np.random.default_rng(12345).integers(0, n, ns)])
+        for r in ranks:
+            if r in out:
+                continue
+            p = r / (n - 1)
+            half = 6.0 * np.sqrt(ns * p * (1.0 - p)) + 16.0
+            i_lo, i_hi = int(np.floor(p * (ns - 1) - half)), int(np.ceil(p * (ns - 1) + half))
+            lo = sample[i_lo] if i_lo >= 0 else None
+            hi = sample[i_hi] if i_hi < ns else None
+            sel = np.ones(n, bool) if lo is None else (x >= lo)
+            if hi is not None:
+                sel &= x <= hi
+            below = 0 if lo is None else int(np.count_nonzero(x < lo))
+            inside = x[sel]
+            here = [q for q in ranks if below <= q < below + inside.size and q not in out]
+            if r not in here:
+                break
+            part = np.partition(inside, [q - below for q in here])
+            out.update({q: float(part[q - below]) for q in here})
+    missing = [r for r in ranks if r not in out]
+    if missing:
+        part = np.partition(x, missing)
+        out.update({r: float(part[r]) for r in missing})
+    return out
+
+
+def _within(x: np.ndarray, center: float, half_width: float) -> np.ndarray:
+    """``|x - center| <= half_width`` without a float64 temporary of ``x``.
+
+    For float32 data the float64 bounds are rounded inwards to float32, which selects exactly
+    the same values as comparing in float64 and runs ~4x faster on large planes.
+    """
+    lo, hi = np.float64(center) - np.float64(half_width), np.float64(center) + np.float64(half_width)
+    if x.dtype == np.float32:
+        lo32, hi32 = np.float32(lo), np.float32(hi)
+        if np.float64(lo32) < lo:
+            lo32 = np.nextafter(lo32, np.float32(np.inf))
+        if np.float64(hi32) > hi:
+            hi32 = np.nextafter(hi32, np.float32(-np.inf))
+        return (x >= lo32) & (x <= hi32)
+    return (x >= lo) & (x <= hi)
+
+
+def meanclip_scalar(values: np.ndarray, n_sigma: float = 3.0, n_iter: int = 2) -> float:
+    """afw MEANCLIP of a 1-D array of usable values, unweighted (warp weights, ZOGY noise levels).
+
+    Quartiles come from exact order statistics (:func:`_order_statistics`), interpolated in
+    float64; the clip iterations compare in the input dtype with exactly-rounded bounds and
+    accumulate in float64.  Same value as ``np.percentile`` plus float64 clipping on a copy, at
+    about a quarter of the time on a 2048^2 plane.
     """
     x = np.asarray(values).ravel()
     if not np.issubdtype(x.dtype, np.floating):
@@ -148,32 +204,30 @@ def meanclip_scalar(values: np.ndarray, n_sigma: float = 3.0, n_iter: int = 2) -
     if n == 0:
         return float("nan")
     pos = {q: q * (n - 1) for q in (0.25, 0.5, 0.75)}
-    kth = sorted({int(np.floor(p)) for p in pos.values()} | {min(int(np.floor(p)) + 1, n - 1) for p in pos.values()})
-    part = np.partition(x, kth)
+    ranks = sorted({int(np.floor(p)) for p in pos.values()} | {min(int(np.floor(p)) + 1, n - 1) for p in pos.values()})
+    stats = _order_statistics(x, ranks)
 
     def quantile(q: float) -> float:
         lo = int(np.floor(pos[q]))
-        hi = min(lo + 1, n - 1)
-        a, b = float(part[lo]), float(part[hi])
+        a, b = stats[lo], stats[min(lo + 1, n - 1)]
         return a + (pos[q] - lo) * (b - a)
 
     q25, med, q75 = quantile(0.25), quantile(0.5), quantile(0.75)
-    del part
     iqr_hw = n_sigma * IQR_TO_SIGMA * (q75 - q25)
     center, hw = np.float64(med), np.float64(iqr_hw)
-    keep = None
+    xk = x
     for it in range(n_iter):
-        keep = np.abs(x - center) <= hw
+        xk = x[_within(x, center, hw)]
         if it == n_iter - 1:
             break
-        xk = x[keep]
         nk = xk.size
         if nk >= 1:
-            m = xk.mean(dtype=np.float64)
-            var = float(np.square(xk - m, dtype=np.float64).sum()) / (nk - 1) if nk > 1 else 0.0
+            xk64 = xk.astype(np.float64, copy=False)
+            m = xk64.mean()
+            d = xk64 - m
+            var = float(np.dot(d, d)) / (nk - 1) if nk > 1 else 0.0
             center = np.float64(m)
         else:
             var = 0.0
         hw = np.float64(iqr_hw if nk <= 1 else n_sigma * np.sqrt(max(var, 0.0)))
-    xk = x[keep]
     return float(xk.mean(dtype=np.float64)) if xk.size else float("nan")

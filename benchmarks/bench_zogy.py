@@ -1,0 +1,116 @@
+"""ZOGY speed and memory against two baselines measured in the same process.
+
+For simulated float32 pairs of 1024^2, 2048^2 and 4096^2 (LSST-like PSFs, variance planes with
+source noise, masks) it times the full engine ``toolkit.zogy.zogy`` with its defaults (padding,
+variance planes as images, masks, non-finite handling, D, V_D, S, V_S, Scorr, P_D, P_S and the
+transient catalog) and compares it with:
+
+* **FFT floor**: the fewest real transforms any ZOGY with variance planes needs at the engine's
+  padded cell size and precision: 4 forward (science, template and their variance planes) and
+  4 inverse (D, V_D, S, V_S).  Nothing else: no kernels, no products, no padding.
+* **minimal ZOGY**: D, S and Scorr straight from the paper's equations in float64 with constant
+  variance maps, no padding and no grid: 13 real transforms of the image (2 PSFs, 2 images, D,
+  S, 2 score kernels, their 2 squares, 2 variance maps and V_S).
+
+Each time is the median of 3 runs; the engine's kernel cache is cleared before each run so
+every run does the full work.  Peak memory is the traced peak of one engine run.
+
+Targets (issue 8, at 2048^2): engine <= 1.2x the minimal ZOGY and <= 2x the FFT floor; peak
+memory <= 1 GB.
+
+Usage: python benchmarks/bench_zogy.py [--sizes 1024 2048 4096] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import numpy as np
+import scipy.fft as sfft
+from _common import gb, measure
+
+from toolkit.psf_matching import _embed_origin
+from toolkit.sim import simulate_pair
+from toolkit.zogy import _cell_kernels_cached, zogy
+
+
+def fft_floor(shape: tuple[int, int], dtype) -> float:
+    """4 rfft2 + 4 irfft2 at ``shape`` in ``dtype`` (the irreducible transforms)."""
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(shape).astype(dtype) for _ in range(4)]
+    t = time.perf_counter()
+    spectra = [sfft.rfft2(a, workers=-1) for a in arrays]
+    for s in spectra:
+        sfft.irfft2(s, s=shape, workers=-1)
+    return time.perf_counter() - t
+
+
+def minimal_zogy(N, R, Pn, Pr, var_n: float, var_r: float, fn: float = 1.0, fr: float = 1.0):
+    """The paper's D, S and Scorr (eqs. 13, 12, 25-26) with constant variance maps, float64."""
+    shape = N.shape
+    pn = sfft.rfft2(_embed_origin(Pn, shape), workers=-1)
+    pr = sfft.rfft2(_embed_origin(Pr, shape), workers=-1)
+    nh = sfft.rfft2(N.astype(np.float64), workers=-1)
+    rh = sfft.rfft2(R.astype(np.float64), workers=-1)
+    pn2, pr2 = np.abs(pn) ** 2, np.abs(pr) ** 2
+    den2 = var_n * fr**2 * pr2 + var_r * fn**2 * pn2
+    den2 = np.maximum(den2, 1e-300)
+    D = sfft.irfft2((fr * pr * nh - fn * pn * rh) / np.sqrt(den2), s=shape, workers=-1)
+    kn_h = fn * fr**2 * np.conj(pn) * pr2 / den2
+    kr_h = fr * fn**2 * np.conj(pr) * pn2 / den2
+    S = sfft.irfft2(kn_h * nh - kr_h * rh, s=shape, workers=-1)
+    kn = sfft.irfft2(kn_h, s=shape, workers=-1)
+    kr = sfft.irfft2(kr_h, s=shape, workers=-1)
+    vn = sfft.rfft2(np.full(shape, var_n), workers=-1)
+    vr = sfft.rfft2(np.full(shape, var_r), workers=-1)
+    VS = sfft.irfft2(sfft.rfft2(kn**2, workers=-1) * vn + sfft.rfft2(kr**2, workers=-1) * vr, s=shape, workers=-1)
+    return D, S, S / np.sqrt(VS)
+
+
+def median_time(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def run(size: int, repeat: int) -> None:
+    pair = simulate_pair(size=size, seed=1)
+    sci, ref = pair.science, pair.reference
+
+    def engine():
+        _cell_kernels_cached.cache_clear()
+        return zogy(sci, ref)
+
+    res = engine()  # warm-up (imports, pocketfft plans)
+    outer = res.cells[0]["outer"].shape
+    t_engine = median_time(engine, repeat)
+    t_floor = statistics.median(fft_floor(outer, sci.dtype) for _ in range(repeat))
+    pn, pr = sci.psf.compute_kernel_image(), ref.psf.compute_kernel_image()
+    vn, vr = float(np.median(sci.variance)), float(np.median(ref.variance))
+    t_min = median_time(lambda: minimal_zogy(sci.image, ref.image, pn, pr, vn, vr), repeat)
+    mem: dict = {}
+    with measure(mem, "engine"):
+        engine()
+    peak = mem["engine"][1]
+    tm = res.timings
+    print(f"\n== {size}^2 float32 pair, padded cell {outer[0]}x{outer[1]}")
+    print(f"engine       {t_engine:6.3f} s   (prepare {tm['prepare']:.3f}, fourier {tm['fourier']:.3f}, rest {tm['total'] - tm['prepare'] - tm['fourier']:.3f})")
+    print(f"FFT floor    {t_floor:6.3f} s   (8 real transforms at {outer[0]}x{outer[1]}, {np.dtype(sci.dtype).name})  engine/floor   = {t_engine / t_floor:5.2f}  (target <= 2)")
+    print(f"minimal ZOGY {t_min:6.3f} s   (13 float64 transforms at {size}^2, constant variance)        engine/minimal = {t_engine / t_min:5.2f}  (target <= 1.2)")
+    print(f"peak traced memory {gb(peak)} (target <= 1 GB at 2048^2); inputs {gb(2 * (sci.image.nbytes + sci.variance.nbytes + sci.mask.nbytes))}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")
+    for n in args.sizes:
+        run(n, args.repeat)
