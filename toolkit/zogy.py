@@ -485,38 +485,38 @@ class _CellKernels:
             rows = np.arange(-rmax, rmax + 1) % ny
             cols = np.arange(-rmax, rmax + 1) % nx
             crop = sfft.irfft(cols_y[:, rows, :], n=nx, axis=-1, workers=-1)[:, :, cols]
-            sq = np.empty_like(self.spectra)
             boxed, full = [], []
             for i in range(n):
                 c2 = np.square(crop[i], dtype=np.float64)
                 inside = c2.sum()
-                total = self.sum_squares(i)
                 r_use = None
-                # the crop must hold the whole kernel (up to float32 resolution of the total) ...
-                if inside > 0 and abs(total - inside) <= 1e-5 * total:
-                    edge = inside - c2[8:-8, 8:-8].sum() if rmax > 16 else inside
-                    # ... and decay to nothing at its edge
-                    if edge <= 1e-12 * inside:
-                        for r in (8, 16, 32, 64, 128):
-                            if r <= rmax and inside - c2[rmax - r:rmax + r + 1, rmax - r:rmax + r + 1].sum() <= 1e-9 * inside:
-                                r_use = r
-                                break
+                # the kernel must have decayed to nothing at the crop's edge (the truncated
+                # stamps' long-tailed whitening kernels fail this) ...
+                edge = inside - c2[8:-8, 8:-8].sum() if rmax > 16 else inside
+                if inside > 0 and edge <= 1e-12 * inside:
+                    # ... and then the smallest box holding all but 1e-9 of it is used
+                    for r in (8, 16, 32, 64, 128):
+                        if r <= rmax and inside - c2[rmax - r:rmax + r + 1, rmax - r:rmax + r + 1].sum() <= 1e-9 * inside:
+                            r_use = r
+                            break
                 if r_use is None:
                     full.append(i)
                 else:
-                    boxed.append((i, c2[rmax - r_use:rmax + r_use + 1, rmax - r_use:rmax + r_use + 1].astype(self.work)))
-            if boxed:
-                by_size: dict[int, list] = {}
-                for i, c in boxed:
-                    by_size.setdefault(c.shape[0], []).append((i, c))
-                for group in by_size.values():
-                    sq[[i for i, _ in group]] = _spectra([c for _, c in group], (ny, nx), self.work)
-            if full:
+                    boxed.append((i, r_use, c2))
+            if not full:
+                # one batched pruned transform, every square cut to the largest box needed
+                r = max(b[1] for b in boxed)
+                sq = _spectra([c2[rmax - r:rmax + r + 1, rmax - r:rmax + r + 1].astype(self.work) for _, _, c2 in boxed], (ny, nx), self.work)
+            else:
+                sq = np.empty_like(self.spectra)
+                if boxed:
+                    r = max(b[1] for b in boxed)
+                    sq[[i for i, _, _ in boxed]] = _spectra([c2[rmax - r:rmax + r + 1, rmax - r:rmax + r + 1].astype(self.work) for _, _, c2 in boxed], (ny, nx), self.work)
                 k = sfft.irfft(cols_y[full], n=nx, axis=-1, workers=-1)
                 np.square(k, out=k)
                 sq[full] = sfft.rfft2(k, axes=(-2, -1), workers=-1)
             self._squares = sq
-            self.boxed = [c.shape[0] for _, c in boxed]
+            self.boxed = [2 * r + 1 for _, r, _ in boxed]
         return self._squares
 
     def sum_squares(self, i: int) -> float:
@@ -582,21 +582,17 @@ class _KernelCache:
         self.entries.clear()
 
 
-def _make_cell_kernels(key):
-    k1b, s1, k2b, s2, f1, f2, var1, var2, shape, calc_score, work = key
-    k1 = np.frombuffer(k1b).reshape(s1)
-    k2 = np.frombuffer(k2b).reshape(s2)
-    work = np.dtype(work).type
-    cdt = np.complex64 if work == np.float32 else np.complex128
-    P1, P2 = _spectra([k1, k2], shape, np.float64)
-    a1 = var1 * f2**2
-    a2 = var2 * f1**2
+def _algebra_rows(P1, P2, f1, f2, a1, a2, calc_score, spectra, pd_hat, ps_hat, wts) -> float:
+    """calculateFourierDiffim's spectral algebra on a block of rows (views); returns that
+    block's part of F_S's sum.  All in float64: the near-zero rule must see LSST's float64
+    spectra, and each product is formed in float64 before the cast to the work precision (a
+    float32 1/den could overflow where P ~ 1e-40).  Real and imaginary parts are handled
+    separately, so no complex128 temporaries are made."""
     fd_denom = np.sqrt(a1 + a2)
     P1sq = np.square(P1.real)
     P1sq += np.square(P1.imag)
     P2sq = np.square(P2.real)
     P2sq += np.square(P2.imag)
-    # all of this in float64: the near-zero rule must see LSST's float64 spectra
     s_denom = a1 * P2sq
     s_denom += a2 * P1sq
     zero = s_denom < _TINY
@@ -605,10 +601,6 @@ def _make_cell_kernels(key):
         s_denom[zero] = _TINY
     inv_den = np.sqrt(s_denom)
     np.reciprocal(inv_den, out=inv_den)
-    n = 4 if calc_score else 2
-    spectra = np.empty((n,) + P1.shape, cdt)
-    # products by real and imaginary parts: no complex128 temporaries, and each product is
-    # formed in float64 before the cast (a float32 1/den could overflow where P ~ 1e-40)
     w = f2 * inv_den
     np.multiply(P2.real, w, out=spectra[0].real, casting="same_kind")
     np.multiply(P2.imag, w, out=spectra[0].imag, casting="same_kind")
@@ -618,28 +610,26 @@ def _make_cell_kernels(key):
     if any_zero:
         spectra[0][zero] = f2 / fd_denom
         spectra[1][zero] = f1 / fd_denom
-    Pd = np.multiply(P1, P2)
+    # P_D = fd P1 P2 / den, by parts
     np.multiply(inv_den, fd_denom, out=w)
-    Pd *= w
-    if any_zero:
-        Pd[zero] = 0
-    # |P_D|^2 = F_D-free part of F_S's integrand: |P1|^2 |P2|^2 / sDenom
+    re = P1.real * P2.real
+    re -= P1.imag * P2.imag
+    im = P1.real * P2.imag
+    im += P1.imag * P2.real
+    np.multiply(re, w, out=pd_hat.real, casting="same_kind")
+    np.multiply(im, w, out=pd_hat.imag, casting="same_kind")
+    del re, im
+    # |P_D|^2 / fd^2 = |P1|^2 |P2|^2 / sDenom, the integrand of F_S (paper eq. 42)
     num = P1sq * P2sq
     num /= s_denom
     if any_zero:
+        pd_hat[zero] = 0
         num[zero] = 0
-    wts = np.full(num.shape[1], 2.0)
-    wts[0] = 1.0
-    if shape[1] % 2 == 0:
-        wts[-1] = 1.0
-    # F_S (paper eq. 42): the sum over the whole 2-D spectrum, from the rfft half
-    F_S = float(f1**2 * f2**2 * (num @ wts).sum() / (shape[0] * shape[1]))
-    pd = _irfft2(Pd.astype(cdt), shape, overwrite=True)
-    del Pd
-    ps = None
+    part = float((num @ wts).sum())
     if calc_score:
-        ps = _irfft2((num * fd_denom**2).astype(cdt), shape, overwrite=True)  # P_S = |P_D|^2
-        del num
+        num *= fd_denom**2
+        ps_hat.real[...] = num
+        ps_hat.imag[...] = 0
         np.divide(P2sq, s_denom, out=w)
         w *= f1 * f2**2
         np.multiply(P1.real, w, out=spectra[2].real, casting="same_kind")
@@ -651,6 +641,41 @@ def _make_cell_kernels(key):
         if any_zero:
             spectra[2][zero] = 0
             spectra[3][zero] = 0
+    return part
+
+
+def _make_cell_kernels(key):
+    k1b, s1, k2b, s2, f1, f2, var1, var2, shape, calc_score, work = key
+    k1 = np.frombuffer(k1b).reshape(s1)
+    k2 = np.frombuffer(k2b).reshape(s2)
+    work = np.dtype(work).type
+    cdt = np.complex64 if work == np.float32 else np.complex128
+    P1, P2 = _spectra([k1, k2], shape, np.float64)
+    a1 = var1 * f2**2
+    a2 = var2 * f1**2
+    n = 4 if calc_score else 2
+    spectra = np.empty((n,) + P1.shape, cdt)
+    pd_hat = np.empty(P1.shape, cdt)
+    ps_hat = np.empty(P1.shape, cdt) if calc_score else None
+    wts = np.full(P1.shape[1], 2.0)
+    wts[0] = 1.0
+    if shape[1] % 2 == 0:
+        wts[-1] = 1.0
+    # the algebra is ~20 passes over float64 spectra: two row blocks on two threads (numpy
+    # releases the GIL) halve it on 2 cores
+    ny = P1.shape[0]
+    blocks = [slice(0, ny // 2), slice(ny // 2, ny)] if ny >= 64 else [slice(0, ny)]
+
+    def run(sl):
+        return _algebra_rows(P1[sl], P2[sl], f1, f2, a1, a2, calc_score, spectra[:, sl], pd_hat[sl], None if ps_hat is None else ps_hat[sl], wts)
+
+    with ThreadPoolExecutor(len(blocks)) as ex:
+        parts = list(ex.map(run, blocks))
+    del P1, P2
+    fd_denom = np.sqrt(a1 + a2)
+    F_S = float(f1**2 * f2**2 * sum(parts) / (shape[0] * shape[1]))
+    pd = _irfft2(pd_hat, shape, overwrite=True)
+    ps = _irfft2(ps_hat, shape, overwrite=True) if calc_score else None
     return _CellKernels(spectra, pd, ps, float(f1 * f2 / fd_denom), F_S, work)
 
 
