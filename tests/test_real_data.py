@@ -1,0 +1,146 @@
+"""Real-data loading: variance, SAT/NO_DATA, PSF measurement, photometric scales, noise
+correlation, and the shipped DECam/JWST sets."""
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from scipy import ndimage
+
+from toolkit import Exposure, GaussianPsf, InputError
+from toolkit.errors import FitsReadError
+from toolkit.real_data import (
+    apply_scales, estimate_variance, header_gain, header_saturation, load_image, measure_psf,
+    noise_correlation_factor, photometric_scales,
+)
+from toolkit.sim import render_points
+
+
+def star_field(n_stars=30, size=256, sigma=2.0, sky_sigma=10.0, seed=0, flux=(2e4, 2e5), gain=None):
+    """Isolated Gaussian stars on a grid (so the PSF finder has enough of them) plus noise."""
+    rng = np.random.default_rng(seed)
+    k = int(np.ceil(np.sqrt(n_stars)))
+    g = np.linspace(30, size - 30, k)
+    xx, yy = np.meshgrid(g, g)
+    x = xx.ravel()[:n_stars] + rng.uniform(-0.5, 0.5, n_stars)
+    y = yy.ravel()[:n_stars] + rng.uniform(-0.5, 0.5, n_stars)
+    f = rng.uniform(*flux, n_stars)
+    clean = render_points((size, size), x, y, f, sigma)
+    noisy = clean + rng.normal(0, sky_sigma, clean.shape)
+    if gain is not None:
+        noisy += rng.normal(0, np.sqrt(np.clip(clean, 0, None) / gain))
+    return noisy, clean, (x, y, f)
+
+
+def write_fits(path, data, **cards):
+    hdr = fits.Header()
+    for k, v in cards.items():
+        hdr[k] = v
+    fits.PrimaryHDU(data.astype(np.float32), hdr).writeto(path)
+    return path
+
+
+def test_variance_has_sky_and_source_terms():
+    img, clean, _ = star_field(n_stars=9, gain=2.0, seed=1)
+    var, sky = estimate_variance(img, gain=2.0)
+    blank = clean < 1e-3
+    # sky term: the rms of 10 -> 100, to the accuracy of a 32-px box estimate (~5 %)
+    assert np.median(var[blank]) == pytest.approx(100.0, rel=0.05)
+    assert abs(np.median(sky[blank])) < 1.0
+    peak = clean > 0.5 * clean.max()
+    expected = 100.0 + clean[peak] / 2.0
+    # the source term uses the noisy image, so pixel by pixel it scatters by ~sigma/gain
+    assert np.median(var[peak] / expected) == pytest.approx(1.0, rel=0.05)
+
+
+def test_header_gain_and_saturation():
+    assert header_gain({"GAINA": 4.0, "GAINB": 3.0}) == pytest.approx(3.5)
+    assert header_gain({"GAIN": 2.0, "GAINA": 9.0}) == 2.0
+    assert header_gain({}) is None
+    with pytest.raises(InputError, match="GAIN"):
+        header_gain({"GAIN": -1})
+    assert header_saturation({"SATURATA": 46000.0, "SATURATB": 42000.0, "AVSKY": 4000.0}) == pytest.approx(38000.0)
+    assert header_saturation({"SATURATE": 1000.0}) == 1000.0
+
+
+@pytest.mark.parametrize("method, n_stars", [("epsf", 30), ("moffat", 6), ("gaussian", 6)])
+def test_measured_psf_matches_the_stars(method, n_stars):
+    img, _, _ = star_field(n_stars=n_stars, sigma=2.0, seed=2)
+    var = np.full(img.shape, 100.0)
+    psf = measure_psf(img, var, size=21, method=method)
+    k = psf.compute_kernel_image()
+    assert k.shape == (21, 21) and k.sum() == pytest.approx(1.0)
+    # determinant radius of the true (pixel-integrated sigma=2) PSF
+    true = GaussianPsf(2.0, size=21).determinant_radius()
+    assert psf.determinant_radius() == pytest.approx(true, rel=0.05)
+    c = np.array([(k * np.arange(21)[None, :]).sum(), (k * np.arange(21)[:, None]).sum()])
+    assert np.allclose(c, 10.0, atol=0.05)  # centred (ZOGY checks centroids to 0.2 px)
+
+
+def test_load_image_masks_and_psf(tmp_path):
+    img, clean, _ = star_field(n_stars=20, gain=4.0, seed=3, flux=(2e4, 3e5))
+    img[5, 7] = np.nan
+    sat_level = 0.6 * clean.max()
+    path = write_fits(tmp_path / "img.fits", img, GAIN=4.0, SATURATE=sat_level + 500.0, AVSKY=500.0)
+    e = load_image(path, psf_size=21)
+    assert e.psf is not None and e.metadata["GAIN"] == 4.0
+    sat = (e.mask & e.bitmask("SAT")) != 0
+    nod = (e.mask & e.bitmask("NO_DATA")) != 0
+    assert nod[5, 7] and nod.sum() == 1 and e.image[5, 7] == 0 and np.isfinite(e.variance).all()
+    assert sat[img >= sat_level].all()  # SATURATE - AVSKY, grown by one pixel
+    assert sat.sum() <= ndimage.binary_dilation(img >= sat_level).sum()
+    # PSF stars avoid saturated ones; the radius is still the true one
+    assert e.psf.determinant_radius() == pytest.approx(GaussianPsf(2.0, size=21).determinant_radius(), rel=0.05)
+
+
+def test_load_image_errors(tmp_path):
+    bad = tmp_path / "bad.fits"
+    bad.write_text("not a fits file")
+    with pytest.raises(FitsReadError):
+        load_image(bad)
+    blank = write_fits(tmp_path / "blank.fits", np.random.default_rng(0).normal(0, 1, (128, 128)), GAIN=1.0)
+    with pytest.raises(InputError, match="stars"):
+        load_image(blank)
+    with pytest.raises(InputError, match="odd"):
+        measure_psf(np.zeros((64, 64)), np.ones((64, 64)), size=20)
+    with pytest.raises(InputError, match="noise_kind"):
+        load_image(blank, noise=blank, noise_kind="rms")
+
+
+def test_photometric_scales_recover_a_throughput_change():
+    img, _, _ = star_field(n_stars=16, seed=4)
+    var = np.full(img.shape, 100.0)
+    a = Exposure(img, var, psf=GaussianPsf(2.0, size=21))
+    b = Exposure(img * 0.8 + np.random.default_rng(5).normal(0, 8, img.shape), var * 0.64, psf=GaussianPsf(2.0, size=21))
+    s = photometric_scales([a, b])
+    assert s[0] == 1.0 and s[1] == pytest.approx(1.25, rel=0.01)
+    scaled = apply_scales([a, b], s)
+    assert scaled[1].variance[0, 0] == pytest.approx(0.64 * 100 * s[1] ** 2, rel=1e-6)
+    assert b.variance[0, 0] == pytest.approx(64.0)  # input untouched
+
+
+def test_noise_correlation_factor_white_and_correlated():
+    rng = np.random.default_rng(6)
+    psf = GaussianPsf(2.0, size=21)
+    white = [Exposure(rng.normal(0, 1, (256, 256)), np.ones((256, 256)), psf=psf) for _ in range(4)]
+    f_white = noise_correlation_factor(white)
+    # std of a clipped variance ratio over ~40k correlated pixels: a few percent
+    assert f_white == pytest.approx(1.0, abs=0.08)
+    smooth = []
+    for _ in range(4):
+        n = ndimage.gaussian_filter(rng.normal(0, 1, (256, 256)), 0.8)
+        smooth.append(Exposure(n, np.full(n.shape, n.var()), psf=psf))  # right per pixel, not per PSF
+    assert noise_correlation_factor(smooth) > 1.8
+
+
+def test_shipped_data_load():
+    from toolkit.datasets import decam_paths, jwst_paths, load_jwst_pair
+
+    d = decam_paths()
+    assert [len(v) for v in d.values()] == [5, 5]
+    h = fits.getheader(d["OBS04"][0])
+    assert header_gain(h) == pytest.approx(3.984, rel=1e-3) and header_saturation(h) < h["SATURATE"]
+    assert all(p.exists() for role in jwst_paths().values() for p in role.values())
+    sci, ref = load_jwst_pair(psf_size=51)
+    assert sci.shape == ref.shape == (900, 900)
+    assert sci.psf.compute_kernel_image().shape == (51, 51)
+    assert 1.5 < sci.psf.determinant_radius() * 2.3548 < 2.5  # F200W at 0.031"/px
