@@ -58,7 +58,8 @@ class DisplaySettings(param.Parameterized):
     stretch = param.Selector(default="asinh", objects=["linear", "asinh"], doc="Intensity stretch.")
     cmap = param.Selector(default="greys", objects=list(_CMAPS), doc="Colormap of the image panels.")
     mask_palette = param.Selector(default="afw", objects=["afw", "colorblind"], doc="Mask-plane colours.")
-    max_pixels = param.Integer(default=512, bounds=(64, 4096), doc="Largest buffer side sent to the browser.")
+    # 360 px: a buffer of at most 360^2 bytes is <= 2x the 260^2 screen pixels of a panel
+    max_pixels = param.Integer(default=360, bounds=(64, 4096), doc="Largest buffer side sent to the browser.")
 
 
 def _image_source() -> ColumnDataSource:
@@ -249,7 +250,9 @@ class CompareWarpExplorer(_PanelExplorer):
                 red = reduce_block(c.mask, k, "or")
                 for i, name in enumerate(self._mask_renderers):
                     if name in c.mask_planes:
-                        self._assign(f"mask:{name}", ((red & np.int32(c.mask_planes.bitmask([name]))) != 0).astype(np.uint8), k)
+                        layer = (red & np.int32(c.mask_planes.bitmask([name]))) != 0
+                        # an empty plane ships one pixel, not a screen-sized buffer of zeros
+                        self._assign(f"mask:{name}", layer.astype(np.uint8) if layer.any() else np.zeros((1, 1), np.uint8), k)
                     if changed is None:
                         col = self._mask_color(name, i)
                         self.mappers[f"mask:{name}"].update(palette=[col], high_color=col)
