@@ -524,11 +524,17 @@ class _CellKernels:
         c = self.spectra[i]
         p = c.real.astype(np.float64) ** 2 + c.imag.astype(np.float64) ** 2
         ny, nx = self.pd.shape
-        w = np.full(c.shape[1], 2.0)
-        w[0] = 1.0
-        if nx % 2 == 0:
-            w[-1] = 1.0
-        return float(p @ w if p.ndim == 1 else (p * w).sum()) / (ny * nx)
+        return float((p @ _half_spectrum_weights(nx)).sum()) / (ny * nx)
+
+
+def _half_spectrum_weights(nx: int) -> np.ndarray:
+    """Weights that turn a sum over an rfft half spectrum (last axis) into the sum over the
+    full spectrum: 2 for the columns that stand for a conjugate pair, 1 for DC and Nyquist."""
+    w = np.full(nx // 2 + 1, 2.0)
+    w[0] = 1.0
+    if nx % 2 == 0:
+        w[-1] = 1.0
+    return w
 
 
 def _spectra(kernels: list[np.ndarray], shape: tuple[int, int], dtype) -> np.ndarray:
@@ -657,10 +663,7 @@ def _make_cell_kernels(key):
     spectra = np.empty((n,) + P1.shape, cdt)
     pd_hat = np.empty(P1.shape, cdt)
     ps_hat = np.empty(P1.shape, cdt) if calc_score else None
-    wts = np.full(P1.shape[1], 2.0)
-    wts[0] = 1.0
-    if shape[1] % 2 == 0:
-        wts[-1] = 1.0
+    wts = _half_spectrum_weights(shape[1])
     # the algebra is ~20 passes over float64 spectra: two row blocks on two threads (numpy
     # releases the GIL) halve it on 2 cores
     ny = P1.shape[0]
