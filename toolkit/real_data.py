@@ -275,12 +275,10 @@ def _moffat_psf(image, variance, stars, fit_size: int, size: int, fwhm: float) -
         raise InputError("no star could be fitted with a Moffat profile")
     gamma, alpha = float(np.median(gammas)), float(np.median(alphas))
     os_ = 5
-    h = size // 2
     g = (np.arange(size * os_) - (size * os_ - 1) / 2) / os_
     r2 = g[:, None] ** 2 + g[None, :] ** 2
     fine = (1 + r2 / gamma**2) ** (-alpha)
     stamp = fine.reshape(size, os_, size, os_).sum(axis=(1, 3))
-    del h
     return stamp / stamp.sum()
 
 

@@ -284,15 +284,15 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
         return full_var[which]
 
     if cfg.correctBackground:
-        for name, good in (("science", mask_n), ("template", mask_r)):
-            arr = n_img if name == "science" else r_img
+
+        def minus_background(name, arr, good):
             m = mclip(arr, good)
             if not np.isfinite(m):
                 raise InputError(f"correctBackground: the clipped mean of the {name} image is NaN")
-            if name == "science":
-                n_img = n_img - work(m)
-            else:
-                r_img = r_img - work(m)
+            return arr - work(m)  # a new array: the input stays untouched
+
+        n_img = minus_background("science", n_img, mask_n)
+        r_img = minus_background("template", r_img, mask_r)
     center = sci.bbox.center
     border = estimate_matching_kernel_size(sci.psf, ref.psf, center)
     # non-finite pixels: remember them and replace by the array's mean (LSST removeNonFinitePixels)
@@ -546,7 +546,6 @@ def _spectra(kernels: list[np.ndarray], shape: tuple[int, int], dtype) -> np.nda
     of ``rfft2`` on the padded arrays, with the same result.
     """
     ny, nx = shape
-    out = []
     gy = max(k.shape[0] for k in kernels)
     r = np.zeros((len(kernels), gy, nx), dtype)
     rows_all = []
@@ -560,8 +559,7 @@ def _spectra(kernels: list[np.ndarray], shape: tuple[int, int], dtype) -> np.nda
     full = np.zeros((len(kernels), ny, nx // 2 + 1), rx.dtype)
     for i, k in enumerate(kernels):
         full[i, rows_all[i], :] = rx[i, : k.shape[0]]
-    out = sfft.fft(full, axis=1, overwrite_x=True, workers=-1)
-    return out
+    return sfft.fft(full, axis=1, overwrite_x=True, workers=-1)
 
 
 class _KernelCache:
