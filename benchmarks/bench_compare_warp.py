@@ -13,6 +13,8 @@ Usage: python benchmarks/bench_compare_warp.py [--size 2048] [--epochs 10 30]
 
 from __future__ import annotations
 
+import time
+
 from _common import astropy_baseline, exposure_bytes, gb, measure, size_epochs_main
 
 from toolkit.compare_warp import STAGES, CompareWarpPipeline
@@ -25,20 +27,31 @@ def run(size: int, n: int) -> None:
     in_bytes = exposure_bytes(direct)
     res: dict = {}
     base = astropy_baseline(direct)
+    # times come from runs without tracemalloc (it slows Python-level allocation); the peak
+    # memory from a second, traced run of the same work
+    p = CompareWarpPipeline(direct)
+    t = time.perf_counter()
+    p.run()
+    t_full = time.perf_counter() - t
+    stages = dict(p.timings)
+    p.config.spatialThreshold = 0.4
+    t = time.perf_counter()
+    p.coadd
+    t_re = time.perf_counter() - t
+    refilter = dict(p.timings)
+    del p
     p = CompareWarpPipeline(direct)
     with measure(res, "full"):
         p.run()
-    stages = dict(p.timings)
     p.config.spatialThreshold = 0.4
     with measure(res, "refilter"):
         p.coadd
-    refilter = dict(p.timings)
-    t_full, peak = res["full"]
-    t_re, peak_re = res["refilter"]
+    _, peak = res["full"]
+    _, peak_re = res["refilter"]
     print(f"\n== {n} warps of {size}^2 (input stack {gb(in_bytes)})")
     print("stage times (s): " + ", ".join(f"{s} {stages.get(s, 0):.3f}" for s in STAGES))
     print(f"end-to-end {t_full:.2f} s   astropy sigma_clip+mean {base:.2f} s   ratio {t_full / base:.2f} (target <= 3)")
-    print(f"filter {refilter['filter']:.3f} s (target <= 0.1)   filter + final stack {t_re:.3f} s (target <= 0.6)")
+    print(f"filter {refilter['filter']:.3f} s (target <= 0.1)   filter + final stack {t_re:.3f} s (target <= 0.6; restack {refilter['coadd']:.3f} s)")
     print(f"peak traced memory {gb(peak)} = {peak / in_bytes:.2f}x input (target <= 2); during re-filter {gb(peak_re)}")
 
 

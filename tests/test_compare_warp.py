@@ -71,6 +71,12 @@ def test_changing_spatial_threshold_reruns_only_filter_and_stack(small_stack):
     fresh = CompareWarpPipeline(small_stack.direct_warps, small_stack.psf_matched_warps, CompareWarpConfig(spatialThreshold=0.2)).coadd
     np.testing.assert_array_equal(fresh.image, c2.image)
     np.testing.assert_array_equal(fresh.mask, c2.mask)
+    # the patched restack equals a full stack with the same masks in every output
+    full = assemble_coadd(small_stack.direct_warps, p.config, alt_masks=p.artifact_masks, extra_bad_planes=["CLIPPED"], use_psf_matched_polygons=True, alt_edge_mask=p._base_stack()[1][1])
+    r = p.coadd_result
+    for a, b in ((full.coadd.image, r.coadd.image), (full.coadd.variance, r.coadd.variance), (full.coadd.mask, r.coadd.mask), (full.n_image, r.n_image), (full.input_map, r.input_map), (full.n_clipped, r.n_clipped)):
+        np.testing.assert_array_equal(a, b)
+    assert sum(m["CLIPPED"].sum() for m in p.artifact_masks) > 0  # the patch path was exercised
     p.config.detect.thresholdValue = 6.0
     _ = p.coadd
     assert p.run_counts["candidates"] == 2 and p.run_counts["template"] == 1

@@ -65,6 +65,9 @@ class CoaddResult:
         Inputs removed by sigma clipping per pixel.
     timings : dict
         Seconds per step.
+    raw : tuple of ndarray
+        ``(value, variance, mask)`` as stacked, before ``processResults`` (interpolation etc.);
+        what a ``base=`` re-run starts from.
     """
 
     coadd: Exposure
@@ -74,6 +77,7 @@ class CoaddResult:
     skipped: dict[int, str]
     n_clipped: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    raw: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     def epochs_at(self, x: int, y: int) -> list[int]:
         """Indices of the inputs that contributed to parent pixel ``(x, y)``."""
@@ -156,6 +160,8 @@ def assemble_coadd(
     weights: np.ndarray | None = None,
     lsst_online_quirk: bool = False,
     progress: ProgressFn | None = None,
+    base: CoaddResult | None = None,
+    pixels: np.ndarray | None = None,
 ) -> CoaddResult:
     """Stack ``warps`` as LSST's ``AssembleCoaddTask.run`` + ``processResults`` would.
 
@@ -180,6 +186,11 @@ def assemble_coadd(
     lsst_online_quirk : bool
         Reproduce LSST's online-mean ``isfinite(mask)`` bug.
     progress : callable(stage, fraction), optional
+    base, pixels : CoaddResult and int array, optional
+        Stack only the flat pixel indices ``pixels`` and take every other pixel from ``base``,
+        an earlier result of a call that differed from this one at most at those pixels' alternative
+        masks.  Every statistic is per pixel, so the result is identical to a full run; CompareWarp
+        uses this to restack only where the artifact masks clip something.
     """
     t0 = time.perf_counter()
     config = AssembleCoaddConfig() if config is None else config
@@ -213,13 +224,22 @@ def assemble_coadd(
 
     ny, nx = warps[0].shape
     dtype = np.result_type(*[w.dtype for w in warps])
-    value = np.full((ny, nx), np.nan, dtype)
-    variance = np.full((ny, nx), np.nan, dtype)
-    out_mask = np.zeros((ny, nx), np.int32)
-    n_image = np.zeros((ny, nx), np.int32)
-    n_clip = np.zeros((ny, nx), np.int32)
     nbytes = (n + 7) // 8  # bits indexed by input position, skipped inputs stay 0
-    input_map = np.zeros((nbytes, ny, nx), np.uint8)
+    if (base is None) != (pixels is None):
+        raise InputError("assemble_coadd: base and pixels must be given together")
+    if base is not None:
+        if base.raw is None or base.n_image.shape != (ny, nx) or base.input_map.shape[0] != nbytes:
+            raise InputError("assemble_coadd: base is not a stack of these warps")
+        value, variance, out_mask = (a.copy() for a in base.raw)
+        n_image, n_clip, input_map = base.n_image.copy(), base.n_clipped.copy(), base.input_map.copy()
+        pixels = np.asarray(pixels, np.intp).ravel()
+    else:
+        value = np.full((ny, nx), np.nan, dtype)
+        variance = np.full((ny, nx), np.nan, dtype)
+        out_mask = np.zeros((ny, nx), np.int32)
+        n_image = np.zeros((ny, nx), np.int32)
+        n_clip = np.zeros((ny, nx), np.int32)
+        input_map = np.zeros((nbytes, ny, nx), np.uint8)
     wts = weights[used]
     alt = [None if alt_masks is None else alt_masks[i] for i in used]
     online = config.doOnlineForMean and config.statistic == "MEAN"
@@ -229,15 +249,34 @@ def assemble_coadd(
     t1 = time.perf_counter()
     tiles = [(y, x) for y in range(0, ny, th) for x in range(0, nx, tw)] if not online else [(0, 0)]
 
-    def _chunk(sl: tuple[slice, slice]) -> None:
-        x = np.stack([warps[i].image[sl] for i in used])
-        v = np.stack([warps[i].variance[sl] for i in used])
+    def _chunk(sl: tuple[slice, slice] | np.ndarray) -> None:
+        # a chunk is a 2-D slice of the tile, or a set of flat pixel indices (``pixels`` mode)
+        if isinstance(sl, np.ndarray):
+            idx = sl
+
+            def get(a):
+                return np.asarray(a).reshape(-1)[idx]
+
+            def put(a, v):
+                if a.ndim == 3:
+                    a.reshape(a.shape[0], -1)[:, idx] = v
+                else:
+                    a.reshape(-1)[idx] = v
+        else:
+            def get(a):
+                return np.asarray(a)[sl]
+
+            def put(a, v):
+                a[(slice(None),) + sl if a.ndim == 3 else sl] = v
+
+        x = np.stack([get(warps[i].image) for i in used])
+        v = np.stack([get(warps[i].variance) for i in used])
         m = np.stack([
-            apply_alt_masks(masks[i][sl], planes, None if a is None else {k: np.asarray(s)[sl] for k, s in a.items()}, config.badMaskPlanes, use_psf_matched_polygons)
+            apply_alt_masks(get(masks[i]), planes, None if a is None else {k: get(s) for k, s in a.items()}, config.badMaskPlanes, use_psf_matched_polygons)
             for i, a in zip(used, alt)
         ])
         masked = (m & and_mask) != 0
-        n_image[sl] = (~masked).sum(0)
+        put(n_image, (~masked).sum(0))
         m &= ~remove
         if online and lsst_online_quirk:
             usable = ~masked  # LSST tests isfinite(mask), which is always True
@@ -247,20 +286,20 @@ def assemble_coadd(
             st = _online_mean(x, v, usable, wts, config.calcErrorFromInputVariance)
         else:
             st = stack_statistic(x, v, usable, wts, config.statistic, config.sigmaClip, config.clipIter, config.calcErrorFromInputVariance)
-        value[sl] = st.value
-        variance[sl] = st.variance
-        n_clip[sl] = st.n_clipped
+        put(value, st.value)
+        put(variance, st.variance)
+        put(n_clip, st.n_clipped)
         if len(used) == n:
-            input_map[(slice(None),) + sl] = np.packbits(st.survivors, axis=0)
+            put(input_map, np.packbits(st.survivors, axis=0))
         else:
             full = np.zeros((n,) + st.survivors.shape[1:], bool)
             full[used] = st.survivors
-            input_map[(slice(None),) + sl] = np.packbits(full, axis=0)
+            put(input_map, np.packbits(full, axis=0))
         # ---- output mask
         mk = np.bitwise_or.reduce(np.where(usable, m, 0), axis=0)
         rej = ~usable
         rej_or = np.bitwise_or.reduce(np.where(rej, m, 0), axis=0)
-        wcol = wts.reshape((-1, 1, 1))
+        wcol = wts.reshape((-1,) + (1,) * (x.ndim - 1))
         sw_use = np.where(usable, wcol, 0.0).sum(0)
         for bit, t in thresholds:
             rw = np.where(rej & ((m & bit) != 0), wcol, 0.0).sum(0)
@@ -274,12 +313,16 @@ def assemble_coadd(
         mk[has_rej & ((rej_or & b["CLIPPED"]) != 0)] |= b["CLIPPED"]
         none = st.n_point == 0
         mk[none] = b["NO_DATA"]
-        out_mask[sl] = mk
+        put(out_mask, mk)
 
     # chunks write disjoint slices and numpy releases the GIL in the heavy ufuncs, so a thread
     # pool spreads the stack over every core without copying the inputs
     pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
     try:
+        if pixels is not None:
+            tiles = []
+            step = max(1, _CHUNK_ELEMENTS // max(1, len(used)))
+            list(pool.map(_chunk, [pixels[i : i + step] for i in range(0, pixels.size, step)]))
         for ti, (ty, tx) in enumerate(tiles):
             ty1, tx1 = (min(ty + th, ny), min(tx + tw, nx)) if not online else (ny, nx)
             rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, len(used) * (tx1 - tx)))
@@ -290,6 +333,7 @@ def assemble_coadd(
     finally:
         pool.shutdown()
     timings["stack"] = time.perf_counter() - t1
+    raw = (value.copy(), variance.copy(), out_mask.copy())
     # ---- setInexactPsf, setCoaddEdgeBits
     inexact = (out_mask & (b["SENSOR_EDGE"] | b["CLIPPED"] | b["REJECTED"])) != 0
     out_mask[inexact] |= b["INEXACT_PSF"]
@@ -313,7 +357,7 @@ def assemble_coadd(
     t2 = time.perf_counter()
     if config.doInterp:
         ic = config.interpImage
-        coadd = interpolate_over_plane(coadd, "NO_DATA", ic.fallbackValueType, ic.fallbackUserValue, ic.negativeFallbackAllowed, ic.useFallbackValueAtEdge, ic.transpose)
+        interpolate_over_plane(coadd, "NO_DATA", ic.fallbackValueType, ic.fallbackUserValue, ic.negativeFallbackAllowed, ic.useFallbackValueAtEdge, ic.transpose, in_place=True)
     with np.errstate(invalid="ignore"):
         bad_var = ~(coadd.variance > 0)
     coadd.variance[bad_var] = np.inf
@@ -321,7 +365,7 @@ def assemble_coadd(
         mask_bright_objects(coadd, bright_objects, config.brightObjectMaskName)
     timings["process_results"] = time.perf_counter() - t2
     timings["total"] = time.perf_counter() - t0
-    return CoaddResult(coadd, n_image, input_map, weights, skipped, n_clip, timings)
+    return CoaddResult(coadd, n_image, input_map, weights, skipped, n_clip, timings, raw)
 
 
 class _OnlineStats:

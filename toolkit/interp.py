@@ -13,22 +13,24 @@ from __future__ import annotations
 import numpy as np
 
 from .exposure import Exposure
-from .stats import meanclip_scalar
+from .stats import meanclip_scalar, median_of
 
 __all__ = ["interpolate_over_plane", "mask_bright_objects", "fallback_value"]
 
 
 def fallback_value(image: np.ndarray, good: np.ndarray, kind: str = "MEDIAN", user_value: float = 0.0, allow_negative: bool = False) -> float:
     """The edge fallback value of ``InterpImageTask``."""
-    vals = image[good & np.isfinite(image)]
+    sel = good & np.isfinite(image)
     if kind == "USER":
-        val = user_value
-    elif vals.size == 0:
+        return user_value if (allow_negative or user_value >= 0) else 0.0
+    if kind == "MEDIAN":
+        val = median_of(image, sel) if sel.any() else 0.0
+        return val if (allow_negative or val >= 0) else 0.0
+    vals = image[sel]
+    if vals.size == 0:
         val = 0.0
     elif kind == "MEAN":
         val = float(vals.mean())
-    elif kind == "MEDIAN":
-        val = float(np.median(vals))
     else:  # MEANCLIP, afw defaults 3 sigma, 3 iterations... StatisticsControl default numIter=3
         val = meanclip_scalar(vals, 3.0, 3)
     if not allow_negative and val < 0:
@@ -37,26 +39,44 @@ def fallback_value(image: np.ndarray, good: np.ndarray, kind: str = "MEDIAN", us
 
 
 def _interp_rows(arr: np.ndarray, bad: np.ndarray, fallback: float) -> np.ndarray:
-    ny, nx = arr.shape
-    idx = np.broadcast_to(np.arange(nx), (ny, nx))
-    left = np.maximum.accumulate(np.where(~bad, idx, -1), axis=1)
-    right = np.minimum.accumulate(np.where(~bad, idx, nx)[:, ::-1], axis=1)[:, ::-1]
-    rows = np.arange(ny)[:, None]
-    vl = arr[rows, np.clip(left, 0, nx - 1)]
-    vr = arr[rows, np.clip(right, 0, nx - 1)]
-    edge = (left < 0) | (right >= nx)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        t = (idx - left) / (right - left)
-        interp = vl + (vr - vl) * t
+    """Copy of ``arr`` with each run of ``bad`` pixels filled along its row (see the module doc)."""
     out = arr.copy()
-    fill = np.where(edge, fallback, interp)
-    out[bad] = fill[bad]
+    _interp_rows_into(out, bad, fallback)
     return out
 
 
-def interpolate_over_plane(exposure: Exposure, plane: str = "NO_DATA", fallback_type: str = "MEDIAN", user_value: float = 0.0, negative_allowed: bool = False, use_fallback_at_edge: bool = True, transpose: bool = False) -> Exposure:
-    """Return a copy of ``exposure`` with pixels in ``plane`` interpolated; INTRP set there."""
-    out = exposure.copy()
+def _interp_rows_into(arr: np.ndarray, bad: np.ndarray, fallback: float) -> None:
+    """Fill the runs of ``bad`` pixels of each row of ``arr`` in place.
+
+    A run between good pixels l and r gets ``v_l + (v_r - v_l) (x - l) / (r - l)``; a run that
+    touches either end of its row gets ``fallback``.  The runs come from one pass over the mask
+    (where it changes along the row); everything after that is proportional to the number of
+    bad pixels, which is what makes re-interpolating a 4k coadd cheap.
+    """
+    ny, nx = arr.shape
+    b = np.ascontiguousarray(bad, dtype=bool).view(np.int8)
+    change = np.diff(b, axis=1, prepend=np.int8(0), append=np.int8(0))
+    rows, start = np.nonzero(change == 1)
+    _, stop = np.nonzero(change == -1)  # runs alternate start/stop in row-major order
+    if rows.size == 0:
+        return
+    length = stop - start
+    run = np.repeat(np.arange(rows.size), length)
+    col = start[run] + (np.arange(run.size) - np.repeat(np.cumsum(length) - length, length))
+    left, right = start - 1, stop
+    edge = (left < 0) | (right >= nx)
+    vl = arr[rows, np.clip(left, 0, nx - 1)][run]
+    vr = arr[rows, np.clip(right, 0, nx - 1)][run]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = (col - left[run]) / (right - left)[run]
+        interp = vl + (vr - vl) * t
+    arr[rows[run], col] = np.where(edge[run], fallback, interp)
+
+
+def interpolate_over_plane(exposure: Exposure, plane: str = "NO_DATA", fallback_type: str = "MEDIAN", user_value: float = 0.0, negative_allowed: bool = False, use_fallback_at_edge: bool = True, transpose: bool = False, in_place: bool = False) -> Exposure:
+    """Return a copy of ``exposure`` (or, with ``in_place``, the exposure itself) with pixels in
+    ``plane`` interpolated; INTRP set there."""
+    out = exposure if in_place else exposure.copy()
     if plane not in out.mask_planes:
         return out
     bad = out.get_plane(plane) | ~np.isfinite(out.image)
@@ -64,19 +84,22 @@ def interpolate_over_plane(exposure: Exposure, plane: str = "NO_DATA", fallback_
         return out
     if bad.all():
         return out
-    fb = fallback_value(out.image, ~bad, fallback_type, user_value, negative_allowed)
-    img, var, b = (out.image, out.variance, bad) if not transpose else (out.image.T, out.variance.T, bad.T)
     if use_fallback_at_edge:
-        new_img = _interp_rows(img, b, fb)
-        good_var = var[~b & np.isfinite(var)]
-        new_var = _interp_rows(var, b, float(np.median(good_var)) if good_var.size else 0.0)
-    else:  # extrapolate with the nearest good value
-        new_img = _interp_rows(img, b, np.nan)
-        new_var = _interp_rows(var, b, np.nan)
+        fb = fallback_value(out.image, ~bad, fallback_type, user_value, negative_allowed)
+        good_var = ~bad & np.isfinite(out.variance)
+        fb_var = median_of(out.variance, good_var) if good_var.any() else 0.0
+    else:  # runs at the edge stay NaN
+        fb = fb_var = np.nan
     if transpose:
-        new_img, new_var = new_img.T, new_var.T
-    out.image = np.ascontiguousarray(new_img)
-    out.variance = np.ascontiguousarray(new_var)
+        # columns: work on transposed copies and write them back
+        img, var = np.ascontiguousarray(out.image.T), np.ascontiguousarray(out.variance.T)
+        _interp_rows_into(img, bad.T, fb)
+        _interp_rows_into(var, bad.T, fb_var)
+        out.image[...] = img.T
+        out.variance[...] = var.T
+    else:
+        _interp_rows_into(out.image, bad, fb)
+        _interp_rows_into(out.variance, bad, fb_var)
     out.set_plane("INTRP", bad)
     return out
 

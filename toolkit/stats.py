@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["IQR_TO_SIGMA", "StackStats", "stack_statistic", "meanclip_scalar"]
+__all__ = ["IQR_TO_SIGMA", "StackStats", "stack_statistic", "meanclip_scalar", "median_of"]
 
 #: afw's IQR -> sigma factor for a Gaussian
 IQR_TO_SIGMA = 0.741301109252802
@@ -170,6 +170,18 @@ def _order_statistics(x: np.ndarray, ranks: list[int]) -> dict[int, float]:
         part = np.partition(x, missing)
         out.update({r: float(part[r]) for r in missing})
     return out
+
+
+def median_of(a: np.ndarray, select: np.ndarray | None = None) -> float:
+    """Exact median of ``a[select]`` (NumPy's definition: the mean of the two middle values for
+    an even count), computed in float64 from exact order statistics; NaN if nothing is selected."""
+    x = np.asarray(a).ravel() if select is None else np.asarray(a)[select]
+    n = x.size
+    if n == 0:
+        return float("nan")
+    lo, hi = (n - 1) // 2, n // 2
+    st = _order_statistics(x, sorted({lo, hi}))
+    return 0.5 * (st[lo] + st[hi])
 
 
 def _within(x: np.ndarray, center: float, half_width: float) -> np.ndarray:
