@@ -65,9 +65,9 @@ class CoaddResult:
         Inputs removed by sigma clipping per pixel.
     timings : dict
         Seconds per step.
-    raw : tuple of ndarray
+    raw : tuple of ndarray or None
         ``(value, variance, mask)`` as stacked, before ``processResults`` (interpolation etc.);
-        what a ``base=`` re-run starts from.
+        what a ``base=`` re-run starts from.  Only with ``keep_raw=True``.
     """
 
     coadd: Exposure
@@ -162,6 +162,7 @@ def assemble_coadd(
     progress: ProgressFn | None = None,
     base: CoaddResult | None = None,
     pixels: np.ndarray | None = None,
+    keep_raw: bool = False,
 ) -> CoaddResult:
     """Stack ``warps`` as LSST's ``AssembleCoaddTask.run`` + ``processResults`` would.
 
@@ -191,6 +192,8 @@ def assemble_coadd(
         an earlier result of a call that differed from this one at most at those pixels' alternative
         masks.  Every statistic is per pixel, so the result is identical to a full run; CompareWarp
         uses this to restack only where the artifact masks clip something.
+    keep_raw : bool
+        Keep ``raw`` (the stack before processResults) in the result, so that it can be a ``base``.
     """
     t0 = time.perf_counter()
     config = AssembleCoaddConfig() if config is None else config
@@ -333,7 +336,7 @@ def assemble_coadd(
     finally:
         pool.shutdown()
     timings["stack"] = time.perf_counter() - t1
-    raw = (value.copy(), variance.copy(), out_mask.copy())
+    raw = (value.copy(), variance.copy(), out_mask.copy()) if keep_raw else None
     # ---- setInexactPsf, setCoaddEdgeBits
     inexact = (out_mask & (b["SENSOR_EDGE"] | b["CLIPPED"] | b["REJECTED"])) != 0
     out_mask[inexact] |= b["INEXACT_PSF"]

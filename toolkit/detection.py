@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["circular_stencil", "threshold_footprints", "grow_radius", "binned_background", "smooth_for_detection"]
+__all__ = ["circular_stencil", "threshold_footprints", "grow_radius", "grow_mask", "binned_background", "smooth_for_detection"]
 
 _EIGHT = np.ones((3, 3), bool)
 
@@ -36,15 +36,54 @@ def _label_filter_grow(seeds: np.ndarray, min_pixels: int, r: int) -> np.ndarray
     if n == 0:
         return np.zeros(seeds.shape, bool)
     if min_pixels > 1:
-        counts = np.bincount(lab.ravel(), minlength=n + 1)
-        keep = counts >= min_pixels
+        # work on the labelled pixels only: seeds are sparse
+        flat = lab.reshape(-1)
+        nz = np.flatnonzero(flat)
+        lv = flat[nz]
+        keep = np.bincount(lv, minlength=n + 1) >= min_pixels
         keep[0] = False
-        sel = keep[lab]
-    else:
-        sel = lab > 0
-    if r > 0 and sel.any():
-        sel = ndimage.binary_dilation(sel, structure=circular_stencil(r))
+        if not keep.any():
+            return np.zeros(seeds.shape, bool)
+        flat[nz[~keep[lv]]] = 0
+    sel = lab > 0
+    if r > 0:
+        sel = grow_mask(sel, r, lab)
     return sel
+
+
+def grow_mask(sel: np.ndarray, r: int, labels: np.ndarray | None = None) -> np.ndarray:
+    """Dilate a boolean mask by afw's circular stencil of radius ``r`` (zeros outside).
+
+    ``ndimage.binary_dilation`` sweeps the stencil over every pixel, O(pixels r^2).  Footprints
+    usually cover a small part of an image, so each group of them (``labels``, or 8-connected
+    groups of ``sel``) is dilated on its own bounding box plus ``r``; when the boxes are large
+    the mask is convolved with the stencil by FFT and thresholded at 1/2 (the counts are
+    integers, the float32 round-off is < 1e-3).  Both give exactly the dilation.
+    """
+    r = int(r)
+    if r <= 0 or not sel.any():
+        return sel.copy()
+    st = circular_stencil(r)
+    if labels is None:
+        labels, _ = ndimage.label(sel, structure=_EIGHT)
+    boxes = [b for b in ndimage.find_objects(labels) if b is not None]
+    covered = sum((b[0].stop - b[0].start + 2 * r) * (b[1].stop - b[1].start + 2 * r) for b in boxes)
+    if covered > sel.size // 8:
+        if r <= 2:  # a 5x5 stencil sweep is as cheap as the transforms (~50 ms at 2k^2)
+            return ndimage.binary_dilation(sel, structure=st)
+        from .psf_matching import fft_convolve
+
+        return fft_convolve(sel.astype(np.float32), st.astype(np.float32)) > 0.5
+    ny, nx = sel.shape
+    out = np.zeros_like(sel)
+    for b in boxes:
+        y0, y1 = max(b[0].start - r, 0), min(b[0].stop + r, ny)
+        x0, x1 = max(b[1].start - r, 0), min(b[1].stop + r, nx)
+        # dilate with r pixels of zero border so the clipped edges behave like the full image
+        sub = np.zeros((y1 - y0 + 2 * r, x1 - x0 + 2 * r), bool)
+        sub[r:-r, r:-r] = sel[y0:y1, x0:x1]
+        out[y0:y1, x0:x1] |= ndimage.binary_dilation(sub, structure=st)[r:-r, r:-r]
+    return out
 
 
 def threshold_footprints(image: np.ndarray, variance: np.ndarray, threshold: float, polarity: str = "both", min_pixels: int = 1, grow: int = 0) -> tuple[np.ndarray, int]:
@@ -66,26 +105,38 @@ def binned_background(image: np.ndarray, bad: np.ndarray, bin_size: int) -> np.n
 
     A stand-in for afw's MEANCLIP-binned Akima-spline background (used only for the temporary
     backgrounds of ScaleVariance and template detection); photutils' Background2D gives similar
-    results several times slower.
+    results several times slower.  Blocks are sorted all at once (bad pixels as +inf, so the
+    good ones come first) and the bilinear interpolation is done one axis at a time.
     """
     ny, nx = image.shape
     by, bx = max(1, int(np.ceil(ny / bin_size))), max(1, int(np.ceil(nx / bin_size)))
     pad_y, pad_x = by * bin_size - ny, bx * bin_size - nx
-    a = np.pad(np.where(bad | ~np.isfinite(image), np.nan, image).astype(np.float64), ((0, pad_y), (0, pad_x)), constant_values=np.nan)
-    blocks = a.reshape(by, bin_size, bx, bin_size).transpose(0, 2, 1, 3).reshape(by, bx, -1)
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        med = np.nanmedian(blocks, axis=2)
+    dtype = np.float32 if image.dtype == np.float32 else np.float64
+    a = np.where(bad | ~np.isfinite(image), np.inf, image).astype(dtype, copy=False)
+    a = np.pad(a, ((0, pad_y), (0, pad_x)), constant_values=np.inf)
+    blocks = np.sort(a.reshape(by, bin_size, bx, bin_size).transpose(0, 2, 1, 3).reshape(by, bx, -1), axis=2)
+    n = np.isfinite(blocks).sum(axis=2)
+    lo = np.take_along_axis(blocks, (np.maximum(n - 1, 0) // 2)[..., None], 2)[..., 0].astype(np.float64)
+    hi = np.take_along_axis(blocks, (n // 2)[..., None].clip(max=blocks.shape[2] - 1), 2)[..., 0].astype(np.float64)
+    med = np.where(n > 0, 0.5 * (lo + hi), np.nan)
     if np.all(np.isnan(med)):
         return np.zeros_like(image, dtype=np.float64)
     med = np.where(np.isnan(med), np.nanmedian(med), med)
-    yc = (np.arange(by) + 0.5) * bin_size - 0.5
-    xc = (np.arange(bx) + 0.5) * bin_size - 0.5
-    yi = np.clip(np.interp(np.arange(ny), yc, np.arange(by)), 0, by - 1)
-    xi = np.clip(np.interp(np.arange(nx), xc, np.arange(bx)), 0, bx - 1)
-    return ndimage.map_coordinates(med, np.meshgrid(yi, xi, indexing="ij"), order=1, mode="nearest")
+    # bilinear interpolation between block centres as two small matrix products
+    # (interpolation weights along y, then along x), clamped at the outer centres
+    return _linear_weights(ny, by, bin_size) @ med @ _linear_weights(nx, bx, bin_size).T
+
+
+def _linear_weights(n: int, nb: int, bin_size: int) -> np.ndarray:
+    """(n, nb) matrix of linear-interpolation weights from ``nb`` block centres to ``n`` pixels."""
+    centres = (np.arange(nb) + 0.5) * bin_size - 0.5
+    pos = np.clip(np.interp(np.arange(n), centres, np.arange(nb)), 0, nb - 1)
+    i0 = np.minimum(np.floor(pos).astype(np.intp), nb - 1)
+    f = pos - i0
+    w = np.zeros((n, nb))
+    w[np.arange(n), i0] += 1 - f
+    w[np.arange(n), np.minimum(i0 + 1, nb - 1)] += f
+    return w
 
 
 def smooth_for_detection(image: np.ndarray, variance: np.ndarray, sigma: float, n_sigma_for_kernel: float = 7.0) -> tuple[np.ndarray, np.ndarray]:
@@ -98,6 +149,8 @@ def smooth_for_detection(image: np.ndarray, variance: np.ndarray, sigma: float, 
     g = np.exp(-0.5 * (x / sigma) ** 2)
     k = np.outer(g, g)
     k /= k.sum()
-    img = np.where(np.isfinite(image), image, 0.0)
-    var = np.where(np.isfinite(variance), variance, 0.0)
+    # float32 data are smoothed in float32 transforms (errors ~1e-7 of the peak, far below any
+    # detection threshold); the kernels stay exact
+    img = np.where(np.isfinite(image), image, 0).astype(image.dtype, copy=False)
+    var = np.where(np.isfinite(variance), variance, 0).astype(variance.dtype, copy=False)
     return fft_convolve(img, k), fft_convolve(var, k * k)

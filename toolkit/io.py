@@ -325,9 +325,8 @@ def read_plain_fits(
             m, _, _ = _first_image(h3, mask, None)
         if m.shape != image.shape:
             raise InputError(f"mask {mask} has shape {m.shape}, image {image_path} has {image.shape}")
-        bit = planes.add(mask_plane)
+        planes.add(mask_plane)
         msk = np.where(np.asarray(m) != 0, np.int32(planes.bitmask([mask_plane])), np.int32(0))
-        del bit
     if var is None:
         meta["DSNOVAR"] = True
     pc = photo_calib if photo_calib is not None else float(meta.get("PHOTOCAL", 1.0))

@@ -23,11 +23,11 @@ import warnings
 
 import numpy as np
 import scipy.fft as sfft
-from scipy import ndimage
 
 from .errors import InputError
 from .exposure import Exposure
 from .psf import Psf, DoubleGaussianPsf
+from .stats import median_of
 
 __all__ = ["matching_kernel", "match_to_psf", "auto_kernel_size", "fft_convolve", "PsfMatchingWarning"]
 
@@ -115,9 +115,38 @@ def fft_convolve(image: np.ndarray, kernel: np.ndarray, workers: int | None = -1
     sx = sfft.next_fast_len(nx + kx - 1, real=True)
     dtype = np.float32 if image.dtype == np.float32 else np.float64
     fi = sfft.rfft2(image.astype(dtype, copy=False), s=(sy, sx), workers=workers)
-    fk = sfft.rfft2(kernel.astype(dtype), s=(sy, sx), workers=workers)
-    full = sfft.irfft2(fi * fk, s=(sy, sx), workers=workers)
+    # pruned kernel transform: the row pass only over the kernel's ky rows (the rest are zeros)
+    rows = sfft.rfft(kernel.astype(dtype), n=sx, axis=1, workers=workers)
+    fk = np.zeros((sy, sx // 2 + 1), rows.dtype)
+    fk[:ky] = rows
+    fk = sfft.fft(fk, axis=0, overwrite_x=True, workers=workers)
+    fi *= fk
+    full = sfft.irfft2(fi, s=(sy, sx), workers=workers, overwrite_x=True)
     return np.ascontiguousarray(full[ky // 2 : ky // 2 + ny, kx // 2 : kx // 2 + nx]).astype(image.dtype, copy=False)
+
+
+def or_box(mask: np.ndarray, h: int, outside: int = 0) -> np.ndarray:
+    """Bitwise OR of ``mask`` over the (2h+1)^2 box around each pixel; ``outside`` beyond the edges.
+
+    This is what afw's convolution does to a mask plane.  ``ndimage.maximum_filter`` would need
+    one pass per bit plane; a running OR of doubling width (log2(2h+1) shifted ORs per axis)
+    grows every plane at once.
+    """
+    out = mask
+    if h <= 0:
+        return mask.copy()
+    w = 2 * h + 1
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (h, h)
+        a = np.moveaxis(np.pad(out, pad, constant_values=outside), axis, 0)
+        span = 1
+        while 2 * span <= w:
+            a = a[:-span] | a[span:]  # a[i] = OR over [i, i + 2 span)
+            span *= 2
+        n = out.shape[axis]
+        out = np.moveaxis(a[:n] | a[w - span : w - span + n], 0, axis)
+    return np.ascontiguousarray(out)
 
 
 def _core_half_width(kernel: np.ndarray, threshold: float) -> int:
@@ -205,22 +234,15 @@ def match_to_psf(
             from .interp import _interp_rows
 
             good = ~(fix | bad_input)
-            img = _interp_rows(img, ~good, float(np.median(img[good]))).astype(exposure.dtype)
+            img = _interp_rows(img, ~good, median_of(img, good)).astype(exposure.dtype)
             img[bad_input] = 0
     var = np.where(bad_input, 0, exposure.variance).astype(exposure.dtype)
     out_img = fft_convolve(img, k)
     out_var = fft_convolve(var, (k * k))
     # variance of a convolution is a sum of non-negative terms; clip FFT round-off below zero
     np.maximum(out_var, 0, out=out_var)
-    size = 2 * h + 1
-    out_mask = np.zeros_like(exposure.mask)
-    for name, bit in planes.items():
-        b = np.int32(planes.bitmask([name]))
-        sel = (exposure.mask & b) != 0
-        if sel.any():
-            grown = ndimage.maximum_filter(sel.view(np.uint8), size=size, mode="constant", cval=0) > 0
-            out_mask[grown] |= b
-    incomplete = ndimage.maximum_filter(bad_input.view(np.uint8), size=size, mode="constant", cval=1) > 0
+    out_mask = or_box(exposure.mask, h)
+    incomplete = or_box(bad_input.view(np.uint8), h, outside=1).view(bool)
     out_img[incomplete] = np.nan
     out_var[incomplete] = np.inf
     out_mask[incomplete] |= np.int32(no_data)

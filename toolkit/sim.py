@@ -313,7 +313,8 @@ def simulate_stack(
                 prof[ys, xs] = np.where(dist <= 1.5, amp * np.exp(-0.5 * (dist / width) ** 2), 0.0)
             else:  # ghost: a faint disk with soft edge, truncated
                 r = np.hypot(xx - x0, yy - y0)
-                prof = np.where(r <= extra + 3 * width, amp / (1 + np.exp((r - extra) / width)), 0.0)
+                with np.errstate(over="ignore"):  # exp overflows far outside the disk: 1/inf = 0
+                    prof = np.where(r <= extra + 3 * width, amp / (1 + np.exp((r - extra) / width)), 0.0)
             kind_img[(prof != 0) & (kind_img == 0)] = kind
             art += prof
         # counts and noise

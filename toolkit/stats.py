@@ -11,13 +11,14 @@ which is why this is hand-written.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["IQR_TO_SIGMA", "StackStats", "stack_statistic", "meanclip_scalar", "median_of"]
+__all__ = ["IQR_TO_SIGMA", "StackStats", "stack_statistic", "meanclip_scalar", "median_of", "quantiles_of"]
 
 #: afw's IQR -> sigma factor for a Gaussian
 IQR_TO_SIGMA = 0.741301109252802
@@ -46,16 +47,20 @@ def _quantile_sorted(s: np.ndarray, n: np.ndarray, q: float) -> np.ndarray:
         return vlo + frac * (vhi - vlo)
 
 
-def _weighted_mean_var(x, keep, w, center):
-    """Weighted mean and debiased weighted variance of kept values (shifted for precision)."""
+def _weighted_mean_var(x, keep, w, center, need_var=True):
+    """Weighted mean and debiased weighted variance of kept values (shifted for precision);
+    the variance is None when not ``need_var``."""
     wk = np.where(keep, w, 0.0)
     sw = wk.sum(0)
     sw2 = (wk * wk).sum(0)
     d = np.where(keep, x - center, 0.0)
+    wd = wk * d
+    var = None
     with np.errstate(invalid="ignore", divide="ignore"):
-        md = (wk * d).sum(0) / sw
-        m2 = (wk * d * d).sum(0) / sw
-        var = (m2 - md * md) * (sw * sw) / (sw * sw - sw2)
+        md = wd.sum(0) / sw
+        if need_var:
+            m2 = (wd * d).sum(0) / sw
+            var = (m2 - md * md) * (sw * sw) / (sw * sw - sw2)
     return center + md, var, sw, sw2
 
 
@@ -122,7 +127,7 @@ def stack_statistic(
     first = np.argmax(keep, axis=0)
     ref = np.take_along_axis(x, first[None], 0)[0]
     ref = np.where(np.isfinite(ref), ref, 0.0)
-    mean, var_s, sw, sw2 = _weighted_mean_var(x, keep, w, ref)
+    mean, var_s, sw, sw2 = _weighted_mean_var(x, keep, w, ref, need_var=not calc_error_from_input_variance)
     with np.errstate(invalid="ignore", divide="ignore"):
         if calc_error_from_input_variance:
             variance = np.where(keep, w * w * v, 0.0).sum(0) / (sw * sw)
@@ -172,6 +177,24 @@ def _order_statistics(x: np.ndarray, ranks: list[int]) -> dict[int, float]:
     return out
 
 
+def quantiles_of(x: np.ndarray, qs: Sequence[float]) -> list[float]:
+    """Exact quantiles of a 1-D array with NumPy's default (linear) rule, ``np.percentile``'s
+    values, from :func:`_order_statistics` instead of a full partition."""
+    x = np.asarray(x).ravel()
+    n = x.size
+    if n == 0:
+        return [float("nan")] * len(qs)
+    pos = [q * (n - 1) for q in qs]
+    ranks = sorted({int(np.floor(p)) for p in pos} | {min(int(np.floor(p)) + 1, n - 1) for p in pos})
+    st = _order_statistics(x, ranks)
+    out = []
+    for p in pos:
+        lo = int(np.floor(p))
+        a, b = st[lo], st[min(lo + 1, n - 1)]
+        out.append(a + (p - lo) * (b - a))
+    return out
+
+
 def median_of(a: np.ndarray, select: np.ndarray | None = None) -> float:
     """Exact median of ``a[select]`` (NumPy's definition: the mean of the two middle values for
     an even count), computed in float64 from exact order statistics; NaN if nothing is selected."""
@@ -212,19 +235,9 @@ def meanclip_scalar(values: np.ndarray, n_sigma: float = 3.0, n_iter: int = 2) -
     x = np.asarray(values).ravel()
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float64)
-    n = x.size
-    if n == 0:
+    if x.size == 0:
         return float("nan")
-    pos = {q: q * (n - 1) for q in (0.25, 0.5, 0.75)}
-    ranks = sorted({int(np.floor(p)) for p in pos.values()} | {min(int(np.floor(p)) + 1, n - 1) for p in pos.values()})
-    stats = _order_statistics(x, ranks)
-
-    def quantile(q: float) -> float:
-        lo = int(np.floor(pos[q]))
-        a, b = stats[lo], stats[min(lo + 1, n - 1)]
-        return a + (pos[q] - lo) * (b - a)
-
-    q25, med, q75 = quantile(0.25), quantile(0.5), quantile(0.75)
+    q25, med, q75 = quantiles_of(x, (0.25, 0.5, 0.75))
     iqr_hw = n_sigma * IQR_TO_SIGMA * (q75 - q25)
     center, hw = np.float64(med), np.float64(iqr_hw)
     xk = x
