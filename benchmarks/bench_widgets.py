@@ -27,9 +27,14 @@ import numpy as np
 def _report(explorer, label: str) -> None:
     screen = explorer.panel_size**2
     by_panel: dict[str, int] = {}
+    # a panel's layers count together: the coadd with its packed mask pages, the warpDiff with
+    # its candidate footprints
+    owner = {"mask": "coadd", "candidates": "warp_diff"}
     for name, nbytes in explorer.bytes_sent.items():
-        panel = name.split(":")[0] if name.startswith("mask:") else name
-        by_panel[panel if panel != "mask" else "coadd"] = by_panel.get(panel if panel != "mask" else "coadd", 0) + nbytes
+        if name == "cutouts":
+            continue
+        panel = owner.get(name.split(":")[0], name)
+        by_panel[panel] = by_panel.get(panel, 0) + nbytes
     sides = [max(np.shape(s.data["image"][0])) for s in explorer.sources.values() if "image" in s.data]
     print(f"  {label}: largest buffer side {max(sides)} px (image {explorer.shape[0]} px); bytes per panel update vs screen pixels ({explorer.panel_size}^2):")
     for panel, nbytes in by_panel.items():

@@ -115,6 +115,15 @@ def test_quickstart_explorer_in_real_browser(lab):
             if after != before:
                 changed = True
                 break
+        # hover over the coadd panel: the tooltip's value, mask and RA/Dec formatters run in the
+        # browser (a JS error there would show up as a console error below)
+        canvas = panel.locator("canvas").first
+        cb = canvas.bounding_box()
+        page.mouse.move(cb["x"] + cb["width"] / 2, cb["y"] + cb["height"] / 2)
+        page.mouse.move(cb["x"] + cb["width"] / 2 + 3, cb["y"] + cb["height"] / 2 + 3, steps=3)
+        tip = page.get_by_text("RA, Dec").first
+        tip.wait_for(timeout=15_000)
+        page.screenshot(path=str(ARTIFACTS / "quickstart_hover.png"))
         browser.close()
     assert changed, "the explorer's pixels did not change after the slider moved"
     real = [e for e in errors if "favicon" not in e.lower()]

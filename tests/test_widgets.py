@@ -30,12 +30,18 @@ def test_compare_warp_explorer_widget_to_model_to_source(stack):
     assert ex.render_count == 1
     slider = _find(ex.widget, "ds-ctl-spatialThreshold")[0]
     before = ex.sources["coadd"].data["image"][0]
-    mask_before = ex.sources["mask:CLIPPED"].data["image"][0]
+    mask_before = ex.mask_layer("CLIPPED")
     slider.value = 0.0  # every candidate is clipped
     assert ex.model.config.spatialThreshold == 0.0
     after = ex.sources["coadd"].data["image"][0]
     assert after is not before
-    assert ex.sources["mask:CLIPPED"].data["image"][0].sum() > mask_before.sum()
+    assert ex.mask_layer("CLIPPED").sum() > mask_before.sum()
+    # the packed page decodes to the OR-reduced CLIPPED plane of the coadd
+    c = ex.model.outputs["coadd"]
+    from widgets.display import block_factor, reduce_block
+    k = block_factor(c.shape, ex.display.max_pixels)
+    expect = (reduce_block(c.mask, k, "or") & np.int32(c.mask_planes.bitmask(["CLIPPED"]))) != 0
+    np.testing.assert_array_equal(ex.mask_layer("CLIPPED"), expect)
     # the template and the candidates were not recomputed: only filter + final stack ran
     rc = ex.model.outputs["run_counts"]
     assert rc["template"] == 1 and rc["candidates"] == 1 and rc["filter"] == 2 and rc["coadd"] == 2
@@ -136,3 +142,61 @@ def test_status_line_follows_recomputes(stack):
     assert "filter 1" in ex.status.value
     ex.model.config.spatialThreshold = 0.2
     assert "filter 2" in ex.status.value and "template 1" in ex.status.value
+
+
+def test_zoom_recuts_window_at_screen_resolution(stack):
+    from types import SimpleNamespace
+
+    ex = widgets.CompareWarpExplorer(CompareWarpModel(stack.direct_warps, stack.psf_matched_warps), widgets.DisplaySettings(max_pixels=64))
+    full = ex.sources["coadd"].data["image"][0]
+    assert max(full.shape) <= 64 and full.shape != stack.direct_warps[0].shape  # reduced
+    # a RangesUpdate with no event loop re-cuts at once: a 40 px window ships at full resolution
+    ex._ranges_updated(SimpleNamespace(x0=19.5, x1=59.5, y0=9.5, y1=49.5))
+    d = ex.sources["coadd"].data
+    assert d["image"][0].shape == (40, 40) and d["x"][0] == 19.5 and d["y"][0] == 9.5 and d["dw"][0] == 40.0
+    c = ex.model.outputs["coadd"]
+    lo, hi = ex.limits["coadd"]
+    from widgets.display import stretch_uint8
+    np.testing.assert_array_equal(d["image"][0], stretch_uint8(c.image[10:50, 20:60], lo, hi, ex.display.stretch))
+    # every layer follows the window
+    assert ex.sources["epoch_count"].data["image"][0].shape == (40, 40)
+    assert ex.mask_layer("NO_DATA").shape in ((40, 40), (1, 1))
+
+
+def test_panel_bytes_and_hover_metadata(stack):
+    ex = widgets.CompareWarpExplorer(CompareWarpModel(stack.direct_warps, stack.psf_matched_warps), widgets.DisplaySettings(max_pixels=64))
+    screen = 64 * 64
+    coadd_bytes = ex.bytes_sent["coadd"] + sum(v for k, v in ex.bytes_sent.items() if k.startswith("mask:"))
+    assert coadd_bytes <= 2 * screen + len(ex._mask_pages)  # image + one packed page; hidden pages 1 B
+    # showing a plane of the second page ships that page too
+    second = ex._mask_pages[1][0]
+    ex._mask_renderers[second].visible = True
+    ex.model.config.spatialThreshold = 0.2
+    assert ex.bytes_sent["mask:1"] in (1, ex.bytes_sent["coadd"])
+    # the hover decodes values from lo/hi/stretch shipped with each image
+    d = ex.sources["coadd"].data
+    assert d["lo"][0] < d["hi"][0] and d["stretch"][0] in ("linear", "asinh")
+    hover = [t for t in ex.figures["coadd"].tools if type(t).__name__ == "HoverTool"][0]
+    assert [n for n, _ in hover.tooltips] == ["x, y", "value", "masks", "RA, Dec"]
+    assert ex._wcs_args()["crval"] == pytest.approx(list(stack.direct_warps[0].wcs.wcs.crval))
+
+
+def test_blink_and_cutouts(stack):
+    from types import SimpleNamespace
+
+    ex = widgets.CompareWarpExplorer(CompareWarpModel(stack.direct_warps, stack.psf_matched_warps, config=None))
+    ex.blink.value = 1
+    assert ex._blink_renderer.visible and not ex._renderers["coadd"].visible
+    ex.blink.value = 0
+    assert not ex._blink_renderer.visible and ex._renderers["coadd"].visible
+    # click where some epoch is clipped: the cutout mosaic has one frame per clipped epoch
+    masks = ex.model.pipeline.artifact_masks
+    count = sum(m["CLIPPED"].astype(int) for m in masks)
+    iy, ix = np.unravel_index(np.argmax(count), count.shape)
+    assert count[iy, ix] > 0
+    ex._tap(SimpleNamespace(x=float(ix), y=float(iy)))
+    img = ex.sources["cutouts"].data["image"][0]
+    n = len(stack.direct_warps)
+    assert img.shape == (ex.cutout_size + 2, n * (ex.cutout_size + 2))
+    assert len(ex.cutout_frames.data["x"]) == count[iy, ix]
+    assert len(ex.series_source.data["epoch"]) == n
