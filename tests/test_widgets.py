@@ -200,3 +200,19 @@ def test_blink_and_cutouts(stack):
     assert img.shape == (ex.cutout_size + 2, n * (ex.cutout_size + 2))
     assert len(ex.cutout_frames.data["x"]) == count[iy, ix]
     assert len(ex.series_source.data["epoch"]) == n
+
+
+def test_zogy_explorer_export_and_save(tmp_path, monkeypatch):
+    from astropy.table import Table
+
+    from toolkit.io import read_exposure
+
+    pair = simulate_pair(size=96, seed=2)
+    ex = widgets.ZogyExplorer(ZogyModel(pair.science, pair.reference))
+    text = ex.export_config(path=str(tmp_path / "z.py"), fmt="pex")
+    assert (tmp_path / "z.py").read_text() == text and "config." in text
+    monkeypatch.chdir(tmp_path)
+    diff, score, cat = ex.save_fits()
+    np.testing.assert_array_equal(read_exposure(diff).image, ex.model.outputs["diff"].image)
+    assert len(Table.read(cat)) == len(ex.model.outputs["catalog"])
+    assert not list(tmp_path.glob("*.tmp"))

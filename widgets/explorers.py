@@ -532,7 +532,18 @@ class ZogyExplorer(_PanelExplorer):
         self._wrap(grid)
         disp = ipw.HBox([widget_for(self.display, n) for n in ("interval", "stretch", "cmap")])
         self.controls = config_controls(model.config, "ZOGY")
-        self.widget = ipw.VBox([self.status, disp, ipw.HBox([self._controls_column(), self.bokeh])])
+        self.export_format = ipw.Dropdown(options=["pex", "yaml"], value="pex", description="format")
+        self.export_path = ipw.Text(value="zogy_override.py", description="file")
+        self.export_button = ipw.Button(description="Export config", icon="download")
+        self.export_button.add_class("ds-export")
+        self.export_text = ipw.Textarea(layout=ipw.Layout(width="100%", height="140px"))
+        self.export_button.on_click(lambda _: self.export_config())
+        self.save_button = ipw.Button(description="Save diff + score FITS", icon="save")
+        self.save_button.on_click(lambda _: self.save_fits())
+        self.widget = ipw.VBox([
+            self.status, disp, ipw.HBox([self._controls_column(), self.bokeh]),
+            ipw.HBox([self.export_format, self.export_path, self.export_button, self.save_button]), self.export_text,
+        ])
         self.widget.add_class("ds-zogy-explorer")
         self._watch_model()
 
@@ -556,6 +567,28 @@ class ZogyExplorer(_PanelExplorer):
             cat = out["catalog"]
             self.catalog_source.data = {"x": list(np.asarray(cat["x"], float)), "y": list(np.asarray(cat["y"], float)), "scorr": list(np.asarray(cat["scorr"], float))}
         self.render_count += 1
+
+    def export_config(self, path: str | None = None, fmt: str | None = None) -> str:
+        """Write the ZOGY config as a pex override or YAML; also shown in the text area."""
+        fmt = fmt or self.export_format.value
+        path = path or self.export_path.value
+        cfg = self.model.config
+        text = cfg.to_pex_override(label="zogy", path=path) if fmt == "pex" else cfg.to_yaml(path=path)
+        self.export_text.value = text
+        return text
+
+    def save_fits(self, prefix: str = "zogy") -> tuple[Path, Path, Path]:
+        """Write ``{prefix}_diff.fits``, ``{prefix}_score.fits`` and the catalog ``{prefix}_catalog.ecsv``."""
+        from toolkit.io import write_exposure
+
+        out = self.model.outputs
+        diff = write_exposure(out["diff"], f"{prefix}_diff.fits")
+        score = write_exposure(out["score"], f"{prefix}_score.fits") if out.get("score") is not None else None
+        cat = Path(f"{prefix}_catalog.ecsv")
+        tmp = cat.with_name(cat.name + ".tmp")
+        out["catalog"].write(tmp, format="ascii.ecsv", overwrite=True)
+        tmp.replace(cat)  # atomic: a crash never leaves half a catalog
+        return diff, score, cat
 
     def _set_status(self) -> None:
         m = self.model
