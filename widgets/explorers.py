@@ -254,6 +254,30 @@ class _PanelExplorer:
         self.model.param.watch(lambda *_: self._set_status(), ["status", "busy", "version"])
         self._set_status()
 
+    #: the task label of the exported pex override (``config.<label>...``)
+    _export_label = "task"
+
+    def _export_row(self, default_path: str, save_description: str) -> list[Any]:
+        """Export (pex/YAML, to a file and the text area) and save buttons: [row, text area]."""
+        self.export_format = ipw.Dropdown(options=["pex", "yaml"], value="pex", description="format")
+        self.export_path = ipw.Text(value=default_path, description="file")
+        self.export_button = ipw.Button(description="Export config", icon="download")
+        self.export_button.add_class("ds-export")
+        self.export_text = ipw.Textarea(layout=ipw.Layout(width="100%", height="140px"))
+        self.export_button.on_click(lambda _: self.export_config())
+        self.save_button = ipw.Button(description=save_description, icon="save")
+        self.save_button.on_click(lambda _: self.save_fits())
+        return [ipw.HBox([self.export_format, self.export_path, self.export_button, self.save_button]), self.export_text]
+
+    def export_config(self, path: str | None = None, fmt: str | None = None) -> str:
+        """Write the config as a pipetask override (pex) or YAML; also shown in the text area."""
+        fmt = fmt or self.export_format.value
+        path = path or self.export_path.value
+        cfg = self.model.config
+        text = cfg.to_pex_override(label=self._export_label, path=path) if fmt == "pex" else cfg.to_yaml(path=path)
+        self.export_text.value = text
+        return text
+
     def _controls_column(self) -> ipw.VBox:
         return ipw.VBox([self.controls], layout=ipw.Layout(width="360px", min_width="360px"))
 
@@ -287,6 +311,7 @@ class CompareWarpExplorer(_PanelExplorer):
     """
 
     _greyscale_panels = ("coadd", "template", "warp")
+    _export_label = "assembleCoadd"
 
     def __init__(self, model: CompareWarpModel, display: DisplaySettings | None = None) -> None:
         w0 = model.pipeline.direct_warps[0]
@@ -331,14 +356,7 @@ class CompareWarpExplorer(_PanelExplorer):
         self._wrap(grid)
         # controls
         self.epoch_slider = widget_for(model, "epoch", label="epoch")
-        self.export_format = ipw.Dropdown(options=["pex", "yaml"], value="pex", description="format")
-        self.export_path = ipw.Text(value="compare_warp_override.py", description="file")
-        self.export_button = ipw.Button(description="Export config", icon="download")
-        self.export_button.add_class("ds-export")
-        self.export_text = ipw.Textarea(layout=ipw.Layout(width="100%", height="140px"))
-        self.export_button.on_click(lambda _: self.export_config())
-        self.save_button = ipw.Button(description="Save coadd FITS", icon="save")
-        self.save_button.on_click(lambda _: self.save_fits())
+        export_row = self._export_row("compare_warp_override.py", "Save coadd FITS")
         disp = ipw.HBox([widget_for(self.display, n) for n in ("interval", "stretch", "cmap", "mask_palette")])
         # blink coadd <-> template on the coadd panel (ipywidgets Play ticks; only visibility flips)
         self.blink = ipw.Play(value=0, min=0, max=1, step=1, interval=700, repeat=True, description="blink", tooltip="blink the coadd panel between coadd and template")
@@ -347,8 +365,7 @@ class CompareWarpExplorer(_PanelExplorer):
         self.controls = config_controls(model.config, "CompareWarp")
         self.widget = ipw.VBox([
             ipw.HBox([self.epoch_slider, self.status]), ipw.HBox([disp, ipw.Label("blink coadd/template"), self.blink]),
-            ipw.HBox([self._controls_column(), self.bokeh]),
-            ipw.HBox([self.export_format, self.export_path, self.export_button, self.save_button]), self.export_text,
+            ipw.HBox([self._controls_column(), self.bokeh]), *export_row,
         ])
         self.widget.add_class("ds-compare-warp-explorer")
         self._watch_model()
@@ -497,15 +514,6 @@ class CompareWarpExplorer(_PanelExplorer):
         self.status.value = f"<b>{'⏳ ' if m.busy else ''}{m.status}</b> · version {m.version} · stage runs " + ", ".join(f"{k} {v}" for k, v in rc.items())
 
     # ------------------------------------------------------------------ actions
-    def export_config(self, path: str | None = None, fmt: str | None = None) -> str:
-        """Write the config as a pipetask override (pex) or YAML; also shown in the text area."""
-        fmt = fmt or self.export_format.value
-        path = path or self.export_path.value
-        cfg = self.model.config
-        text = cfg.to_pex_override(label="assembleCoadd", path=path) if fmt == "pex" else cfg.to_yaml(path=path)
-        self.export_text.value = text
-        return text
-
     def save_fits(self, path: str = "coadd.fits") -> Path:
         from toolkit.io import write_exposure
 
@@ -516,6 +524,7 @@ class ZogyExplorer(_PanelExplorer):
     """Science, template, difference (D / F_D) and Scorr, with the transient catalog as markers."""
 
     _greyscale_panels = ("science", "template")
+    _export_label = "zogy"
 
     def __init__(self, model: ZogyModel, display: DisplaySettings | None = None) -> None:
         super().__init__(model.science.shape, model.science.xy0, display)
@@ -532,17 +541,9 @@ class ZogyExplorer(_PanelExplorer):
         self._wrap(grid)
         disp = ipw.HBox([widget_for(self.display, n) for n in ("interval", "stretch", "cmap")])
         self.controls = config_controls(model.config, "ZOGY")
-        self.export_format = ipw.Dropdown(options=["pex", "yaml"], value="pex", description="format")
-        self.export_path = ipw.Text(value="zogy_override.py", description="file")
-        self.export_button = ipw.Button(description="Export config", icon="download")
-        self.export_button.add_class("ds-export")
-        self.export_text = ipw.Textarea(layout=ipw.Layout(width="100%", height="140px"))
-        self.export_button.on_click(lambda _: self.export_config())
-        self.save_button = ipw.Button(description="Save diff + score FITS", icon="save")
-        self.save_button.on_click(lambda _: self.save_fits())
         self.widget = ipw.VBox([
             self.status, disp, ipw.HBox([self._controls_column(), self.bokeh]),
-            ipw.HBox([self.export_format, self.export_path, self.export_button, self.save_button]), self.export_text,
+            *self._export_row("zogy_override.py", "Save diff + score FITS"),
         ])
         self.widget.add_class("ds-zogy-explorer")
         self._watch_model()
@@ -567,15 +568,6 @@ class ZogyExplorer(_PanelExplorer):
             cat = out["catalog"]
             self.catalog_source.data = {"x": list(np.asarray(cat["x"], float)), "y": list(np.asarray(cat["y"], float)), "scorr": list(np.asarray(cat["scorr"], float))}
         self.render_count += 1
-
-    def export_config(self, path: str | None = None, fmt: str | None = None) -> str:
-        """Write the ZOGY config as a pex override or YAML; also shown in the text area."""
-        fmt = fmt or self.export_format.value
-        path = path or self.export_path.value
-        cfg = self.model.config
-        text = cfg.to_pex_override(label="zogy", path=path) if fmt == "pex" else cfg.to_yaml(path=path)
-        self.export_text.value = text
-        return text
 
     def save_fits(self, prefix: str = "zogy") -> tuple[Path, Path, Path]:
         """Write ``{prefix}_diff.fits``, ``{prefix}_score.fits`` and the catalog ``{prefix}_catalog.ecsv``."""
