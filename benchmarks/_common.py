@@ -43,6 +43,19 @@ def astropy_baseline(exposures, sigma: float = 3.0, maxiters: int = 2) -> float:
     return time.perf_counter() - t
 
 
+def warm_up() -> float:
+    """Run a tiny CompareWarp once so numba's compiled kernels are loaded (or compiled, on the
+    first run after an install; they are cached on disk) before anything is timed.  Returns
+    the seconds it took."""
+    from toolkit.compare_warp import CompareWarpPipeline
+    from toolkit.sim import simulate_stack
+
+    t = time.perf_counter()
+    stack = simulate_stack(n_epochs=4, size=96, seed=1, psf_matched=False, keep_truth_images=False)
+    CompareWarpPipeline(stack.direct_warps).run()
+    return time.perf_counter() - t
+
+
 def gb(nbytes: float) -> str:
     return f"{nbytes / 2**30:.2f} GiB"
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import time
 
-from _common import astropy_baseline, exposure_bytes, gb, measure, size_epochs_main
+from _common import astropy_baseline, exposure_bytes, gb, measure, size_epochs_main, warm_up
 
 from toolkit.compare_warp import STAGES, CompareWarpPipeline
 from toolkit.sim import simulate_stack
 
 
 def run(size: int, n: int) -> None:
+    print(f"warm-up (numba kernels loaded or compiled): {warm_up():.2f} s")
     stack = simulate_stack(n_epochs=n, size=size, seed=11, psf_matched=False, keep_truth_images=False)
     direct = stack.direct_warps
     in_bytes = exposure_bytes(direct)

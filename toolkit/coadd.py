@@ -32,7 +32,8 @@ from .exposure import Exposure
 from .interp import interpolate_over_plane, mask_bright_objects
 from .masks import MaskPlanes, remap_mask
 from .psf import CoaddPsf
-from .stats import meanclip_scalar, stack_statistic
+from .stack_kernel import STAT_CODES, stack_pixels
+from .stats import meanclip_scalar
 
 __all__ = ["assemble_coadd", "compute_weights", "CoaddResult", "apply_alt_masks", "epochs_at"]
 
@@ -40,8 +41,8 @@ log = logging.getLogger("diffstack.coadd")
 
 ProgressFn = Callable[[str, float], None]
 
-#: elements (epochs x pixels) per internal chunk: small enough that the ~20 float64 temporaries
-#: of the statistic stay in cache (3x faster than whole-image passes) and memory stays bounded
+#: elements (epochs x pixels) per internal chunk: the gathered inputs of a chunk stay in cache
+#: and memory stays bounded
 _CHUNK_ELEMENTS = 1 << 20
 
 
@@ -224,6 +225,8 @@ def assemble_coadd(
     b = {p: np.int32(planes.bitmask([p])) for p in ("NO_DATA", "EDGE", "CLIPPED", "REJECTED", "SENSOR_EDGE", "INEXACT_PSF")}
     rejected_src = np.int32(int(and_mask) & ~int(b["NO_DATA"]) & ~int(b["EDGE"]) & ~int(b["CLIPPED"]))
     thresholds = [(np.int32(planes.bitmask([p])), float(t)) for p, t in config.maskPropagationThresholds.items() if p in planes]
+    th_bits = np.array([t[0] for t in thresholds], np.int32)
+    th_vals = np.array([t[1] for t in thresholds], np.float64)
 
     ny, nx = warps[0].shape
     dtype = np.result_type(*[w.dtype for w in warps])
@@ -243,9 +246,11 @@ def assemble_coadd(
         n_image = np.zeros((ny, nx), np.int32)
         n_clip = np.zeros((ny, nx), np.int32)
         input_map = np.zeros((nbytes, ny, nx), np.uint8)
-    wts = weights[used]
+    wts = np.ascontiguousarray(weights[used], np.float64)
+    used_idx = np.asarray(used, np.int64)
     alt = [None if alt_masks is None else alt_masks[i] for i in used]
     online = config.doOnlineForMean and config.statistic == "MEAN"
+    stat_code = STAT_CODES["ONLINE" if online else config.statistic]
     tw, th = (int(v) for v in config.subregionSize)
     if tw <= 0 or th <= 0:
         raise ConfigError(f"subregionSize must be positive, got {config.subregionSize}")
@@ -273,52 +278,26 @@ def assemble_coadd(
                 a[(slice(None),) + sl if a.ndim == 3 else sl] = v
 
         x = np.stack([get(warps[i].image) for i in used])
-        v = np.stack([get(warps[i].variance) for i in used])
+        shape = x.shape[1:]
+        x = x.reshape(len(used), -1)
+        v = np.stack([get(warps[i].variance) for i in used]).reshape(len(used), -1)
         m = np.stack([
             apply_alt_masks(get(masks[i]), planes, None if a is None else {k: get(s) for k, s in a.items()}, config.badMaskPlanes, use_psf_matched_polygons)
             for i, a in zip(used, alt)
-        ])
-        masked = (m & and_mask) != 0
-        put(n_image, (~masked).sum(0))
-        m &= ~remove
-        if online and lsst_online_quirk:
-            usable = ~masked  # LSST tests isfinite(mask), which is always True
-        else:
-            usable = ~masked & np.isfinite(x)
-        if online:
-            st = _online_mean(x, v, usable, wts, config.calcErrorFromInputVariance)
-        else:
-            st = stack_statistic(x, v, usable, wts, config.statistic, config.sigmaClip, config.clipIter, config.calcErrorFromInputVariance)
-        put(value, st.value)
-        put(variance, st.variance)
-        put(n_clip, st.n_clipped)
-        if len(used) == n:
-            put(input_map, np.packbits(st.survivors, axis=0))
-        else:
-            full = np.zeros((n,) + st.survivors.shape[1:], bool)
-            full[used] = st.survivors
-            put(input_map, np.packbits(full, axis=0))
-        # ---- output mask
-        mk = np.bitwise_or.reduce(np.where(usable, m, 0), axis=0)
-        rej = ~usable
-        rej_or = np.bitwise_or.reduce(np.where(rej, m, 0), axis=0)
-        wcol = wts.reshape((-1,) + (1,) * (x.ndim - 1))
-        sw_use = np.where(usable, wcol, 0.0).sum(0)
-        for bit, t in thresholds:
-            rw = np.where(rej & ((m & bit) != 0), wcol, 0.0).sum(0)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                frac = rw / (sw_use + rw)
-            mk[frac > t] |= bit
-        mk[st.n_clipped > 0] |= b["CLIPPED"]
-        has_rej = rej.any(0)
-        mk[has_rej & ((rej_or & rejected_src) != 0)] |= b["REJECTED"]
-        mk[has_rej & ((rej_or & b["EDGE"]) != 0)] |= b["SENSOR_EDGE"]
-        mk[has_rej & ((rej_or & b["CLIPPED"]) != 0)] |= b["CLIPPED"]
-        none = st.n_point == 0
-        mk[none] = b["NO_DATA"]
-        put(out_mask, mk)
+        ]).reshape(len(used), -1).astype(np.int32, copy=False)
+        npix = x.shape[1]
+        out = (np.empty(npix, dtype), np.empty(npix, dtype), np.empty(npix, np.int32), np.empty(npix, np.int32), np.empty(npix, np.int32))
+        imap = np.empty((nbytes, npix), np.uint8)
+        stack_pixels(
+            x, v, m, wts, and_mask, remove, stat_code, float(config.sigmaClip), int(config.clipIter),
+            bool(config.calcErrorFromInputVariance), bool(online and lsst_online_quirk), th_bits, th_vals,
+            b["CLIPPED"], b["REJECTED"], b["SENSOR_EDGE"], b["NO_DATA"], b["EDGE"], rejected_src, used_idx, *out, imap,
+        )
+        for a, o in zip((value, variance, out_mask, n_image, n_clip), out):
+            put(a, o.reshape(shape))
+        put(input_map, imap.reshape((nbytes,) + shape))
 
-    # chunks write disjoint slices and numpy releases the GIL in the heavy ufuncs, so a thread
+    # chunks write disjoint slices and the compiled kernel releases the GIL (nogil), so a thread
     # pool spreads the stack over every core without copying the inputs
     pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
     try:
@@ -369,41 +348,3 @@ def assemble_coadd(
     timings["process_results"] = time.perf_counter() - t2
     timings["total"] = time.perf_counter() - t0
     return CoaddResult(coadd, n_image, input_map, weights, skipped, n_clip, timings, raw)
-
-
-class _OnlineStats:
-    def __init__(self, value, variance, n_point, survivors):
-        self.value, self.variance, self.n_point, self.survivors = value, variance, n_point, survivors
-        self.n_clipped = np.zeros_like(n_point)
-
-
-def _online_mean(x, v, usable, w, calc_from_input):
-    """Running-sum weighted mean, accumulated one input at a time (AccumulatorMeanStack)."""
-    shape = x.shape[1:]
-    sw = np.zeros(shape)
-    swx = np.zeros(shape)
-    sw2v = np.zeros(shape)
-    sw2 = np.zeros(shape)
-    swx2 = np.zeros(shape)
-    for k in range(x.shape[0]):
-        g = usable[k]
-        wk = np.where(g, w[k], 0.0)
-        xk = np.where(g, x[k].astype(np.float64), 0.0)
-        sw += wk
-        swx += wk * xk
-        if calc_from_input:
-            sw2v += wk * wk * np.where(g, v[k], 0.0)
-        else:
-            sw2 += wk * wk
-            swx2 += wk * xk * xk
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = swx / sw
-        if calc_from_input:
-            var = sw2v / (sw * sw)
-        else:
-            s2 = (swx2 / sw - mean * mean) * (sw * sw) / (sw * sw - sw2)
-            var = s2 * sw2 / (sw * sw)
-    none = sw <= 0
-    mean[none] = np.nan
-    var[none] = np.nan
-    return _OnlineStats(mean, var, usable.sum(0), usable.copy())

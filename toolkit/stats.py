@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numba as nb
 import numpy as np
 
 from .errors import ConfigError
@@ -207,30 +208,47 @@ def median_of(a: np.ndarray, select: np.ndarray | None = None) -> float:
     return 0.5 * (st[lo] + st[hi])
 
 
-def _within(x: np.ndarray, center: float, half_width: float) -> np.ndarray:
-    """``|x - center| <= half_width`` without a float64 temporary of ``x``.
-
-    For float32 data the float64 bounds are rounded inwards to float32, which selects exactly
-    the same values as comparing in float64 and runs ~4x faster on large planes.
-    """
-    lo, hi = np.float64(center) - np.float64(half_width), np.float64(center) + np.float64(half_width)
-    if x.dtype == np.float32:
-        lo32, hi32 = np.float32(lo), np.float32(hi)
-        if np.float64(lo32) < lo:
-            lo32 = np.nextafter(lo32, np.float32(np.inf))
-        if np.float64(hi32) > hi:
-            hi32 = np.nextafter(hi32, np.float32(-np.inf))
-        return (x >= lo32) & (x <= hi32)
-    return (x >= lo) & (x <= hi)
+@nb.njit(cache=True, nogil=True)
+def _clip_passes(x, center, iqr_hw, n_sigma, n_iter):  # pragma: no cover - compiled
+    # the clip iterations of meanclip_scalar: select within +-hw of the centre (inclusive, in
+    # float64), then the mean and the (n-1) variance of the selection, two passes each
+    hw = iqr_hw
+    s = 0.0
+    nk = 0
+    for it in range(max(n_iter, 1)):
+        lo = center - hw
+        hi = center + hw
+        s = 0.0
+        nk = 0
+        for v in x:
+            f = np.float64(v)
+            if (f >= lo and f <= hi) or n_iter == 0:
+                s += f
+                nk += 1
+        if it >= n_iter - 1:
+            break
+        var = 0.0
+        if nk >= 1:
+            m = s / nk
+            ss = 0.0
+            for v in x:
+                f = np.float64(v)
+                if f >= lo and f <= hi:
+                    ss += (f - m) * (f - m)
+            var = ss / (nk - 1) if nk > 1 else 0.0
+            center = m
+        hw = iqr_hw if nk <= 1 else n_sigma * np.sqrt(max(var, 0.0))
+    return s / nk if nk > 0 else np.nan
 
 
 def meanclip_scalar(values: np.ndarray, n_sigma: float = 3.0, n_iter: int = 2) -> float:
     """afw MEANCLIP of a 1-D array of usable values, unweighted (warp weights, ZOGY noise levels).
 
-    Quartiles come from exact order statistics (:func:`_order_statistics`), interpolated in
-    float64; the clip iterations compare in the input dtype with exactly-rounded bounds and
-    accumulate in float64.  Same value as ``np.percentile`` plus float64 clipping on a copy, at
-    about a quarter of the time on a 2048^2 plane.
+    Quartiles come from exact order statistics (:func:`_order_statistics`, ``np.percentile``'s
+    values), interpolated in float64; every clip iteration re-selects from all values with
+    inclusive bounds around the previous clipped mean, as afw does.  The iterations run in one
+    compiled loop (numba) over the input dtype, accumulating in float64, so no float64 copy or
+    selection of the plane is made (~0.09 -> ~0.04 s on a 2048^2 plane).
     """
     x = np.asarray(values).ravel()
     if not np.issubdtype(x.dtype, np.floating):
@@ -239,20 +257,4 @@ def meanclip_scalar(values: np.ndarray, n_sigma: float = 3.0, n_iter: int = 2) -
         return float("nan")
     q25, med, q75 = quantiles_of(x, (0.25, 0.5, 0.75))
     iqr_hw = n_sigma * IQR_TO_SIGMA * (q75 - q25)
-    center, hw = np.float64(med), np.float64(iqr_hw)
-    xk = x
-    for it in range(n_iter):
-        xk = x[_within(x, center, hw)]
-        if it == n_iter - 1:
-            break
-        nk = xk.size
-        if nk >= 1:
-            xk64 = xk.astype(np.float64, copy=False)
-            m = xk64.mean()
-            d = xk64 - m
-            var = float(np.dot(d, d)) / (nk - 1) if nk > 1 else 0.0
-            center = np.float64(m)
-        else:
-            var = 0.0
-        hw = np.float64(iqr_hw if nk <= 1 else n_sigma * np.sqrt(max(var, 0.0)))
-    return float(xk.mean(dtype=np.float64)) if xk.size else float("nan")
+    return float(_clip_passes(np.ascontiguousarray(x), float(med), float(iqr_hw), float(n_sigma), int(n_iter)))
