@@ -12,7 +12,7 @@ transient catalog) and compares it with:
   variance maps, no padding and no grid: 13 real transforms of the image (2 PSFs, 2 images, D,
   S, 2 score kernels, their 2 squares, 2 variance maps and V_S).
 
-Each time is the median of 3 runs; the engine's kernel cache is cleared before each run so
+Each time is the median of ``--repeat`` interleaved runs (default 5); the engine's kernel cache is cleared before each run so
 every run does the full work.  Peak memory is the traced peak of one engine run.
 
 Targets (issue 8, at 2048^2): engine <= 1.2x the minimal ZOGY and <= 2x the FFT floor; peak
@@ -70,17 +70,6 @@ def minimal_zogy(N, R, Pn, Pr, var_n: float, var_r: float, fn: float = 1.0, fr: 
     return D, S, S / np.sqrt(VS)
 
 
-def median_time(fn, repeat: int):
-    """Median wall time of ``repeat`` calls, and the result of the median call."""
-    runs = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        runs.append((time.perf_counter() - t, out))
-    runs.sort(key=lambda r: r[0])
-    return runs[len(runs) // 2]
-
-
 def run(size: int, repeat: int) -> None:
     pair = simulate_pair(size=size, seed=1)
     sci, ref = pair.science, pair.reference
@@ -89,13 +78,23 @@ def run(size: int, repeat: int) -> None:
         _cell_kernels_cached.cache_clear()
         return zogy(sci, ref)
 
-    res = engine()  # warm-up (imports, pocketfft plans)
+    res = engine()  # warm-up (imports, pocketfft plans, numba's cached kernels)
     outer = res.cells[0]["outer"].shape
-    t_engine, res = median_time(engine, repeat)
-    t_floor = statistics.median(fft_floor(outer, sci.dtype) for _ in range(repeat))
     pn, pr = sci.psf.compute_kernel_image(), ref.psf.compute_kernel_image()
     vn, vr = float(np.median(sci.variance)), float(np.median(ref.variance))
-    t_min, _ = median_time(lambda: minimal_zogy(sci.image, ref.image, pn, pr, vn, vr), repeat)
+    minimal_zogy(sci.image, ref.image, pn, pr, vn, vr)
+    # the three are interleaved, run after run, so that drifts in this shared machine's speed
+    # hit all of them alike; each figure is the median over the runs
+    te, tf, tmin = [], [], []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        res = engine()
+        te.append(time.perf_counter() - t)
+        tf.append(fft_floor(outer, sci.dtype))
+        t = time.perf_counter()
+        minimal_zogy(sci.image, ref.image, pn, pr, vn, vr)
+        tmin.append(time.perf_counter() - t)
+    t_engine, t_floor, t_min = (statistics.median(a) for a in (te, tf, tmin))
     mem: dict = {}
     with measure(mem, "engine"):
         engine()
@@ -111,7 +110,7 @@ def run(size: int, repeat: int) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     for n in args.sizes:
