@@ -75,3 +75,17 @@ def test_speed_256_is_fast():
     simulate_stack(n_epochs=5, size=256, seed=1, psf_matched=False)
     # generous bound (the issue asks "well under a second"; this guards against regressions only)
     assert time.perf_counter() - t < 3.0
+
+
+def test_saturated_star_count():
+    """n_saturated_stars sets how many 1.5e6-5e6 nJy stars are forced in; 0 leaves only the
+    power-law population (bright enough to saturate only by chance), negative is refused."""
+    from toolkit.errors import InputError
+
+    kw = dict(n_epochs=2, size=96, seed=5, psf_matched=False, n_trails=0, cosmic_ray_density=0.0, ghost=False)
+    four = simulate_stack(n_saturated_stars=4, **kw).catalogs["stars"]
+    assert (four["flux"] >= 1.5e6).sum() >= 4
+    none = simulate_stack(n_saturated_stars=0, **kw).catalogs["stars"]
+    assert (none["flux"] >= 1.5e6).sum() <= 1  # P(F > 1.5e6) ~ fmin / 1.5e6 per star
+    with pytest.raises(InputError, match="n_saturated_stars"):
+        simulate_stack(n_saturated_stars=-1, **kw)

@@ -158,6 +158,7 @@ def simulate_stack(
     fwhm_range: tuple[float, float] = (2.5, 5.0),
     star_density: float = 3e-4,
     galaxy_density: float = 5e-4,
+    n_saturated_stars: int | None = None,
     variable_fraction: float = 0.05,
     sky_counts: tuple[float, float] = (300.0, 800.0),
     read_noise: float = 5.0,
@@ -186,6 +187,10 @@ def simulate_stack(
         Per-epoch PSF FWHM (pixels) is uniform in this range.
     star_density, galaxy_density : float
         Sources per pixel.
+    n_saturated_stars : int, optional
+        Stars of 1.5e6-5e6 nJy (saturated, with SAT masks) added to the power-law population.
+        The default, max(2, 3e-5 per pixel), makes sure SAT handling is always exercised; that
+        is far above the sky density of such stars.  Pass 0 for a field without them.
     variable_fraction : float
         Fraction of (unsaturated) stars that vary; flux multiplier per epoch in [0.6, 1.4].
     sky_counts : (float, float)
@@ -221,7 +226,9 @@ def simulate_stack(
 
     # ---- static sky
     # a few guaranteed bright (saturating) stars, so SAT handling is always exercised
-    n_bright = max(2, int(round(area * 3e-5)))
+    n_bright = max(2, int(round(area * 3e-5))) if n_saturated_stars is None else int(n_saturated_stars)
+    if n_bright < 0:
+        raise InputError(f"n_saturated_stars must be >= 0, got {n_saturated_stars}")
     n_stars = max(n_bright, rng.poisson(star_density * area))
     sx, sy = rng.uniform(-0.5, nx - 0.5, n_stars), rng.uniform(-0.5, ny - 0.5, n_stars)
     # power-law (dN/dF ~ F^-2) fluxes in nJy, 2e3 .. 5e6
