@@ -56,12 +56,14 @@ def _quantile(buf, n, q):  # pragma: no cover - compiled
 
 
 @nb.njit(**_JIT)
-def _weighted_mean_var(x, p, sel, w, center):  # pragma: no cover - compiled
-    # stats._weighted_mean_var over the selected inputs of pixel p: (mean, debiased variance)
+def _weighted_sums(x, v, p, sel, w, center, with_v):  # pragma: no cover - compiled
+    # sums over the selected inputs of pixel p, shifted by ``center`` (stats._weighted_mean_var):
+    # sum w, sum w^2, sum w d, sum w d^2 and, when ``with_v``, sum w^2 v
     sw = 0.0
     sw2 = 0.0
     swd = 0.0
     swdd = 0.0
+    swv = 0.0
     for i in range(sel.size):
         if sel[i]:
             wi = w[i]
@@ -71,9 +73,15 @@ def _weighted_mean_var(x, p, sel, w, center):  # pragma: no cover - compiled
             sw2 += wi * wi
             swd += wd
             swdd += wd * d
+            if with_v:
+                swv += wi * wi * np.float64(v[i, p])
+    return sw, sw2, swd, swdd, swv
+
+
+@nb.njit(**_JIT)
+def _debiased_var(sw, sw2, swd, swdd):  # pragma: no cover - compiled
     md = swd / sw
-    m2 = swdd / sw
-    return center + md, (m2 - md * md) * (sw * sw) / (sw * sw - sw2)
+    return (swdd / sw - md * md) * (sw * sw) / (sw * sw - sw2)
 
 
 @nb.njit(**_JIT)
@@ -130,7 +138,8 @@ def stack_pixels(
         if stat == 1:  # MEDIAN: value and (pi/2) var/n around it, no clipping
             _sort_prefix(buf, c)
             med = _quantile(buf, c, 0.5)
-            _, var_w = _weighted_mean_var(x, p, usable, w, med)
+            sw, sw2, swd, swdd, _ = _weighted_sums(x, v, p, usable, w, med, False)
+            var_w = _debiased_var(sw, sw2, swd, swdd)
             val = med if n_point > 0 else np.nan
             var = (np.pi / 2) * var_w / n_point
         elif stat == 3:  # online running sums (AccumulatorMeanStack)
@@ -173,7 +182,9 @@ def stack_pixels(
                     if it == n_iter - 1:
                         break
                     cs = center if np.isfinite(center) else 0.0
-                    center_new, var_c = _weighted_mean_var(x, p, keep, w, cs)
+                    sw, sw2, swd, swdd, _ = _weighted_sums(x, v, p, keep, w, cs, False)
+                    center_new = cs + swd / sw
+                    var_c = _debiased_var(sw, sw2, swd, swdd)
                     if not np.isfinite(var_c):
                         var_c = 0.0
                     var_c = max(var_c, 0.0)
@@ -188,27 +199,12 @@ def stack_pixels(
                     break
             if not np.isfinite(ref):
                 ref = 0.0
-            sw = 0.0
-            sw2 = 0.0
-            swd = 0.0
-            swdd = 0.0
-            swv = 0.0
-            for i in range(n_in):
-                if keep[i]:
-                    wi = w[i]
-                    d = np.float64(x[i, p]) - ref
-                    wd = wi * d
-                    sw += wi
-                    sw2 += wi * wi
-                    swd += wd
-                    swdd += wd * d
-                    swv += wi * wi * np.float64(v[i, p])
+            sw, sw2, swd, swdd, swv = _weighted_sums(x, v, p, keep, w, ref, from_input)
             val = ref + swd / sw
             if from_input:
                 var = swv / (sw * sw)
             else:
-                md = swd / sw
-                var = (swdd / sw - md * md) * (sw * sw) / (sw * sw - sw2) * sw2 / (sw * sw)
+                var = _debiased_var(sw, sw2, swd, swdd) * sw2 / (sw * sw)
             if n_keep == 0:
                 val = np.nan
                 var = np.nan
