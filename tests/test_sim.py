@@ -47,7 +47,6 @@ def test_stack_contents(small_stack):
     ws = small_stack.direct_warps
     assert len(ws) == 10 and len(small_stack.psf_matched_warps) == 10
     assert all(w.metadata["BUNIT"] == "nJy" for w in ws)
-    assert any(w.get_plane("SAT").any() for w in ws)
     assert any(w.get_plane("NO_DATA").any() for w in ws)
     assert all(w.get_plane("BAD").any() for w in ws)
     nd = ws[0].get_plane("NO_DATA")
@@ -83,8 +82,12 @@ def test_saturated_star_count():
     from toolkit.errors import InputError
 
     kw = dict(n_epochs=2, size=96, seed=5, psf_matched=False, n_trails=0, cosmic_ray_density=0.0, ghost=False)
-    four = simulate_stack(n_saturated_stars=4, **kw).catalogs["stars"]
+    four_stack = simulate_stack(n_saturated_stars=4, **kw)
+    four = four_stack.catalogs["stars"]
     assert (four["flux"] >= 1.5e6).sum() >= 4
+    # they saturate: SAT is set, and the pixels sit at the saturation level
+    assert all(w.get_plane("SAT").any() for w in four_stack.direct_warps)
+    assert four["saturated"].sum() >= 4
     none = simulate_stack(n_saturated_stars=0, **kw).catalogs["stars"]
     assert (none["flux"] >= 1.5e6).sum() <= 1  # P(F > 1.5e6) ~ fmin / 1.5e6 per star
     with pytest.raises(InputError, match="n_saturated_stars"):

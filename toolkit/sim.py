@@ -157,8 +157,9 @@ def simulate_stack(
     seed: int = 1,
     fwhm_range: tuple[float, float] = (2.5, 5.0),
     star_density: float = 3e-4,
-    galaxy_density: float = 5e-4,
-    n_saturated_stars: int | None = None,
+    galaxy_density: float = 1.5e-4,
+    galaxy_flux_range: tuple[float, float] = (1e3, 1e6),
+    n_saturated_stars: int = 0,
     variable_fraction: float = 0.05,
     sky_counts: tuple[float, float] = (300.0, 800.0),
     read_noise: float = 5.0,
@@ -186,11 +187,18 @@ def simulate_stack(
     fwhm_range : (float, float)
         Per-epoch PSF FWHM (pixels) is uniform in this range.
     star_density, galaxy_density : float
-        Sources per pixel.
-    n_saturated_stars : int, optional
+        Sources per pixel.  At LSST's 0.2"/px the defaults are ~30 000 stars/deg^2 brighter
+        than 2e3 nJy (22.6 mag AB; a field at moderate Galactic latitude, dense enough that a
+        256^2 patch has stars to measure) and ~49 000 galaxies/deg^2 brighter than 1e3 nJy
+        (23.9 mag), close to observed i-band galaxy counts.
+    galaxy_flux_range : (float, float)
+        Galaxy fluxes (nJy) follow dN/dF ~ F^-2 between these limits (counts rising 0.4 dex per
+        magnitude), so bright galaxies are as rare as they are on the sky.
+    n_saturated_stars : int
         Stars of 1.5e6-5e6 nJy (saturated, with SAT masks) added to the power-law population.
-        The default, max(2, 3e-5 per pixel), makes sure SAT handling is always exercised; that
-        is far above the sky density of such stars.  Pass 0 for a field without them.
+        The sky density of such stars is ~1e-6 per pixel, so the default, 0, leaves them to
+        chance; pass e.g. 2 to exercise SAT handling (their residuals merge with artifacts that
+        cross them, which LSST's temporal rule then keeps, see DMTN-197).
     variable_fraction : float
         Fraction of (unsaturated) stars that vary; flux multiplier per epoch in [0.6, 1.4].
     sky_counts : (float, float)
@@ -225,8 +233,7 @@ def simulate_stack(
     wcs = make_wcs((ny, nx))
 
     # ---- static sky
-    # a few guaranteed bright (saturating) stars, so SAT handling is always exercised
-    n_bright = max(2, int(round(area * 3e-5))) if n_saturated_stars is None else int(n_saturated_stars)
+    n_bright = int(n_saturated_stars)
     if n_bright < 0:
         raise InputError(f"n_saturated_stars must be >= 0, got {n_saturated_stars}")
     n_stars = max(n_bright, rng.poisson(star_density * area))
@@ -238,7 +245,12 @@ def simulate_stack(
     sflux[:n_bright] = rng.uniform(1.5e6, 5e6, n_bright)
     n_gal = rng.poisson(galaxy_density * area)
     gx, gy = rng.uniform(0, nx - 1, n_gal), rng.uniform(0, ny - 1, n_gal)
-    gflux = 10 ** rng.uniform(3.5, 5.0, n_gal)
+    # power-law (dN/dF ~ F^-2, i.e. counts rising 0.4 dex per magnitude as observed at
+    # i ~ 20-23) between the two limits, as for stars
+    gmin, gmax = (float(v) for v in galaxy_flux_range)
+    if not 0 < gmin < gmax < np.inf:
+        raise InputError(f"galaxy_flux_range must be 0 < min < max, got {galaxy_flux_range}")
+    gflux = 1.0 / (1.0 / gmin - rng.uniform(size=n_gal) * (1.0 / gmin - 1.0 / gmax))
     gsize = rng.uniform(1.0, 4.0, n_gal)
     ge = rng.uniform(0, 0.5, n_gal)
     gtheta = rng.uniform(0, np.pi, n_gal)
