@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-from astropy.stats import sigma_clipped_stats
 
 from toolkit.sim import simulate_pair, simulate_stack
 
