@@ -39,6 +39,7 @@ from .detection import binned_background, grow_radius, smooth_for_detection, thr
 from .errors import InputError
 from .exposure import Exposure
 from .psf import DoubleGaussianPsf
+from .parallel import map_epochs, n_threads
 from .psf_matching import match_to_psf
 from .stats import median_of, quantiles_of
 
@@ -49,8 +50,9 @@ log = logging.getLogger("diffstack.compare_warp")
 STAGES = ("psf_matched", "template", "protected", "warp_diffs", "candidates", "streaks", "filter", "weights", "base_stack", "coadd")
 
 
-def scale_variance(exposure: Exposure, mask_planes: Sequence[str], limit: float = 10.0) -> tuple[float, np.ndarray]:
-    """LSST ``ScaleVarianceTask``: the factor and the rescaled variance (input untouched).
+def scale_variance(exposure: Exposure, mask_planes: Sequence[str], limit: float = 10.0, want_variance: bool = True) -> tuple[float, np.ndarray | None]:
+    """LSST ``ScaleVarianceTask``: the factor and the rescaled variance (input untouched; the
+    variance is ``None`` with ``want_variance=False``).
 
     The factor is (0.74 IQR(image/sqrt(var)))^2 over good pixels after removing a 32-px
     background; if it exceeds ``limit`` the image-based estimate (0.74 IQR(image))^2 / median(var)
@@ -61,7 +63,7 @@ def scale_variance(exposure: Exposure, mask_planes: Sequence[str], limit: float 
     with np.errstate(invalid="ignore"):
         good = ~bad & np.isfinite(img) & np.isfinite(var) & (var > 0)
     if np.count_nonzero(good) < 2:
-        return 1.0, exposure.variance.copy()
+        return 1.0, exposure.variance.copy() if want_variance else None
     bg = binned_background(img, ~good, 32)
     resid = img[good] - bg[good]  # float64: the background is
     snr = resid / np.sqrt(var[good], dtype=np.float64)
@@ -72,7 +74,7 @@ def scale_variance(exposure: Exposure, mask_planes: Sequence[str], limit: float 
         factor = (0.74 * (q3 - q1)) ** 2 / median_of(var[good])
         if factor > limit:
             raise InputError(f"variance scaling factor {factor:.2f} exceeds limit {limit}")
-    return float(factor), (exposure.variance * factor).astype(exposure.dtype)
+    return float(factor), (exposure.variance * factor).astype(exposure.dtype) if want_variance else None
 
 
 class WarpDiffs(Sequence):
@@ -163,6 +165,11 @@ class CompareWarpPipeline:
         self._cache[name] = (full_key, value)
         return self._cache[name]
 
+    def _progress_for(self, stage: str) -> Callable[[float], None] | None:
+        if self.progress is None:
+            return None
+        return lambda f: self.progress(stage, f)
+
     def invalidate(self) -> None:
         """Drop every cached stage (e.g. after replacing the inputs)."""
         self._cache.clear()
@@ -172,7 +179,8 @@ class CompareWarpPipeline:
         def run():
             if self._given_matched is not None:
                 return self._given_matched
-            return [match_to_psf(w, self.model_psf) for w in self.direct_warps]
+            workers = 1 if n_threads(len(self.direct_warps)) > 1 else -1  # epochs in parallel, not FFTs
+            return map_epochs(lambda w: match_to_psf(w, self.model_psf, workers=workers), self.direct_warps, self._progress_for("psf_matched"))
 
         return self._stage("psf_matched", "inputs", run)
 
@@ -227,17 +235,19 @@ class CompareWarpPipeline:
         def run():
             # only the variance factors are kept; each warpDiff is made when it is asked for
             # (a subtraction, ~20 ms at 2k^2), which saves N image+variance planes of memory
-            factors: list[float | None] = []
-            for i, w in enumerate(pm):
-                factor = None
-                if w is not None and self.config.doScaleWarpVariance:
-                    try:
-                        factor, _ = scale_variance(w, self.config.scaleWarpVariance.maskPlanes, self.config.scaleWarpVariance.limit)
-                    except InputError as exc:
-                        log.warning("epoch %d: variance not rescaled (%s)", i, exc)
-                factors.append(factor)
-                if self.progress:
-                    self.progress("warp_diffs", (i + 1) / len(pm))
+            sv = self.config.scaleWarpVariance
+
+            def factor_of(item):
+                i, w = item
+                if w is None or not self.config.doScaleWarpVariance:
+                    return None
+                try:
+                    return scale_variance(w, sv.maskPlanes, sv.limit, want_variance=False)[0]
+                except InputError as exc:
+                    log.warning("epoch %d: variance not rescaled (%s)", i, exc)
+                    return None
+
+            factors = map_epochs(factor_of, enumerate(pm), self._progress_for("warp_diffs"))
             return WarpDiffs(pm, tmpl, factors)
 
         return self._stage("warp_diffs", key, run)
@@ -255,17 +265,13 @@ class CompareWarpPipeline:
         def run():
             c = self.config
             shape = self.direct_warps[0].shape
-            epoch_count = np.zeros(shape, np.int32)
-            n_image = np.zeros(shape, np.int32)
-            cands, nodata, edge = [], [], []
-            for i, d in enumerate(diffs):
+
+            def detect(i):
+                d = diffs[i]
                 if d is None:
-                    cands.append((np.zeros(0, np.int64), np.zeros(0, np.int32), 0))
-                    nodata.append(np.ones(shape, bool))
-                    edge.append(np.zeros(shape, bool))
-                    continue
+                    return (np.zeros(0, np.int64), np.zeros(0, np.int32), 0), None, np.ones(shape, bool), np.zeros(shape, bool)
                 bad = np.int32(d.mask_planes.bitmask(c.badMaskPlanes, strict=False))
-                n_image += (np.isfinite(d.image) & ((d.mask & bad) == 0)).astype(np.int32)
+                counted = np.isfinite(d.image) & ((d.mask & bad) == 0)
                 sigma = d.psf.determinant_radius(d.bbox.center)
                 lab, n = threshold_footprints(d.image, d.variance, c.detect.thresholdValue * c.detect.includeThresholdMultiplier, c.detect.thresholdPolarity, c.detect.minPixels, grow_radius(c.detect.nSigmaToGrow, sigma))
                 flat = np.flatnonzero(lab)
@@ -284,12 +290,20 @@ class CompareWarpPipeline:
                     new = np.cumsum(keep).astype(np.int32)
                     lv = new[lv[sel]]
                     n = int(new[-1])
-                epoch_count.ravel()[flat] += 1
-                cands.append((flat, lv, n))
-                nodata.append(~np.isfinite(d.image))
-                edge.append(d.get_plane("EDGE") if "EDGE" in d.mask_planes else np.zeros(shape, bool))
-                if self.progress:
-                    self.progress("candidates", (i + 1) / len(diffs))
+                edge = d.get_plane("EDGE") if "EDGE" in d.mask_planes else np.zeros(shape, bool)
+                return (flat, lv, n), counted, ~np.isfinite(d.image), edge
+
+            found = map_epochs(detect, range(len(diffs)), self._progress_for("candidates"))
+            epoch_count = np.zeros(shape, np.int32)
+            n_image = np.zeros(shape, np.int32)
+            cands, nodata, edge = [], [], []
+            for cand, counted, nd, ed in found:
+                if counted is not None:
+                    n_image += counted
+                epoch_count.ravel()[cand[0]] += 1
+                cands.append(cand)
+                nodata.append(nd)
+                edge.append(ed)
             return dict(candidates=cands, epoch_count=epoch_count, n_image=n_image, nodata=nodata, edge=edge)
 
         return self._stage("candidates", key, run)

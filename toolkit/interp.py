@@ -10,6 +10,8 @@ plane is interpolated the same way, INTRP is set, NO_DATA is kept.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .exposure import Exposure
@@ -38,15 +40,18 @@ def fallback_value(image: np.ndarray, good: np.ndarray, kind: str = "MEDIAN", us
     return val
 
 
-def _interp_rows(arr: np.ndarray, bad: np.ndarray, fallback: float) -> np.ndarray:
+def _interp_rows(arr: np.ndarray, bad: np.ndarray, fallback: float | Callable[[], float]) -> np.ndarray:
     """Copy of ``arr`` with each run of ``bad`` pixels filled along its row (see the module doc)."""
     out = arr.copy()
     _interp_rows_into(out, bad, fallback)
     return out
 
 
-def _interp_rows_into(arr: np.ndarray, bad: np.ndarray, fallback: float) -> None:
+def _interp_rows_into(arr: np.ndarray, bad: np.ndarray, fallback: float | Callable[[], float]) -> None:
     """Fill the runs of ``bad`` pixels of each row of ``arr`` in place.
+
+    ``fallback`` may be a callable, evaluated only if some run touches a row end (a median of
+    a 4-megapixel image costs more than the interpolation itself).
 
     A run between good pixels l and r gets ``v_l + (v_r - v_l) (x - l) / (r - l)``; a run that
     touches either end of its row gets ``fallback``.  The runs come from one pass over the mask
@@ -70,6 +75,10 @@ def _interp_rows_into(arr: np.ndarray, bad: np.ndarray, fallback: float) -> None
     with np.errstate(invalid="ignore", divide="ignore"):
         t = (col - left[run]) / (right - left)[run]
         interp = vl + (vr - vl) * t
+    if edge.any() and callable(fallback):
+        fallback = fallback()
+    elif callable(fallback):
+        fallback = 0.0  # unused: no run touches a row end
     arr[rows[run], col] = np.where(edge[run], fallback, interp)
 
 

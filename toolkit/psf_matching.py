@@ -163,6 +163,7 @@ def match_to_psf(
     core_threshold: float = 1e-3,
     regularization: float = 1e-12,
     interpolate_planes: Sequence[str] = ("BAD", "SAT", "CR"),
+    workers: int | None = -1,
 ) -> Exposure:
     """Return a PSF-matched copy of ``exposure`` (the input is not modified).
 
@@ -191,6 +192,9 @@ def match_to_psf(
         whose defects, saturated cores and cosmic rays were already interpolated by ISR and
         repair (INTRP); raw values there (a hot column, say) would otherwise be spread by the
         kernel's wings far beyond the grown mask.  Pass ``()`` to convolve the pixels as given.
+    workers : int or None
+        Threads for the FFTs (scipy.fft's ``workers``; -1 = all cores).  Callers that match
+        several warps side by side pass 1.
 
     Returns
     -------
@@ -234,11 +238,11 @@ def match_to_psf(
             from .interp import _interp_rows
 
             good = ~(fix | bad_input)
-            img = _interp_rows(img, ~good, median_of(img, good)).astype(exposure.dtype)
+            img = _interp_rows(img, ~good, lambda: median_of(img, good)).astype(exposure.dtype, copy=False)
             img[bad_input] = 0
     var = np.where(bad_input, 0, exposure.variance).astype(exposure.dtype)
-    out_img = fft_convolve(img, k)
-    out_var = fft_convolve(var, (k * k))
+    out_img = fft_convolve(img, k, workers)
+    out_var = fft_convolve(var, (k * k), workers)
     # variance of a convolution is a sum of non-negative terms; clip FFT round-off below zero
     np.maximum(out_var, 0, out=out_var)
     out_mask = or_box(exposure.mask, h)
