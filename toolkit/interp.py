@@ -94,9 +94,14 @@ def interpolate_over_plane(exposure: Exposure, plane: str = "NO_DATA", fallback_
     if bad.all():
         return out
     if use_fallback_at_edge:
-        fb = fallback_value(out.image, ~bad, fallback_type, user_value, negative_allowed)
-        good_var = ~bad & np.isfinite(out.variance)
-        fb_var = median_of(out.variance, good_var) if good_var.any() else 0.0
+        # evaluated only if a run touches the border, and before anything is written (the
+        # medians of a 4k coadd cost more than the interpolation of a few gaps)
+        def fb():
+            return fallback_value(out.image, ~bad, fallback_type, user_value, negative_allowed)
+
+        def fb_var():
+            good_var = ~bad & np.isfinite(out.variance)
+            return median_of(out.variance, good_var) if good_var.any() else 0.0
     else:  # runs at the edge stay NaN
         fb = fb_var = np.nan
     if transpose:
