@@ -363,12 +363,11 @@ class CompareWarpPipeline:
             nimg = cand["n_image"].ravel()
             pflat = prot.ravel()
             has_prot = bool(pflat.any())
-            masks = []
-            clipped_labels = []
-            clipped_flat = []
-            for i, (flat, lv, n) in enumerate(cand["candidates"]):
+            def one(i):
+                flat, lv, n = cand["candidates"][i]
                 clipped = np.zeros(self.direct_warps[0].shape, bool)
                 cf = np.zeros(0, np.int64)
+                labels = np.zeros(0, int)
                 if n:
                     area = np.bincount(lv, minlength=n + 1).astype(float)
                     nbar = np.bincount(lv, weights=nimg[flat], minlength=n + 1) / np.maximum(area, 1)
@@ -383,14 +382,16 @@ class CompareWarpPipeline:
                         clip &= ~_contained_in_one_footprint(pflat[flat], lv, n)
                     cf = flat[clip[lv]]  # sorted, as flat is
                     clipped.ravel()[cf] = True
-                    clipped_labels.append(np.nonzero(clip)[0])
-                else:
-                    clipped_labels.append(np.zeros(0, int))
+                    labels = np.nonzero(clip)[0]
                 if streaks[i] is not None:
                     clipped |= streaks[i]
                     cf = np.union1d(cf, np.flatnonzero(streaks[i]))
-                clipped_flat.append(cf)
-                masks.append({"CLIPPED": clipped, "NO_DATA": cand["nodata"][i], "EDGE": cand["edge"][i]})
+                return {"CLIPPED": clipped, "NO_DATA": cand["nodata"][i], "EDGE": cand["edge"][i]}, labels, cf
+
+            out = map_epochs(one, range(len(cand["candidates"])))
+            masks = [o[0] for o in out]
+            clipped_labels = [o[1] for o in out]
+            clipped_flat = [o[2] for o in out]
             return dict(masks=masks, clipped_labels=clipped_labels, clipped_flat=clipped_flat)
 
         return self._stage("filter", key, run)
