@@ -187,3 +187,17 @@ def test_changed_pixels_is_the_union_of_per_epoch_symmetric_differences():
     expect = np.unique(np.concatenate([np.setxor1d(a, b) for a, b in zip(old, new)]))
     np.testing.assert_array_equal(_changed_pixels(old, new, npix), expect)
     assert _changed_pixels(old, old, npix).size == 0
+
+
+def test_threaded_epochs_give_the_serial_result(small_stack, monkeypatch):
+    """PSF matching, ScaleVariance, detection and the filter run epochs on threads; the result
+    must not depend on it (bit for bit)."""
+    warps = small_stack.direct_warps[:6]
+    results = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("DIFFSTACK_THREADS", threads)
+        p = CompareWarpPipeline(warps)
+        r = p.coadd_result
+        results.append((r.coadd.image, r.coadd.variance, r.coadd.mask, r.input_map, p.epoch_count, p.warp_diffs.variance_factors))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

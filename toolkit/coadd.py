@@ -32,6 +32,7 @@ from .exposure import Exposure
 from .interp import interpolate_over_plane, mask_bright_objects
 from .masks import MaskPlanes, remap_mask
 from .psf import CoaddPsf
+from .parallel import map_epochs
 from .stack_kernel import STAT_CODES, stack_pixels
 from .stats import meanclip_scalar
 
@@ -119,8 +120,7 @@ def compute_weights(warps: Sequence[Exposure], config: AssembleCoaddConfig, plan
         return 1.0 / mc, None
 
     # numpy's partition and reductions release the GIL, so threads use every core
-    with ThreadPoolExecutor(max_workers=min(len(warps), os.cpu_count() or 1) or 1) as pool:
-        results = list(pool.map(one, warps))
+    results = map_epochs(one, warps)
     weights = np.zeros(len(warps))
     skipped: dict[int, str] = {}
     for i, (wt, reason) in enumerate(results):

@@ -12,7 +12,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import Any, TypeVar
+
+from .errors import ConfigError
 
 __all__ = ["map_epochs", "n_threads"]
 
@@ -27,7 +30,10 @@ def n_threads(n_items: int) -> int:
     cap = os.environ.get("DIFFSTACK_THREADS")
     cores = os.cpu_count() or 1
     if cap:
-        cores = max(1, min(cores, int(cap)))
+        try:
+            cores = max(1, min(cores, int(cap)))
+        except ValueError:
+            raise ConfigError(f"DIFFSTACK_THREADS must be a positive integer, got {cap!r}") from None
     return max(1, min(cores, n_items))
 
 
@@ -39,18 +45,11 @@ def map_epochs(fn: Callable[..., T], items: Sequence[Any] | Iterable[Any], progr
     pool, as ``concurrent.futures`` does).
     """
     items = list(items)
-    n = len(items)
+    k = n_threads(len(items))
     out: list[T] = []
-    k = n_threads(n)
-    if k == 1:
-        for i, x in enumerate(items):
-            out.append(fn(x))
-            if progress:
-                progress((i + 1) / n)
-        return out
-    with ThreadPoolExecutor(max_workers=k) as pool:
-        for i, r in enumerate(pool.map(fn, items)):
+    with ThreadPoolExecutor(max_workers=k) if k > 1 else nullcontext() as pool:
+        for r in pool.map(fn, items) if pool is not None else map(fn, items):
             out.append(r)
             if progress:
-                progress((i + 1) / n)
+                progress(len(out) / len(items))
     return out
