@@ -151,6 +151,11 @@ class SimulatedStack:
 ARTIFACT_KINDS = {1: "faint_trail", 2: "bright_trail", 3: "cosmic_ray", 4: "ghost"}
 
 
+def _power_law_flux(u: np.ndarray, fmin: float, fmax: float) -> np.ndarray:
+    """Fluxes with dN/dF ~ F^-2 on [fmin, fmax] from uniform deviates ``u`` (inverse CDF)."""
+    return 1.0 / (1.0 / fmin - u * (1.0 / fmin - 1.0 / fmax))
+
+
 def simulate_stack(
     n_epochs: int = 10,
     size: int | tuple[int, int] = 256,
@@ -241,7 +246,7 @@ def simulate_stack(
     # power-law (dN/dF ~ F^-2) fluxes in nJy, 2e3 .. 5e6
     u = rng.uniform(size=n_stars)
     fmin, fmax = 2e3, 5e6
-    sflux = 1.0 / (1.0 / fmin - u * (1.0 / fmin - 1.0 / fmax))
+    sflux = _power_law_flux(u, fmin, fmax)
     sflux[:n_bright] = rng.uniform(1.5e6, 5e6, n_bright)
     n_gal = rng.poisson(galaxy_density * area)
     gx, gy = rng.uniform(0, nx - 1, n_gal), rng.uniform(0, ny - 1, n_gal)
@@ -250,7 +255,7 @@ def simulate_stack(
     gmin, gmax = (float(v) for v in galaxy_flux_range)
     if not 0 < gmin < gmax < np.inf:
         raise InputError(f"galaxy_flux_range must be 0 < min < max, got {galaxy_flux_range}")
-    gflux = 1.0 / (1.0 / gmin - rng.uniform(size=n_gal) * (1.0 / gmin - 1.0 / gmax))
+    gflux = _power_law_flux(rng.uniform(size=n_gal), gmin, gmax)
     gsize = rng.uniform(1.0, 4.0, n_gal)
     ge = rng.uniform(0, 0.5, n_gal)
     gtheta = rng.uniform(0, np.pi, n_gal)
@@ -456,7 +461,7 @@ def simulate_pair(
     sx, sy = rng.uniform(margin, nx - margin, n_stars), rng.uniform(margin, ny - margin, n_stars)
     u = rng.uniform(size=n_stars)
     fmin, fmax = 500.0, 2e5
-    sflux = 1.0 / (1.0 / fmin - u * (1.0 / fmin - 1.0 / fmax))
+    sflux = _power_law_flux(u, fmin, fmax)
     s_ref = reference_fwhm / FWHM_PER_SIGMA
     ref_psf = GaussianPsf(s_ref)
     s_sci0 = science_fwhm / FWHM_PER_SIGMA
