@@ -201,3 +201,45 @@ def test_threaded_epochs_give_the_serial_result(small_stack, monkeypatch):
         results.append((r.coadd.image, r.coadd.variance, r.coadd.mask, r.input_map, p.epoch_count, p.warp_diffs.variance_factors))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+def test_consumed_base_is_rebuilt_and_candidates_are_made_on_access(small_stack):
+    """The first coadd restacks the private base stack in place; a pipeline whose coadd run
+    failed after that must rebuild the base, not restack a half-consumed one."""
+    from toolkit import compare_warp as cw
+    from toolkit.errors import InputError
+
+    real_assemble = assemble_coadd
+
+    good = CompareWarpPipeline(small_stack.direct_warps, small_stack.psf_matched_warps).run()
+    p = CompareWarpPipeline(small_stack.direct_warps, small_stack.psf_matched_warps)
+    calls = {"n": 0}
+
+    def failing(*args, **kwargs):
+        if kwargs.get("consume_base"):
+            calls["n"] += 1
+        if kwargs.get("consume_base") and calls["n"] == 1:  # the coadd stage's first try
+            kwargs["base"].raw = kwargs["base"].coadd = None  # consumed, then it fails
+            raise RuntimeError("interrupted")
+        return real_assemble(*args, **kwargs)
+
+    cw.assemble_coadd, saved = failing, cw.assemble_coadd
+    try:
+        with pytest.raises(RuntimeError):
+            p.coadd
+        r = p.run()
+    finally:
+        cw.assemble_coadd = saved
+    assert p.run_counts["base_stack"] == 2
+    np.testing.assert_array_equal(r.coadd.image, good.coadd.image)
+    np.testing.assert_array_equal(r.coadd.mask, good.coadd.mask)
+    # the candidate images are built from the stored indices on access, and equal the pipeline's
+    assert len(r.candidates) == len(small_stack.direct_warps)
+    for i in range(len(r.candidates)):
+        np.testing.assert_array_equal(r.candidates[i], p.candidate_image(i))
+    assert max(int(c.max()) for c in r.candidates) > 0
+    # a consumed base cannot seed another restack
+    base = real_assemble(small_stack.direct_warps, p.config, keep_raw=True)
+    real_assemble(small_stack.direct_warps, p.config, base=base, pixels=np.arange(5), keep_raw=True, consume_base=True)
+    with pytest.raises(InputError, match="not a stack"):
+        real_assemble(small_stack.direct_warps, p.config, base=base, pixels=np.arange(5))

@@ -34,7 +34,7 @@ from .masks import MaskPlanes, remap_mask
 from .psf import CoaddPsf
 from .parallel import map_epochs
 from .stack_kernel import STAT_CODES, stack_pixels
-from .stats import meanclip_scalar
+from .stats import meanclip_masked
 
 __all__ = ["assemble_coadd", "compute_weights", "CoaddResult", "apply_alt_masks", "epochs_at"]
 
@@ -113,13 +113,12 @@ def compute_weights(warps: Sequence[Exposure], config: AssembleCoaddConfig, plan
         if not np.any(np.isfinite(w.image)):
             return 0.0, "image is entirely NaN"
         bad = w.mask_planes.bitmask(config.badMaskPlanes, strict=False)
-        good = ((w.mask & np.int32(bad)) == 0) & np.isfinite(w.variance)
-        mc = meanclip_scalar(w.variance[good], config.sigmaClip, config.clipIter)
+        mc = meanclip_masked(w.variance, w.mask, bad, config.sigmaClip, config.clipIter)
         if not np.isfinite(mc) or mc <= 0:
             return 0.0, f"clipped mean variance is {mc} (non-positive or not finite)"
         return 1.0 / mc, None
 
-    # numpy's partition and reductions release the GIL, so threads use every core
+    # the compiled passes release the GIL, so threads use every core
     results = map_epochs(one, warps)
     weights = np.zeros(len(warps))
     skipped: dict[int, str] = {}
@@ -164,6 +163,7 @@ def assemble_coadd(
     base: CoaddResult | None = None,
     pixels: np.ndarray | None = None,
     keep_raw: bool = False,
+    consume_base: bool = False,
 ) -> CoaddResult:
     """Stack ``warps`` as LSST's ``AssembleCoaddTask.run`` + ``processResults`` would.
 
@@ -195,6 +195,10 @@ def assemble_coadd(
         uses this to restack only where the artifact masks clip something.
     keep_raw : bool
         Keep ``raw`` (the stack before processResults) in the result, so that it can be a ``base``.
+    consume_base : bool
+        Restack into ``base``'s own arrays instead of copies (saves about six planes of memory and
+        their copying); ``base`` must not be used afterwards.  CompareWarp's first coadd does this
+        with its private base stack.
     """
     t0 = time.perf_counter()
     config = AssembleCoaddConfig() if config is None else config
@@ -236,8 +240,15 @@ def assemble_coadd(
     if base is not None:
         if base.raw is None or base.n_image.shape != (ny, nx) or base.input_map.shape[0] != nbytes:
             raise InputError("assemble_coadd: base is not a stack of these warps")
-        value, variance, out_mask = (a.copy() for a in base.raw)
-        n_image, n_clip, input_map = base.n_image.copy(), base.n_clipped.copy(), base.input_map.copy()
+        if consume_base:
+            value, variance, out_mask = base.raw
+            n_image, n_clip, input_map = base.n_image, base.n_clipped, base.input_map
+            # a consumed base cannot seed another run, and its processed planes are freed now
+            # rather than when the caller lets go of it
+            base.raw = base.coadd = None
+        else:
+            value, variance, out_mask = (a.copy() for a in base.raw)
+            n_image, n_clip, input_map = base.n_image.copy(), base.n_clipped.copy(), base.input_map.copy()
         pixels = np.asarray(pixels, np.intp).ravel()
     else:
         value = np.full((ny, nx), np.nan, dtype)

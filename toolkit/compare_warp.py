@@ -43,7 +43,7 @@ from .parallel import map_epochs, n_threads
 from .psf_matching import match_to_psf
 from .stats import median_of, quantiles_of
 
-__all__ = ["CompareWarpPipeline", "compare_warp_coadd", "CompareWarpResult", "WarpDiffs", "scale_variance", "STAGES"]
+__all__ = ["CompareWarpPipeline", "compare_warp_coadd", "CompareWarpResult", "WarpDiffs", "CandidateImages", "scale_variance", "STAGES"]
 
 log = logging.getLogger("diffstack.compare_warp")
 
@@ -100,6 +100,26 @@ class WarpDiffs(Sequence):
         return Exposure(w.image - t.image, var + t.variance, w.mask, w.mask_planes, psf=w.psf, xy0=w.xy0, wcs=w.wcs, copy=False)
 
 
+class CandidateImages(Sequence):
+    """Per-epoch candidate label images (0 = none, 1..n after the prefilter), each made when it
+    is asked for from the stored pixel indices: N int32 planes held at once would be a third
+    of a 10-warp input stack's memory for data that is mostly zeros."""
+
+    def __init__(self, found: Sequence[tuple[np.ndarray, np.ndarray, int]], shape: tuple[int, int]) -> None:
+        self._found, self._shape = list(found), tuple(shape)
+
+    def __len__(self) -> int:
+        return len(self._found)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        flat, lv, _ = self._found[i]
+        out = np.zeros(self._shape, np.int32)
+        out.ravel()[flat] = lv
+        return out
+
+
 @dataclass
 class CompareWarpResult:
     """Everything :func:`compare_warp_coadd` produced (same fields as the pipeline's stages)."""
@@ -111,7 +131,7 @@ class CompareWarpResult:
     epoch_count: np.ndarray
     n_image_psf_matched: np.ndarray
     artifact_masks: list[dict[str, np.ndarray]]
-    candidates: list[np.ndarray]
+    candidates: CandidateImages  # label images per epoch, made on access
     timings: dict[str, float]
     coadd_result: CoaddResult
 
@@ -322,10 +342,7 @@ class CompareWarpPipeline:
 
     def candidate_image(self, epoch: int) -> np.ndarray:
         """Label image of epoch ``epoch``'s candidates after the prefilter."""
-        flat, lv, _ = self._candidates()[1]["candidates"][epoch]
-        out = np.zeros(self.direct_warps[0].shape, np.int32)
-        out.ravel()[flat] = lv
-        return out
+        return CandidateImages(self._candidates()[1]["candidates"], self.direct_warps[0].shape)[epoch]
 
     def _streaks(self):
         ck, cand = self._candidates()
@@ -440,14 +457,23 @@ class CompareWarpPipeline:
             new_flat = filt["clipped_flat"]
             prev = self._last_coadd
             npix = int(np.prod(self.direct_warps[0].shape))
+            consume = False
             if prev is not None and prev[0] == bk:
                 pixels, start = _changed_pixels(prev[1], new_flat, npix), prev[2]
             else:
-                pixels, start = _changed_pixels([np.zeros(0, np.int64)] * len(new_flat), new_flat, npix), base
+                start = base
+                if start is None:  # consumed by a coadd whose result is gone (a failed run)
+                    del self._cache["base_stack"]
+                    start = self._base_stack()[1][0]
+                pixels = _changed_pixels([np.zeros(0, np.int64)] * len(new_flat), new_flat, npix)
+                # the base is private and later coadds start from the previous coadd, so it is
+                # restacked in place and forgotten: one coadd's worth of planes less to hold
+                consume = True
+                self._cache["base_stack"] = (self._cache["base_stack"][0], (None, edge))
             res = assemble_coadd(
                 self.direct_warps, self.config, alt_masks=filt["masks"], extra_bad_planes=["CLIPPED"],
-                use_psf_matched_polygons=True, alt_edge_mask=edge, weights=base.weights,
-                base=start, pixels=pixels, keep_raw=True,
+                use_psf_matched_polygons=True, alt_edge_mask=edge, weights=self._weights()[1][0],
+                base=start, pixels=pixels, keep_raw=True, consume_base=consume,
             )
             self._last_coadd = (bk, new_flat, res)
             return res
@@ -469,7 +495,7 @@ class CompareWarpPipeline:
         return CompareWarpResult(
             coadd=r.coadd, n_image=r.n_image, input_map=r.input_map, template=self.template,
             epoch_count=cand["epoch_count"], n_image_psf_matched=cand["n_image"],
-            artifact_masks=self.artifact_masks, candidates=[self.candidate_image(i) for i in range(len(self.direct_warps))],
+            artifact_masks=self.artifact_masks, candidates=CandidateImages(cand["candidates"], self.direct_warps[0].shape),
             timings=dict(self.timings), coadd_result=r,
         )
 

@@ -15,20 +15,20 @@ from collections.abc import Callable
 import numpy as np
 
 from .exposure import Exposure
-from .stats import meanclip_scalar, median_of
+from .stats import meanclip_scalar, median_masked
 
 __all__ = ["interpolate_over_plane", "mask_bright_objects", "fallback_value"]
 
 
 def fallback_value(image: np.ndarray, good: np.ndarray, kind: str = "MEDIAN", user_value: float = 0.0, allow_negative: bool = False) -> float:
     """The edge fallback value of ``InterpImageTask``."""
-    sel = good & np.isfinite(image)
     if kind == "USER":
         return user_value if (allow_negative or user_value >= 0) else 0.0
     if kind == "MEDIAN":
-        val = median_of(image, sel) if sel.any() else 0.0
+        val = median_masked(image, ~np.asarray(good, bool))  # finite pixels only; NaN if none
+        val = 0.0 if np.isnan(val) else val
         return val if (allow_negative or val >= 0) else 0.0
-    vals = image[sel]
+    vals = image[good & np.isfinite(image)]
     if vals.size == 0:
         val = 0.0
     elif kind == "MEAN":
@@ -100,8 +100,8 @@ def interpolate_over_plane(exposure: Exposure, plane: str = "NO_DATA", fallback_
             return fallback_value(out.image, ~bad, fallback_type, user_value, negative_allowed)
 
         def fb_var():
-            good_var = ~bad & np.isfinite(out.variance)
-            return median_of(out.variance, good_var) if good_var.any() else 0.0
+            val = median_masked(out.variance, bad)
+            return 0.0 if np.isnan(val) else val
     else:  # runs at the edge stay NaN
         fb = fb_var = np.nan
     if transpose:

@@ -27,7 +27,7 @@ import scipy.fft as sfft
 from .errors import InputError
 from .exposure import Exposure
 from .psf import Psf, DoubleGaussianPsf
-from .stats import median_of
+from .stats import median_masked
 
 __all__ = ["matching_kernel", "match_to_psf", "auto_kernel_size", "fft_convolve", "PsfMatchingWarning"]
 
@@ -238,7 +238,7 @@ def match_to_psf(
             from .interp import _interp_rows
 
             good = ~(fix | bad_input)
-            img = _interp_rows(img, ~good, lambda: median_of(img, good)).astype(exposure.dtype, copy=False)
+            img = _interp_rows(img, ~good, lambda: median_masked(img, ~good)).astype(exposure.dtype, copy=False)
             img[bad_input] = 0
     var = np.where(bad_input, 0, exposure.variance).astype(exposure.dtype)
     out_img = fft_convolve(img, k, workers)

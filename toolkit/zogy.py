@@ -34,7 +34,7 @@ from .exposure import Exposure
 from .geom import Box
 from .psf import ImagePsf, Psf
 from .psf_matching import _embed_origin
-from .stats import meanclip_scalar
+from .stats import meanclip_masked
 
 __all__ = [
     "zogy", "ZogyResult", "generate_grid", "split_border", "estimate_matching_kernel_size",
@@ -266,12 +266,14 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
 
     n_img, n_var = scaled(sci.image, cn), scaled(sci.variance, cn**2)
     r_img, r_var = scaled(ref.image, cr), scaled(ref.variance, cr**2)
-    mask_n = (sci.mask & np.int32(bad)) == 0
-    mask_r = (ref.mask & np.int32(bad_r)) == 0
+    # (plane mask, bad bits) of each image: the clipped means read them in place
+    mask_n = (sci.mask, bad)
+    mask_r = (ref.mask, bad_r)
 
     def mclip(a, good):
-        sel = good & np.isfinite(a)
-        return meanclip_scalar(a[sel], 3.0, 3) if sel.any() else float("nan")
+        # afw MEANCLIP (3 sigma, 3 iterations) of the finite pixels without a bad bit; NaN if none
+        m, bits = good
+        return meanclip_masked(a, m, bits, 3.0, 3)
 
     ny, nx = sci.shape
     local = Box(0, 0, nx, ny)
@@ -336,8 +338,8 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
         if inner == local:
             v1, v2 = full_variance(0), full_variance(1)
         else:
-            v1 = mclip(n_var[isl], mask_n[isl])
-            v2 = mclip(r_var[isl], mask_r[isl])
+            v1 = mclip(n_var[isl], (mask_n[0][isl], bad))
+            v2 = mclip(r_var[isl], (mask_r[0][isl], bad_r))
             v1 = v1 if v1 > 0 else full_variance(0)
             v2 = v2 if v2 > 0 else full_variance(1)
         rng = np.random.default_rng([cfg.paddingSeed, ci])

@@ -1,0 +1,63 @@
+"""Scalar statistics of whole planes: the masked order statistics must equal numpy's exactly."""
+
+import numpy as np
+import pytest
+
+from toolkit.stats import meanclip_masked, meanclip_scalar, median_masked, median_of, quantiles_masked, quantiles_of
+
+
+def _planes():
+    """Planes that stress the float32 key histogram: NaN/inf, ties, +-0, negative values,
+    a narrow range (every value in a few top bins), a wide one, and tiny sizes."""
+    rng = np.random.default_rng(2024)
+    out = []
+    for n, scale, offset in ((1, 1.0, 0.0), (2, 1.0, 0.0), (7, 3.0, -2.0), (1000, 1e-3, 100.0), (50_000, 50.0, -10.0), (300_001, 1e6, 0.0)):
+        x = (rng.standard_normal(n) * scale + offset).astype(np.float32)
+        out.append(x)
+    ties = np.round(rng.standard_normal(20_000) * 3).astype(np.float32)
+    ties[::5] = -0.0
+    ties[1::5] = 0.0
+    out.append(ties)
+    bad = (rng.standard_normal(40_000) * 10).astype(np.float32)
+    bad[rng.integers(0, bad.size, 4000)] = np.nan
+    bad[rng.integers(0, bad.size, 50)] = np.inf
+    bad[rng.integers(0, bad.size, 50)] = -np.inf
+    out.append(bad)
+    return out
+
+
+@pytest.mark.parametrize("i", range(8))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_masked_order_statistics_equal_numpy(i, dtype):
+    x = _planes()[i].astype(dtype)
+    rng = np.random.default_rng(i)
+    mask = np.where(rng.random(x.size) < 0.2, 4, 0).astype(np.int32) | rng.integers(0, 2, x.size).astype(np.int32)
+    usable = np.isfinite(x) & ((mask & 4) == 0)
+    qs = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+    got = quantiles_masked(x, mask, 4, qs)
+    if usable.any():
+        want = np.percentile(x[usable].astype(np.float64), [100 * q for q in qs])
+        assert got == list(want)  # exact, not approximately
+        assert median_masked(x, mask, 4) == median_of(x, usable)
+        assert median_masked(x, ~usable) == median_of(x, usable)  # a boolean mask marks bad pixels
+        assert meanclip_masked(x, mask, 4, 3.0, 3) == meanclip_scalar(x[usable], 3.0, 3)
+        assert quantiles_masked(x, None, 0, (0.5,)) == [float(np.median(x[np.isfinite(x)].astype(np.float64)))]
+    else:
+        assert all(np.isnan(got)) and np.isnan(median_masked(x, mask, 4)) and np.isnan(meanclip_masked(x, mask, 4))
+
+
+def test_masked_statistics_do_not_modify_or_copy_semantics():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((64, 80)).astype(np.float32)
+    mask = np.zeros(x.shape, np.int32)
+    mask[:10] = 2
+    x0, m0 = x.copy(), mask.copy()
+    a = meanclip_masked(x, mask, 2)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(mask, m0)
+    # a non-contiguous view (a grid cell) gives the same as its copy
+    assert meanclip_masked(x[5:40, 3:70], mask[5:40, 3:70], 2) == meanclip_masked(x[5:40, 3:70].copy(), mask[5:40, 3:70].copy(), 2)
+    assert a == meanclip_scalar(x[10:], 3.0, 2)
+    assert quantiles_of(x[10:].ravel(), (0.5,)) == quantiles_masked(x, mask, 2, (0.5,))
+    with pytest.raises(ValueError, match="mask has"):
+        meanclip_masked(x, mask[:5], 2)
