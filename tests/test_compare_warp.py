@@ -243,3 +243,38 @@ def test_consumed_base_is_rebuilt_and_candidates_are_made_on_access(small_stack)
     real_assemble(small_stack.direct_warps, p.config, base=base, pixels=np.arange(5), keep_raw=True, consume_base=True)
     with pytest.raises(InputError, match="not a stack"):
         real_assemble(small_stack.direct_warps, p.config, base=base, pixels=np.arange(5))
+
+
+def test_scale_variance_pixel_based_fallback_and_limit():
+    """ScaleVariance (reference 3.3): (0.74 IQR(snr))^2 on unmasked pixels after a 32-px
+    background; the image-based estimate when that exceeds the limit; an error if both do."""
+    from toolkit.compare_warp import scale_variance
+    from toolkit.detection import binned_background
+    from toolkit.errors import InputError
+
+    rng = np.random.default_rng(3)
+    n = 256
+    img = (rng.standard_normal((n, n)) * 2.0 + np.linspace(0, 30, n)).astype(np.float32)  # noise variance 4, a sky gradient
+    var = np.ones((n, n), np.float32)
+    e = Exposure(img, var)
+    bad = e.mask_planes.bitmask(["BAD"])
+    e.mask[:16] = bad
+    e.image[:16] = 1e6  # masked: must not count
+    var0 = e.variance.copy()
+    f, v = scale_variance(e, ["BAD"], limit=10.0)
+    # N = 61k pixels: the IQR sigma has relative sd 1.17/sqrt(N) = 0.5 %, so f/4 within 5 sd
+    assert abs(f / 4.0 - 1.0) < 5 * 2 * 1.17 / np.sqrt(img[16:].size)
+    np.testing.assert_array_equal(e.variance, var0)  # input untouched
+    np.testing.assert_allclose(v, var0 * f, rtol=1e-6)
+    # 45 % of the variance plane 1000x too small: the pixel-based factor (~22) exceeds the limit, the image-based
+    # one is (0.74 IQR(residual))^2 / median(variance)
+    var2 = np.where(rng.random((n, n)) < 0.45, 1e-3, 1.0).astype(np.float32)
+    e2 = Exposure(img, var2, e.mask.copy())
+    f2, _ = scale_variance(e2, ["BAD"], limit=10.0)
+    usable = (e2.mask & bad) == 0
+    resid = img.astype(np.float64) - binned_background(img, ~usable, 32)
+    q1, q3 = np.percentile(resid[usable], (25, 75))
+    want = (0.74 * (q3 - q1)) ** 2 / np.median(var2[usable])
+    assert f2 == pytest.approx(want, rel=1e-5) and 1.0 < f2 < 10.0
+    with pytest.raises(InputError, match="exceeds limit"):
+        scale_variance(e2, ["BAD"], limit=f2 * 0.9)

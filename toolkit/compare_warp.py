@@ -41,7 +41,7 @@ from .exposure import Exposure
 from .psf import DoubleGaussianPsf
 from .parallel import map_epochs, n_threads
 from .psf_matching import match_to_psf
-from .stats import median_of, quantiles_of
+from .stats import median_masked, quantiles_masked
 
 __all__ = ["CompareWarpPipeline", "compare_warp_coadd", "CompareWarpResult", "WarpDiffs", "CandidateImages", "scale_variance", "STAGES"]
 
@@ -61,17 +61,22 @@ def scale_variance(exposure: Exposure, mask_planes: Sequence[str], limit: float 
     bad = (exposure.mask & np.int32(exposure.mask_planes.bitmask(mask_planes, strict=False))) != 0
     img, var = exposure.image, exposure.variance
     with np.errstate(invalid="ignore"):
-        good = ~bad & np.isfinite(img) & np.isfinite(var) & (var > 0)
-    if np.count_nonzero(good) < 2:
+        unusable = bad | ~np.isfinite(img) | ~(var > 0)  # var > 0 is False for NaN
+    if unusable.size - np.count_nonzero(unusable) < 2:
         return 1.0, exposure.variance.copy() if want_variance else None
-    bg = binned_background(img, ~good, 32)
-    resid = img[good] - bg[good]  # float64: the background is
-    snr = resid / np.sqrt(var[good], dtype=np.float64)
-    q1, q3 = quantiles_of(snr, (0.25, 0.75))
+    # in the image's precision, as LSST (a float32 image minus its float32 background, over the
+    # float32 sqrt(variance)); the quartiles are read from the planes with unusable pixels masked
+    dtype = np.float32 if img.dtype == np.float32 and var.dtype == np.float32 else np.float64
+    resid = binned_background(img, unusable, 32, dtype)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        np.subtract(img, resid, out=resid)
+        snr = resid / np.sqrt(var, dtype=dtype)
+    q1, q3 = quantiles_masked(snr, unusable, 1, (0.25, 0.75))
+    del snr
     factor = (0.74 * (q3 - q1)) ** 2
     if factor > limit:
-        q1, q3 = quantiles_of(resid, (0.25, 0.75))
-        factor = (0.74 * (q3 - q1)) ** 2 / median_of(var[good])
+        q1, q3 = quantiles_masked(resid, unusable, 1, (0.25, 0.75))
+        factor = (0.74 * (q3 - q1)) ** 2 / median_masked(var, unusable)
         if factor > limit:
             raise InputError(f"variance scaling factor {factor:.2f} exceeds limit {limit}")
     return float(factor), (exposure.variance * factor).astype(exposure.dtype) if want_variance else None

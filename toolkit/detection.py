@@ -9,6 +9,7 @@ positive/negative merge.
 
 from __future__ import annotations
 
+import numba as nb
 import numpy as np
 from scipy import ndimage
 
@@ -100,37 +101,56 @@ def threshold_footprints(image: np.ndarray, variance: np.ndarray, threshold: flo
     return lab.astype(np.int32), int(n)
 
 
-def binned_background(image: np.ndarray, bad: np.ndarray, bin_size: int) -> np.ndarray:
-    """Smooth background: median per ``bin_size`` block of good pixels, bilinearly interpolated.
+def binned_background(image: np.ndarray, bad: np.ndarray, bin_size: int, dtype=np.float64) -> np.ndarray:
+    """Smooth background: median per ``bin_size`` block of good pixels, bilinearly interpolated
+    between block centres (clamped at the outer ones), returned in ``dtype``.
 
     A stand-in for afw's MEANCLIP-binned Akima-spline background (used only for the temporary
     backgrounds of ScaleVariance and template detection); photutils' Background2D gives similar
-    results several times slower.  Blocks are sorted all at once (bad pixels as +inf, so the
-    good ones come first) and the bilinear interpolation is done one axis at a time.
+    results several times slower.  Blocks are sorted all at once (bad pixels as +inf, so the good
+    ones come first); the interpolation (compiled) writes each output row from two rows of the
+    x-interpolated block grid, ~4x faster than the 2048x64x2048 matrix product it replaces.
     """
     ny, nx = image.shape
     by, bx = max(1, int(np.ceil(ny / bin_size))), max(1, int(np.ceil(nx / bin_size)))
     pad_y, pad_x = by * bin_size - ny, bx * bin_size - nx
-    dtype = np.float32 if image.dtype == np.float32 else np.float64
-    a = np.where(bad | ~np.isfinite(image), np.inf, image).astype(dtype, copy=False)
+    a = np.where(bad | ~np.isfinite(image), np.inf, image).astype(np.float32 if image.dtype == np.float32 else np.float64, copy=False)
     a = np.pad(a, ((0, pad_y), (0, pad_x)), constant_values=np.inf)
+    # numpy's sort is SIMD-vectorised: all blocks at once beat a compiled per-block selection
     blocks = np.sort(a.reshape(by, bin_size, bx, bin_size).transpose(0, 2, 1, 3).reshape(by, bx, -1), axis=2)
     n = np.isfinite(blocks).sum(axis=2)
     lo = np.take_along_axis(blocks, (np.maximum(n - 1, 0) // 2)[..., None], 2)[..., 0].astype(np.float64)
     hi = np.take_along_axis(blocks, (n // 2)[..., None].clip(max=blocks.shape[2] - 1), 2)[..., 0].astype(np.float64)
     med = np.where(n > 0, 0.5 * (lo + hi), np.nan)
     if np.all(np.isnan(med)):
-        return np.zeros_like(image, dtype=np.float64)
+        return np.zeros((ny, nx), dtype)
     med = np.where(np.isnan(med), np.nanmedian(med), med)
-    # bilinear interpolation between block centres as two small matrix products
-    # (interpolation weights along y, then along x), clamped at the outer centres
-    return _linear_weights(ny, by, bin_size) @ med @ _linear_weights(nx, bx, bin_size).T
+    by, bx = med.shape
+    rows = med @ _linear_weights(nx, bx, bin_size).T  # (by, nx): along x, small
+    pos = _centre_positions(ny, by, bin_size)
+    i0 = np.minimum(np.floor(pos).astype(np.intp), by - 1)
+    out = np.empty((ny, nx), dtype)
+    _blend_rows(rows, i0, np.minimum(i0 + 1, by - 1), pos - i0, out)
+    return out
+
+
+@nb.njit(cache=True, nogil=True)
+def _blend_rows(rows, i0, i1, f, out):  # pragma: no cover - compiled
+    for y in range(out.shape[0]):
+        a, b, w = i0[y], i1[y], f[y]
+        for x in range(out.shape[1]):
+            out[y, x] = (1.0 - w) * rows[a, x] + w * rows[b, x]
+
+
+def _centre_positions(n: int, nb: int, bin_size: int) -> np.ndarray:
+    """Fractional block-centre coordinate of each of ``n`` pixels, clamped to [0, nb - 1]."""
+    centres = (np.arange(nb) + 0.5) * bin_size - 0.5
+    return np.clip(np.interp(np.arange(n), centres, np.arange(nb)), 0, nb - 1)
 
 
 def _linear_weights(n: int, nb: int, bin_size: int) -> np.ndarray:
     """(n, nb) matrix of linear-interpolation weights from ``nb`` block centres to ``n`` pixels."""
-    centres = (np.arange(nb) + 0.5) * bin_size - 0.5
-    pos = np.clip(np.interp(np.arange(n), centres, np.arange(nb)), 0, nb - 1)
+    pos = _centre_positions(n, nb, bin_size)
     i0 = np.minimum(np.floor(pos).astype(np.intp), nb - 1)
     f = pos - i0
     w = np.zeros((n, nb))
