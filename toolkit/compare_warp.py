@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ import numpy as np
 
 from .coadd import CoaddResult, assemble_coadd, compute_weights
 from .config import CompareWarpConfig
-from .detection import binned_background, grow_radius, smooth_for_detection, threshold_footprints
+from .detection import binned_background, footprint_pixels, grow_radius, smooth_for_detection, threshold_footprints
 from .errors import InputError
 from .exposure import Exposure
 from .psf import DoubleGaussianPsf
@@ -294,16 +295,22 @@ class CompareWarpPipeline:
             c = self.config
             shape = self.direct_warps[0].shape
 
+            n_image = np.zeros(shape, np.int32)
+            lock = threading.Lock()
+
             def detect(i):
                 d = diffs[i]
                 if d is None:
-                    return (np.zeros(0, np.int64), np.zeros(0, np.int32), 0), None, np.ones(shape, bool), np.zeros(shape, bool)
+                    return (np.zeros(0, np.int64), np.zeros(0, np.int32), 0), np.ones(shape, bool), np.zeros(shape, bool)
                 bad = np.int32(d.mask_planes.bitmask(c.badMaskPlanes, strict=False))
-                counted = np.isfinite(d.image) & ((d.mask & bad) == 0)
+                nodata = ~np.isfinite(d.image)
+                counted = (d.mask & bad) == 0
+                counted &= ~nodata
+                with lock:  # summed as epochs finish, not held until all have
+                    n_image[...] += counted
+                del counted
                 sigma = d.psf.determinant_radius(d.bbox.center)
-                lab, n = threshold_footprints(d.image, d.variance, c.detect.thresholdValue * c.detect.includeThresholdMultiplier, c.detect.thresholdPolarity, c.detect.minPixels, grow_radius(c.detect.nSigmaToGrow, sigma))
-                flat = np.flatnonzero(lab)
-                lv = lab.ravel()[flat]
+                flat, lv, n = footprint_pixels(d.image, d.variance, c.detect.thresholdValue * c.detect.includeThresholdMultiplier, c.detect.thresholdPolarity, c.detect.minPixels, grow_radius(c.detect.nSigmaToGrow, sigma))
                 if n and c.doPrefilterArtifacts:
                     pb = np.int32(d.mask_planes.bitmask(c.prefilterArtifactsMaskPlanes, strict=False))
                     good = ((d.mask.ravel()[flat] & pb) == 0).astype(float)
@@ -319,15 +326,12 @@ class CompareWarpPipeline:
                     lv = new[lv[sel]]
                     n = int(new[-1])
                 edge = d.get_plane("EDGE") if "EDGE" in d.mask_planes else np.zeros(shape, bool)
-                return (flat, lv, n), counted, ~np.isfinite(d.image), edge
+                return (flat, lv, n), nodata, edge
 
             found = map_epochs(detect, range(len(diffs)), self._progress_for("candidates"))
             epoch_count = np.zeros(shape, np.int32)
-            n_image = np.zeros(shape, np.int32)
             cands, nodata, edge = [], [], []
-            for cand, counted, nd, ed in found:
-                if counted is not None:
-                    n_image += counted
+            for cand, nd, ed in found:
                 epoch_count.ravel()[cand[0]] += 1
                 cands.append(cand)
                 nodata.append(nd)

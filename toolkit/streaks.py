@@ -10,7 +10,6 @@ No profile fit: the masked width comes from the detections themselves.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 __all__ = ["find_streaks"]
 
@@ -37,7 +36,7 @@ def find_streaks(detected: np.ndarray, config, grow: int = 0) -> np.ndarray:
             continue
         out[yy[on], xx[on]] = True
     if grow > 0 and out.any():
-        from .detection import circular_stencil
+        from .detection import grow_mask
 
-        out = ndimage.binary_dilation(out, structure=circular_stencil(grow))
+        out = grow_mask(out, grow)  # the same dilation, on the streaks' boxes only
     return out
