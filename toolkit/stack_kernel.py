@@ -33,13 +33,15 @@ def _sort_prefix(buf, n):  # pragma: no cover - compiled
     if n > 48:
         buf[:n] = np.sort(buf[:n])
         return
+    # branch-free: a compare-exchange (min/max) sweep per insertion instead of an early-exit
+    # search, whose mispredicted branches cost more than the extra exchanges (the values are
+    # finite: only usable inputs are sorted)
     for i in range(1, n):
-        t = buf[i]
-        j = i - 1
-        while j >= 0 and buf[j] > t:
-            buf[j + 1] = buf[j]
-            j -= 1
-        buf[j + 1] = t
+        for j in range(i, 0, -1):
+            a = buf[j - 1]
+            b = buf[j]
+            buf[j - 1] = min(a, b)
+            buf[j] = max(a, b)
 
 
 @nb.njit(**_JIT)
