@@ -244,7 +244,7 @@ class CompareWarpPipeline:
             sigma = tmpl.psf.determinant_radius(tmpl.bbox.center) if tmpl.psf is not None else self.model_psf.determinant_radius()
             img = tmpl.image
             if d.doTempLocalBackground:
-                img = (img - binned_background(img, ~np.isfinite(img), 64)).astype(tmpl.dtype)
+                img = img - binned_background(img, ~np.isfinite(img), 64, tmpl.dtype)  # in the template precision
             simg, svar = smooth_for_detection(img, tmpl.variance, sigma, d.nSigmaForKernel)
             lab, _ = threshold_footprints(simg, svar, d.thresholdValue * d.includeThresholdMultiplier, "positive", d.minPixels, grow_radius(d.nSigmaToGrow, sigma))
             return lab
