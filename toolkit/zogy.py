@@ -452,6 +452,8 @@ class _CellKernels:
     F_D: float
     F_S: float
     work: Any
+    shape: tuple[int, int] = (0, 0)  # the cell
+    coarse: int = 1  # pd/ps (and the kernels squared) come from every coarse-th frequency
     _squares: np.ndarray | None = None
     boxed: list[int] = field(default_factory=list)  # box sizes of kernels squared on a box
 
@@ -471,13 +473,21 @@ class _CellKernels:
         PSF stamps whiten into slowly decaying kernels) take LSST's full-cell square.
         """
         if self._squares is None:
-            ny, nx = self.pd.shape
+            ny, nx = self.shape
             n = len(self.spectra)
-            cols_y = sfft.ifft(self.spectra, axis=-2, workers=-1)
-            rmax = min(128, (ny - 2) // 2, (nx - 2) // 2)
-            rows = np.arange(-rmax, rmax + 1) % ny
-            cols = np.arange(-rmax, rmax + 1) % nx
-            crop = sfft.irfft(cols_y[:, rows, :], n=nx, axis=-1, workers=-1)[:, :, cols]
+            if self.coarse > 1:
+                # the kernels from every coarse-th frequency: periodic over ~270 px, equal to
+                # the cell's kernels within the crop wherever they pass the decay test below
+                spec_c, (cy, cx) = _coarse(self.spectra, self.shape, self.coarse)
+                kern = _irfft2(spec_c, (cy, cx))
+                rmax = min(128, (cy - 2) // 2, (cx - 2) // 2)
+                crop = kern[:, np.arange(-rmax, rmax + 1) % cy][:, :, np.arange(-rmax, rmax + 1) % cx]
+            else:
+                cols_y = sfft.ifft(self.spectra, axis=-2, workers=-1)
+                rmax = min(128, (ny - 2) // 2, (nx - 2) // 2)
+                rows = np.arange(-rmax, rmax + 1) % ny
+                cols = np.arange(-rmax, rmax + 1) % nx
+                crop = sfft.irfft(cols_y[:, rows, :], n=nx, axis=-1, workers=-1)[:, :, cols]
             boxed, full = [], []
             for i in range(n):
                 c2 = np.square(crop[i], dtype=np.float64)
@@ -505,7 +515,7 @@ class _CellKernels:
                 if boxed:
                     r = max(b[1] for b in boxed)
                     sq[[i for i, _, _ in boxed]] = _spectra([c2[rmax - r:rmax + r + 1, rmax - r:rmax + r + 1].astype(self.work) for _, _, c2 in boxed], (ny, nx), self.work)
-                k = sfft.irfft(cols_y[full], n=nx, axis=-1, workers=-1)
+                k = _irfft2(self.spectra[full], (ny, nx))
                 np.square(k, out=k)
                 sq[full] = sfft.rfft2(k, axes=(-2, -1), workers=-1)
             self._squares = sq
@@ -516,7 +526,7 @@ class _CellKernels:
         """sum(k_i^2) in pixel space, from the spectrum (Parseval over the rfft half)."""
         c = self.spectra[i]
         p = c.real.astype(np.float64) ** 2 + c.imag.astype(np.float64) ** 2
-        ny, nx = self.pd.shape
+        ny, nx = self.shape
         return float((p @ _half_spectrum_weights(nx)).sum()) / (ny * nx)
 
 
@@ -580,7 +590,7 @@ class _KernelCache:
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
-def _algebra_rows(P1, P2, f1, f2, a1, a2, calc_score, spectra, pd_hat, ps_hat, wts):  # pragma: no cover - compiled
+def _algebra_rows(P1, P2, f1, f2, a1, a2, calc_score, want_psf, spectra, pd_hat, ps_hat, wts):  # pragma: no cover - compiled
     """calculateFourierDiffim's spectral algebra on a block of rows; returns that block's part
     of F_S's sum.
 
@@ -588,7 +598,8 @@ def _algebra_rows(P1, P2, f1, f2, a1, a2, calc_score, spectra, pd_hat, ps_hat, w
     and a float32 1/den could overflow where P ~ 1e-40) and cast to the work precision only
     when stored.  Why compiled: written with numpy this is ~25 full passes over float64 spectra
     (0.1 s at 2160^2); one loop computes c1, c2, P_D, the F_S integrand, P_S and the score
-    kernels per frequency with the same operations in the same order.
+    kernels per frequency with the same operations in the same order.  ``want_psf=False``
+    skips P_D and P_S (made on a coarser grid, see :func:`_make_cell_kernels`).
     """
     fd_denom = np.sqrt(a1 + a2)
     fd2 = fd_denom**2
@@ -615,7 +626,8 @@ def _algebra_rows(P1, P2, f1, f2, a1, a2, calc_score, spectra, pd_hat, ps_hat, w
             if zero:
                 spectra[0, i, j] = z1
                 spectra[1, i, j] = z2
-                pd_hat[i, j] = 0.0
+                if want_psf:
+                    pd_hat[i, j] = 0.0
                 num = 0.0
             else:
                 w = f2 * inv_den
@@ -623,12 +635,14 @@ def _algebra_rows(P1, P2, f1, f2, a1, a2, calc_score, spectra, pd_hat, ps_hat, w
                 w = inv_den * f1
                 spectra[1, i, j] = complex(p1r * w, p1i * w)
                 # P_D = fd P1 P2 / den; |P_D|^2 / fd^2 = |P1|^2 |P2|^2 / sDenom (paper eq. 42)
-                w = inv_den * fd_denom
-                pd_hat[i, j] = complex((p1r * p2r - p1i * p2i) * w, (p1r * p2i + p1i * p2r) * w)
+                if want_psf:
+                    w = inv_den * fd_denom
+                    pd_hat[i, j] = complex((p1r * p2r - p1i * p2i) * w, (p1r * p2i + p1i * p2r) * w)
                 num = P1sq * P2sq / s_denom
             row += num * wts[j]
             if calc_score:
-                ps_hat[i, j] = num * fd2
+                if want_psf:
+                    ps_hat[i, j] = num * fd2
                 if zero:
                     spectra[2, i, j] = 0.0
                     spectra[3, i, j] = 0.0
@@ -639,6 +653,25 @@ def _algebra_rows(P1, P2, f1, f2, a1, a2, calc_score, spectra, pd_hat, ps_hat, w
                     spectra[3, i, j] = complex(p2r * w, p2i * -w)
         part += row
     return part
+
+
+def _coarse_step(shape: tuple[int, int], min_len: int = 258) -> int:
+    """The largest m dividing both cell dimensions with every coarse dimension >= ``min_len``
+    (1 if none): sampling a spectrum at every m-th frequency gives the kernel summed over a
+    period of shape/m pixels, which is the full-grid kernel wherever the kernel has decayed
+    within half that period."""
+    ny, nx = shape
+    for m in range(min(ny, nx) // min_len, 1, -1):
+        if ny % m == 0 and nx % m == 0:
+            return m
+    return 1
+
+
+def _coarse(spec: np.ndarray, shape: tuple[int, int], m: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Every m-th frequency of an rfft2 spectrum (last two axes): the rfft2 of the m-fold
+    periodic summation on the (ny/m, nx/m) grid."""
+    cy, cx = shape[0] // m, shape[1] // m
+    return np.ascontiguousarray(spec[..., ::m, ::m][..., : cx // 2 + 1]), (cy, cx)
 
 
 def _make_cell_kernels(key):
@@ -652,24 +685,37 @@ def _make_cell_kernels(key):
     a2 = var2 * f1**2
     n = 4 if calc_score else 2
     spectra = np.empty((n,) + P1.shape, cdt)
-    pd_hat = np.empty(P1.shape, cdt)
-    ps_hat = np.empty(P1.shape if calc_score else (0, 0), cdt)
     wts = _half_spectrum_weights(shape[1])
+    # P_D and P_S are only wanted as PSF-sized stamps: they are made on a coarse frequency grid
+    # (every m-th frequency; two transforms of ~270^2 instead of the cell) when the cell allows
+    # one at least 258 px (and 4 PSF widths) on a side, where the kernels have long decayed
+    m = _coarse_step(shape, max(258, 4 * max(s1 + s2)))
+    full_psf = m == 1
+    pd_hat = np.empty(P1.shape if full_psf else (0, 0), cdt)
+    ps_hat = np.empty(P1.shape if (calc_score and full_psf) else (0, 0), cdt)
     # two row blocks on two threads (the compiled loop releases the GIL)
     ny = P1.shape[0]
     blocks = [slice(0, ny // 2), slice(ny // 2, ny)] if ny >= 64 else [slice(0, ny)]
 
     def run(sl):
-        return _algebra_rows(P1[sl], P2[sl], float(f1), float(f2), float(a1), float(a2), bool(calc_score), spectra[:, sl], pd_hat[sl], ps_hat[sl] if calc_score else ps_hat, wts)
+        return _algebra_rows(P1[sl], P2[sl], float(f1), float(f2), float(a1), float(a2), bool(calc_score), full_psf, spectra[:, sl], pd_hat[sl] if full_psf else pd_hat, ps_hat[sl] if (calc_score and full_psf) else ps_hat, wts)
 
     with ThreadPoolExecutor(len(blocks)) as ex:
         parts = list(ex.map(run, blocks))
+    psf_shape = shape
+    if not full_psf:
+        c1, psf_shape = _coarse(P1, shape, m)
+        c2, _ = _coarse(P2, shape, m)
+        pd_hat = np.empty(c1.shape, cdt)
+        ps_hat = np.empty(c1.shape if calc_score else (0, 0), cdt)
+        scratch = np.empty((n,) + c1.shape, cdt)
+        _algebra_rows(c1, c2, float(f1), float(f2), float(a1), float(a2), bool(calc_score), True, scratch, pd_hat, ps_hat, _half_spectrum_weights(psf_shape[1]))
     del P1, P2
     fd_denom = np.sqrt(a1 + a2)
     F_S = float(f1**2 * f2**2 * sum(parts) / (shape[0] * shape[1]))
-    pd = _irfft2(pd_hat, shape, overwrite=True)
-    ps = _irfft2(ps_hat, shape, overwrite=True) if calc_score else None
-    return _CellKernels(spectra, pd, ps, float(f1 * f2 / fd_denom), F_S, work)
+    pd = _irfft2(pd_hat, psf_shape, overwrite=True)
+    ps = _irfft2(ps_hat, psf_shape, overwrite=True) if calc_score else None
+    return _CellKernels(spectra, pd, ps, float(f1 * f2 / fd_denom), F_S, work, shape=tuple(shape), coarse=m)
 
 
 def _cell_kernels(k1, k2, f1, f2, var1, var2, cell_shape, calc_score, work) -> _CellKernels:
@@ -685,6 +731,35 @@ def _cell_kernels(k1, k2, f1, f2, var1, var2, cell_shape, calc_score, work) -> _
 _cell_kernels_cached = _KernelCache()
 
 
+@nb.njit(cache=True, nogil=True)
+def _products_rows(a, b, k1, k2, k3, k4, both, minus):  # pragma: no cover - compiled
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            x = a[i, j]
+            y = b[i, j]
+            if minus:
+                a[i, j] = k1[i, j] * x - k2[i, j] * y
+                if both:
+                    b[i, j] = k3[i, j] * x - k4[i, j] * y
+            else:
+                a[i, j] = k1[i, j] * x + k2[i, j] * y
+                if both:
+                    b[i, j] = k3[i, j] * x + k4[i, j] * y
+
+
+def _products_in_place(a, b, k1, k2, k3, k4, both: bool, minus: bool) -> None:
+    """a <- k1 a -/+ k2 b and (``both``) b <- k3 a -/+ k4 b, elementwise with the old a and b.
+
+    Why compiled: in numpy these are six full-plane operations and two new complex planes per
+    pair; one pass in place reads each spectrum once and allocates nothing (fresh pages cost
+    as much as the arithmetic on this kind of machine).  Two row blocks run on two threads.
+    """
+    ny = a.shape[0]
+    blocks = [slice(0, ny // 2), slice(ny // 2, ny)] if ny >= 64 else [slice(0, ny)]
+    with ThreadPoolExecutor(len(blocks)) as ex:
+        list(ex.map(lambda sl: _products_rows(a[sl], b[sl], k1[sl], k2[sl], k3[sl], k4[sl], both, minus), blocks))
+
+
 def _fourier_cell(N1, N2, V1, V2, ker: _CellKernels, calc_score: bool, astrometric: bool, sig_ast) -> dict[str, np.ndarray]:
     """D, V_D (and S, V_S) on one padded cell from the kernel spectra: the data need 4 forward
     and 4 inverse real transforms; a variance plane that is constant over the cell (padding
@@ -695,9 +770,9 @@ def _fourier_cell(N1, N2, V1, V2, ker: _CellKernels, calc_score: bool, astrometr
     n1 = sfft.rfft2(N1, workers=-1)
     n2 = sfft.rfft2(N2, workers=-1)
     out: dict[str, np.ndarray] = {}
-    buf = K[0] * n1
-    tmp = K[1] * n2
     if calc_score and astrometric:
+        buf = K[0] * n1
+        tmp = K[1] * n2
         # paper eq. 30-33: V_ast = sx^2 (dS_N/dx)^2 + sy^2 (dS_N/dy)^2, the same for S_R
         out["D"] = _irfft2(buf - tmp, shape, overwrite=True)
         sn = _irfft2(np.multiply(K[2], n1, out=buf), shape, overwrite=True)
@@ -708,15 +783,14 @@ def _fourier_cell(N1, N2, V1, V2, ker: _CellKernels, calc_score: bool, astrometr
             gy, gx = np.gradient(img)
             va += sig_ast[0] ** 2 * gx**2 + sig_ast[1] ** 2 * gy**2
         out["VA"] = va
+        del buf, tmp
     else:
-        buf -= tmp
-        out["D"] = _irfft2(buf, shape, overwrite=True)
+        # D^ = c1 n1 - c2 n2 and S^ = s1 n1 - s2 n2, written over n1 and n2 in one pass
+        _products_in_place(n1, n2, K[0], K[1], K[2] if calc_score else K[0], K[3] if calc_score else K[1], calc_score, True)
+        out["D"] = _irfft2(n1, shape, overwrite=True)
         if calc_score:
-            np.multiply(K[2], n1, out=buf)
-            np.multiply(K[3], n2, out=tmp)
-            buf -= tmp
-            out["S"] = _irfft2(buf, shape, overwrite=True)
-    del n1, n2, buf, tmp
+            out["S"] = _irfft2(n2, shape, overwrite=True)
+    del n1, n2
     # variance planes: V = k1^2 (*) V1 + k2^2 (*) V2 for each output (LSST pixelSpaceSquare)
     const, varying = [], []
     for j, V in enumerate((V1, V2)):
@@ -724,6 +798,13 @@ def _fourier_cell(N1, N2, V1, V2, ker: _CellKernels, calc_score: bool, astrometr
         (const if lo == hi else varying).append((j, V, float(lo)))
     vhs = [sfft.rfft2(V, workers=-1) for _, V, _ in varying]
     sq = ker.squares() if varying else None
+    if len(varying) == 2:
+        # the usual case: V_D^ = q1 v1 + q2 v2 and V_S^ = q3 v1 + q4 v2 over v1 and v2
+        _products_in_place(vhs[0], vhs[1], sq[0], sq[1], sq[2] if calc_score else sq[0], sq[3] if calc_score else sq[1], calc_score, False)
+        out["VD"] = _irfft2(vhs[0], shape, overwrite=True)
+        if calc_score:
+            out["VS"] = _irfft2(vhs[1], shape, overwrite=True)
+        return out
     for key, base in (("VD", 0),) + ((("VS", 2),) if calc_score else ()):
         offset = sum(val * ker.sum_squares(base + j) for j, _, val in const)
         if varying:
