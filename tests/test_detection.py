@@ -81,3 +81,16 @@ def test_grow_mask_is_the_circular_dilation():
         for density in (0.001, 0.2):  # sparse boxes, and the FFT path
             sel = rng.random((80, 90)) < density
             np.testing.assert_array_equal(grow_mask(sel, r), ndimage.binary_dilation(sel, structure=circular_stencil(r)))
+
+
+def test_score_image_thresholding_without_variance():
+    """variance=None thresholds an image in sigma units (ZOGY's Scorr) at the threshold."""
+    rng = np.random.default_rng(4)
+    sc = ndimage.gaussian_filter(rng.standard_normal((70, 90)), 1.0) * 8
+    sc[5, 5] = np.nan
+    for pol in ("positive", "negative"):
+        flat, labels, n = footprint_pixels(sc, None, 1.5, pol)
+        want, nw = reference(sc, np.ones_like(sc), 1.5, pol, 1, 0)
+        assert n == nw > 0
+        np.testing.assert_array_equal(labels, want.ravel()[flat])
+        assert np.count_nonzero(want) == flat.size

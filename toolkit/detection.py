@@ -75,9 +75,10 @@ def threshold_footprints(image: np.ndarray, variance: np.ndarray, threshold: flo
     return lab, n
 
 
-def footprint_pixels(image: np.ndarray, variance: np.ndarray, threshold: float, polarity: str = "both", min_pixels: int = 1, grow: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+def footprint_pixels(image: np.ndarray, variance: np.ndarray | None, threshold: float, polarity: str = "both", min_pixels: int = 1, grow: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
     """:func:`threshold_footprints` as ``(flat indices, labels, n)`` of the footprint pixels,
-    the indices ascending: no label image is made.
+    the indices ascending: no label image is made.  ``variance=None`` thresholds an image that
+    is in sigma units already (a score image) at ``threshold``.
 
     Each polarity's seeds (``image >= t sigma`` and ``-image >= t sigma``, compared in the
     planes' precision; NaN never passes) are labelled 8-connected, components with fewer than
@@ -93,12 +94,18 @@ def footprint_pixels(image: np.ndarray, variance: np.ndarray, threshold: float, 
     if polarity not in ("positive", "negative", "both"):
         raise ValueError(f"thresholdPolarity must be positive, negative or both, got {polarity!r}")
     img = np.asarray(image)
-    var = np.asarray(variance)
-    if img.shape != var.shape or img.ndim != 2:
-        raise ValueError(f"image {img.shape} and variance {var.shape} must be the same 2-D shape")
-    dtype = np.result_type(img.dtype, var.dtype, np.float32)
+    if variance is None:  # the image is in units of sigma already (a score image)
+        if img.ndim != 2:
+            raise ValueError(f"image must be 2-D, got shape {img.shape}")
+        dtype = np.result_type(img.dtype, np.float32)
+        var = np.broadcast_to(np.ones(1, dtype), img.shape)  # strides 0: no plane is made
+    else:
+        var = np.asarray(variance)
+        if img.shape != var.shape or img.ndim != 2:
+            raise ValueError(f"image {img.shape} and variance {var.shape} must be the same 2-D shape")
+        dtype = np.result_type(img.dtype, var.dtype, np.float32)
+        var = np.ascontiguousarray(var, dtype)
     img = np.ascontiguousarray(img, dtype)
-    var = np.ascontiguousarray(var, dtype)
     flat, labels, n = _footprint_pixels(img, var, dtype.type(threshold), polarity != "negative", polarity != "positive", int(min_pixels), max(int(grow), 0))
     return flat, labels, int(n)
 

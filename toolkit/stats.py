@@ -277,8 +277,9 @@ def _clip_passes_masked(x, mask, bad, use_mask, center, iqr_hw, n_sigma, n_iter)
     # matters (a second pass about the exact mean changed results by ~1e-16 relative); the sums
     # may be reassociated (vectorised), which changes them only at that level too.
     hw = iqr_hw
-    s = 0.0
     nk = 0
+    c = 0.0
+    sd = 0.0
     for it in range(max(n_iter, 1)):
         lo = center - hw
         hi = center + hw
@@ -295,7 +296,6 @@ def _clip_passes_masked(x, mask, bad, use_mask, center, iqr_hw, n_sigma, n_iter)
                 sd += d
                 sdd += d * d
                 nk += 1
-        s = nk * c + sd
         if it >= n_iter - 1:
             break
         var = 0.0

@@ -26,9 +26,9 @@ from typing import Any
 import numba as nb
 import numpy as np
 import scipy.fft as sfft
-from scipy import ndimage
 
 from .config import ZogyConfig
+from .detection import footprint_pixels
 from .errors import InputError
 from .exposure import Exposure
 from .geom import Box
@@ -710,7 +710,7 @@ def _make_cell_kernels(key):
         ps_hat = np.empty(c1.shape if calc_score else (0, 0), cdt)
         scratch = np.empty((n,) + c1.shape, cdt)
         _algebra_rows(c1, c2, float(f1), float(f2), float(a1), float(a2), bool(calc_score), True, scratch, pd_hat, ps_hat, _half_spectrum_weights(psf_shape[1]))
-    del P1, P2
+    P1 = P2 = None  # the float64 spectra are not needed any more (not del: run() refers to them)
     fd_denom = np.sqrt(a1 + a2)
     F_S = float(f1**2 * f2**2 * sum(parts) / (shape[0] * shape[1]))
     pd = _irfft2(pd_hat, psf_shape, overwrite=True)
@@ -888,14 +888,12 @@ def transient_catalog(result: ZogyResult, threshold: float = 5.0, min_pixels: in
     VS = result.score.variance
     rows = []
     for sign in (1, -1):
-        above = sign * sc >= threshold
-        if not above.any():
+        # 8-connected groups of sign * Scorr >= threshold, as pixel indices and labels (no
+        # label image); peaks from those pixels only: ndimage.maximum_position argsorts the
+        # whole image (~1 s at 2k^2) when only a few hundred pixels are above threshold
+        flat, labels, n = footprint_pixels(sc, None, threshold, "positive" if sign > 0 else "negative")
+        if n == 0:
             continue
-        lab, n = ndimage.label(above, structure=np.ones((3, 3)))
-        # peaks from the labelled pixels only: ndimage.maximum_position argsorts the whole
-        # image (~1 s at 2k^2) when only a few hundred pixels are above threshold
-        flat = np.flatnonzero(lab)
-        labels = lab.ravel()[flat]
         vals = sign * sc.ravel()[flat]
         npix = np.bincount(labels, minlength=n + 1)
         order = np.lexsort((-vals, labels))
