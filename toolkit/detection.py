@@ -98,7 +98,7 @@ def footprint_pixels(image: np.ndarray, variance: np.ndarray | None, threshold: 
         if img.ndim != 2:
             raise ValueError(f"image must be 2-D, got shape {img.shape}")
         dtype = np.result_type(img.dtype, np.float32)
-        var = np.broadcast_to(np.ones(1, dtype), img.shape)  # strides 0: no plane is made
+        var = np.ones((1, 1), dtype)  # read as sigma = 1 everywhere: no plane is made
     else:
         var = np.asarray(variance)
         if img.shape != var.shape or img.ndim != 2:
@@ -204,6 +204,7 @@ def _sorted_merged(runs, n):  # pragma: no cover - compiled
 @nb.njit(cache=True, nogil=True)
 def _footprint_pixels(img, var, thr, want_pos, want_neg, min_pixels, r):  # pragma: no cover - compiled
     ny, nx = img.shape
+    unit = var.shape[0] == 1 and var.shape[1] == 1 and (ny > 1 or nx > 1)  # a 1x1 variance: sigma units
     pos = np.empty((1024, 3), np.int64)
     neg = np.empty((1024, 3), np.int64)
     npos = 0
@@ -218,7 +219,7 @@ def _footprint_pixels(img, var, thr, want_pos, want_neg, min_pixels, r):  # prag
         seen = 0
         for x in range(nx):
             v = img[y, x]
-            t = thr * np.sqrt(var[y, x])
+            t = thr if unit else thr * np.sqrt(var[y, x])
             f = np.uint8(want_pos and v >= t) | (np.uint8(want_neg and -v >= t) << np.uint8(1))
             flags[x] = f
             seen |= f

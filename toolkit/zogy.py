@@ -169,19 +169,40 @@ class ZogyResult:
 
 
 # ---------------------------------------------------------------------- preparation
+@nb.njit(cache=True, nogil=True)
+def _any_finite(a):  # pragma: no cover - compiled
+    # stops at the first finite value (usually the first pixel): no isfinite plane
+    for v in a:
+        if np.isfinite(v):
+            return True
+    return False
+
+
+@nb.njit(cache=True, nogil=True)
+def _count_finite_nonpositive(a):  # pragma: no cover - compiled
+    n_fin = 0
+    n_bad = 0
+    for v in a:
+        if np.isfinite(v):
+            n_fin += 1
+            if v <= 0:
+                n_bad += 1
+    return n_fin, n_bad
+
+
 def _check_inputs(sci: Exposure, ref: Exposure) -> None:
     for name, e in (("science", sci), ("template", ref)):
         if not isinstance(e, Exposure):
             raise InputError(f"{name} must be an Exposure, got {type(e).__name__}")
         if e.psf is None:
             raise InputError(f"{name} has no PSF")
-        if not np.any(np.isfinite(e.image)):
+        if not _any_finite(e.image.reshape(-1)):
             raise InputError(f"{name} image is entirely NaN/inf")
-        fin = np.isfinite(e.variance)
-        if not fin.any():
+        n_finite, n_bad = _count_finite_nonpositive(e.variance.reshape(-1))
+        if n_finite == 0:
             raise InputError(f"{name} variance plane has no finite value")
-        if np.any(e.variance[fin] <= 0):
-            raise InputError(f"{name} variance plane has zero or negative values ({int((e.variance[fin] <= 0).sum())} pixels); variance must be > 0")
+        if n_bad:
+            raise InputError(f"{name} variance plane has zero or negative values ({n_bad} pixels); variance must be > 0")
         k = e.psf.compute_kernel_image(e.bbox.center)
         if not np.all(np.isfinite(k)):
             raise InputError(f"{name} PSF kernel contains NaN")
