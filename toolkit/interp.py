@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numba as nb
 import numpy as np
 
 from .exposure import Exposure
@@ -58,28 +59,42 @@ def _interp_rows_into(arr: np.ndarray, bad: np.ndarray, fallback: float | Callab
     (where it changes along the row); everything after that is proportional to the number of
     bad pixels, which is what makes re-interpolating a 4k coadd cheap.
     """
-    ny, nx = arr.shape
-    b = np.ascontiguousarray(bad, dtype=bool).view(np.int8)
-    change = np.diff(b, axis=1, prepend=np.int8(0), append=np.int8(0))
-    rows, start = np.nonzero(change == 1)
-    _, stop = np.nonzero(change == -1)  # runs alternate start/stop in row-major order
-    if rows.size == 0:
+    bad = np.ascontiguousarray(bad, dtype=bool)
+    if bad.shape != arr.shape:
+        raise ValueError(f"bad mask shape {bad.shape} differs from the array's {arr.shape}")
+    if arr.size == 0:
         return
-    length = stop - start
-    run = np.repeat(np.arange(rows.size), length)
-    col = start[run] + (np.arange(run.size) - np.repeat(np.cumsum(length) - length, length))
-    left, right = start - 1, stop
-    edge = (left < 0) | (right >= nx)
-    vl = arr[rows, np.clip(left, 0, nx - 1)][run]
-    vr = arr[rows, np.clip(right, 0, nx - 1)][run]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        t = (col - left[run]) / (right - left)[run]
-        interp = vl + (vr - vl) * t
-    if edge.any() and callable(fallback):
-        fallback = fallback()
-    elif callable(fallback):
-        fallback = 0.0  # unused: no run touches a row end
-    arr[rows[run], col] = np.where(edge[run], fallback, interp)
+    # a run touches a row end exactly when the row's first or last pixel is bad
+    if callable(fallback):
+        fallback = fallback() if (bad[:, 0].any() or bad[:, -1].any()) else 0.0
+    _fill_runs(arr, bad, float(fallback))
+
+
+@nb.njit(cache=True, nogil=True)
+def _fill_runs(arr, bad, fallback):  # pragma: no cover - compiled
+    # Why compiled: one scan of the mask finds the runs and fills them, where numpy needed a
+    # diff of the whole plane and two full-plane nonzero() calls (~30 ms at 2k^2).  The
+    # arithmetic is numpy's: (v_r - v_l) in the array's precision, times t in float64.
+    ny, nx = arr.shape
+    for y in range(ny):
+        x = 0
+        while x < nx:
+            if not bad[y, x]:
+                x += 1
+                continue
+            s = x
+            while x < nx and bad[y, x]:
+                x += 1
+            left = s - 1
+            right = x
+            if left < 0 or right >= nx:
+                for c in range(s, right):
+                    arr[y, c] = fallback
+            else:
+                vl = arr[y, left]
+                dv = arr[y, right] - vl
+                for c in range(s, right):
+                    arr[y, c] = vl + dv * ((c - left) / (right - left))
 
 
 def interpolate_over_plane(exposure: Exposure, plane: str = "NO_DATA", fallback_type: str = "MEDIAN", user_value: float = 0.0, negative_allowed: bool = False, use_fallback_at_edge: bool = True, transpose: bool = False, in_place: bool = False) -> Exposure:
