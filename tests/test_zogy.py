@@ -188,21 +188,24 @@ def _lsst_calculate_fourier_diffim(N1, N2, V1, V2, k1, k2, F1, F2, var1, var2):
     s2 = F2 * F1**2 * P2.conj() * np.abs(P1) ** 2 / sd
     sq = lambda c: fft(ifft(c) ** 2)
     return dict(D=ifft(c1 * n1 - c2 * n2), VD=ifft(sq(c1) * v1 + sq(c2) * v2),
-                S=ifft(s1 * n1 - s2 * n2), VS=ifft(sq(s1) * v1 + sq(s2) * v2), F_D=F1 * F2 / fd)
+                S=ifft(s1 * n1 - s2 * n2), VS=ifft(sq(s1) * v1 + sq(s2) * v2), F_D=F1 * F2 / fd,
+                P_D=ifft(fd * P1 * P2 / den), P_S=ifft(fd**2 * np.abs(P1) ** 2 * np.abs(P2) ** 2 / sd))
 
 
+@pytest.mark.parametrize("shape", [(180, 200), (540, 600)])
 @pytest.mark.parametrize("varying", [True, False])
 @pytest.mark.parametrize("stamps", ["truncated", "well-sampled"])
-def test_fast_cell_equals_lsst_formulas(varying, stamps):
+def test_fast_cell_equals_lsst_formulas(varying, stamps, shape):
     """Truncated 25-px stamps of sigma 3.3/2.2 Gaussians (LSST's test) whiten into long-tailed
     kernels that take the full-cell squares; well-sampled sigma 1.6/1.1 stamps give compact
     kernels that take the boxed squares.  Both must equal LSST's formulas.  (Well-sampled wide
     Gaussians are not usable here: where both spectra sink to rounding level, LSST's c1 and c2
-    are ratios of rounding noise and no two FFT implementations agree on D there.)"""
-    from toolkit.zogy import _cell_kernels, _fourier_cell
+    are ratios of rounding noise and no two FFT implementations agree on D there.)  The
+    540x600 cell is large enough for P_D, P_S and the kernels to square to come from every
+    second frequency (a 270x300 grid); the 180x200 one takes the full grid."""
+    from toolkit.zogy import _cell_kernels, _crop_normalize, _fourier_cell
 
     rng = np.random.default_rng(5)
-    shape = (180, 200)
     s1, s2, size = (3.3, 2.2, 25) if stamps == "truncated" else (1.6, 1.1, 21)
     k1 = GaussianPsf(s1, size=size).compute_kernel_image()
     g2 = GaussianPsf(s2, size=size - 4).compute_kernel_image()
@@ -215,6 +218,12 @@ def test_fast_cell_equals_lsst_formulas(varying, stamps):
     ker = _cell_kernels(k1, k2, F1, F2, var1, var2, shape, True, np.float64)
     out = _fourier_cell(N1, N2, V1, V2, ker, True, False, (0, 0))
     assert ker.F_D == pytest.approx(ref["F_D"], rel=1e-12)
+    # the truncated stamps' P_D has a tail (1e-13 of its energy) that a 270-px period would
+    # alias, so it falls back to the full grid; the well-sampled one uses the coarse grid
+    assert ker.coarse == (2 if shape == (540, 600) and stamps == "well-sampled" else 1)
+    for key, mine in (("P_D", ker.pd), ("P_S", ker.ps)):
+        want = _crop_normalize(ref[key], k1.shape)
+        np.testing.assert_allclose(_crop_normalize(mine, k1.shape), want, atol=1e-10 * np.abs(want).max(), rtol=0, err_msg=key)
     if varying:
         assert (len(ker.boxed) == 4) == (stamps == "well-sampled")
     for key in ("D", "VD", "S", "VS"):

@@ -676,6 +676,15 @@ def _algebra_rows(P1, P2, f1, f2, a1, a2, calc_score, want_psf, spectra, pd_hat,
     return part
 
 
+def _tail_fraction(k: np.ndarray) -> float:
+    """Share of sum(k^2) in the 8-px frame farthest from the origin of a periodic kernel
+    (origin at [0, 0]): where a kernel made on a short period has not decayed."""
+    c = np.fft.fftshift(k)
+    total = float(np.square(c, dtype=np.float64).sum())
+    inner = float(np.square(c[8:-8, 8:-8], dtype=np.float64).sum())
+    return (total - inner) / total if total > 0 else 0.0
+
+
 def _coarse_step(shape: tuple[int, int], min_len: int = 258) -> int:
     """The largest m dividing both cell dimensions with every coarse dimension >= ``min_len``
     (1 if none): sampling a spectrum at every m-th frequency gives the kernel summed over a
@@ -723,19 +732,30 @@ def _make_cell_kernels(key):
 
     with ThreadPoolExecutor(len(blocks)) as ex:
         parts = list(ex.map(run, blocks))
-    psf_shape = shape
     if not full_psf:
         c1, psf_shape = _coarse(P1, shape, m)
         c2, _ = _coarse(P2, shape, m)
-        pd_hat = np.empty(c1.shape, cdt)
-        ps_hat = np.empty(c1.shape if calc_score else (0, 0), cdt)
-        scratch = np.empty((n,) + c1.shape, cdt)
-        _algebra_rows(c1, c2, float(f1), float(f2), float(a1), float(a2), bool(calc_score), True, scratch, pd_hat, ps_hat, _half_spectrum_weights(psf_shape[1]))
+        # small arrays: float64 keeps rounding out of the tail test
+        pd_c = np.empty(c1.shape, np.complex128)
+        ps_c = np.empty(c1.shape if calc_score else (0, 0), np.complex128)
+        _algebra_rows(c1, c2, float(f1), float(f2), float(a1), float(a2), bool(calc_score), True, np.empty((n,) + c1.shape, np.complex128), pd_c, ps_c, _half_spectrum_weights(psf_shape[1]))
+        pd = _irfft2(pd_c, psf_shape, overwrite=True)
+        ps = _irfft2(ps_c, psf_shape, overwrite=True) if calc_score else None
+        if max(_tail_fraction(pd), _tail_fraction(ps) if calc_score else 0.0) > 1e-14:
+            # long-tailed P_D/P_S (sharply truncated stamps): the coarse period would alias
+            # their tails into the stamp by more than ~3e-8 of the peak (a 1e-14 energy share
+            # in the outer frame gives ~3e-8, 3.6e-13 gave 1.6e-7), so they are made on the
+            # cell's grid as LSST does.  Below that the difference is under float32 resolution.
+            full_psf, m = True, 1
+            pd_hat = np.empty(P1.shape, cdt)
+            ps_hat = np.empty(P1.shape if calc_score else (0, 0), cdt)
+            _algebra_rows(P1, P2, float(f1), float(f2), float(a1), float(a2), bool(calc_score), True, np.empty_like(spectra), pd_hat, ps_hat, wts)
     P1 = P2 = None  # the float64 spectra are not needed any more (not del: run() refers to them)
+    if full_psf:
+        pd = _irfft2(pd_hat, shape, overwrite=True)
+        ps = _irfft2(ps_hat, shape, overwrite=True) if calc_score else None
     fd_denom = np.sqrt(a1 + a2)
     F_S = float(f1**2 * f2**2 * sum(parts) / (shape[0] * shape[1]))
-    pd = _irfft2(pd_hat, psf_shape, overwrite=True)
-    ps = _irfft2(ps_hat, psf_shape, overwrite=True) if calc_score else None
     return _CellKernels(spectra, pd, ps, float(f1 * f2 / fd_denom), F_S, work, shape=tuple(shape), coarse=m)
 
 
