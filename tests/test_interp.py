@@ -6,27 +6,27 @@ from toolkit.interp import _interp_rows_into
 
 
 def reference(arr, bad, fallback):
-    """The rule written out pixel by pixel: a run between good pixels l and r gets
-    v_l + (v_r - v_l) (x - l) / (r - l); a run touching a row end gets the fallback."""
+    """The rule in a different formulation (the vectorised numpy one diffstack used before the
+    compiled scan): runs from where the mask changes along each row, every run pixel at once;
+    a run between good pixels l and r gets v_l + (v_r - v_l) (x - l) / (r - l) (the difference
+    in the array's precision, the rest in float64), a run touching a row end the fallback."""
     out = arr.copy()
-    ny, nx = arr.shape
-    for y in range(ny):
-        x = 0
-        while x < nx:
-            if not bad[y, x]:
-                x += 1
-                continue
-            s = x
-            while x < nx and bad[y, x]:
-                x += 1
-            left, right = s - 1, x
-            for c in range(s, x):
-                if left < 0 or right >= nx:
-                    out[y, c] = fallback
-                else:
-                    vl = arr[y, left]
-                    # the difference in the array's precision, the interpolation in float64
-                    out[y, c] = vl + np.float64(arr[y, right] - vl) * ((c - left) / (right - left))
+    nx = arr.shape[1]
+    change = np.diff(bad.astype(np.int8), axis=1, prepend=np.int8(0), append=np.int8(0))
+    rows, start = np.nonzero(change == 1)
+    _, stop = np.nonzero(change == -1)
+    if rows.size == 0:
+        return out
+    length = stop - start
+    run = np.repeat(np.arange(rows.size), length)
+    col = start[run] + (np.arange(run.size) - np.repeat(np.cumsum(length) - length, length))
+    left, right = start - 1, stop
+    edge = (left < 0) | (right >= nx)
+    vl = arr[rows, np.clip(left, 0, nx - 1)][run]
+    vr = arr[rows, np.clip(right, 0, nx - 1)][run]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        interp = vl + (vr - vl) * ((col - left[run]) / (right - left)[run])
+    out[rows[run], col] = np.where(edge[run], fallback, interp)
     return out
 
 

@@ -123,6 +123,15 @@ def _push_run(runs, n, y, x0, x1):  # pragma: no cover - compiled
 
 
 @nb.njit(cache=True, nogil=True)
+def _run_edge(runs, n, start, y, x):  # pragma: no cover - compiled
+    """A polarity's flag changes at x: a run starts there, or the open one ends at x - 1."""
+    if start < 0:
+        return runs, n, x
+    runs, n = _push_run(runs, n, y, start, x - 1)
+    return runs, n, -1
+
+
+@nb.njit(cache=True, nogil=True)
 def _find(parent, i):  # pragma: no cover - compiled
     root = i
     while parent[root] != root:
@@ -241,17 +250,9 @@ def _footprint_pixels(img, var, thr, want_pos, want_neg, min_pixels, r):  # prag
             x = edges[e]
             k = kinds[e]
             if k & 1:
-                if p0 < 0:
-                    p0 = x
-                else:
-                    pos, npos = _push_run(pos, npos, y, p0, x - 1)
-                    p0 = -1
+                pos, npos, p0 = _run_edge(pos, npos, p0, y, x)
             if k & 2:
-                if q0 < 0:
-                    q0 = x
-                else:
-                    neg, nneg = _push_run(neg, nneg, y, q0, x - 1)
-                    q0 = -1
+                neg, nneg, q0 = _run_edge(neg, nneg, q0, y, x)
     # half-widths of afw's circular stencil per row offset
     half = np.empty(2 * r + 1, np.int64)
     for dy in range(-r, r + 1):
