@@ -704,58 +704,78 @@ def _coarse(spec: np.ndarray, shape: tuple[int, int], m: int) -> tuple[np.ndarra
     return np.ascontiguousarray(spec[..., ::m, ::m][..., : cx // 2 + 1]), (cy, cx)
 
 
+def _stamp_rows(kernels: list[np.ndarray], shape: tuple[int, int]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Row transforms (length nx) of the stamps' rows, and the cell rows they occupy (centre
+    at [0, 0], LSST ``padCenterOriginArray``): the first half of a pruned rfft2."""
+    ny, nx = shape
+    gy = max(k.shape[0] for k in kernels)
+    r = np.zeros((len(kernels), gy, nx))
+    rows = []
+    for i, k in enumerate(kernels):
+        ky, kx = k.shape
+        r[i, :ky][:, (np.arange(kx) - kx // 2) % nx] = k
+        rows.append((np.arange(ky) - ky // 2) % ny)
+    return sfft.rfft(r, axis=-1, workers=-1), rows
+
+
 def _make_cell_kernels(key):
     k1b, s1, k2b, s2, f1, f2, var1, var2, shape, calc_score, work = key
     k1 = np.frombuffer(k1b).reshape(s1)
     k2 = np.frombuffer(k2b).reshape(s2)
     work = np.dtype(work).type
     cdt = np.complex64 if work == np.float32 else np.complex128
-    P1, P2 = _spectra([k1, k2], shape, np.float64)
+    ny, nx = shape
+    nxh = nx // 2 + 1
     a1 = var1 * f2**2
     a2 = var2 * f1**2
     n = 4 if calc_score else 2
-    spectra = np.empty((n,) + P1.shape, cdt)
-    wts = _half_spectrum_weights(shape[1])
+    args = (float(f1), float(f2), float(a1), float(a2), bool(calc_score))
     # P_D and P_S are only wanted as PSF-sized stamps: they are made on a coarse frequency grid
-    # (every m-th frequency; two transforms of ~270^2 instead of the cell) when the cell allows
-    # one at least 258 px (and 4 PSF widths) on a side, where the kernels have long decayed
+    # (every m-th frequency, which is the stamps' rfft2 on a cell m times smaller) when the
+    # cell allows one at least 258 px (and 4 PSF widths) on a side and they decay within it
     m = _coarse_step(shape, max(258, 4 * max(s1 + s2)))
     full_psf = m == 1
-    pd_hat = np.empty(P1.shape if full_psf else (0, 0), cdt)
-    ps_hat = np.empty(P1.shape if (calc_score and full_psf) else (0, 0), cdt)
-    # two row blocks on two threads (the compiled loop releases the GIL)
-    ny = P1.shape[0]
-    blocks = [slice(0, ny // 2), slice(ny // 2, ny)] if ny >= 64 else [slice(0, ny)]
-
-    def run(sl):
-        return _algebra_rows(P1[sl], P2[sl], float(f1), float(f2), float(a1), float(a2), bool(calc_score), full_psf, spectra[:, sl], pd_hat[sl] if full_psf else pd_hat, ps_hat[sl] if (calc_score and full_psf) else ps_hat, wts)
-
-    with ThreadPoolExecutor(len(blocks)) as ex:
-        parts = list(ex.map(run, blocks))
     if not full_psf:
-        c1, psf_shape = _coarse(P1, shape, m)
-        c2, _ = _coarse(P2, shape, m)
+        cshape = (ny // m, nx // m)
+        c1, c2 = _spectra([k1, k2], cshape, np.float64)
         # small arrays: float64 keeps rounding out of the tail test
         pd_c = np.empty(c1.shape, np.complex128)
         ps_c = np.empty(c1.shape if calc_score else (0, 0), np.complex128)
-        _algebra_rows(c1, c2, float(f1), float(f2), float(a1), float(a2), bool(calc_score), True, np.empty((n,) + c1.shape, np.complex128), pd_c, ps_c, _half_spectrum_weights(psf_shape[1]))
-        pd = _irfft2(pd_c, psf_shape, overwrite=True)
-        ps = _irfft2(ps_c, psf_shape, overwrite=True) if calc_score else None
+        _algebra_rows(c1, c2, *args, True, np.empty((n,) + c1.shape, np.complex128), pd_c, ps_c, _half_spectrum_weights(cshape[1]))
+        pd = _irfft2(pd_c, cshape, overwrite=True)
+        ps = _irfft2(ps_c, cshape, overwrite=True) if calc_score else None
         if max(_tail_fraction(pd), _tail_fraction(ps) if calc_score else 0.0) > 1e-14:
             # long-tailed P_D/P_S (sharply truncated stamps): the coarse period would alias
             # their tails into the stamp by more than ~3e-8 of the peak (a 1e-14 energy share
             # in the outer frame gives ~3e-8, 3.6e-13 gave 1.6e-7), so they are made on the
             # cell's grid as LSST does.  Below that the difference is under float32 resolution.
             full_psf, m = True, 1
-            pd_hat = np.empty(P1.shape, cdt)
-            ps_hat = np.empty(P1.shape if calc_score else (0, 0), cdt)
-            _algebra_rows(P1, P2, float(f1), float(f2), float(a1), float(a2), bool(calc_score), True, np.empty_like(spectra), pd_hat, ps_hat, wts)
-    P1 = P2 = None  # the float64 spectra are not needed any more (not del: run() refers to them)
+    spectra = np.empty((n, ny, nxh), cdt)
+    pd_hat = np.empty((ny, nxh) if full_psf else (0, 0), cdt)
+    ps_hat = np.empty((ny, nxh) if (calc_score and full_psf) else (0, 0), cdt)
+    wts = _half_spectrum_weights(nx)
+    rx, rows = _stamp_rows([k1, k2], shape)
+
+    def block(cols: slice) -> float:
+        # the PSF spectra of a band of columns (column transforms of the stamps' rows, in
+        # float64) and the algebra on it: a few MB at a time instead of two 37 MB cell-size
+        # complex128 planes, whose fresh pages cost more than the transforms on this machine
+        P = np.zeros((2, ny, cols.stop - cols.start), np.complex128)
+        for i in range(2):
+            P[i, rows[i]] = rx[i, : len(rows[i]), cols]
+        P = sfft.fft(P, axis=1, overwrite_x=True, workers=1)
+        return _algebra_rows(P[0], P[1], *args, full_psf, spectra[:, :, cols], pd_hat[:, cols] if full_psf else pd_hat, ps_hat[:, cols] if (calc_score and full_psf) else ps_hat, wts[cols])
+
+    step = max(16, -(-nxh // max(2, -(-nxh // 128))))
+    bands = [slice(j, min(j + step, nxh)) for j in range(0, nxh, step)]
+    # two threads: the transforms and the compiled loop release the GIL
+    with ThreadPoolExecutor(min(2, len(bands))) as ex:
+        parts = list(ex.map(block, bands))
     if full_psf:
         pd = _irfft2(pd_hat, shape, overwrite=True)
         ps = _irfft2(ps_hat, shape, overwrite=True) if calc_score else None
     fd_denom = np.sqrt(a1 + a2)
-    F_S = float(f1**2 * f2**2 * sum(parts) / (shape[0] * shape[1]))
+    F_S = float(f1**2 * f2**2 * sum(parts) / (ny * nx))
     return _CellKernels(spectra, pd, ps, float(f1 * f2 / fd_denom), F_S, work, shape=tuple(shape), coarse=m)
 
 
