@@ -177,11 +177,17 @@ def stack_pixels(
                 hw = iqr_hw
                 for it in range(n_iter):
                     nk = 0
+                    changed = False
                     for i in range(n_in):
-                        keep[i] = usable[i] and abs(np.float64(x[i, p]) - center) <= hw
-                        nk += keep[i]
+                        kn = usable[i] and abs(np.float64(x[i, p]) - center) <= hw
+                        changed |= kn != keep[i]
+                        keep[i] = kn
+                        nk += kn
                     n_keep = nk
-                    if it == n_iter - 1:
+                    # an iteration that keeps the same inputs as the one before would compute
+                    # the same centre and width again, and so would every later one: the
+                    # remaining iterations cannot change anything (results identical)
+                    if it == n_iter - 1 or (it > 0 and not changed):
                         break
                     cs = center if np.isfinite(center) else 0.0
                     sw, sw2, swd, swdd, _ = _weighted_sums(x, v, p, keep, w, cs, False)
