@@ -44,3 +44,24 @@ def test_bad_psfs():
         ImagePsf(np.array([[np.nan, 1], [1, 1]]))
     with pytest.raises(InputError, match="sigma"):
         GaussianPsf(0)
+
+
+def test_or_box_is_the_bitwise_or_over_the_window():
+    """Mask growth of PSF matching: every bit ORed over the (2h+1)^2 box, ``outside`` beyond
+    the edges, against the plain sum of shifted copies."""
+    from toolkit.psf_matching import or_box
+
+    rng = np.random.default_rng(9)
+    for trial in range(60):
+        ny, nx = (int(v) for v in rng.integers(1, 40, 2))
+        h, outside = int(rng.integers(0, 9)), int(rng.integers(0, 2))
+        dtype = np.int32 if trial % 2 else np.uint8
+        m = (rng.integers(0, 2**7, (ny, nx)) * (rng.random((ny, nx)) < 0.08)).astype(dtype)
+        pad = np.pad(m, h, constant_values=outside)
+        want = np.zeros_like(m)
+        for dy in range(2 * h + 1):
+            for dx in range(2 * h + 1):
+                want |= pad[dy:dy + ny, dx:dx + nx]
+        got = or_box(m, h, outside)
+        assert got.dtype == m.dtype
+        np.testing.assert_array_equal(got, want)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import warnings
 
 
+import numba as nb
 import numpy as np
 import scipy.fft as sfft
 
@@ -141,23 +142,46 @@ def or_box(mask: np.ndarray, h: int, outside: int = 0) -> np.ndarray:
 
     This is what afw's convolution does to a mask plane.  ``ndimage.maximum_filter`` would need
     one pass per bit plane; a running OR of doubling width (log2(2h+1) shifted ORs per axis)
-    grows every plane at once.
+    grows every plane at once.  Along rows the doubling runs per row in a small buffer that
+    stays in cache (compiled: numpy's shifted slices along axis 1 are strided and every shift
+    made a new plane); along columns the shifts are whole contiguous rows, which numpy does well.
     """
-    out = mask
+    mask = np.ascontiguousarray(mask)
+    h = int(h)
     if h <= 0:
         return mask.copy()
     w = 2 * h + 1
-    for axis in (0, 1):
-        pad = [(0, 0), (0, 0)]
-        pad[axis] = (h, h)
-        a = np.moveaxis(np.pad(out, pad, constant_values=outside), axis, 0)
+    rows = np.empty_like(mask)
+    _or_rows(mask, h, mask.dtype.type(outside), rows)
+    a = np.pad(rows, [(h, h), (0, 0)], constant_values=outside)
+    del rows
+    span = 1
+    while 2 * span <= w:
+        a = a[:-span] | a[span:]  # a[i] = OR over rows [i, i + 2 span)
+        span *= 2
+    n = mask.shape[0]
+    return a[:n] | a[w - span : w - span + n]
+
+
+@nb.njit(cache=True, nogil=True)
+def _or_rows(a, h, outside, out):  # pragma: no cover - compiled
+    ny, nx = a.shape
+    w = 2 * h + 1
+    n = nx + 2 * h
+    buf = np.empty(n, a.dtype)
+    for y in range(ny):
+        for i in range(h):
+            buf[i] = outside
+            buf[n - 1 - i] = outside
+        for x in range(nx):
+            buf[h + x] = a[y, x]
         span = 1
-        while 2 * span <= w:
-            a = a[:-span] | a[span:]  # a[i] = OR over [i, i + 2 span)
+        while 2 * span <= w:  # buf[i] = OR over [i, i + 2 span), in place (reads run ahead)
+            for i in range(n - span):
+                buf[i] |= buf[i + span]
             span *= 2
-        n = out.shape[axis]
-        out = np.moveaxis(a[:n] | a[w - span : w - span + n], 0, axis)
-    return np.ascontiguousarray(out)
+        for x in range(nx):
+            out[y, x] = buf[x] | buf[x + w - span]
 
 
 def _core_half_width(kernel: np.ndarray, threshold: float) -> int:
