@@ -272,6 +272,7 @@ def assemble_coadd(
         # a chunk is a 2-D slice of the tile, or a set of flat pixel indices (``pixels`` mode)
         if isinstance(sl, np.ndarray):
             idx = sl
+            shape = idx.shape
 
             def get(a):
                 return np.asarray(a).reshape(-1)[idx]
@@ -282,6 +283,8 @@ def assemble_coadd(
                 else:
                     a.reshape(-1)[idx] = v
         else:
+            shape = (sl[0].stop - sl[0].start, sl[1].stop - sl[1].start)
+
             def get(a):
                 return np.asarray(a)[sl]
 
@@ -291,8 +294,6 @@ def assemble_coadd(
         # pixel-major copies (each pixel's inputs adjacent in memory), passed to the kernel as
         # transposed (N, P) views: its per-pixel loops then read contiguous memory instead of
         # 3N streams, ~30 % faster for the cost of a transposing copy
-        first = get(warps[used[0]].image)
-        shape = first.shape
         x = np.stack([get(warps[i].image).reshape(-1) for i in used], axis=1).T
         v = np.stack([get(warps[i].variance).reshape(-1) for i in used], axis=1).T
         m = np.stack([

@@ -566,23 +566,13 @@ def _spectra(kernels: list[np.ndarray], shape: tuple[int, int], dtype) -> np.nda
     (LSST ``padCenterOriginArray``), batched.
 
     Why by hand: a stamp occupies only a few rows of the padded cell, so the row transforms run
-    on those rows alone and only the column transforms see the full height; about half the work
-    of ``rfft2`` on the padded arrays, with the same result.
+    on those rows alone (:func:`_stamp_rows`) and only the column transforms see the full
+    height; about half the work of ``rfft2`` on the padded arrays, with the same result.
     """
-    ny, nx = shape
-    gy = max(k.shape[0] for k in kernels)
-    r = np.zeros((len(kernels), gy, nx), dtype)
-    rows_all = []
-    for i, k in enumerate(kernels):
-        ky, kx = k.shape
-        cols = (np.arange(kx) - kx // 2) % nx
-        r[i, :ky][:, cols] = k
-        rows_all.append((np.arange(ky) - ky // 2) % ny)
-    rx = sfft.rfft(r, axis=-1, workers=-1)
-    del r
-    full = np.zeros((len(kernels), ny, nx // 2 + 1), rx.dtype)
-    for i, k in enumerate(kernels):
-        full[i, rows_all[i], :] = rx[i, : k.shape[0]]
+    rx, rows = _stamp_rows(kernels, shape, dtype)
+    full = np.zeros((len(kernels), shape[0], shape[1] // 2 + 1), rx.dtype)
+    for i, r in enumerate(rows):
+        full[i, r, :] = rx[i, : len(r)]
     return sfft.fft(full, axis=1, overwrite_x=True, workers=-1)
 
 
@@ -704,12 +694,12 @@ def _coarse(spec: np.ndarray, shape: tuple[int, int], m: int) -> tuple[np.ndarra
     return np.ascontiguousarray(spec[..., ::m, ::m][..., : cx // 2 + 1]), (cy, cx)
 
 
-def _stamp_rows(kernels: list[np.ndarray], shape: tuple[int, int]) -> tuple[np.ndarray, list[np.ndarray]]:
+def _stamp_rows(kernels: list[np.ndarray], shape: tuple[int, int], dtype=np.float64) -> tuple[np.ndarray, list[np.ndarray]]:
     """Row transforms (length nx) of the stamps' rows, and the cell rows they occupy (centre
     at [0, 0], LSST ``padCenterOriginArray``): the first half of a pruned rfft2."""
     ny, nx = shape
     gy = max(k.shape[0] for k in kernels)
-    r = np.zeros((len(kernels), gy, nx))
+    r = np.zeros((len(kernels), gy, nx), dtype)
     rows = []
     for i, k in enumerate(kernels):
         ky, kx = k.shape
