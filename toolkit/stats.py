@@ -211,21 +211,14 @@ def median_of(a: np.ndarray, select: np.ndarray | None = None) -> float:
 def meanclip_scalar(values: np.ndarray, n_sigma: float = 3.0, n_iter: int = 2) -> float:
     """afw MEANCLIP of a 1-D array of usable values, unweighted (warp weights, ZOGY noise levels).
 
-    Quartiles come from exact order statistics (:func:`_order_statistics`, ``np.percentile``'s
-    values), interpolated in float64; every clip iteration re-selects from all values with
-    inclusive bounds around the previous clipped mean, as afw does.  The iterations run in one
-    compiled loop over the input dtype, accumulating in float64 (no float64 copy is made).
-    :func:`meanclip_masked` does the same on a whole plane without selecting it first.
+    Quartiles come from exact order statistics (``np.percentile``'s values), interpolated in
+    float64; every clip iteration re-selects from all values with inclusive bounds around the
+    previous clipped mean, as afw does.  This is :func:`meanclip_masked` with nothing masked.
     """
     x = np.asarray(values).ravel()
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float64)
-    if x.size == 0:
-        return float("nan")
-    q25, med, q75 = quantiles_of(x, (0.25, 0.5, 0.75))
-    iqr_hw = n_sigma * IQR_TO_SIGMA * (q75 - q25)
-    x = np.ascontiguousarray(x)
-    return float(_clip_passes_masked(x, np.zeros(1, np.int32), np.int32(0), False, float(med), float(iqr_hw), float(n_sigma), int(n_iter)))
+    return meanclip_masked(x, None, 0, n_sigma, n_iter)
 
 
 # --- masked order statistics and MEANCLIP of a float32 plane, without selecting it first -----
