@@ -33,7 +33,7 @@ from .errors import InputError
 from .exposure import Exposure
 from .geom import Box
 from .psf import ImagePsf, Psf
-from .psf_matching import _embed_origin, _irfft2
+from .psf_matching import _embed_origin, _irfft2, _irfft2_into
 from .stats import meanclip_masked
 
 __all__ = [
@@ -814,7 +814,10 @@ def _products_in_place(a, b, k1, k2, k3, k4, both: bool, minus: bool) -> None:
 def _fourier_cell(N1, N2, V1, V2, ker: _CellKernels, calc_score: bool, astrometric: bool, sig_ast) -> dict[str, np.ndarray]:
     """D, V_D (and S, V_S) on one padded cell from the kernel spectra: the data need 4 forward
     and 4 inverse real transforms; a variance plane that is constant over the cell (padding
-    only, or a flat sky) needs none, because k^2 (*) c = c * sum(k^2) exactly."""
+    only, or a flat sky) needs none, because k^2 (*) c = c * sum(k^2) exactly.
+
+    The padded cells ``N1``, ``N2`` (and varying ``V1``, ``V2``) are overwritten: D, S, V_D and
+    V_S are written into them once their transforms are taken."""
     shape = N1.shape
     dtype = N1.dtype
     K = ker.spectra
@@ -838,9 +841,10 @@ def _fourier_cell(N1, N2, V1, V2, ker: _CellKernels, calc_score: bool, astrometr
     else:
         # D^ = c1 n1 - c2 n2 and S^ = s1 n1 - s2 n2, written over n1 and n2 in one pass
         _products_in_place(n1, n2, K[0], K[1], K[2] if calc_score else K[0], K[3] if calc_score else K[1], calc_score, True)
-        out["D"] = _irfft2(n1, shape, overwrite=True)
+        # the outputs overwrite the padded cells, which are not read again
+        out["D"] = _irfft2_into(n1, N1)
         if calc_score:
-            out["S"] = _irfft2(n2, shape, overwrite=True)
+            out["S"] = _irfft2_into(n2, N2)
     del n1, n2
     # variance planes: V = k1^2 (*) V1 + k2^2 (*) V2 for each output (LSST pixelSpaceSquare)
     const, varying = [], []
@@ -852,9 +856,9 @@ def _fourier_cell(N1, N2, V1, V2, ker: _CellKernels, calc_score: bool, astrometr
     if len(varying) == 2:
         # the usual case: V_D^ = q1 v1 + q2 v2 and V_S^ = q3 v1 + q4 v2 over v1 and v2
         _products_in_place(vhs[0], vhs[1], sq[0], sq[1], sq[2] if calc_score else sq[0], sq[3] if calc_score else sq[1], calc_score, False)
-        out["VD"] = _irfft2(vhs[0], shape, overwrite=True)
+        out["VD"] = _irfft2_into(vhs[0], V1)
         if calc_score:
-            out["VS"] = _irfft2(vhs[1], shape, overwrite=True)
+            out["VS"] = _irfft2_into(vhs[1], V2)
         return out
     for key, base in (("VD", 0),) + ((("VS", 2),) if calc_score else ()):
         offset = sum(val * ker.sum_squares(base + j) for j, _, val in const)
