@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 
 import numba as nb
@@ -28,6 +27,7 @@ import scipy.fft as sfft
 
 from .errors import InputError
 from .exposure import Exposure
+from .parallel import map_row_halves
 from .psf import Psf, DoubleGaussianPsf
 from .stats import median_masked
 
@@ -126,9 +126,7 @@ def _irfft2_into(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     """
     y = sfft.ifft(x, axis=-2, workers=-1, overwrite_x=True)
     ny, nx = out.shape
-    halves = [slice(0, ny // 2), slice(ny // 2, ny)] if ny >= 64 else [slice(0, ny)]
-    with ThreadPoolExecutor(len(halves)) as ex:
-        list(ex.map(lambda sl: np.fft.irfft(y[sl], n=nx, axis=-1, out=out[sl]), halves))
+    map_row_halves(lambda sl: np.fft.irfft(y[sl], n=nx, axis=-1, out=out[sl]), ny)
     return out
 
 

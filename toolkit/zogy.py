@@ -33,6 +33,7 @@ from .errors import InputError
 from .exposure import Exposure
 from .geom import Box
 from .psf import ImagePsf, Psf
+from .parallel import map_row_halves
 from .psf_matching import _embed_origin, _irfft2, _irfft2_into
 from .stats import meanclip_masked
 
@@ -805,10 +806,7 @@ def _products_in_place(a, b, k1, k2, k3, k4, both: bool, minus: bool) -> None:
     pair; one pass in place reads each spectrum once and allocates nothing (fresh pages cost
     as much as the arithmetic on this kind of machine).  Two row blocks run on two threads.
     """
-    ny = a.shape[0]
-    blocks = [slice(0, ny // 2), slice(ny // 2, ny)] if ny >= 64 else [slice(0, ny)]
-    with ThreadPoolExecutor(len(blocks)) as ex:
-        list(ex.map(lambda sl: _products_rows(a[sl], b[sl], k1[sl], k2[sl], k3[sl], k4[sl], both, minus), blocks))
+    map_row_halves(lambda sl: _products_rows(a[sl], b[sl], k1[sl], k2[sl], k3[sl], k4[sl], both, minus), a.shape[0])
 
 
 def _fourier_cell(N1, N2, V1, V2, ker: _CellKernels, calc_score: bool, astrometric: bool, sig_ast) -> dict[str, np.ndarray]:
