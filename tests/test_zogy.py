@@ -195,7 +195,7 @@ def _lsst_calculate_fourier_diffim(N1, N2, V1, V2, k1, k2, F1, F2, var1, var2):
 @pytest.mark.parametrize("shape", [(180, 200), (540, 600)])
 @pytest.mark.parametrize("varying", [True, False])
 @pytest.mark.parametrize("stamps", ["truncated", "well-sampled"])
-def test_fast_cell_equals_lsst_formulas(varying, stamps, shape):
+def test_fast_cell_equals_lsst_formulas(varying, stamps, shape, monkeypatch):
     """Truncated 25-px stamps of sigma 3.3/2.2 Gaussians (LSST's test) whiten into long-tailed
     kernels that take the full-cell squares; well-sampled sigma 1.6/1.1 stamps give compact
     kernels that take the boxed squares.  Both must equal LSST's formulas.  (Well-sampled wide
@@ -203,8 +203,12 @@ def test_fast_cell_equals_lsst_formulas(varying, stamps, shape):
     are ratios of rounding noise and no two FFT implementations agree on D there.)  The
     540x600 cell is large enough for P_D, P_S and the kernels to square to come from every
     second frequency (a 270x300 grid); the 180x200 one takes the full grid."""
+    import toolkit.zogy as zmod
     from toolkit.zogy import _cell_kernels, _crop_normalize, _fourier_cell
 
+    fused = []
+    real_fused = zmod._fourier_fused
+    monkeypatch.setattr(zmod, "_fourier_fused", lambda *a, **k: fused.append(1) or real_fused(*a, **k))
     rng = np.random.default_rng(5)
     s1, s2, size = (3.3, 2.2, 25) if stamps == "truncated" else (1.6, 1.1, 21)
     k1 = GaussianPsf(s1, size=size).compute_kernel_image()
@@ -226,6 +230,9 @@ def test_fast_cell_equals_lsst_formulas(varying, stamps, shape):
         np.testing.assert_allclose(_crop_normalize(mine, k1.shape), want, atol=1e-10 * np.abs(want).max(), rtol=0, err_msg=key)
     if varying:
         assert (len(ker.boxed) == 4) == (stamps == "well-sampled")
+    # the fused in-place pass takes the cells with both planes varying, a coarse grid and
+    # compact kernels; the rest go the unfused way
+    assert bool(fused) == (varying and ker.coarse > 1 and len(ker.boxed) == 4)
     for key in ("D", "VD", "S", "VS"):
         # c2 = F1 P1 / den is a ratio of two spectra at their rounding level near Nyquist, so
         # any two FFT implementations differ by ~1e-8 of D's scale there; nothing more is allowed
@@ -251,3 +258,31 @@ def test_float32_matches_float64_and_cells_fft_friendly():
     assert lsst.cells[0]["outer"].width == 512
     # only the padding noise differs: interiors agree
     assert np.median(np.abs(lsst.scorr[inner] - r32.scorr[inner])) < 0.02
+
+
+@pytest.mark.parametrize("score", [True, False])
+@pytest.mark.parametrize("shape", [(540, 600), (774, 777)])  # even; odd width (coarse step 3)
+def test_fused_pass_equals_unfused(shape, score, monkeypatch):
+    """The fused in-place Fourier pass gives D and S to the bit of the unfused path (same
+    kernels, same rounding, same products) and V_D, V_S to float32 round-off (the squared
+    kernels come from the float64 coarse spectra there, from the stored float32 ones here)."""
+    import toolkit.zogy as zmod
+
+    rng = np.random.default_rng(11)
+    k1 = GaussianPsf(1.6, size=21).compute_kernel_image()
+    k2 = GaussianPsf(1.2, size=21).compute_kernel_image()
+    planes = [rng.normal(0, 10, shape), rng.normal(0, 7, shape), 100 + 50 * rng.random(shape), 49 + 20 * rng.random(shape)]
+    planes = [a.astype(np.float32) for a in planes]
+    ker = zmod._cell_kernels(k1, k2, 1.3, 0.8, 100.0, 49.0, shape, score, np.float32)
+    assert ker.coarse > 1 and ker.square_rows() is not None
+    inputs = [a.copy() for a in planes]
+    fused = zmod._fourier_cell(*inputs, ker, score, False, (0, 0), scale_d=True)
+    assert all(np.array_equal(a, b) for a, b in zip(inputs, planes))  # copied: the plain arrays are not wide
+    monkeypatch.setattr(zmod._CellKernels, "square_rows", lambda self: None)
+    plain = zmod._fourier_cell(*[a.copy() for a in planes], ker, score, False, (0, 0), scale_d=True)
+    for key in ("D", "S") if score else ("D",):
+        assert fused[key].dtype == np.float32
+        np.testing.assert_array_equal(fused[key], plain[key], err_msg=key)
+    for key in ("VD", "VS") if score else ("VD",):
+        np.testing.assert_allclose(fused[key], plain[key], rtol=2e-6, err_msg=key)
+    assert set(fused) == set(plain)

@@ -180,6 +180,29 @@ def _any_finite(a):  # pragma: no cover - compiled
 
 
 @nb.njit(cache=True, nogil=True)
+def _all_finite(a):  # pragma: no cover - compiled
+    for v in a:
+        if not np.isfinite(v):
+            return False
+    return True
+
+
+@nb.njit(cache=True, nogil=True)
+def _scorr_rows(S, VS, nonfinite, has_nonfinite, tiny, out):  # pragma: no cover - compiled
+    # LSST's score cleanup (S = 0 and V_S = 1 where a pixel was non-finite or V_S < tiny or
+    # NaN) and Scorr = S / sqrt(V_S), in the score's precision as numpy would compute them
+    for i in range(S.shape[0]):
+        for j in range(S.shape[1]):
+            v = VS[i, j]
+            if (has_nonfinite and nonfinite[i, j]) or not (v >= tiny):
+                S[i, j] = 0.0
+                VS[i, j] = 1.0
+                out[i, j] = 0.0
+            else:
+                out[i, j] = S[i, j] / np.sqrt(v)
+
+
+@nb.njit(cache=True, nogil=True)
 def _count_finite_nonpositive(a):  # pragma: no cover - compiled
     n_fin = 0
     n_bad = 0
@@ -321,12 +344,14 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
     center = sci.bbox.center
     border = estimate_matching_kernel_size(sci.psf, ref.psf, center)
     # non-finite pixels: remember them and replace by the array's mean (LSST removeNonFinitePixels)
-    nonfinite = np.zeros(sci.shape, bool)
+    nonfinite = None
     arrays = [n_img, n_var, r_img, r_var]
     for i, arr in enumerate(arrays):
+        if _all_finite(arr.reshape(-1)):  # one compiled pass, no isfinite plane
+            continue
         bad_px = ~np.isfinite(arr)
         if bad_px.any():
-            nonfinite |= bad_px
+            nonfinite = bad_px if nonfinite is None else nonfinite | bad_px
             arr = np.array(arr, dtype=work)
             arr[bad_px] = np.mean(arr[~bad_px], dtype=np.float64)
             arrays[i] = arr
@@ -364,20 +389,21 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
             v2 = mclip(r_var[isl], (mask_r[0][isl], bad_r))
             v1 = v1 if v1 > 0 else full_variance(0)
             v2 = v2 if v2 > 0 else full_variance(1)
-        rng = np.random.default_rng([cfg.paddingSeed, ci])
-        N1, V1 = _padded_cell(n_img, n_var, outer, local, v1, rng, work)
-        N2, V2 = _padded_cell(r_img, r_var, outer, local, v2, rng, work)
+        # the two images' padding from two seeded streams (their noise must differ), side by
+        # side: the draws and copies release the GIL
+        with ThreadPoolExecutor(2) as ex:
+            (N1, V1), (N2, V2) = ex.map(lambda a: _padded_cell(a[0], a[1], outer, local, a[2], np.random.default_rng([cfg.paddingSeed, ci, a[3]]), work), ((n_img, n_var, v1, 0), (r_img, r_var, v2, 1)))
         ker = _cell_kernels(k1, k2, f_n, f_r, v1, v2, outer.shape, calculate_score, work)
-        out = _fourier_cell(N1, N2, V1, V2, ker, calculate_score, VA is not None, (cfg.astrometricSigmaX, cfg.astrometricSigmaY))
+        one_cell = len(cells) == 1 and work == out_dtype
+        # LSST pasteSubDiffImg: inner box only, D and V_D divided by F_D (and F_D^2) per cell; a
+        # single cell's D and V_D are scaled inside the Fourier pass (the same float products)
+        out = _fourier_cell(N1, N2, V1, V2, ker, calculate_score, VA is not None, (cfg.astrometricSigmaX, cfg.astrometricSigmaY), scale_d=one_cell)
         del N1, N2, V1, V2
         cin = inner.slices((outer.x0, outer.y0))
-        # LSST pasteSubDiffImg: inner box only, D and V_D divided by F_D (and F_D^2) per cell
-        if len(cells) == 1 and work == out_dtype:
+        if one_cell:
             # one cell: the outputs are views of the cell arrays (no copies of 2k^2 planes)
             D = out["D"][cin]
-            D *= work(1.0 / ker.F_D)
             VD = out["VD"][cin]
-            VD *= work(1.0 / ker.F_D**2)
             if calculate_score:
                 S, VS = out["S"][cin], out["VS"][cin]
                 if VA is not None:
@@ -414,17 +440,25 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
     score = scorr = None
     if calculate_score:
         tiny = 100 * np.finfo(VS.dtype).tiny  # LSST: finfo of the score variance's dtype
-        cleanup = nonfinite | ~(VS >= tiny)
-        S[cleanup] = 0.0
-        VS[cleanup] = 1.0
-        denom = VS
-        if VA is not None:
-            VA[cleanup] = 0.0
-            denom = VS + VA
-        if cfg.doSourceNoise:
-            denom = denom + _source_noise_term(n_img, r_img, sci, ref, cell_info, f_n, f_r, shape_full=(ny, nx), x0y0=(x0, y0))
-            denom[cleanup] = 1.0
-        scorr = S / np.sqrt(denom)
+        if VA is None and not cfg.doSourceNoise:
+            # LSST's cleanup and Scorr in one compiled pass per row half
+            scorr = np.empty(S.shape, S.dtype)
+            nf = nonfinite if nonfinite is not None else np.zeros((0, 0), bool)
+            map_row_halves(lambda sl: _scorr_rows(S[sl], VS[sl], nf[sl], nonfinite is not None, S.dtype.type(tiny), scorr[sl]), ny)
+        else:
+            cleanup = ~(VS >= tiny)
+            if nonfinite is not None:
+                cleanup |= nonfinite
+            S[cleanup] = 0.0
+            VS[cleanup] = 1.0
+            denom = VS
+            if VA is not None:
+                VA[cleanup] = 0.0
+                denom = VS + VA
+            if cfg.doSourceNoise:
+                denom = denom + _source_noise_term(n_img, r_img, sci, ref, cell_info, f_n, f_r, shape_full=(ny, nx), x0y0=(x0, y0))
+                denom[cleanup] = 1.0
+            scorr = S / np.sqrt(denom)
         ps_psf = ImagePsf(cell_info[0]["P_S"]) if len(cell_info) == 1 else _GridPsf(cell_info, "P_S")
         score = Exposure(S.astype(out_dtype, copy=False), VS.astype(out_dtype, copy=False), mask.copy(), planes, psf=ps_psf, photo_calib=1.0, wcs=sci.wcs, xy0=sci.xy0, copy=False)
     timings["total"] = time.perf_counter() - t0
@@ -446,14 +480,16 @@ def _padded_cell(img, var, outer: Box, local: Box, mean_var: float, rng, dtype):
 
     Only the outside strips are drawn (a whole-box draw costs ~40 ms at 2k^2 for pixels that are
     then overwritten).  ``rng`` is shared by both images of a cell, so their noise differs.
+    The cells are the left parts of rows two floats wider than the cell, where each row's
+    half spectrum fits (:func:`_wide_buffer`).
     """
-    a = np.empty(outer.shape, dtype)
-    b = np.empty(outer.shape, dtype)
+    h, w = outer.shape
+    a = np.empty((h, 2 * (w // 2 + 1)), dtype)[:, :w]
+    b = np.empty((h, 2 * (w // 2 + 1)), dtype)[:, :w]
     ov = outer.intersection(local)
     dst = ov.slices((outer.x0, outer.y0))
     a[dst] = img[ov.slices()]
     b[dst] = var[ov.slices()]
-    h, w = outer.shape
     ya, yb, xa, xb = dst[0].start, dst[0].stop, dst[1].start, dst[1].stop
     sd = np.sqrt(mean_var)
     for sl in ((slice(0, ya), slice(0, w)), (slice(yb, h), slice(0, w)), (slice(ya, yb), slice(0, xa)), (slice(ya, yb), slice(xb, w))):
@@ -466,42 +502,62 @@ def _padded_cell(img, var, outer: Box, local: Box, mean_var: float, rng, dtype):
 
 @dataclass
 class _CellKernels:
-    """Everything of a cell that depends only on the PSFs, flux scalings and noise levels."""
+    """Everything of a cell that depends only on the PSFs, flux scalings and noise levels.
 
-    spectra: np.ndarray  # c1, c2 (and s1, s2) on the cell's rfft grid, in the work precision
+    What is held is small: P_D and P_S, the PSF stamps' row transforms and, where the cell
+    allows a coarse grid, the kernels' spectra on that grid.  The cell-size kernel spectra are
+    made band by band inside the Fourier pass (:func:`_fourier_fused`) and never stored, unless
+    a path that needs them whole asks for them (:attr:`spectra`, :meth:`squares`).
+    """
+
     pd: np.ndarray  # P_D and P_S in pixel space, origin at [0, 0]
     ps: np.ndarray | None
     F_D: float
     F_S: float
     work: Any
-    shape: tuple[int, int] = (0, 0)  # the cell
+    shape: tuple[int, int]  # the cell
+    args: tuple  # (f1, f2, a1, a2, calc_score) of the compiled algebra
+    psf_rows: tuple  # row transforms (complex128) of the two PSF stamps and the cell rows they occupy
     coarse: int = 1  # pd/ps (and the kernels squared) come from every coarse-th frequency
+    coarse_spectra: np.ndarray | None = None  # c1, c2 (s1, s2) on the coarse grid, complex128
+    _spectra: np.ndarray | None = None
     _squares: np.ndarray | None = None
+    _square_plan: tuple | None = None
     boxed: list[int] = field(default_factory=list)  # box sizes of kernels squared on a box
 
     @property
     def nbytes(self) -> int:
-        # counts the squares as if made: they usually are
-        return 2 * self.spectra.nbytes + self.pd.nbytes * 2
+        held = [self.pd, self.ps, self.coarse_spectra, self._spectra, self._squares, self.psf_rows[0]]
+        if self._square_plan is not None and self._square_plan[2] is not None:
+            held.append(self._square_plan[2][0])
+        return sum(a.nbytes for a in held if a is not None)
 
-    def squares(self) -> np.ndarray:
-        """Spectra of the pixel-space squares of the kernels (LSST ``pixelSpaceSquare``), made
-        on first use: a cell whose variance planes are constant never needs them.
+    @property
+    def spectra(self) -> np.ndarray:
+        """c1, c2 (and s1, s2) on the cell's full rfft grid, in the work precision."""
+        if self._spectra is None:
+            self._spectra = _full_algebra(self.psf_rows, self.shape, self.args, self.work, want_psf=False)[0]
+        return self._spectra
+
+    def _plan_squares(self) -> tuple:
+        """The pixel-space kernels squared: ``(boxed, full, rows)`` with ``boxed`` the
+        ``(index, half-size, square)`` of kernels whose square fits a central box, ``full`` the
+        indices of those that need LSST's full-cell square, and ``rows`` the row transforms of
+        the boxed squares (all cut to the largest box) when ``full`` is empty.
 
         A kernel whose square has all but 1e-9 of its sum within a central box (the usual
         case: the score kernels, and whitening kernels of well-sampled PSFs) is squared on that
-        box and transformed with the pruned :func:`_spectra`; the neglected tail changes V_D
-        and V_S by < 1e-9 relative, below float32 resolution.  Long-tailed kernels (truncated
-        PSF stamps whiten into slowly decaying kernels) take LSST's full-cell square.
+        box; the neglected tail changes V_D and V_S by < 1e-9 relative, below float32
+        resolution.  Long-tailed kernels (truncated PSF stamps whiten into slowly decaying
+        kernels) take LSST's full-cell square.
         """
-        if self._squares is None:
+        if self._square_plan is None:
             ny, nx = self.shape
-            n = len(self.spectra)
             if self.coarse > 1:
                 # the kernels from every coarse-th frequency: periodic over ~270 px, equal to
                 # the cell's kernels within the crop wherever they pass the decay test below
-                spec_c, (cy, cx) = _coarse(self.spectra, self.shape, self.coarse)
-                kern = _irfft2(spec_c, (cy, cx))
+                cy, cx = ny // self.coarse, nx // self.coarse
+                kern = _irfft2(self.coarse_spectra, (cy, cx))
                 rmax = min(128, (cy - 2) // 2, (cx - 2) // 2)
                 crop = kern[:, np.arange(-rmax, rmax + 1) % cy][:, :, np.arange(-rmax, rmax + 1) % cx]
             else:
@@ -511,7 +567,7 @@ class _CellKernels:
                 cols = np.arange(-rmax, rmax + 1) % nx
                 crop = sfft.irfft(cols_y[:, rows, :], n=nx, axis=-1, workers=-1)[:, :, cols]
             boxed, full = [], []
-            for i in range(n):
+            for i in range(len(crop)):
                 c2 = np.square(crop[i], dtype=np.float64)
                 inside = c2.sum()
                 r_use = None
@@ -528,20 +584,37 @@ class _CellKernels:
                     full.append(i)
                 else:
                     boxed.append((i, r_use, c2))
-            if not full:
-                # one batched pruned transform, every square cut to the largest box needed
+            rows_t = None
+            if boxed:
                 r = max(b[1] for b in boxed)
-                sq = _spectra([c2[rmax - r:rmax + r + 1, rmax - r:rmax + r + 1].astype(self.work) for _, _, c2 in boxed], (ny, nx), self.work)
+                # every square cut to the largest box needed
+                cut = [c2[rmax - r:rmax + r + 1, rmax - r:rmax + r + 1].astype(self.work) for _, _, c2 in boxed]
+                rows_t = _stamp_rows(cut, self.shape, self.work)
+            self._square_plan = (boxed, full, rows_t if not full else None, rows_t)
+            self.boxed = [2 * r + 1 for _, r, _ in boxed]
+        return self._square_plan
+
+    def square_rows(self) -> tuple | None:
+        """Row transforms of the squared kernels and the cell rows they occupy, when every
+        kernel's square fits a box (see :meth:`_plan_squares`); else None."""
+        return self._plan_squares()[2]
+
+    def squares(self) -> np.ndarray:
+        """Spectra of the pixel-space squares of the kernels (LSST ``pixelSpaceSquare``) on the
+        cell's full grid, made on first use: a cell whose variance planes are constant never
+        needs them."""
+        if self._squares is None:
+            boxed, full, _, rows_t = self._plan_squares()
+            if not full:
+                sq = _columns(rows_t, self.shape)
             else:
                 sq = np.empty_like(self.spectra)
                 if boxed:
-                    r = max(b[1] for b in boxed)
-                    sq[[i for i, _, _ in boxed]] = _spectra([c2[rmax - r:rmax + r + 1, rmax - r:rmax + r + 1].astype(self.work) for _, _, c2 in boxed], (ny, nx), self.work)
-                k = _irfft2(self.spectra[full], (ny, nx))
+                    sq[[i for i, _, _ in boxed]] = _columns(rows_t, self.shape)
+                k = _irfft2(self.spectra[full], self.shape)
                 np.square(k, out=k)
                 sq[full] = sfft.rfft2(k, axes=(-2, -1), workers=-1)
             self._squares = sq
-            self.boxed = [2 * r + 1 for _, r, _ in boxed]
         return self._squares
 
     def sum_squares(self, i: int) -> float:
@@ -562,6 +635,16 @@ def _half_spectrum_weights(nx: int) -> np.ndarray:
     return w
 
 
+def _columns(stamp_rows: tuple, shape: tuple[int, int]) -> np.ndarray:
+    """Second half of a pruned rfft2: the row transforms from :func:`_stamp_rows` placed in
+    their cell rows, then the column transforms."""
+    rx, rows = stamp_rows
+    full = np.zeros((len(rows), shape[0], shape[1] // 2 + 1), rx.dtype)
+    for i, r in enumerate(rows):
+        full[i, r, :] = rx[i, : len(r)]
+    return sfft.fft(full, axis=1, overwrite_x=True, workers=-1)
+
+
 def _spectra(kernels: list[np.ndarray], shape: tuple[int, int], dtype) -> np.ndarray:
     """rfft2 of small centred stamps zero-padded to ``shape`` with their centre at [0, 0]
     (LSST ``padCenterOriginArray``), batched.
@@ -570,16 +653,11 @@ def _spectra(kernels: list[np.ndarray], shape: tuple[int, int], dtype) -> np.nda
     on those rows alone (:func:`_stamp_rows`) and only the column transforms see the full
     height; about half the work of ``rfft2`` on the padded arrays, with the same result.
     """
-    rx, rows = _stamp_rows(kernels, shape, dtype)
-    full = np.zeros((len(kernels), shape[0], shape[1] // 2 + 1), rx.dtype)
-    for i, r in enumerate(rows):
-        full[i, r, :] = rx[i, : len(r)]
-    return sfft.fft(full, axis=1, overwrite_x=True, workers=-1)
+    return _columns(_stamp_rows(kernels, shape, dtype), shape)
 
 
 class _KernelCache:
-    """Kernel algebra of recent cells, kept within a byte budget (a 2048^2 whole-image cell holds
-    ~170 MB of spectra; grid cells are a few MB each)."""
+    """Kernel algebra of recent cells, kept within a byte budget."""
 
     def __init__(self, budget: int = 256 * 2**20):
         self.budget = budget
@@ -611,7 +689,7 @@ def _algebra_rows(P1, P2, f1, f2, a1, a2, calc_score, want_psf, spectra, pd_hat,
     when stored.  Why compiled: written with numpy this is ~25 full passes over float64 spectra
     (0.1 s at 2160^2); one loop computes c1, c2, P_D, the F_S integrand, P_S and the score
     kernels per frequency with the same operations in the same order.  ``want_psf=False``
-    skips P_D and P_S (made on a coarser grid, see :func:`_make_cell_kernels`).
+    skips P_D and P_S.  :func:`_fused_rows` repeats the kernel part of this loop.
     """
     fd_denom = np.sqrt(a1 + a2)
     fd2 = fd_denom**2
@@ -634,7 +712,10 @@ def _algebra_rows(P1, P2, f1, f2, a1, a2, calc_score, want_psf, spectra, pd_hat,
             zero = s_denom < _TINY
             if zero:
                 s_denom = _TINY
-            inv_den = 1.0 / np.sqrt(s_denom)
+            # one division and one square root per frequency (1/s, then sqrt(1/s)): the
+            # divisions, not the memory, bound this loop
+            inv_s = 1.0 / s_denom
+            inv_den = np.sqrt(inv_s)
             if zero:
                 spectra[0, i, j] = z1
                 spectra[1, i, j] = z2
@@ -650,7 +731,7 @@ def _algebra_rows(P1, P2, f1, f2, a1, a2, calc_score, want_psf, spectra, pd_hat,
                 if want_psf:
                     w = inv_den * fd_denom
                     pd_hat[i, j] = complex((p1r * p2r - p1i * p2i) * w, (p1r * p2i + p1i * p2r) * w)
-                num = P1sq * P2sq / s_denom
+                num = P1sq * P2sq * inv_s
             row += num * wts[j]
             if calc_score:
                 if want_psf:
@@ -659,12 +740,73 @@ def _algebra_rows(P1, P2, f1, f2, a1, a2, calc_score, want_psf, spectra, pd_hat,
                     spectra[2, i, j] = 0.0
                     spectra[3, i, j] = 0.0
                 else:
-                    w = P2sq / s_denom * g2
+                    w = P2sq * inv_s * g2
                     spectra[2, i, j] = complex(p1r * w, p1i * -w)
-                    w = P1sq / s_denom * g3
+                    w = P1sq * inv_s * g3
                     spectra[3, i, j] = complex(p2r * w, p2i * -w)
         part += row
     return part
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _kernels_at(p1, p2, f1, f2, a1, a2, z1, z2, g2, g3, ct):  # pragma: no cover - compiled
+    # c1, c2, s1, s2 at one frequency, formed in float64 as _algebra_rows forms them and
+    # rounded to the data's complex type ``ct`` as storing them did
+    p1r = p1.real
+    p1i = p1.imag
+    p2r = p2.real
+    p2i = p2.imag
+    P1sq = p1r * p1r + p1i * p1i
+    P2sq = p2r * p2r + p2i * p2i
+    s_denom = a1 * P2sq + a2 * P1sq
+    if s_denom < _TINY:
+        return ct(z1), ct(z2), ct(0.0), ct(0.0)
+    inv_s = 1.0 / s_denom
+    inv_den = np.sqrt(inv_s)
+    w0 = f2 * inv_den
+    w1 = inv_den * f1
+    w2 = P2sq * inv_s * g2
+    w3 = P1sq * inv_s * g3
+    return ct(complex(p2r * w0, p2i * w0)), ct(complex(p1r * w1, p1i * w1)), ct(complex(p1r * w2, p1i * -w2)), ct(complex(p2r * w3, p2i * -w3))
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def _fused_rows(P1, P2, Q, A, B, C, E, f1, f2, a1, a2, calc_score):  # pragma: no cover - compiled
+    """The kernels of :func:`_algebra_rows` applied where they are made: per frequency
+    c1, c2 (s1, s2) from the PSF spectra P1, P2, then in place
+    A <- c1 A - c2 B (D), B <- s1 A - s2 B (S), C <- q1 C + q2 E (V_D), E <- q3 C + q4 E (V_S),
+    with q the squared kernels' spectra ``Q``.
+
+    The kernels are rounded to the data's complex type as the stored spectra of
+    :func:`_algebra_rows` are, and the products are those of :func:`_products_rows`, so the
+    results are the same to the bit.  Kept in registers (a small scratch array for the
+    rounding made this loop 3.5x slower) and with the score test outside the loop (1.5x).
+    """
+    ct = A.dtype.type
+    fd_denom = np.sqrt(a1 + a2)
+    z1 = f2 / fd_denom
+    z2 = f1 / fd_denom
+    g2 = f1 * f2**2
+    g3 = f2 * f1**2
+    ny, nx = P1.shape
+    if calc_score:
+        for i in range(ny):
+            for j in range(nx):
+                k0, k1, k2, k3 = _kernels_at(P1[i, j], P2[i, j], f1, f2, a1, a2, z1, z2, g2, g3, ct)
+                x = A[i, j]
+                y = B[i, j]
+                A[i, j] = k0 * x - k1 * y
+                B[i, j] = k2 * x - k3 * y
+                u = C[i, j]
+                v = E[i, j]
+                C[i, j] = Q[0, i, j] * u + Q[1, i, j] * v
+                E[i, j] = Q[2, i, j] * u + Q[3, i, j] * v
+    else:
+        for i in range(ny):
+            for j in range(nx):
+                k0, k1, k2, k3 = _kernels_at(P1[i, j], P2[i, j], f1, f2, a1, a2, z1, z2, g2, g3, ct)
+                A[i, j] = k0 * A[i, j] - k1 * B[i, j]
+                C[i, j] = Q[0, i, j] * C[i, j] + Q[1, i, j] * E[i, j]
 
 
 def _tail_fraction(k: np.ndarray) -> float:
@@ -688,13 +830,6 @@ def _coarse_step(shape: tuple[int, int], min_len: int = 258) -> int:
     return 1
 
 
-def _coarse(spec: np.ndarray, shape: tuple[int, int], m: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Every m-th frequency of an rfft2 spectrum (last two axes): the rfft2 of the m-fold
-    periodic summation on the (ny/m, nx/m) grid."""
-    cy, cx = shape[0] // m, shape[1] // m
-    return np.ascontiguousarray(spec[..., ::m, ::m][..., : cx // 2 + 1]), (cy, cx)
-
-
 def _stamp_rows(kernels: list[np.ndarray], shape: tuple[int, int], dtype=np.float64) -> tuple[np.ndarray, list[np.ndarray]]:
     """Row transforms (length nx) of the stamps' rows, and the cell rows they occupy (centre
     at [0, 0], LSST ``padCenterOriginArray``): the first half of a pruned rfft2."""
@@ -709,65 +844,80 @@ def _stamp_rows(kernels: list[np.ndarray], shape: tuple[int, int], dtype=np.floa
     return sfft.rfft(r, axis=-1, workers=-1), rows
 
 
-def _make_cell_kernels(key):
-    k1b, s1, k2b, s2, f1, f2, var1, var2, shape, calc_score, work = key
-    k1 = np.frombuffer(k1b).reshape(s1)
-    k2 = np.frombuffer(k2b).reshape(s2)
-    work = np.dtype(work).type
-    cdt = np.complex64 if work == np.float32 else np.complex128
+def _full_algebra(psf_rows: tuple, shape: tuple[int, int], args: tuple, work, want_psf: bool):
+    """:func:`_algebra_rows` over the cell's full rfft grid: ``(spectra, pd_hat, ps_hat, F_S sum)``.
+
+    The PSF spectra are made in bands of ~128 columns (column transforms of the stamps' rows, in
+    float64) with the algebra on each band: a few MB at a time instead of two 37 MB cell-size
+    complex128 planes, whose fresh pages cost more than the transforms on this kind of machine.
+    """
+    rx, rows = psf_rows
     ny, nx = shape
     nxh = nx // 2 + 1
-    a1 = var1 * f2**2
-    a2 = var2 * f1**2
+    calc_score = args[4]
     n = 4 if calc_score else 2
-    args = (float(f1), float(f2), float(a1), float(a2), bool(calc_score))
-    # P_D and P_S are only wanted as PSF-sized stamps: they are made on a coarse frequency grid
-    # (every m-th frequency, which is the stamps' rfft2 on a cell m times smaller) when the
-    # cell allows one at least 258 px (and 4 PSF widths) on a side and they decay within it
-    m = _coarse_step(shape, max(258, 4 * max(s1 + s2)))
-    full_psf = m == 1
-    if not full_psf:
-        cshape = (ny // m, nx // m)
-        c1, c2 = _spectra([k1, k2], cshape, np.float64)
-        # small arrays: float64 keeps rounding out of the tail test
-        pd_c = np.empty(c1.shape, np.complex128)
-        ps_c = np.empty(c1.shape if calc_score else (0, 0), np.complex128)
-        _algebra_rows(c1, c2, *args, True, np.empty((n,) + c1.shape, np.complex128), pd_c, ps_c, _half_spectrum_weights(cshape[1]))
-        pd = _irfft2(pd_c, cshape, overwrite=True)
-        ps = _irfft2(ps_c, cshape, overwrite=True) if calc_score else None
-        if max(_tail_fraction(pd), _tail_fraction(ps) if calc_score else 0.0) > 1e-14:
-            # long-tailed P_D/P_S (sharply truncated stamps): the coarse period would alias
-            # their tails into the stamp by more than ~3e-8 of the peak (a 1e-14 energy share
-            # in the outer frame gives ~3e-8, 3.6e-13 gave 1.6e-7), so they are made on the
-            # cell's grid as LSST does.  Below that the difference is under float32 resolution.
-            full_psf, m = True, 1
+    cdt = np.complex64 if work == np.float32 else np.complex128
     spectra = np.empty((n, ny, nxh), cdt)
-    pd_hat = np.empty((ny, nxh) if full_psf else (0, 0), cdt)
-    ps_hat = np.empty((ny, nxh) if (calc_score and full_psf) else (0, 0), cdt)
+    pd_hat = np.empty((ny, nxh) if want_psf else (0, 0), cdt)
+    ps_hat = np.empty((ny, nxh) if (calc_score and want_psf) else (0, 0), cdt)
     wts = _half_spectrum_weights(nx)
-    rx, rows = _stamp_rows([k1, k2], shape)
 
     def block(cols: slice) -> float:
-        # the PSF spectra of a band of columns (column transforms of the stamps' rows, in
-        # float64) and the algebra on it: a few MB at a time instead of two 37 MB cell-size
-        # complex128 planes, whose fresh pages cost more than the transforms on this machine
         P = np.zeros((2, ny, cols.stop - cols.start), np.complex128)
         for i in range(2):
             P[i, rows[i]] = rx[i, : len(rows[i]), cols]
         P = sfft.fft(P, axis=1, overwrite_x=True, workers=1)
-        return _algebra_rows(P[0], P[1], *args, full_psf, spectra[:, :, cols], pd_hat[:, cols] if full_psf else pd_hat, ps_hat[:, cols] if (calc_score and full_psf) else ps_hat, wts[cols])
+        return _algebra_rows(P[0], P[1], *args, want_psf, spectra[:, :, cols], pd_hat[:, cols] if want_psf else pd_hat, ps_hat[:, cols] if (calc_score and want_psf) else ps_hat, wts[cols])
 
     step = max(16, -(-nxh // max(2, -(-nxh // 128))))
     bands = [slice(j, min(j + step, nxh)) for j in range(0, nxh, step)]
     # two threads: the transforms and the compiled loop release the GIL
     with ThreadPoolExecutor(min(2, len(bands))) as ex:
         parts = list(ex.map(block, bands))
-    if full_psf:
-        pd = _irfft2(pd_hat, shape, overwrite=True)
-        ps = _irfft2(ps_hat, shape, overwrite=True) if calc_score else None
-    fd_denom = np.sqrt(a1 + a2)
-    F_S = float(f1**2 * f2**2 * sum(parts) / (ny * nx))
-    return _CellKernels(spectra, pd, ps, float(f1 * f2 / fd_denom), F_S, work, shape=tuple(shape), coarse=m)
+    return spectra, pd_hat, ps_hat, sum(parts)
+
+
+def _make_cell_kernels(key):
+    k1b, s1, k2b, s2, f1, f2, var1, var2, shape, calc_score, work = key
+    k1 = np.frombuffer(k1b).reshape(s1)
+    k2 = np.frombuffer(k2b).reshape(s2)
+    work = np.dtype(work).type
+    ny, nx = shape
+    a1 = var1 * f2**2
+    a2 = var2 * f1**2
+    n = 4 if calc_score else 2
+    args = (float(f1), float(f2), float(a1), float(a2), bool(calc_score))
+    F_D = float(f1 * f2 / np.sqrt(a1 + a2))
+    psf_rows = _stamp_rows([k1, k2], shape)
+    # P_D and P_S are only wanted as PSF-sized stamps: they are made on a coarse frequency grid
+    # (every m-th frequency, which is the stamps' rfft2 on a cell m times smaller) when the
+    # cell allows one at least 258 px (and 4 PSF widths) on a side and they decay within it
+    m = _coarse_step(shape, max(258, 4 * max(s1 + s2)))
+    if m > 1:
+        cshape = (ny // m, nx // m)
+        c1, c2 = _spectra([k1, k2], cshape, np.float64)
+        # small arrays: float64 keeps rounding out of the tail test
+        spec_c = np.empty((n,) + c1.shape, np.complex128)
+        pd_c = np.empty(c1.shape, np.complex128)
+        ps_c = np.empty(c1.shape if calc_score else (0, 0), np.complex128)
+        part = _algebra_rows(c1, c2, *args, True, spec_c, pd_c, ps_c, _half_spectrum_weights(cshape[1]))
+        pd = _irfft2(pd_c, cshape, overwrite=True)
+        ps = _irfft2(ps_c, cshape, overwrite=True) if calc_score else None
+        # long-tailed P_D/P_S (sharply truncated stamps): the coarse period would alias their
+        # tails into the stamp by more than ~3e-8 of the peak (a 1e-14 energy share in the
+        # outer frame gives ~3e-8, 3.6e-13 gave 1.6e-7), so they are made on the cell's grid as
+        # LSST does.  Below that the difference is under float32 resolution.
+        if max(_tail_fraction(pd), _tail_fraction(ps) if calc_score else 0.0) <= 1e-14:
+            # F_S is the mean over the frequencies of f1^2 f2^2 |P1|^2 |P2|^2 / sDenom, i.e.
+            # P_S at the origin times f1^2 f2^2 / fd^2; the coarse grid's mean is P_S summed
+            # over its periodic images at the origin, the same wherever P_S passed that test
+            F_S = float(f1**2 * f2**2 * part / (cshape[0] * cshape[1]))
+            return _CellKernels(pd, ps, F_D, F_S, work, tuple(shape), args, psf_rows, coarse=m, coarse_spectra=spec_c)
+    spectra, pd_hat, ps_hat, part = _full_algebra(psf_rows, shape, args, work, want_psf=True)
+    pd = _irfft2(pd_hat, shape, overwrite=True)
+    ps = _irfft2(ps_hat, shape, overwrite=True) if calc_score else None
+    F_S = float(f1**2 * f2**2 * part / (ny * nx))
+    return _CellKernels(pd, ps, F_D, F_S, work, tuple(shape), args, psf_rows, coarse=1, _spectra=spectra)
 
 
 def _cell_kernels(k1, k2, f1, f2, var1, var2, cell_shape, calc_score, work) -> _CellKernels:
@@ -809,15 +959,127 @@ def _products_in_place(a, b, k1, k2, k3, k4, both: bool, minus: bool) -> None:
     map_row_halves(lambda sl: _products_rows(a[sl], b[sl], k1[sl], k2[sl], k3[sl], k4[sl], both, minus), a.shape[0])
 
 
-def _fourier_cell(N1, N2, V1, V2, ker: _CellKernels, calc_score: bool, astrometric: bool, sig_ast) -> dict[str, np.ndarray]:
+def _wide_buffer(a: np.ndarray) -> np.ndarray:
+    """The (ny, 2 (nx // 2 + 1)) C-contiguous array whose left part ``a`` is (what
+    :func:`_padded_cell` makes), or such a copy of ``a``: each row then holds its own half
+    spectrum, so the transforms can run in place."""
+    ny, nx = a.shape
+    w = 2 * (nx // 2 + 1)
+    b = a.base
+    if isinstance(b, np.ndarray) and b.shape == (ny, w) and b.dtype == a.dtype and b.flags.c_contiguous and a.strides == b.strides and a.ctypes.data == b.ctypes.data:
+        return b
+    out = np.empty((ny, w), a.dtype)
+    out[:, :nx] = a
+    return out
+
+
+def _fft_cols(x: np.ndarray, inverse: bool = False) -> None:
+    """Column transform (axis -2) of a complex array, in place: scipy writes into an aligned
+    complex input when allowed to overwrite it (a strided band of a plane included)."""
+    r = (sfft.ifft if inverse else sfft.fft)(x, axis=-2, overwrite_x=True, workers=1)
+    if r.ctypes.data != x.ctypes.data or r.strides != x.strides:
+        x[...] = r
+
+
+_ROW_BLOCK = 32  # rows per in-place row transform: a 270 KB temporary at 2160 columns
+_BAND = 64  # complex columns per band of the fused pass: ~13 MB of band arrays per thread at 2160 rows
+
+
+def _fourier_fused(wides: list[np.ndarray], shape: tuple[int, int], ker: _CellKernels, sq_rows: tuple, calc_score: bool, scales: dict[int, Any] | None = None) -> None:
+    """D, S, V_D and V_S of one cell, in place in the four wide padded planes (N1, N2, V1, V2).
+
+    The same transforms and products as the unfused path, arranged so that no cell-size plane
+    is allocated: rows are transformed in place in blocks (each row's half spectrum fits its
+    own row), and then, per band of columns, the data's column transforms, the PSF spectra
+    (float64) and the squared kernels' spectra are made, the kernels are formed and applied
+    (:func:`_fused_rows`) and the inverse column transforms taken, while the band is in cache.
+    Why by hand: at 2048^2 the kernel spectra, their squares and the data spectra were twelve
+    fresh 18-37 MB planes, whose page faults and memory traffic cost as much as the transforms.
+    """
+    ny, nx = shape
+    nxh = nx // 2 + 1
+    cdt = np.complex64 if wides[0].dtype == np.float32 else np.complex128
+    R = [w[:, :nx] for w in wides]
+    C = [w.view(cdt) for w in wides]
+    outputs = (0, 1, 2, 3) if calc_score else (0, 2)
+    scales = scales or {}
+
+    def rows(sl: slice, inverse: bool) -> None:
+        for r0 in range(sl.start, sl.stop, _ROW_BLOCK):
+            blk = slice(r0, min(r0 + _ROW_BLOCK, sl.stop))
+            if inverse:
+                for b in outputs:
+                    y = sfft.irfft(C[b][blk], n=nx, axis=-1, workers=1)
+                    if b in scales:
+                        np.multiply(y, scales[b], out=R[b][blk])  # while the block is in cache
+                    else:
+                        R[b][blk] = y
+            else:
+                for b in range(4):
+                    C[b][blk] = sfft.rfft(R[b][blk], axis=-1, workers=1)
+
+    map_row_halves(lambda sl: rows(sl, False), ny)
+    rx, prow = ker.psf_rows
+    qx, qrow = sq_rows
+    bands = [slice(j, min(j + _BAND, nxh)) for j in range(0, nxh, _BAND)]
+    half = (len(bands) + 1) // 2
+
+    def run(group: list[slice]) -> None:
+        P = np.empty((2, ny, _BAND), np.complex128)
+        Q = np.empty((len(qx), ny, _BAND), cdt)
+        for cols in group:
+            w = cols.stop - cols.start
+            p, q = P[:, :, :w], Q[:, :, :w]
+            p.fill(0)
+            for i in range(2):
+                p[i, prow[i]] = rx[i, : len(prow[i]), cols]
+            q.fill(0)
+            q[:, qrow[0]] = qx[:, : len(qrow[0]), cols]
+            _fft_cols(p)
+            _fft_cols(q)
+            band = [c[:, cols] for c in C]
+            for x in band:
+                _fft_cols(x)
+            _fused_rows(p[0], p[1], q, band[0], band[1], band[2], band[3], *ker.args[:4], calc_score)
+            for b in outputs:
+                _fft_cols(band[b], inverse=True)
+
+    # two threads, one half of the bands each: the transforms and the compiled loop release the GIL
+    with ThreadPoolExecutor(2) as ex:
+        list(ex.map(run, [bands[:half], bands[half:]]))
+    map_row_halves(lambda sl: rows(sl, True), ny)
+
+
+def _fourier_cell(N1, N2, V1, V2, ker: _CellKernels, calc_score: bool, astrometric: bool, sig_ast, scale_d: bool = False) -> dict[str, np.ndarray]:
     """D, V_D (and S, V_S) on one padded cell from the kernel spectra: the data need 4 forward
     and 4 inverse real transforms; a variance plane that is constant over the cell (padding
     only, or a flat sky) needs none, because k^2 (*) c = c * sum(k^2) exactly.
 
     The padded cells ``N1``, ``N2`` (and varying ``V1``, ``V2``) are overwritten: D, S, V_D and
-    V_S are written into them once their transforms are taken."""
+    V_S are written into them once their transforms are taken.  The usual case (both variance
+    planes vary, a coarse-grid cell, compact kernels, no astrometric term) runs fused and in
+    place (:func:`_fourier_fused`); the rest as written below, with the same arithmetic.
+    ``scale_d``: D and V_D come out divided by F_D and F_D^2 (multiplied by their reciprocals
+    in the work precision)."""
     shape = N1.shape
     dtype = N1.dtype
+    scales = {}
+    if scale_d:
+        scales = {0: dtype.type(1.0 / ker.F_D), 2: dtype.type(1.0 / ker.F_D**2)}
+    const, varying = [], []
+    for j, V in enumerate((V1, V2)):
+        lo, hi = V.min(), V.max()
+        (const if lo == hi else varying).append((j, V, float(lo)))
+    if not astrometric and len(varying) == 2 and ker.coarse > 1:
+        sq_rows = ker.square_rows()
+        if sq_rows is not None:
+            wides = [_wide_buffer(a) for a in (N1, N2, V1, V2)]
+            _fourier_fused(wides, shape, ker, sq_rows, calc_score, scales)
+            nx = shape[1]
+            out = {"D": wides[0][:, :nx], "VD": wides[2][:, :nx]}
+            if calc_score:
+                out["S"], out["VS"] = wides[1][:, :nx], wides[3][:, :nx]
+            return out
     K = ker.spectra
     n1 = sfft.rfft2(N1, workers=-1)
     n2 = sfft.rfft2(N2, workers=-1)
@@ -845,10 +1107,6 @@ def _fourier_cell(N1, N2, V1, V2, ker: _CellKernels, calc_score: bool, astrometr
             out["S"] = _irfft2_into(n2, N2)
     del n1, n2
     # variance planes: V = k1^2 (*) V1 + k2^2 (*) V2 for each output (LSST pixelSpaceSquare)
-    const, varying = [], []
-    for j, V in enumerate((V1, V2)):
-        lo, hi = V.min(), V.max()
-        (const if lo == hi else varying).append((j, V, float(lo)))
     vhs = [sfft.rfft2(V, workers=-1) for _, V, _ in varying]
     sq = ker.squares() if varying else None
     if len(varying) == 2:
@@ -857,7 +1115,7 @@ def _fourier_cell(N1, N2, V1, V2, ker: _CellKernels, calc_score: bool, astrometr
         out["VD"] = _irfft2_into(vhs[0], V1)
         if calc_score:
             out["VS"] = _irfft2_into(vhs[1], V2)
-        return out
+        return _scaled(out, scales)
     for key, base in (("VD", 0),) + ((("VS", 2),) if calc_score else ()):
         offset = sum(val * ker.sum_squares(base + j) for j, _, val in const)
         if varying:
@@ -870,6 +1128,12 @@ def _fourier_cell(N1, N2, V1, V2, ker: _CellKernels, calc_score: bool, astrometr
         else:
             res = np.full(shape, offset, dtype)
         out[key] = res
+    return _scaled(out, scales)
+
+
+def _scaled(out: dict[str, np.ndarray], scales: dict[int, Any]) -> dict[str, np.ndarray]:
+    for i, s in scales.items():
+        out[("D", "S", "VD", "VS")[i]] *= s
     return out
 
 
