@@ -771,11 +771,12 @@ def _kernels_at(p1, p2, f1, f2, a1, a2, z1, z2, g2, g3, ct):  # pragma: no cover
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
-def _fused_rows(P1, P2, Q, A, B, C, E, f1, f2, a1, a2, calc_score):  # pragma: no cover - compiled
+def _fused_rows(P1, P2, Q, A, B, C, E, f1, f2, a1, a2, calc_score, sd, svd):  # pragma: no cover - compiled
     """The kernels of :func:`_algebra_rows` applied where they are made: per frequency
     c1, c2 (s1, s2) from the PSF spectra P1, P2, then in place
-    A <- c1 A - c2 B (D), B <- s1 A - s2 B (S), C <- q1 C + q2 E (V_D), E <- q3 C + q4 E (V_S),
-    with q the squared kernels' spectra ``Q``.
+    A <- (c1 A - c2 B) sd (D), B <- s1 A - s2 B (S), C <- (q1 C + q2 E) svd (V_D),
+    E <- q3 C + q4 E (V_S), with q the squared kernels' spectra ``Q`` and sd, svd the real
+    scale factors of D and V_D (1/F_D, 1/F_D^2, or 1).
 
     The kernels are rounded to the data's complex type as the stored spectra of
     :func:`_algebra_rows` are, and the products are those of :func:`_products_rows`, so the
@@ -783,6 +784,7 @@ def _fused_rows(P1, P2, Q, A, B, C, E, f1, f2, a1, a2, calc_score):  # pragma: n
     rounding made this loop 3.5x slower) and with the score test outside the loop (1.5x).
     """
     ct = A.dtype.type
+    one = sd / sd  # 1 in the scale's type: the products of S and V_S match _products_rows's
     fd_denom = np.sqrt(a1 + a2)
     z1 = f2 / fd_denom
     z2 = f1 / fd_denom
@@ -795,18 +797,18 @@ def _fused_rows(P1, P2, Q, A, B, C, E, f1, f2, a1, a2, calc_score):  # pragma: n
                 k0, k1, k2, k3 = _kernels_at(P1[i, j], P2[i, j], f1, f2, a1, a2, z1, z2, g2, g3, ct)
                 x = A[i, j]
                 y = B[i, j]
-                A[i, j] = k0 * x - k1 * y
-                B[i, j] = k2 * x - k3 * y
+                A[i, j] = (k0 * x - k1 * y) * sd
+                B[i, j] = (k2 * x - k3 * y) * one
                 u = C[i, j]
                 v = E[i, j]
-                C[i, j] = Q[0, i, j] * u + Q[1, i, j] * v
-                E[i, j] = Q[2, i, j] * u + Q[3, i, j] * v
+                C[i, j] = (Q[0, i, j] * u + Q[1, i, j] * v) * svd
+                E[i, j] = (Q[2, i, j] * u + Q[3, i, j] * v) * one
     else:
         for i in range(ny):
             for j in range(nx):
                 k0, k1, k2, k3 = _kernels_at(P1[i, j], P2[i, j], f1, f2, a1, a2, z1, z2, g2, g3, ct)
-                A[i, j] = k0 * A[i, j] - k1 * B[i, j]
-                C[i, j] = Q[0, i, j] * C[i, j] + Q[1, i, j] * E[i, j]
+                A[i, j] = (k0 * A[i, j] - k1 * B[i, j]) * sd
+                C[i, j] = (Q[0, i, j] * C[i, j] + Q[1, i, j] * E[i, j]) * svd
 
 
 def _tail_fraction(k: np.ndarray) -> float:
@@ -934,29 +936,33 @@ _cell_kernels_cached = _KernelCache()
 
 
 @nb.njit(cache=True, nogil=True)
-def _products_rows(a, b, k1, k2, k3, k4, both, minus):  # pragma: no cover - compiled
+def _products_rows(a, b, k1, k2, k3, k4, both, minus, sa, sb):  # pragma: no cover - compiled
     for i in range(a.shape[0]):
         for j in range(a.shape[1]):
             x = a[i, j]
             y = b[i, j]
             if minus:
-                a[i, j] = k1[i, j] * x - k2[i, j] * y
+                a[i, j] = (k1[i, j] * x - k2[i, j] * y) * sa
                 if both:
-                    b[i, j] = k3[i, j] * x - k4[i, j] * y
+                    b[i, j] = (k3[i, j] * x - k4[i, j] * y) * sb
             else:
-                a[i, j] = k1[i, j] * x + k2[i, j] * y
+                a[i, j] = (k1[i, j] * x + k2[i, j] * y) * sa
                 if both:
-                    b[i, j] = k3[i, j] * x + k4[i, j] * y
+                    b[i, j] = (k3[i, j] * x + k4[i, j] * y) * sb
 
 
-def _products_in_place(a, b, k1, k2, k3, k4, both: bool, minus: bool) -> None:
-    """a <- k1 a -/+ k2 b and (``both``) b <- k3 a -/+ k4 b, elementwise with the old a and b.
+def _products_in_place(a, b, k1, k2, k3, k4, both: bool, minus: bool, sa=1.0, sb=1.0) -> None:
+    """a <- (k1 a -/+ k2 b) sa and (``both``) b <- (k3 a -/+ k4 b) sb, elementwise with the old
+    a and b (``sa``, ``sb``: real scale factors in the data's precision; 1 leaves the products
+    as they are).
 
     Why compiled: in numpy these are six full-plane operations and two new complex planes per
     pair; one pass in place reads each spectrum once and allocates nothing (fresh pages cost
     as much as the arithmetic on this kind of machine).  Two row blocks run on two threads.
     """
-    map_row_halves(lambda sl: _products_rows(a[sl], b[sl], k1[sl], k2[sl], k3[sl], k4[sl], both, minus), a.shape[0])
+    rt = a.real.dtype.type
+    sa, sb = rt(sa), rt(sb)
+    map_row_halves(lambda sl: _products_rows(a[sl], b[sl], k1[sl], k2[sl], k3[sl], k4[sl], both, minus, sa, sb), a.shape[0])
 
 
 def _wide_buffer(a: np.ndarray) -> np.ndarray:
@@ -981,8 +987,41 @@ def _fft_cols(x: np.ndarray, inverse: bool = False) -> None:
         x[...] = r
 
 
-_ROW_BLOCK = 32  # rows per in-place row transform: a 270 KB temporary at 2160 columns
 _BAND = 64  # complex columns per band of the fused pass: ~13 MB of band arrays per thread at 2160 rows
+
+try:  # scipy's pocketfft binding: its r2c/c2r take an output array (scipy.fft's wrappers do not)
+    from scipy.fft._pocketfft import pypocketfft as _pocketfft
+except ImportError:  # pragma: no cover - a scipy without it takes the blocked copy below
+    _pocketfft = None
+
+
+def _rows_in_place(wide: np.ndarray, nx: int, inverse: bool) -> None:
+    """Row rfft of the left ``nx`` floats of each row of ``wide``, written over the row as its
+    half spectrum (or, ``inverse``, the 1/n-normalised irfft back), on two threads.
+
+    Why by hand: scipy.fft returns new arrays, whose pages cost as much as the transform;
+    pocketfft itself writes into a given array, and each row's output overlaps only its own
+    input, which it has read by then.  Without that binding, blocks of rows are transformed
+    into small temporaries and copied back (the same values).
+    """
+    cdt = np.complex64 if wide.dtype == np.float32 else np.complex128
+    c = wide.view(cdt)
+    r = wide[:, :nx]
+    if _pocketfft is not None:
+        out = _pocketfft.c2r(c, (1,), nx, False, 2, r, 2) if inverse else _pocketfft.r2c(r, (1,), True, 0, c, 2)
+        if out.ctypes.data == (r if inverse else c).ctypes.data:
+            return
+        raise RuntimeError("pocketfft did not transform in place")  # pragma: no cover
+
+    def blocks(sl: slice) -> None:  # pragma: no cover - see above
+        for r0 in range(sl.start, sl.stop, 32):
+            blk = slice(r0, min(r0 + 32, sl.stop))
+            if inverse:
+                r[blk] = sfft.irfft(c[blk], n=nx, axis=-1, workers=1)
+            else:
+                c[blk] = sfft.rfft(r[blk], axis=-1, workers=1)
+
+    map_row_halves(blocks, wide.shape[0])
 
 
 def _fourier_fused(wides: list[np.ndarray], shape: tuple[int, int], ker: _CellKernels, sq_rows: tuple, calc_score: bool, scales: dict[int, Any] | None = None) -> None:
@@ -990,7 +1029,7 @@ def _fourier_fused(wides: list[np.ndarray], shape: tuple[int, int], ker: _CellKe
 
     The same transforms and products as the unfused path, arranged so that no cell-size plane
     is allocated: rows are transformed in place in blocks (each row's half spectrum fits its
-    own row), and then, per band of columns, the data's column transforms, the PSF spectra
+    own row, :func:`_rows_in_place`), and then, per band of columns, the data's column transforms, the PSF spectra
     (float64) and the squared kernels' spectra are made, the kernels are formed and applied
     (:func:`_fused_rows`) and the inverse column transforms taken, while the band is in cache.
     Why by hand: at 2048^2 the kernel spectra, their squares and the data spectra were twelve
@@ -998,27 +1037,14 @@ def _fourier_fused(wides: list[np.ndarray], shape: tuple[int, int], ker: _CellKe
     """
     ny, nx = shape
     nxh = nx // 2 + 1
-    cdt = np.complex64 if wides[0].dtype == np.float32 else np.complex128
-    R = [w[:, :nx] for w in wides]
+    dt = wides[0].dtype
+    cdt = np.complex64 if dt == np.float32 else np.complex128
     C = [w.view(cdt) for w in wides]
     outputs = (0, 1, 2, 3) if calc_score else (0, 2)
     scales = scales or {}
-
-    def rows(sl: slice, inverse: bool) -> None:
-        for r0 in range(sl.start, sl.stop, _ROW_BLOCK):
-            blk = slice(r0, min(r0 + _ROW_BLOCK, sl.stop))
-            if inverse:
-                for b in outputs:
-                    y = sfft.irfft(C[b][blk], n=nx, axis=-1, workers=1)
-                    if b in scales:
-                        np.multiply(y, scales[b], out=R[b][blk])  # while the block is in cache
-                    else:
-                        R[b][blk] = y
-            else:
-                for b in range(4):
-                    C[b][blk] = sfft.rfft(R[b][blk], axis=-1, workers=1)
-
-    map_row_halves(lambda sl: rows(sl, False), ny)
+    sd, svd = dt.type(scales.get(0, 1.0)), dt.type(scales.get(2, 1.0))
+    for w in wides:
+        _rows_in_place(w, nx, False)
     rx, prow = ker.psf_rows
     qx, qrow = sq_rows
     bands = [slice(j, min(j + _BAND, nxh)) for j in range(0, nxh, _BAND)]
@@ -1040,14 +1066,15 @@ def _fourier_fused(wides: list[np.ndarray], shape: tuple[int, int], ker: _CellKe
             band = [c[:, cols] for c in C]
             for x in band:
                 _fft_cols(x)
-            _fused_rows(p[0], p[1], q, band[0], band[1], band[2], band[3], *ker.args[:4], calc_score)
+            _fused_rows(p[0], p[1], q, band[0], band[1], band[2], band[3], *ker.args[:4], calc_score, sd, svd)
             for b in outputs:
                 _fft_cols(band[b], inverse=True)
 
     # two threads, one half of the bands each: the transforms and the compiled loop release the GIL
     with ThreadPoolExecutor(2) as ex:
         list(ex.map(run, [bands[:half], bands[half:]]))
-    map_row_halves(lambda sl: rows(sl, True), ny)
+    for b in outputs:
+        _rows_in_place(wides[b], nx, True)
 
 
 def _fourier_cell(N1, N2, V1, V2, ker: _CellKernels, calc_score: bool, astrometric: bool, sig_ast, scale_d: bool = False) -> dict[str, np.ndarray]:
@@ -1100,7 +1127,7 @@ def _fourier_cell(N1, N2, V1, V2, ker: _CellKernels, calc_score: bool, astrometr
         del buf, tmp
     else:
         # D^ = c1 n1 - c2 n2 and S^ = s1 n1 - s2 n2, written over n1 and n2 in one pass
-        _products_in_place(n1, n2, K[0], K[1], K[2] if calc_score else K[0], K[3] if calc_score else K[1], calc_score, True)
+        _products_in_place(n1, n2, K[0], K[1], K[2] if calc_score else K[0], K[3] if calc_score else K[1], calc_score, True, scales.pop(0, 1.0))
         # the outputs overwrite the padded cells, which are not read again
         out["D"] = _irfft2_into(n1, N1)
         if calc_score:
@@ -1111,7 +1138,7 @@ def _fourier_cell(N1, N2, V1, V2, ker: _CellKernels, calc_score: bool, astrometr
     sq = ker.squares() if varying else None
     if len(varying) == 2:
         # the usual case: V_D^ = q1 v1 + q2 v2 and V_S^ = q3 v1 + q4 v2 over v1 and v2
-        _products_in_place(vhs[0], vhs[1], sq[0], sq[1], sq[2] if calc_score else sq[0], sq[3] if calc_score else sq[1], calc_score, False)
+        _products_in_place(vhs[0], vhs[1], sq[0], sq[1], sq[2] if calc_score else sq[0], sq[3] if calc_score else sq[1], calc_score, False, scales.pop(2, 1.0))
         out["VD"] = _irfft2_into(vhs[0], V1)
         if calc_score:
             out["VS"] = _irfft2_into(vhs[1], V2)
