@@ -236,15 +236,18 @@ def _key32(u):  # pragma: no cover - compiled
 
 @nb.njit(cache=True, nogil=True)
 def _hist_hi32(u, mask, bad, use_mask):  # pragma: no cover - compiled
-    hist = np.zeros(65536, np.int64)
+    # four interleaved histograms, summed at the end: a narrow distribution (a variance plane
+    # puts most pixels in a few bins) otherwise chains every increment on the one before
+    # (5.4 -> 3.6 ms at 2048^2)
+    hist = np.zeros((4, 65536), np.int64)
     for i in range(u.size):
         v = u[i]
         if (v & np.uint32(0x7F800000)) == np.uint32(0x7F800000):
             continue  # NaN or inf: never usable
         if use_mask and (mask[i] & bad) != 0:
             continue
-        hist[_key32(v) >> np.uint32(16)] += 1
-    return hist
+        hist[i & 3, _key32(v) >> np.uint32(16)] += 1
+    return hist[0] + hist[1] + hist[2] + hist[3]
 
 
 @nb.njit(cache=True, nogil=True)

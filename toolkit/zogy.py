@@ -214,7 +214,21 @@ def _count_finite_nonpositive(a):  # pragma: no cover - compiled
     return n_fin, n_bad
 
 
-def _check_inputs(sci: Exposure, ref: Exposure) -> None:
+@nb.njit(cache=True, nogil=True)
+def _is_constant(a):  # pragma: no cover - compiled
+    # stops at the first value that differs from the first (a varying plane: at once)
+    a0 = a[0, 0]
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            if a[i, j] != a0:
+                return False
+    return True
+
+
+def _check_inputs(sci: Exposure, ref: Exposure) -> set[int]:
+    """Named errors for unusable inputs; returns the ids of the variance planes found entirely
+    finite on the way (they need no non-finite pass later)."""
+    finite: set[int] = set()
     for name, e in (("science", sci), ("template", ref)):
         if not isinstance(e, Exposure):
             raise InputError(f"{name} must be an Exposure, got {type(e).__name__}")
@@ -227,6 +241,8 @@ def _check_inputs(sci: Exposure, ref: Exposure) -> None:
             raise InputError(f"{name} variance plane has no finite value")
         if n_bad:
             raise InputError(f"{name} variance plane has zero or negative values ({n_bad} pixels); variance must be > 0")
+        if n_finite == e.variance.size:
+            finite.add(id(e.variance))
         k = e.psf.compute_kernel_image(e.bbox.center)
         if not np.all(np.isfinite(k)):
             raise InputError(f"{name} PSF kernel contains NaN")
@@ -234,6 +250,7 @@ def _check_inputs(sci: Exposure, ref: Exposure) -> None:
         raise InputError(f"science shape {sci.shape} differs from template shape {ref.shape}")
     if sci.xy0 != ref.xy0:
         raise InputError(f"science xy0 {sci.xy0} differs from template xy0 {ref.xy0}: register them first")
+    return finite
 
 
 def _psf_centroid(k: np.ndarray) -> np.ndarray:
@@ -290,7 +307,7 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
     t0 = time.perf_counter()
     cfg = ZogyConfig() if config is None else config
     cfg.validate()
-    _check_inputs(science, template)
+    finite_planes = _check_inputs(science, template)
     timings: dict[str, float] = {}
     sci, ref = science, template
     bad = sci.mask_planes.bitmask(cfg.ignoreMaskPlanes, strict=False)
@@ -347,7 +364,7 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
     nonfinite = None
     arrays = [n_img, n_var, r_img, r_var]
     for i, arr in enumerate(arrays):
-        if _all_finite(arr.reshape(-1)):  # one compiled pass, no isfinite plane
+        if id(arr) in finite_planes or _all_finite(arr.reshape(-1)):  # one compiled pass, no isfinite plane
             continue
         bad_px = ~np.isfinite(arr)
         if bad_px.any():
@@ -1095,8 +1112,10 @@ def _fourier_cell(N1, N2, V1, V2, ker: _CellKernels, calc_score: bool, astrometr
         scales = {0: dtype.type(1.0 / ker.F_D), 2: dtype.type(1.0 / ker.F_D**2)}
     const, varying = [], []
     for j, V in enumerate((V1, V2)):
-        lo, hi = V.min(), V.max()
-        (const if lo == hi else varying).append((j, V, float(lo)))
+        if _is_constant(V):
+            const.append((j, V, float(V[0, 0])))
+        else:
+            varying.append((j, V, 0.0))
     if not astrometric and len(varying) == 2 and ker.coarse > 1:
         sq_rows = ker.square_rows()
         if sq_rows is not None:
