@@ -138,6 +138,44 @@ def test_psf_matching_gaussian_to_model():
     assert mn.get_plane("NO_DATA")[0].all() and np.isinf(mn.variance[0]).all()
 
 
+@pytest.mark.parametrize("flag_nans", [True, False])
+def test_psf_matching_incomplete_border_shortcut(flag_nans, monkeypatch):
+    """The incomplete border taken from the grown NO_DATA bit plus the edge frame (used when
+    every unusable pixel carries NO_DATA) equals the general rule: the OR-grown unusable
+    pixels with the outside counted as unusable.  Also checks against scipy's convolution."""
+    import scipy.signal
+
+    import toolkit.psf_matching as pm
+
+    rng = np.random.default_rng(8)
+    shape = (90, 120)
+    img = rng.normal(100, 10, shape)
+    var = np.full(shape, 100.0)
+    mask = np.zeros(shape, np.int32)
+    e0 = Exposure(img, var, mask, psf=GaussianPsf(1.5, size=21))
+    nd = np.int32(e0.mask_planes.bitmask(["NO_DATA"]))
+    e0.image[20:24, 30:33] = np.nan
+    e0.variance[60, 5] = np.inf
+    if flag_nans:
+        e0.mask[20:24, 30:33] |= nd
+        e0.mask[60, 5] |= nd
+    e0.mask[70:72, 90:100] |= nd  # flagged, finite values
+    fast = match_to_psf(e0, GaussianPsf(3.0), mask_growth=4)
+    real = pm._unusable
+    monkeypatch.setattr(pm, "_unusable", lambda *a: (lambda r: (r[0], r[1], max(r[2], 1)))(real(*a)))
+    general = match_to_psf(e0, GaussianPsf(3.0), mask_growth=4)
+    np.testing.assert_array_equal(fast.mask, general.mask)
+    np.testing.assert_array_equal(fast.image, general.image)
+    np.testing.assert_array_equal(fast.variance, general.variance)
+    bad = ~np.isfinite(e0.image) | ~np.isfinite(e0.variance) | ((e0.mask & nd) != 0)
+    k = pm.matching_kernel(e0.psf, GaussianPsf(3.0))
+    want = scipy.signal.fftconvolve(np.where(bad, 0, e0.image), k, mode="same")
+    ok = np.isfinite(fast.image)
+    assert ok.sum() > 0.5 * ok.size
+    np.testing.assert_allclose(fast.image[ok], want[ok], rtol=1e-10, atol=1e-9 * np.abs(want).max())
+    assert not ok[:4].any() and not ok[:, -4:].any() and not ok[20:24, 30:33].any()
+
+
 def test_psf_matching_warns_on_deconvolution():
     e = Exposure(np.zeros((64, 64)), psf=GaussianPsf(5.0))
     with pytest.warns(PsfMatchingWarning, match="narrower"):

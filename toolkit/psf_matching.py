@@ -17,6 +17,7 @@ the image edge become NO_DATA with a NaN image and infinite variance, which is t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import warnings
 
@@ -130,26 +131,136 @@ def _irfft2_into(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
+def _fft_cols(x: np.ndarray, inverse: bool = False) -> None:
+    """Column transform (axis -2) of a complex array, in place: scipy writes into an aligned
+    complex input when allowed to overwrite it (a strided band of a plane included)."""
+    r = (sfft.ifft if inverse else sfft.fft)(x, axis=-2, overwrite_x=True, workers=1)
+    if r.ctypes.data != x.ctypes.data or r.strides != x.strides:
+        x[...] = r
+
+
+try:  # scipy's pocketfft binding: its r2c/c2r take an output array (scipy.fft's wrappers do not)
+    from scipy.fft._pocketfft import pypocketfft as _pocketfft
+except ImportError:  # pragma: no cover - a scipy without it takes the blocked copy below
+    _pocketfft = None
+
+
+def _rows_in_place(wide: np.ndarray, nx: int, inverse: bool, threads: int = 2) -> None:
+    """Row rfft of the left ``nx`` floats of each row of ``wide``, written over the row as its
+    half spectrum (or, ``inverse``, the 1/n-normalised irfft back), on ``threads`` threads.
+
+    Why by hand: scipy.fft returns new arrays, whose pages cost as much as the transform;
+    pocketfft itself writes into a given array, and each row's output overlaps only its own
+    input, which it has read by then.  Without that binding, blocks of rows are transformed
+    into small temporaries and copied back (the same values).
+    """
+    cdt = np.complex64 if wide.dtype == np.float32 else np.complex128
+    c = wide.view(cdt)
+    r = wide[:, :nx]
+    if _pocketfft is not None:
+        out = _pocketfft.c2r(c, (1,), nx, False, 2, r, threads) if inverse else _pocketfft.r2c(r, (1,), True, 0, c, threads)
+        if out.ctypes.data == (r if inverse else c).ctypes.data:
+            return
+        raise RuntimeError("pocketfft did not transform in place")  # pragma: no cover
+
+    def blocks(sl: slice) -> None:  # pragma: no cover - see above
+        for r0 in range(sl.start, sl.stop, 32):
+            blk = slice(r0, min(r0 + 32, sl.stop))
+            if inverse:
+                r[blk] = sfft.irfft(c[blk], n=nx, axis=-1, workers=1)
+            else:
+                c[blk] = sfft.rfft(r[blk], axis=-1, workers=1)
+
+    if threads > 1:
+        map_row_halves(blocks, wide.shape[0])
+    else:
+        blocks(slice(0, wide.shape[0]))
+
+
+_CONV_BAND = 64  # complex columns per band of the kernel product: ~1 MB of kernel spectrum at 2160 rows
+
+
+def _conv_shape(image_shape: tuple[int, int], kernel_shape: tuple[int, int]) -> tuple[int, int]:
+    """The FFT-friendly cell of a linear (zero-padded) convolution."""
+    return (sfft.next_fast_len(image_shape[0] + kernel_shape[0] - 1, real=True), sfft.next_fast_len(image_shape[1] + kernel_shape[1] - 1, real=True))
+
+
+def _conv_buffer(cell: tuple[int, int], dtype) -> np.ndarray:
+    """A (sy, 2 (sx // 2 + 1)) work array: each row's half spectrum fits in place."""
+    return np.empty((cell[0], 2 * (cell[1] // 2 + 1)), dtype)
+
+
+def _load(buf: np.ndarray, cell: tuple[int, int], image: np.ndarray) -> np.ndarray:
+    """``image`` into the top-left of the cell in ``buf``, zeros in the rest of the cell;
+    returns the image's view in ``buf`` (to be edited further before the transform)."""
+    ny, nx = image.shape
+    sy, sx = cell
+    buf[:ny, :nx] = image
+    buf[:ny, nx:sx] = 0
+    buf[ny:sy, :sx] = 0
+    return buf[:ny, :nx]
+
+
+def _convolve_loaded(buf: np.ndarray, cell: tuple[int, int], kernel: np.ndarray, workers: int | None) -> None:
+    """Circular convolution over ``cell`` of what :func:`_load` put in ``buf`` with ``kernel``
+    (its [0, 0] at the cell's origin), in place.
+
+    The rows are transformed in place (:func:`_rows_in_place`); then, band of columns by band,
+    the column transforms, the kernel's column spectrum (made from its few transformed rows),
+    the product and the inverse column transforms, while the band is in cache; then the rows
+    back.  Why by hand: ``rfft2``/``irfft2`` return new planes, and the kernel's spectrum was a
+    third; at 2160^2 those are 56 MB of fresh pages per convolution, which cost as much as the
+    transforms on this kind of machine.  The values are those of ``irfft2(rfft2(a) rfft2(k))``.
+    """
+    sy, sx = cell
+    ky = kernel.shape[0]
+    threads = 2 if workers is None or workers < 0 or workers > 1 else 1
+    cdt = np.complex64 if buf.dtype == np.float32 else np.complex128
+    c = buf.view(cdt)[:sy]
+    _rows_in_place(buf[:sy], sx, False, threads)
+    krows = sfft.rfft(kernel.astype(buf.dtype), n=sx, axis=1)
+    bands = [slice(j, min(j + _CONV_BAND, sx // 2 + 1)) for j in range(0, sx // 2 + 1, _CONV_BAND)]
+
+    def run(group: list[slice]) -> None:
+        K = np.empty((sy, _CONV_BAND), cdt)
+        for cols in group:
+            k = K[:, : cols.stop - cols.start]
+            k[:ky] = krows[:, cols]
+            k[ky:] = 0
+            _fft_cols(k)
+            band = c[:, cols]
+            _fft_cols(band)
+            band *= k
+            _fft_cols(band, inverse=True)
+
+    if threads > 1:
+        half = (len(bands) + 1) // 2
+        with ThreadPoolExecutor(2) as ex:
+            list(ex.map(run, [bands[:half], bands[half:]]))
+    else:
+        run(bands)
+    _rows_in_place(buf[:sy], sx, True, threads)
+
+
+def _cropped(buf: np.ndarray, image_shape: tuple[int, int], kernel_shape: tuple[int, int], dtype) -> np.ndarray:
+    """The same-size part of the linear convolution in ``buf``, as a new contiguous array."""
+    ky, kx = kernel_shape
+    return np.array(buf[ky // 2 : ky // 2 + image_shape[0], kx // 2 : kx // 2 + image_shape[1]], dtype=dtype)
+
+
 def fft_convolve(image: np.ndarray, kernel: np.ndarray, workers: int | None = -1) -> np.ndarray:
     """Convolve ``image`` with an odd ``kernel`` (output same shape; zeros outside the image).
 
-    scipy.signal.fftconvolve would do, but this keeps float32 inputs in float32 transforms
-    and uses all cores through ``workers``.
+    scipy.signal.fftconvolve would do, but this keeps float32 inputs in float32 transforms,
+    uses two cores through ``workers`` and allocates one work plane (see
+    :func:`_convolve_loaded`).
     """
-    ny, nx = image.shape
-    ky, kx = kernel.shape
-    sy = sfft.next_fast_len(ny + ky - 1, real=True)
-    sx = sfft.next_fast_len(nx + kx - 1, real=True)
     dtype = np.float32 if image.dtype == np.float32 else np.float64
-    fi = sfft.rfft2(image.astype(dtype, copy=False), s=(sy, sx), workers=workers)
-    # pruned kernel transform: the row pass only over the kernel's ky rows (the rest are zeros)
-    rows = sfft.rfft(kernel.astype(dtype), n=sx, axis=1, workers=workers)
-    fk = np.zeros((sy, sx // 2 + 1), rows.dtype)
-    fk[:ky] = rows
-    fk = sfft.fft(fk, axis=0, overwrite_x=True, workers=workers)
-    fi *= fk
-    full = _irfft2(fi, (sy, sx), overwrite=True, workers=workers)
-    return np.ascontiguousarray(full[ky // 2 : ky // 2 + ny, kx // 2 : kx // 2 + nx]).astype(image.dtype, copy=False)
+    cell = _conv_shape(image.shape, kernel.shape)
+    buf = _conv_buffer(cell, dtype)
+    _load(buf, cell, image)
+    _convolve_loaded(buf, cell, kernel, workers)
+    return _cropped(buf, image.shape, kernel.shape, image.dtype)
 
 
 def or_box(mask: np.ndarray, h: int, outside: int = 0) -> np.ndarray:
@@ -197,6 +308,26 @@ def _or_rows(a, h, outside, out):  # pragma: no cover - compiled
             span *= 2
         for x in range(nx):
             out[y, x] = buf[x] | buf[x + w - span]
+
+
+@nb.njit(cache=True, nogil=True)
+def _unusable(image, variance, mask, no_data):  # pragma: no cover - compiled
+    """Pixels a convolution must not use (non-finite image or variance, or NO_DATA), how many,
+    and how many of those lack the NO_DATA bit; one pass, where numpy took five."""
+    ny, nx = image.shape
+    out = np.empty((ny, nx), np.bool_)
+    n_bad = 0
+    n_unflagged = 0
+    for i in range(ny):
+        for j in range(nx):
+            flagged = (mask[i, j] & no_data) != 0
+            b = flagged or not (np.isfinite(image[i, j]) and np.isfinite(variance[i, j]))
+            out[i, j] = b
+            if b:
+                n_bad += 1
+                if not flagged:
+                    n_unflagged += 1
+    return out, n_bad, n_unflagged
 
 
 def _core_half_width(kernel: np.ndarray, threshold: float) -> int:
@@ -279,8 +410,15 @@ def match_to_psf(
     planes = exposure.mask_planes.copy()
     planes.add("NO_DATA")
     no_data = planes.bitmask(["NO_DATA"])
-    bad_input = ~np.isfinite(exposure.image) | ~np.isfinite(exposure.variance) | ((exposure.mask & no_data) != 0)
-    img = np.where(bad_input, 0, exposure.image).astype(exposure.dtype)
+    bad_input, n_bad, n_unflagged = _unusable(exposure.image, exposure.variance, exposure.mask, np.int32(no_data))
+    any_bad = n_bad > 0
+    # one work plane for both convolutions, filled in place (no zeroed copies of the planes)
+    dtype = np.float32 if exposure.dtype == np.float32 else np.float64
+    cell = _conv_shape(exposure.shape, k.shape)
+    buf = _conv_buffer(cell, dtype)
+    img = _load(buf, cell, exposure.image)
+    if any_bad:
+        img[bad_input] = 0
     interp_bits = np.int32(planes.bitmask([p for p in interpolate_planes if p in planes], strict=False))
     if interp_bits:
         fix = ((exposure.mask & interp_bits) != 0) & ~bad_input
@@ -288,15 +426,28 @@ def match_to_psf(
             from .interp import _interp_rows
 
             good = ~(fix | bad_input)
-            img = _interp_rows(img, ~good, lambda: median_masked(img, ~good)).astype(exposure.dtype, copy=False)
+            img[...] = _interp_rows(img, ~good, lambda: median_masked(img, ~good))
             img[bad_input] = 0
-    var = np.where(bad_input, 0, exposure.variance).astype(exposure.dtype)
-    out_img = fft_convolve(img, k, workers)
-    out_var = fft_convolve(var, (k * k), workers)
+    _convolve_loaded(buf, cell, k, workers)
+    out_img = _cropped(buf, exposure.shape, k.shape, exposure.dtype)
+    var = _load(buf, cell, exposure.variance)
+    if any_bad:
+        var[bad_input] = 0
+    _convolve_loaded(buf, cell, k * k, workers)
+    out_var = _cropped(buf, exposure.shape, k.shape, exposure.dtype)
+    del buf
     # variance of a convolution is a sum of non-negative terms; clip FFT round-off below zero
     np.maximum(out_var, 0, out=out_var)
     out_mask = or_box(exposure.mask, h)
-    incomplete = or_box(bad_input.view(np.uint8), h, outside=1).view(bool)
+    if n_unflagged:
+        incomplete = or_box(bad_input.view(np.uint8), h, outside=1).view(bool)
+    else:
+        # every unusable input pixel carries NO_DATA, which the grown mask has spread over the
+        # same box already: only the frame within h of the edge (beyond it is outside) is added
+        incomplete = (out_mask & np.int32(no_data)) != 0
+        if h:
+            incomplete[:h] = incomplete[-h:] = True
+            incomplete[:, :h] = incomplete[:, -h:] = True
     out_img[incomplete] = np.nan
     out_var[incomplete] = np.inf
     out_mask[incomplete] |= np.int32(no_data)

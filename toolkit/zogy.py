@@ -34,7 +34,7 @@ from .exposure import Exposure
 from .geom import Box
 from .psf import ImagePsf, Psf
 from .parallel import map_row_halves
-from .psf_matching import _embed_origin, _irfft2, _irfft2_into
+from .psf_matching import _embed_origin, _fft_cols, _irfft2, _irfft2_into, _rows_in_place
 from .stats import meanclip_masked
 
 __all__ = [
@@ -996,49 +996,7 @@ def _wide_buffer(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def _fft_cols(x: np.ndarray, inverse: bool = False) -> None:
-    """Column transform (axis -2) of a complex array, in place: scipy writes into an aligned
-    complex input when allowed to overwrite it (a strided band of a plane included)."""
-    r = (sfft.ifft if inverse else sfft.fft)(x, axis=-2, overwrite_x=True, workers=1)
-    if r.ctypes.data != x.ctypes.data or r.strides != x.strides:
-        x[...] = r
-
-
 _BAND = 64  # complex columns per band of the fused pass: ~13 MB of band arrays per thread at 2160 rows
-
-try:  # scipy's pocketfft binding: its r2c/c2r take an output array (scipy.fft's wrappers do not)
-    from scipy.fft._pocketfft import pypocketfft as _pocketfft
-except ImportError:  # pragma: no cover - a scipy without it takes the blocked copy below
-    _pocketfft = None
-
-
-def _rows_in_place(wide: np.ndarray, nx: int, inverse: bool) -> None:
-    """Row rfft of the left ``nx`` floats of each row of ``wide``, written over the row as its
-    half spectrum (or, ``inverse``, the 1/n-normalised irfft back), on two threads.
-
-    Why by hand: scipy.fft returns new arrays, whose pages cost as much as the transform;
-    pocketfft itself writes into a given array, and each row's output overlaps only its own
-    input, which it has read by then.  Without that binding, blocks of rows are transformed
-    into small temporaries and copied back (the same values).
-    """
-    cdt = np.complex64 if wide.dtype == np.float32 else np.complex128
-    c = wide.view(cdt)
-    r = wide[:, :nx]
-    if _pocketfft is not None:
-        out = _pocketfft.c2r(c, (1,), nx, False, 2, r, 2) if inverse else _pocketfft.r2c(r, (1,), True, 0, c, 2)
-        if out.ctypes.data == (r if inverse else c).ctypes.data:
-            return
-        raise RuntimeError("pocketfft did not transform in place")  # pragma: no cover
-
-    def blocks(sl: slice) -> None:  # pragma: no cover - see above
-        for r0 in range(sl.start, sl.stop, 32):
-            blk = slice(r0, min(r0 + 32, sl.stop))
-            if inverse:
-                r[blk] = sfft.irfft(c[blk], n=nx, axis=-1, workers=1)
-            else:
-                c[blk] = sfft.rfft(r[blk], axis=-1, workers=1)
-
-    map_row_halves(blocks, wide.shape[0])
 
 
 def _fourier_fused(wides: list[np.ndarray], shape: tuple[int, int], ker: _CellKernels, sq_rows: tuple, calc_score: bool, scales: dict[int, Any] | None = None) -> None:
