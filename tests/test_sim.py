@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from toolkit.sim import simulate_pair, simulate_stack
+from toolkit.sim import simulate_stack
 
 
 def test_deterministic():

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 from astropy.stats import sigma_clipped_stats
-from scipy import special
 
 from toolkit import Box, Exposure, GaussianPsf, ImagePsf, InputError
 from toolkit.config import ZogyConfig
