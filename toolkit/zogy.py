@@ -696,79 +696,10 @@ class _KernelCache:
         self.entries.clear()
 
 
-@nb.njit(cache=True, nogil=True, error_model="numpy")
-def _algebra_rows(P1, P2, f1, f2, a1, a2, calc_score, want_psf, spectra, pd_hat, ps_hat, wts):  # pragma: no cover - compiled
-    """calculateFourierDiffim's spectral algebra on a block of rows; returns that block's part
-    of F_S's sum.
-
-    Every quantity is formed in float64 (the near-zero rule must see LSST's float64 spectra,
-    and a float32 1/den could overflow where P ~ 1e-40) and cast to the work precision only
-    when stored.  Why compiled: written with numpy this is ~25 full passes over float64 spectra
-    (0.1 s at 2160^2); one loop computes c1, c2, P_D, the F_S integrand, P_S and the score
-    kernels per frequency with the same operations in the same order.  ``want_psf=False``
-    skips P_D and P_S.  :func:`_fused_rows` repeats the kernel part of this loop.
-    """
-    fd_denom = np.sqrt(a1 + a2)
-    fd2 = fd_denom**2
-    z1 = f2 / fd_denom
-    z2 = f1 / fd_denom
-    g2 = f1 * f2**2
-    g3 = f2 * f1**2
-    part = 0.0
-    ny, nx = P1.shape
-    for i in range(ny):
-        row = 0.0
-        for j in range(nx):
-            p1r = P1[i, j].real
-            p1i = P1[i, j].imag
-            p2r = P2[i, j].real
-            p2i = P2[i, j].imag
-            P1sq = p1r * p1r + p1i * p1i
-            P2sq = p2r * p2r + p2i * p2i
-            s_denom = a1 * P2sq + a2 * P1sq
-            zero = s_denom < _TINY
-            if zero:
-                s_denom = _TINY
-            # one division and one square root per frequency (1/s, then sqrt(1/s)): the
-            # divisions, not the memory, bound this loop
-            inv_s = 1.0 / s_denom
-            inv_den = np.sqrt(inv_s)
-            if zero:
-                spectra[0, i, j] = z1
-                spectra[1, i, j] = z2
-                if want_psf:
-                    pd_hat[i, j] = 0.0
-                num = 0.0
-            else:
-                w = f2 * inv_den
-                spectra[0, i, j] = complex(p2r * w, p2i * w)
-                w = inv_den * f1
-                spectra[1, i, j] = complex(p1r * w, p1i * w)
-                # P_D = fd P1 P2 / den; |P_D|^2 / fd^2 = |P1|^2 |P2|^2 / sDenom (paper eq. 42)
-                if want_psf:
-                    w = inv_den * fd_denom
-                    pd_hat[i, j] = complex((p1r * p2r - p1i * p2i) * w, (p1r * p2i + p1i * p2r) * w)
-                num = P1sq * P2sq * inv_s
-            row += num * wts[j]
-            if calc_score:
-                if want_psf:
-                    ps_hat[i, j] = num * fd2
-                if zero:
-                    spectra[2, i, j] = 0.0
-                    spectra[3, i, j] = 0.0
-                else:
-                    w = P2sq * inv_s * g2
-                    spectra[2, i, j] = complex(p1r * w, p1i * -w)
-                    w = P1sq * inv_s * g3
-                    spectra[3, i, j] = complex(p2r * w, p2i * -w)
-        part += row
-    return part
-
-
 @nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _kernels_at(p1, p2, f1, f2, a1, a2, z1, z2, g2, g3, ct):  # pragma: no cover - compiled
-    # c1, c2, s1, s2 at one frequency, formed in float64 as _algebra_rows forms them and
-    # rounded to the data's complex type ``ct`` as storing them did
+    # c1, c2, s1, s2 at one frequency (calculateFourierDiffim's kernels with LSST's near-zero
+    # rule), formed in float64 and rounded to the complex type ``ct`` they are stored or used in
     p1r = p1.real
     p1i = p1.imag
     p2r = p2.real
@@ -785,6 +716,62 @@ def _kernels_at(p1, p2, f1, f2, a1, a2, z1, z2, g2, g3, ct):  # pragma: no cover
     w2 = P2sq * inv_s * g2
     w3 = P1sq * inv_s * g3
     return ct(complex(p2r * w0, p2i * w0)), ct(complex(p1r * w1, p1i * w1)), ct(complex(p1r * w2, p1i * -w2)), ct(complex(p2r * w3, p2i * -w3))
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def _algebra_rows(P1, P2, f1, f2, a1, a2, calc_score, want_psf, spectra, pd_hat, ps_hat, wts):  # pragma: no cover - compiled
+    """calculateFourierDiffim's spectral algebra on a block of rows; returns that block's part
+    of F_S's sum.
+
+    Every quantity is formed in float64 (the near-zero rule must see LSST's float64 spectra,
+    and a float32 1/den could overflow where P ~ 1e-40) and cast to the work precision only
+    when stored.  Why compiled: written with numpy this is ~25 full passes over float64 spectra
+    (0.1 s at 2160^2); one loop computes c1, c2, P_D, the F_S integrand, P_S and the score
+    kernels per frequency with the same operations in the same order.  ``want_psf=False``
+    skips P_D and P_S.  The kernels come from :func:`_kernels_at`, as in :func:`_fused_rows`.
+    """
+    fd_denom = np.sqrt(a1 + a2)
+    fd2 = fd_denom**2
+    z1 = f2 / fd_denom
+    z2 = f1 / fd_denom
+    g2 = f1 * f2**2
+    g3 = f2 * f1**2
+    ct = spectra.dtype.type
+    part = 0.0
+    ny, nx = P1.shape
+    for i in range(ny):
+        row = 0.0
+        for j in range(nx):
+            k0, k1, k2, k3 = _kernels_at(P1[i, j], P2[i, j], f1, f2, a1, a2, z1, z2, g2, g3, ct)
+            spectra[0, i, j] = k0
+            spectra[1, i, j] = k1
+            if calc_score:
+                spectra[2, i, j] = k2
+                spectra[3, i, j] = k3
+            # P_D, P_S and F_S's integrand (the compiler shares these terms with the kernels')
+            p1r = P1[i, j].real
+            p1i = P1[i, j].imag
+            p2r = P2[i, j].real
+            p2i = P2[i, j].imag
+            P1sq = p1r * p1r + p1i * p1i
+            P2sq = p2r * p2r + p2i * p2i
+            s_denom = a1 * P2sq + a2 * P1sq
+            num = 0.0
+            if s_denom < _TINY:
+                if want_psf:
+                    pd_hat[i, j] = 0.0
+            else:
+                inv_s = 1.0 / s_denom
+                # P_D = fd P1 P2 / den; |P_D|^2 / fd^2 = |P1|^2 |P2|^2 / sDenom (paper eq. 42)
+                if want_psf:
+                    w = np.sqrt(inv_s) * fd_denom
+                    pd_hat[i, j] = complex((p1r * p2r - p1i * p2i) * w, (p1r * p2i + p1i * p2r) * w)
+                num = P1sq * P2sq * inv_s
+            row += num * wts[j]
+            if calc_score and want_psf:
+                ps_hat[i, j] = num * fd2
+        part += row
+    return part
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
