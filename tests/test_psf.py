@@ -65,3 +65,24 @@ def test_or_box_is_the_bitwise_or_over_the_window():
         got = or_box(m, h, outside)
         assert got.dtype == m.dtype
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("workers", [1, -1])
+@pytest.mark.parametrize("shape", [(70, 96), (65, 77)])
+def test_in_place_row_transforms_without_pocketfft_binding(shape, workers, monkeypatch):
+    """Without scipy's pocketfft binding the in-place row transforms fall back to blocked
+    copies through scipy.fft: the convolution must not change (same transforms, same values),
+    and both must equal scipy.signal's."""
+    import scipy.signal
+
+    import toolkit.psf_matching as pm
+
+    rng = np.random.default_rng(3)
+    img = rng.normal(0, 1, shape).astype(np.float32)
+    k = GaussianPsf(2.0, size=11).compute_kernel_image().astype(np.float32)
+    direct = pm.fft_convolve(img, k, workers)
+    monkeypatch.setattr(pm, "_pocketfft", None)
+    blocked = pm.fft_convolve(img, k, workers)
+    np.testing.assert_array_equal(direct, blocked)
+    want = scipy.signal.fftconvolve(img.astype(np.float64), k.astype(np.float64), mode="same")
+    np.testing.assert_allclose(direct, want, atol=2e-6 * np.abs(want).max(), rtol=0)

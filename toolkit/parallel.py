@@ -61,3 +61,17 @@ def map_row_halves(fn: Callable[[slice], T], ny: int) -> list[T]:
     halves = [slice(0, ny // 2), slice(ny // 2, ny)] if ny >= 64 else [slice(0, ny)]
     with ThreadPoolExecutor(len(halves)) as ex:
         return list(ex.map(fn, halves))
+
+
+def map_band_halves(fn: Callable[[list[slice]], Any], n: int, band: int, threads: int = 2) -> None:
+    """``fn`` on the bands of ``band`` columns that cover ``n`` columns: the first half of the
+    bands and the second half side by side on two threads (all of them in one call when
+    ``threads`` is 1).  ``fn`` gets a list of slices, so it can reuse its own scratch arrays
+    from band to band; for compiled or FFT work that releases the GIL."""
+    bands = [slice(j, min(j + band, n)) for j in range(0, n, band)]
+    if threads <= 1 or len(bands) < 2:
+        fn(bands)
+        return
+    half = (len(bands) + 1) // 2
+    with ThreadPoolExecutor(2) as ex:
+        list(ex.map(fn, [bands[:half], bands[half:]]))

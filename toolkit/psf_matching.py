@@ -17,7 +17,6 @@ the image edge become NO_DATA with a NaN image and infinite variance, which is t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import warnings
 
@@ -28,7 +27,7 @@ import scipy.fft as sfft
 
 from .errors import InputError
 from .exposure import Exposure
-from .parallel import map_row_halves
+from .parallel import map_band_halves, map_row_halves
 from .psf import Psf, DoubleGaussianPsf
 from .stats import median_masked
 
@@ -216,10 +215,9 @@ def _convolve_loaded(buf: np.ndarray, cell: tuple[int, int], kernel: np.ndarray,
     ky = kernel.shape[0]
     threads = 2 if workers is None or workers < 0 or workers > 1 else 1
     cdt = np.complex64 if buf.dtype == np.float32 else np.complex128
-    c = buf.view(cdt)[:sy]
-    _rows_in_place(buf[:sy], sx, False, threads)
+    c = buf.view(cdt)
+    _rows_in_place(buf, sx, False, threads)
     krows = sfft.rfft(kernel.astype(buf.dtype), n=sx, axis=1)
-    bands = [slice(j, min(j + _CONV_BAND, sx // 2 + 1)) for j in range(0, sx // 2 + 1, _CONV_BAND)]
 
     def run(group: list[slice]) -> None:
         K = np.empty((sy, _CONV_BAND), cdt)
@@ -233,13 +231,8 @@ def _convolve_loaded(buf: np.ndarray, cell: tuple[int, int], kernel: np.ndarray,
             band *= k
             _fft_cols(band, inverse=True)
 
-    if threads > 1:
-        half = (len(bands) + 1) // 2
-        with ThreadPoolExecutor(2) as ex:
-            list(ex.map(run, [bands[:half], bands[half:]]))
-    else:
-        run(bands)
-    _rows_in_place(buf[:sy], sx, True, threads)
+    map_band_halves(run, sx // 2 + 1, _CONV_BAND, threads)
+    _rows_in_place(buf, sx, True, threads)
 
 
 def _cropped(buf: np.ndarray, image_shape: tuple[int, int], kernel_shape: tuple[int, int], dtype) -> np.ndarray:

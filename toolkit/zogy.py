@@ -33,7 +33,7 @@ from .errors import InputError
 from .exposure import Exposure
 from .geom import Box
 from .psf import ImagePsf, Psf
-from .parallel import map_row_halves
+from .parallel import map_band_halves, map_row_halves
 from .psf_matching import _embed_origin, _fft_cols, _irfft2, _irfft2_into, _rows_in_place
 from .stats import meanclip_masked
 
@@ -607,21 +607,22 @@ class _CellKernels:
                 # every square cut to the largest box needed
                 cut = [c2[rmax - r:rmax + r + 1, rmax - r:rmax + r + 1].astype(self.work) for _, _, c2 in boxed]
                 rows_t = _stamp_rows(cut, self.shape, self.work)
-            self._square_plan = (boxed, full, rows_t if not full else None, rows_t)
+            self._square_plan = (boxed, full, rows_t)
             self.boxed = [2 * r + 1 for _, r, _ in boxed]
         return self._square_plan
 
     def square_rows(self) -> tuple | None:
         """Row transforms of the squared kernels and the cell rows they occupy, when every
         kernel's square fits a box (see :meth:`_plan_squares`); else None."""
-        return self._plan_squares()[2]
+        boxed, full, rows_t = self._plan_squares()
+        return None if full else rows_t
 
     def squares(self) -> np.ndarray:
         """Spectra of the pixel-space squares of the kernels (LSST ``pixelSpaceSquare``) on the
         cell's full grid, made on first use: a cell whose variance planes are constant never
         needs them."""
         if self._squares is None:
-            boxed, full, _, rows_t = self._plan_squares()
+            boxed, full, rows_t = self._plan_squares()
             if not full:
                 sq = _columns(rows_t, self.shape)
             else:
@@ -990,10 +991,11 @@ def _fourier_fused(wides: list[np.ndarray], shape: tuple[int, int], ker: _CellKe
     """D, S, V_D and V_S of one cell, in place in the four wide padded planes (N1, N2, V1, V2).
 
     The same transforms and products as the unfused path, arranged so that no cell-size plane
-    is allocated: rows are transformed in place in blocks (each row's half spectrum fits its
-    own row, :func:`_rows_in_place`), and then, per band of columns, the data's column transforms, the PSF spectra
-    (float64) and the squared kernels' spectra are made, the kernels are formed and applied
-    (:func:`_fused_rows`) and the inverse column transforms taken, while the band is in cache.
+    is allocated: rows are transformed in place (each row's half spectrum fits its own row,
+    :func:`_rows_in_place`), and then, per band of columns, the data's column transforms, the
+    PSF spectra (float64) and the squared kernels' spectra are made, the kernels are formed and
+    applied (:func:`_fused_rows`) and the inverse column transforms taken, while the band is in
+    cache; then the rows go back.
     Why by hand: at 2048^2 the kernel spectra, their squares and the data spectra were twelve
     fresh 18-37 MB planes, whose page faults and memory traffic cost as much as the transforms.
     """
@@ -1009,8 +1011,6 @@ def _fourier_fused(wides: list[np.ndarray], shape: tuple[int, int], ker: _CellKe
         _rows_in_place(w, nx, False)
     rx, prow = ker.psf_rows
     qx, qrow = sq_rows
-    bands = [slice(j, min(j + _BAND, nxh)) for j in range(0, nxh, _BAND)]
-    half = (len(bands) + 1) // 2
 
     def run(group: list[slice]) -> None:
         P = np.empty((2, ny, _BAND), np.complex128)
@@ -1032,9 +1032,7 @@ def _fourier_fused(wides: list[np.ndarray], shape: tuple[int, int], ker: _CellKe
             for b in outputs:
                 _fft_cols(band[b], inverse=True)
 
-    # two threads, one half of the bands each: the transforms and the compiled loop release the GIL
-    with ThreadPoolExecutor(2) as ex:
-        list(ex.map(run, [bands[:half], bands[half:]]))
+    map_band_halves(run, nxh, _BAND)
     for b in outputs:
         _rows_in_place(wides[b], nx, True)
 
