@@ -34,7 +34,7 @@ from .exposure import Exposure
 from .geom import Box
 from .psf import ImagePsf, Psf
 from .parallel import map_band_halves, map_row_halves
-from .psf_matching import _embed_origin, _fft_cols, _irfft2, _irfft2_into, _rows_in_place
+from .psf_matching import _conv_buffer, _embed_origin, _fft_cols, _irfft2, _irfft2_into, _rows_in_place
 from .stats import meanclip_masked
 
 __all__ = [
@@ -501,8 +501,8 @@ def _padded_cell(img, var, outer: Box, local: Box, mean_var: float, rng, dtype):
     half spectrum fits (:func:`_wide_buffer`).
     """
     h, w = outer.shape
-    a = np.empty((h, 2 * (w // 2 + 1)), dtype)[:, :w]
-    b = np.empty((h, 2 * (w // 2 + 1)), dtype)[:, :w]
+    a = _conv_buffer((h, w), dtype)[:, :w]
+    b = _conv_buffer((h, w), dtype)[:, :w]
     ov = outer.intersection(local)
     dst = ov.slices((outer.x0, outer.y0))
     a[dst] = img[ov.slices()]
@@ -971,7 +971,7 @@ def _products_in_place(a, b, k1, k2, k3, k4, both: bool, minus: bool, sa=1.0, sb
 
 
 def _wide_buffer(a: np.ndarray) -> np.ndarray:
-    """The (ny, 2 (nx // 2 + 1)) C-contiguous array whose left part ``a`` is (what
+    """The :func:`~toolkit.psf_matching._conv_buffer` array whose left part ``a`` is (what
     :func:`_padded_cell` makes), or such a copy of ``a``: each row then holds its own half
     spectrum, so the transforms can run in place."""
     ny, nx = a.shape
@@ -979,7 +979,7 @@ def _wide_buffer(a: np.ndarray) -> np.ndarray:
     b = a.base
     if isinstance(b, np.ndarray) and b.shape == (ny, w) and b.dtype == a.dtype and b.flags.c_contiguous and a.strides == b.strides and a.ctypes.data == b.ctypes.data:
         return b
-    out = np.empty((ny, w), a.dtype)
+    out = _conv_buffer((ny, nx), a.dtype)
     out[:, :nx] = a
     return out
 
