@@ -10,7 +10,7 @@ pixels, masked and fully masked columns, clipping, the propagation thresholds, s
 import numpy as np
 import pytest
 
-from toolkit.stack_kernel import STAT_CODES, stack_pixels
+from toolkit.stack_kernel import STAT_CODES, _sorting_network, stack_pixels
 from toolkit.stats import stack_statistic
 
 # bit layout of the random masks: 0 BAD, 1 SAT, 2 EDGE, 3 NO_DATA, 4 CLIPPED, 5 SENSOR_EDGE,
@@ -95,7 +95,7 @@ def random_stack(rng, n, npix, dtype):
     return x, v, m, w
 
 
-@pytest.mark.parametrize("n", [1, 2, 5, 10, 61])
+@pytest.mark.parametrize("n", [1, 2, 5, 10, 61, 70])
 @pytest.mark.parametrize("statistic", ["MEAN", "MEDIAN", "MEANCLIP", "ONLINE"])
 @pytest.mark.parametrize("from_input", [True, False])
 def test_kernel_matches_numpy_reference(n, statistic, from_input):
@@ -119,3 +119,23 @@ def test_kernel_matches_numpy_reference(n, statistic, from_input):
             np.testing.assert_array_equal(imap, ref[5])
             if statistic == "MEANCLIP" and n >= 5 and n_iter > 0:
                 assert (out[4] > 0).mean() > 0.2  # clipping really happened
+
+
+@pytest.mark.parametrize("n", list(range(1, 17)) + [23, 40, 64])
+def test_sorting_network_sorts(n):
+    """The pruned Batcher network used for stacks of up to 64 inputs.  A comparator network
+    sorts every input iff it sorts every 0/1 input (Knuth's 0-1 principle): exhaustive up to
+    16 inputs; random values, ties and +inf padding beyond."""
+    net = _sorting_network(n)
+    assert net.shape[1] == 2 and (net[:, 0] < net[:, 1]).all() and (net < n).all()
+    if n <= 16:
+        vals = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(float).T  # (n, 2^n) columns
+    else:
+        rng = np.random.default_rng(n)
+        vals = np.round(rng.normal(0, 3, (n, 4000)))  # many ties
+        vals[rng.random(vals.shape) < 0.2] = np.inf
+    s = vals.copy()
+    for a, b in net:
+        lo, hi = np.minimum(s[a], s[b]), np.maximum(s[a], s[b])
+        s[a], s[b] = lo, hi
+    np.testing.assert_array_equal(s, np.sort(vals, axis=0))
