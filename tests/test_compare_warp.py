@@ -72,7 +72,7 @@ def test_changing_spatial_threshold_reruns_only_filter_and_stack(small_stack):
     np.testing.assert_array_equal(fresh.image, c2.image)
     np.testing.assert_array_equal(fresh.mask, c2.mask)
     # the patched restack equals a full stack with the same masks in every output
-    full = assemble_coadd(small_stack.direct_warps, p.config, alt_masks=p.artifact_masks, extra_bad_planes=["CLIPPED"], use_psf_matched_polygons=True, alt_edge_mask=p._base_stack()[1][1])
+    full = assemble_coadd(small_stack.direct_warps, p.config, alt_masks=p.artifact_masks, extra_bad_planes=["CLIPPED"], use_psf_matched_polygons=True, alt_edge_mask=p._candidates()[1]["edge_any"])
     r = p.coadd_result
     for a, b in ((full.coadd.image, r.coadd.image), (full.coadd.variance, r.coadd.variance), (full.coadd.mask, r.coadd.mask), (full.n_image, r.n_image), (full.input_map, r.input_map), (full.n_clipped, r.n_clipped)):
         np.testing.assert_array_equal(a, b)
@@ -106,7 +106,7 @@ def test_slider_sequence_restacks_only_changed_pixels_and_matches_fresh_runs(sma
             np.testing.assert_array_equal(a, b)
     # the sequence exercised real changes, and the incremental path (not only the first stack)
     assert sum(n > 0 for n in n_restacked) >= 4
-    assert p.run_counts["base_stack"] == 1 and p.run_counts["coadd"] == 1 + len(steps)
+    assert p.run_counts["coadd"] == 1 + len(steps)
 
 
 def test_artifact_removal_on_simulated_stacks():
@@ -203,46 +203,51 @@ def test_threaded_epochs_give_the_serial_result(small_stack, monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
-def test_consumed_base_is_rebuilt_and_candidates_are_made_on_access(small_stack):
-    """The first coadd restacks the private base stack in place; a pipeline whose coadd run
-    failed after that must rebuild the base, not restack a half-consumed one."""
+def test_failed_coadd_runs_leave_no_half_made_state_and_candidates_are_made_on_access(small_stack):
+    """A coadd run that fails (the first full stack, or a restack after a slider move, after it
+    has stacked) must leave the pipeline giving the right coadd on the next call: the restack
+    works on copies, never on the previous coadd's planes."""
     from toolkit import compare_warp as cw
-    from toolkit.errors import InputError
 
     real_assemble = assemble_coadd
-
-    good = CompareWarpPipeline(small_stack.direct_warps, small_stack.psf_matched_warps).run()
-    p = CompareWarpPipeline(small_stack.direct_warps, small_stack.psf_matched_warps)
-    calls = {"n": 0}
+    armed = {"first": True, "restack": False}
 
     def failing(*args, **kwargs):
-        if kwargs.get("consume_base"):
-            calls["n"] += 1
-        if kwargs.get("consume_base") and calls["n"] == 1:  # the coadd stage's first try
-            kwargs["base"].raw = kwargs["base"].coadd = None  # consumed, then it fails
+        if "alt_masks" in kwargs and armed["first"]:  # the coadd stage's first full stack
+            armed["first"] = False
+            raise RuntimeError("interrupted")
+        if kwargs.get("base") is not None and armed["restack"]:
+            armed["restack"] = False
+            real_assemble(*args, **kwargs)  # all the work done, then the run fails
             raise RuntimeError("interrupted")
         return real_assemble(*args, **kwargs)
 
+    p = CompareWarpPipeline(small_stack.direct_warps, small_stack.psf_matched_warps)
     cw.assemble_coadd, saved = failing, cw.assemble_coadd
     try:
         with pytest.raises(RuntimeError):
             p.coadd
         r = p.run()
+        p.config.spatialThreshold = 0.2
+        armed["restack"] = True
+        with pytest.raises(RuntimeError):
+            p.coadd
+        r2 = p.coadd_result
     finally:
         cw.assemble_coadd = saved
-    assert p.run_counts["base_stack"] == 2
+    assert not armed["first"] and not armed["restack"]
+    good = CompareWarpPipeline(small_stack.direct_warps, small_stack.psf_matched_warps).run()
     np.testing.assert_array_equal(r.coadd.image, good.coadd.image)
     np.testing.assert_array_equal(r.coadd.mask, good.coadd.mask)
+    fresh = CompareWarpPipeline(small_stack.direct_warps, small_stack.psf_matched_warps, CompareWarpConfig(spatialThreshold=0.2)).coadd_result
+    for x, y in ((fresh.coadd.image, r2.coadd.image), (fresh.coadd.mask, r2.coadd.mask), (fresh.input_map, r2.input_map)):
+        np.testing.assert_array_equal(x, y)
+    assert p.run_counts["coadd"] == 2  # the failed runs are not counted: first full, one restack
     # the candidate images are built from the stored indices on access, and equal the pipeline's
     assert len(r.candidates) == len(small_stack.direct_warps)
     for i in range(len(r.candidates)):
         np.testing.assert_array_equal(r.candidates[i], p.candidate_image(i))
     assert max(int(c.max()) for c in r.candidates) > 0
-    # a consumed base cannot seed another restack
-    base = real_assemble(small_stack.direct_warps, p.config, keep_raw=True)
-    real_assemble(small_stack.direct_warps, p.config, base=base, pixels=np.arange(5), keep_raw=True, consume_base=True)
-    with pytest.raises(InputError, match="not a stack"):
-        real_assemble(small_stack.direct_warps, p.config, base=base, pixels=np.arange(5))
 
 
 def test_scale_variance_pixel_based_fallback_and_limit():
@@ -278,3 +283,37 @@ def test_scale_variance_pixel_based_fallback_and_limit():
     assert f2 == pytest.approx(want, rel=1e-5) and 1.0 < f2 < 10.0
     with pytest.raises(InputError, match="exceeds limit"):
         scale_variance(e2, ["BAD"], limit=f2 * 0.9)
+
+
+def test_side_stages_run_beside_the_chain_and_report_in_the_calling_thread(small_stack, monkeypatch):
+    """weights and protected run in a worker thread beside the main chain: every progress report
+    must still arrive in the caller's thread (UI callbacks are not thread-safe), each stage runs
+    once, and the result equals a run with everything serial (DIFFSTACK_THREADS=1)."""
+    import threading
+
+    reports = []
+
+    def progress(stage, fraction):
+        reports.append((stage, fraction, threading.get_ident()))
+
+    from toolkit import compare_warp as cw
+
+    ran_in = []
+    real_weights = cw.compute_weights
+
+    def weights(*args, **kwargs):
+        ran_in.append(threading.current_thread().name)
+        return real_weights(*args, **kwargs)
+
+    monkeypatch.setattr(cw, "compute_weights", weights)
+    p = CompareWarpPipeline(small_stack.direct_warps, small_stack.psf_matched_warps, progress=progress)
+    r = p.run()
+    assert len(ran_in) == 1 and ran_in[0].startswith("diffstack-side")  # really beside the chain
+    assert {t for _, _, t in reports} == {threading.get_ident()}
+    for stage in ("weights", "protected", "template", "candidates", "coadd"):
+        assert (stage, 1.0) in [(s, f) for s, f, _ in reports], stage
+        assert p.run_counts[stage] == 1, stage
+    monkeypatch.setenv("DIFFSTACK_THREADS", "1")
+    serial = CompareWarpPipeline(small_stack.direct_warps, small_stack.psf_matched_warps).run()
+    for a, b in ((serial.coadd.image, r.coadd.image), (serial.coadd.mask, r.coadd.mask), (serial.epoch_count, r.epoch_count), (serial.input_map, r.input_map)):
+        np.testing.assert_array_equal(a, b)

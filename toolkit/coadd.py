@@ -163,7 +163,6 @@ def assemble_coadd(
     base: CoaddResult | None = None,
     pixels: np.ndarray | None = None,
     keep_raw: bool = False,
-    consume_base: bool = False,
 ) -> CoaddResult:
     """Stack ``warps`` as LSST's ``AssembleCoaddTask.run`` + ``processResults`` would.
 
@@ -195,10 +194,6 @@ def assemble_coadd(
         uses this to restack only where the artifact masks clip something.
     keep_raw : bool
         Keep ``raw`` (the stack before processResults) in the result, so that it can be a ``base``.
-    consume_base : bool
-        Restack into ``base``'s own arrays instead of copies (saves about six planes of memory and
-        their copying); ``base`` must not be used afterwards.  CompareWarp's first coadd does this
-        with its private base stack.
     """
     t0 = time.perf_counter()
     config = AssembleCoaddConfig() if config is None else config
@@ -240,15 +235,8 @@ def assemble_coadd(
     if base is not None:
         if base.raw is None or base.n_image.shape != (ny, nx) or base.input_map.shape[0] != nbytes:
             raise InputError("assemble_coadd: base is not a stack of these warps")
-        if consume_base:
-            value, variance, out_mask = base.raw
-            n_image, n_clip, input_map = base.n_image, base.n_clipped, base.input_map
-            # a consumed base cannot seed another run, and its processed planes are freed now
-            # rather than when the caller lets go of it
-            base.raw = base.coadd = None
-        else:
-            value, variance, out_mask = (a.copy() for a in base.raw)
-            n_image, n_clip, input_map = base.n_image.copy(), base.n_clipped.copy(), base.input_map.copy()
+        value, variance, out_mask = (a.copy() for a in base.raw)
+        n_image, n_clip, input_map = base.n_image.copy(), base.n_clipped.copy(), base.input_map.copy()
         pixels = np.asarray(pixels, np.intp).ravel()
     else:
         value = np.full((ny, nx), np.nan, dtype)

@@ -167,7 +167,6 @@ def stack_pixels(
     for i in range(n_in):
         bit_byte[i] = used_idx[i] >> 3
         bit_value[i] = np.uint8(1 << (7 - (used_idx[i] & 7)))
-    nbytes = input_map.shape[0]
     sorts = stat == 1 or stat == 2
     for p0 in range(0, n_pix, B):
         nb_ = min(B, n_pix - p0)
