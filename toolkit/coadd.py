@@ -42,9 +42,11 @@ log = logging.getLogger("diffstack.coadd")
 
 ProgressFn = Callable[[str, float], None]
 
-#: elements (epochs x pixels) per internal chunk: the gathered inputs of a chunk stay in cache
-#: and memory stays bounded
-_CHUNK_ELEMENTS = 1 << 20
+#: pixels per internal chunk.  A chunk's gathered inputs (12 bytes per input and pixel) should
+#: stay in cache, but each chunk costs Python work per input: per pixel rather than per element
+#: (epochs x pixels) is the compromise that measured best from 10 to 30 inputs; memory stays
+#: small beside the inputs themselves
+_CHUNK_PIXELS = 1 << 15
 
 
 @dataclass
@@ -136,16 +138,16 @@ def apply_alt_masks(mask: np.ndarray, planes: MaskPlanes, alt: dict[str, np.ndar
     if not alt:
         return mask
     out = mask.copy()
+    # masked ufunc passes (``where=``), not boolean indexing: no index arrays are built
     if use_psf_matched_polygons and "NO_DATA" in alt and "NO_DATA" in bad_mask_planes:
         bad = np.int32(planes.bitmask(bad_mask_planes, strict=False))
-        nd = np.asarray(alt["NO_DATA"], bool)
-        out[nd] &= ~bad
+        np.bitwise_and(out, ~bad, out=out, where=np.asarray(alt["NO_DATA"], bool))
     for name, sel in alt.items():
         planes.add(name)
         sel = np.asarray(sel, bool)
         if sel.shape != out.shape:
             raise InputError(f"alternative mask {name!r} has shape {sel.shape}, warp has {out.shape}")
-        out[sel] |= np.int32(planes.bitmask([name]))
+        np.bitwise_or(out, np.int32(planes.bitmask([name])), out=out, where=sel)
     return out
 
 
@@ -304,11 +306,11 @@ def assemble_coadd(
     try:
         if pixels is not None:
             tiles = []
-            step = max(1, _CHUNK_ELEMENTS // max(1, len(used)))
+            step = _CHUNK_PIXELS
             list(pool.map(_chunk, [pixels[i : i + step] for i in range(0, pixels.size, step)]))
         for ti, (ty, tx) in enumerate(tiles):
             ty1, tx1 = (min(ty + th, ny), min(tx + tw, nx)) if not online else (ny, nx)
-            rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, len(used) * (tx1 - tx)))
+            rows_per_chunk = max(1, _CHUNK_PIXELS // (tx1 - tx))
             chunks = [(slice(cy, min(cy + rows_per_chunk, ty1)), slice(tx, tx1)) for cy in range(ty, ty1, rows_per_chunk)]
             list(pool.map(_chunk, chunks))
             if progress:
