@@ -243,6 +243,10 @@ def test_failed_coadd_runs_leave_no_half_made_state_and_candidates_are_made_on_a
     for x, y in ((fresh.coadd.image, r2.coadd.image), (fresh.coadd.mask, r2.coadd.mask), (fresh.input_map, r2.input_map)):
         np.testing.assert_array_equal(x, y)
     assert p.run_counts["coadd"] == 2  # the failed runs are not counted: first full, one restack
+    p.invalidate()  # everything is recomputed, from a full stack again
+    r3 = p.coadd_result
+    assert p.run_counts["coadd"] == 3 and p.run_counts["candidates"] == 2
+    np.testing.assert_array_equal(r3.coadd.image, r2.coadd.image)
     # the candidate images are built from the stored indices on access, and equal the pipeline's
     assert len(r.candidates) == len(small_stack.direct_warps)
     for i in range(len(r.candidates)):

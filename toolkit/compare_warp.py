@@ -207,6 +207,11 @@ class CompareWarpPipeline:
             return None
         return lambda f: self._report(stage, f)
 
+    def invalidate(self) -> None:
+        """Drop every cached stage (e.g. after replacing the inputs)."""
+        self._cache.clear()
+        self._last_coadd = None
+
     def _beside(self, pool: ThreadPoolExecutor, compute: Callable[[], Any]) -> Callable[[], Any]:
         """Start ``compute`` (a stage) in ``pool``; the returned function waits for it and then
         replays its progress reports in the calling thread (UI callbacks are not thread-safe)."""
