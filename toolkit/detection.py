@@ -323,14 +323,10 @@ def binned_background(image: np.ndarray, bad: np.ndarray, bin_size: int, dtype=n
     # along x first (by rows of nx, small): two block centres per pixel.  Not a matrix product
     # with the interpolation weights: OpenBLAS called from the epochs' worker threads spins its
     # own threads on the busy cores, which cost ~20 ms per call where the work is 0.3 ms.
-    px = _centre_positions(nx, bx, bin_size)
-    j0 = np.minimum(np.floor(px).astype(np.intp), bx - 1)
-    fx = px - j0
-    rows = med[:, j0] * (1.0 - fx) + med[:, np.minimum(j0 + 1, bx - 1)] * fx
-    pos = _centre_positions(ny, by, bin_size)
-    i0 = np.minimum(np.floor(pos).astype(np.intp), by - 1)
+    j0, j1, fx = _bracketing_centres(nx, bx, bin_size)
+    rows = med[:, j0] * (1.0 - fx) + med[:, j1] * fx
     out = np.empty((ny, nx), dtype)
-    _blend_rows(rows, i0, np.minimum(i0 + 1, by - 1), pos - i0, out)
+    _blend_rows(rows, *_bracketing_centres(ny, by, bin_size), out)
     return out
 
 
@@ -340,6 +336,14 @@ def _blend_rows(rows, i0, i1, f, out):  # pragma: no cover - compiled
         a, b, w = i0[y], i1[y], f[y]
         for x in range(out.shape[1]):
             out[y, x] = (1.0 - w) * rows[a, x] + w * rows[b, x]
+
+
+def _bracketing_centres(n: int, nb: int, bin_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of ``n`` pixels: the block centres below and above it and the fraction of the
+    way from the first to the second (0 beyond the outer centres, where both are the same)."""
+    pos = _centre_positions(n, nb, bin_size)
+    i0 = np.minimum(np.floor(pos).astype(np.intp), nb - 1)
+    return i0, np.minimum(i0 + 1, nb - 1), pos - i0
 
 
 def _centre_positions(n: int, nb: int, bin_size: int) -> np.ndarray:
