@@ -138,7 +138,6 @@ def stack_pixels(
     n_in, n_pix = x.shape
     B = _BLOCK
     n_th = th_bits.size
-    net = _sorting_network(n_in)
     tmp = np.empty(n_in)
     xs = np.empty((n_in, B))  # the block's inputs in float64
     s = np.empty((n_in, B))  # sort buffer: usable values, +inf elsewhere
@@ -168,6 +167,8 @@ def stack_pixels(
         bit_byte[i] = used_idx[i] >> 3
         bit_value[i] = np.uint8(1 << (7 - (used_idx[i] & 7)))
     sorts = stat == 1 or stat == 2
+    # the network only where it is used (its pair table grows as n^2 before pruning)
+    net = _sorting_network(n_in) if sorts and n_in <= _MAX_NETWORK else np.empty((0, 2), np.int64)
     for p0 in range(0, n_pix, B):
         nb_ = min(B, n_pix - p0)
         for j in range(nb_):
