@@ -308,11 +308,25 @@ def binned_background(image: np.ndarray, bad: np.ndarray, bin_size: int, dtype=n
     ny, nx = image.shape
     by, bx = max(1, int(np.ceil(ny / bin_size))), max(1, int(np.ceil(nx / bin_size)))
     pad_y, pad_x = by * bin_size - ny, bx * bin_size - nx
-    a = np.where(bad | ~np.isfinite(image), np.inf, image).astype(np.float32 if image.dtype == np.float32 else np.float64, copy=False)
-    a = np.pad(a, ((0, pad_y), (0, pad_x)), constant_values=np.inf)
-    # numpy's sort is SIMD-vectorised: all blocks at once beat a compiled per-block selection
-    blocks = np.sort(a.reshape(by, bin_size, bx, bin_size).transpose(0, 2, 1, 3).reshape(by, bx, -1), axis=2)
-    n = np.isfinite(blocks).sum(axis=2)
+    dtype_b = np.float32 if image.dtype == np.float32 else np.float64
+    with np.errstate(invalid="ignore"):
+        unusable = bad | ~np.isfinite(image)
+    if pad_y or pad_x:
+        a = np.pad(np.where(unusable, np.inf, image).astype(dtype_b, copy=False), ((0, pad_y), (0, pad_x)), constant_values=np.inf)
+        blocks = a.reshape(by, bin_size, bx, bin_size).transpose(0, 2, 1, 3).reshape(by, bx, -1)
+        n = np.isfinite(blocks).sum(axis=2)
+    else:
+        # each block made contiguous straight from the image: one strided copy and +inf over the
+        # unusable pixels, where where/transpose took two full copies
+        blocks = np.empty((by, bx, bin_size, bin_size), dtype_b)
+        view = blocks.transpose(0, 2, 1, 3)  # image layout, a view of blocks
+        view[...] = image.reshape(view.shape)
+        np.copyto(view, np.inf, where=unusable.reshape(view.shape))
+        blocks = blocks.reshape(by, bx, -1)
+        n = bin_size * bin_size - np.count_nonzero(unusable.reshape(view.shape), axis=(1, 3))
+    # numpy's sort is SIMD-vectorised: all blocks at once (in place: the blocks are our own
+    # copy) beat a compiled per-block selection
+    blocks.sort(axis=2)
     lo = np.take_along_axis(blocks, (np.maximum(n - 1, 0) // 2)[..., None], 2)[..., 0].astype(np.float64)
     hi = np.take_along_axis(blocks, (n // 2)[..., None].clip(max=blocks.shape[2] - 1), 2)[..., 0].astype(np.float64)
     med = np.where(n > 0, 0.5 * (lo + hi), np.nan)
