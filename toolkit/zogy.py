@@ -833,23 +833,16 @@ def _fused_band(P, Q, A, B, C, E, c0, w, f1, f2, a1, a2, calc_score, sd, svd):  
                 ks[m * _BAND + j] = ft(k[m])
         a = A[i, 2 * c0:2 * (c0 + n)]
         b = B[i, 2 * c0:2 * (c0 + n)]
-        if calc_score:
-            for j in range(n):
-                r = j + j
-                xr, xi, yr, yi = a[r], a[r + 1], b[r], b[r + 1]
-                k0r, k0i, k1r, k1i = ks[j], ks[_BAND + j], ks[2 * _BAND + j], ks[3 * _BAND + j]
+        for j in range(n):
+            r = j + j
+            xr, xi, yr, yi = a[r], a[r + 1], b[r], b[r + 1]
+            k0r, k0i, k1r, k1i = ks[j], ks[_BAND + j], ks[2 * _BAND + j], ks[3 * _BAND + j]
+            a[r] = ((k0r * xr - k0i * xi) - (k1r * yr - k1i * yi)) * sd
+            a[r + 1] = ((k0r * xi + k0i * xr) - (k1r * yi + k1i * yr)) * sd
+            if calc_score:
                 k2r, k2i, k3r, k3i = ks[4 * _BAND + j], ks[5 * _BAND + j], ks[6 * _BAND + j], ks[7 * _BAND + j]
-                a[r] = ((k0r * xr - k0i * xi) - (k1r * yr - k1i * yi)) * sd
-                a[r + 1] = ((k0r * xi + k0i * xr) - (k1r * yi + k1i * yr)) * sd
                 b[r] = (k2r * xr - k2i * xi) - (k3r * yr - k3i * yi)
                 b[r + 1] = (k2r * xi + k2i * xr) - (k3r * yi + k3i * yr)
-        else:
-            for j in range(n):
-                r = j + j
-                xr, xi, yr, yi = a[r], a[r + 1], b[r], b[r + 1]
-                k0r, k0i, k1r, k1i = ks[j], ks[_BAND + j], ks[2 * _BAND + j], ks[3 * _BAND + j]
-                a[r] = ((k0r * xr - k0i * xi) - (k1r * yr - k1i * yi)) * sd
-                a[r + 1] = ((k0r * xi + k0i * xr) - (k1r * yi + k1i * yr)) * sd
         c = C[i, 2 * c0:2 * (c0 + n)]
         e = E[i, 2 * c0:2 * (c0 + n)]
         q0 = Q[0, i]
