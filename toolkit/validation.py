@@ -18,7 +18,7 @@ from scipy import ndimage
 from .coadd import assemble_coadd
 from .sim import ARTIFACT_KINDS, SimulatedStack
 
-__all__ = ["artifact_removal", "contribution", "star_flux_errors"]
+__all__ = ["artifact_driven_clips", "artifact_leftovers", "artifact_removal", "contribution", "star_flux_errors"]
 
 
 def contribution(values: np.ndarray, input_map: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -31,11 +31,39 @@ def contribution(values: np.ndarray, input_map: np.ndarray, weights: np.ndarray)
         return np.where(sw > 0, np.where(used, w * values, 0.0).sum(0) / sw, 0.0)
 
 
-def _unclipped_map(pipeline) -> np.ndarray:
-    """Input map of the final stack with the same NO_DATA/EDGE alt masks but nothing CLIPPED."""
-    masks = [{k: (np.zeros_like(v) if k == "CLIPPED" else v) for k, v in m.items()} for m in pipeline.artifact_masks]
+def _map_with_clipped(pipeline, clipped: list[np.ndarray] | None) -> np.ndarray:
+    """Input map of the final stack with the same NO_DATA/EDGE alt masks and ``clipped`` as
+    the per-epoch CLIPPED masks (None: nothing clipped)."""
+    masks = []
+    for i, m in enumerate(pipeline.artifact_masks):
+        c = np.zeros_like(m["CLIPPED"]) if clipped is None else clipped[i]
+        masks.append({k: (c if k == "CLIPPED" else v) for k, v in m.items()})
     res = assemble_coadd(pipeline.direct_warps, pipeline.config, alt_masks=masks, extra_bad_planes=["CLIPPED"], use_psf_matched_polygons=True, weights=pipeline.coadd_result.weights)
     return res.input_map
+
+
+def _unclipped_map(pipeline) -> np.ndarray:
+    """Input map of the final stack with the same NO_DATA/EDGE alt masks but nothing CLIPPED."""
+    return _map_with_clipped(pipeline, None)
+
+
+def artifact_driven_clips(stack: SimulatedStack, pipeline) -> list[np.ndarray]:
+    """Per epoch, the parts of the CLIPPED mask that an injected artifact caused: the
+    8-connected clipped regions that hold at least one of that epoch's artifact pixels.
+
+    A clipped candidate is the artifact's footprint in the PSF-matched warp difference, which
+    reaches well beyond the artifact's own pixels (a 500-sigma trail's is ~50 px wide), so stars
+    beside an artifact lose that epoch by design; LSST flags such coadd pixels INEXACT_PSF.
+    What is left of the CLIPPED mask, regions with no artifact pixel, are false clips."""
+    art = stack.truth["artifact_mask"]
+    out = []
+    for e, m in enumerate(pipeline.artifact_masks):
+        lab, n = ndimage.label(m["CLIPPED"], structure=np.ones((3, 3), bool))
+        hit = np.zeros(n + 1, bool)
+        hit[np.unique(lab[art[e]])] = True
+        hit[0] = False
+        out.append(hit[lab])
+    return out
 
 
 def artifact_removal(stack: SimulatedStack, pipeline) -> dict[str, dict[str, float]]:
@@ -62,24 +90,99 @@ def artifact_removal(stack: SimulatedStack, pipeline) -> dict[str, dict[str, flo
     return out
 
 
-def star_flux_errors(stack: SimulatedStack, pipeline, radius: float = 2.0, min_snr: float = 50.0, artifact_margin: int = 12) -> dict[str, Any]:
+def artifact_leftovers(stack: SimulatedStack, pipeline, kind: str = "cosmic_ray", min_fraction: float = 1e-3):
+    """Why each artifact of ``kind`` that CompareWarp left (partly) in the coadd was kept.
+
+    One row per artifact (an 8-connected group of that kind's pixels in one epoch) with more
+    than ``min_fraction`` of its coadd flux left: ``epoch``, ``x``, ``y`` (centroid),
+    ``injected`` and ``remaining`` (as :func:`artifact_removal`) and ``reason``:
+
+    * ``"not detected"``: no candidate of its epoch covers it;
+    * ``"prefiltered"``: no candidate covers it and at least 95 % of its pixels carry a
+      ``prefilterArtifactsMaskPlanes`` bit in the PSF-matched warp (``doPrefilterArtifacts``
+      dropped it; e.g. a BAD column that PSF matching grew into a strip);
+    * ``"protected"``: its unclipped candidates lie each inside one protected template
+      footprint (``doPreserveContainedBySource``);
+    * ``"not transient"``: a candidate covers it but too few of the candidate's pixels were
+      transient (``spatialThreshold``), usually because it merged with other outliers there;
+    * ``"partly clipped"``: it was clipped, but some of its pixels lie outside the clip.
+
+    Returns an astropy Table (empty when nothing is left).
+    """
+    from astropy.table import Table
+
+    code = {v: k for k, v in ARTIFACT_KINDS.items()}
+    if kind not in code:
+        raise ValueError(f"unknown artifact kind {kind!r}; choose from {', '.join(code)}")
+    art = stack.truth["artifact_flux"]
+    kinds = stack.truth["artifact_kind"]
+    r = pipeline.coadd_result
+    plain = _unclipped_map(pipeline)
+    prot = pipeline.protected_footprints
+    cfg = pipeline.config
+    rows = []
+    for e in range(art.shape[0]):
+        lab, n = ndimage.label(kinds[e] == code[kind], structure=np.ones((3, 3), bool))
+        if not n:
+            continue
+        cand = pipeline.candidate_image(e)
+        clipped = pipeline.artifact_masks[e]["CLIPPED"]
+        pm = pipeline.psf_matched_warps[e]
+        for lv, sl in enumerate(ndimage.find_objects(lab), start=1):
+            sel = np.zeros(lab.shape, bool)
+            sel[sl] = lab[sl] == lv
+            a = np.zeros(art.shape, np.float64)
+            a[e][sel] = art[e][sel]
+            inj = float(contribution(a, plain, r.weights)[sel].sum())
+            rem = float(contribution(a, r.input_map, r.weights)[sel].sum())
+            if not inj or rem <= min_fraction * inj:
+                continue
+            labels = np.setdiff1d(np.unique(cand[sel]), [0])
+            if labels.size == 0:
+                reason = "not detected"
+                if pm is not None and cfg.doPrefilterArtifacts:
+                    bits = pm.mask_planes.bitmask(cfg.prefilterArtifactsMaskPlanes, strict=False)
+                    if np.mean((pm.mask[sel] & bits) != 0) >= 0.95:
+                        reason = "prefiltered"
+            elif clipped[sel].any():
+                reason = "partly clipped"
+            else:
+                inside = all(
+                    (p := prot[cand == lb]).min() > 0 and (p == p[0]).all() for lb in labels
+                )
+                reason = "protected" if inside and cfg.doPreserveContainedBySource else "not transient"
+            ys, xs = np.nonzero(sel)
+            rows.append((e, float(xs.mean()), float(ys.mean()), inj, rem, reason))
+    names = ("epoch", "x", "y", "injected", "remaining", "reason")
+    if not rows:
+        return Table(names=names, dtype=(int, float, float, float, float, str))
+    return Table(rows=rows, names=names)
+
+
+def star_flux_errors(stack: SimulatedStack, pipeline, radius: float = 2.0, min_snr: float = 50.0, artifact_margin: int = 12, intended_clips: bool = True) -> dict[str, Any]:
     """Relative aperture-flux errors of the CompareWarp coadd at non-saturated stars.
 
-    The reference is the noiseless per-epoch sky stacked with the *plain* (unclipped) input map,
-    so only what clipping removed and the noise show up.  The aperture radius is in units of
-    the largest epoch PSF sigma.  Stars whose aperture S/N (from the coadd variance) is below
-    ``min_snr``, that touch NO_DATA or that lie within ``artifact_margin`` px of an artifact in
-    any epoch are skipped.  Returns per-class arrays of relative errors
-    of the real coadd and their expected noise (``*_sigma``), and the noise-free relative change
-    that clipping alone caused (``*_clip``: the noiseless sky stacked with the final input map
-    against the plain one), for ``static`` and ``variable`` stars.
+    The reference is the noiseless per-epoch sky stacked with the input map that has only the
+    artifact-driven clips (:func:`artifact_driven_clips`; ``intended_clips=False``: nothing
+    clipped), so what false clips removed and the noise show up.  A star beside a bright trail
+    loses that epoch inside the trail's wide PSF-matched footprint by design, which changes a
+    direct coadd's core flux by up to ~1 % (the epochs' PSFs differ); that is not a false clip.
+    The aperture radius is in units of the largest epoch PSF sigma.  Stars whose aperture S/N
+    (from the coadd variance) is below ``min_snr``, that touch NO_DATA or that lie within
+    ``artifact_margin`` px of an artifact pixel in any epoch (whose leftover flux would add
+    to the star's) are skipped.  Returns per-class arrays of relative errors of the real coadd
+    and their expected noise (``*_sigma``), and the noise-free relative change that false
+    clips alone caused (``*_clip``: the noiseless sky stacked with the final input map against
+    the reference), for ``static`` and ``variable`` stars.
     """
     nl = stack.truth["noiseless"].astype(np.float64)
     r = pipeline.coadd_result
     coadd = r.coadd
-    ref = contribution(nl, _unclipped_map(pipeline), r.weights)
+    base = _map_with_clipped(pipeline, artifact_driven_clips(stack, pipeline)) if intended_clips else _unclipped_map(pipeline)
+    ref = contribution(nl, base, r.weights)
     got = contribution(nl, r.input_map, r.weights)
-    # an artifact's PSF-matched footprint reaches about a kernel half-width beyond its pixels
+    # leftover artifact flux: an artifact's PSF-matched footprint reaches about a kernel
+    # half-width beyond its pixels
     hit = ndimage.binary_dilation(stack.truth["artifact_mask"].any(0), iterations=artifact_margin) if artifact_margin else stack.truth["artifact_mask"].any(0)
     stars = stack.catalogs["stars"]
     rad = radius * float(np.max(stack.truth["psf_sigma"]))
