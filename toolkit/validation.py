@@ -122,29 +122,33 @@ def artifact_leftovers(stack: SimulatedStack, pipeline, kind: str = "cosmic_ray"
     cfg = pipeline.config
     rows = []
     for e in range(art.shape[0]):
-        lab, n = ndimage.label(kinds[e] == code[kind], structure=np.ones((3, 3), bool))
+        this = kinds[e] == code[kind]
+        lab, n = ndimage.label(this, structure=np.ones((3, 3), bool))
         if not n:
             continue
+        # the contributions are per pixel, so one map per epoch serves all its artifacts
+        a = np.zeros(art.shape, np.float64)
+        a[e][this] = art[e][this]
+        inj_map = contribution(a, plain, r.weights)
+        rem_map = contribution(a, r.input_map, r.weights)
+        del a
         cand = pipeline.candidate_image(e)
         clipped = pipeline.artifact_masks[e]["CLIPPED"]
         pm = pipeline.psf_matched_warps[e]
         for lv, sl in enumerate(ndimage.find_objects(lab), start=1):
-            sel = np.zeros(lab.shape, bool)
-            sel[sl] = lab[sl] == lv
-            a = np.zeros(art.shape, np.float64)
-            a[e][sel] = art[e][sel]
-            inj = float(contribution(a, plain, r.weights)[sel].sum())
-            rem = float(contribution(a, r.input_map, r.weights)[sel].sum())
+            sel = lab[sl] == lv  # this artifact's pixels within its bounding box
+            inj = float(inj_map[sl][sel].sum())
+            rem = float(rem_map[sl][sel].sum())
             if not inj or rem <= min_fraction * inj:
                 continue
-            labels = np.setdiff1d(np.unique(cand[sel]), [0])
+            labels = np.setdiff1d(np.unique(cand[sl][sel]), [0])
             if labels.size == 0:
                 reason = "not detected"
                 if pm is not None and cfg.doPrefilterArtifacts:
                     bits = pm.mask_planes.bitmask(cfg.prefilterArtifactsMaskPlanes, strict=False)
-                    if np.mean((pm.mask[sel] & bits) != 0) >= 0.95:
+                    if np.mean((pm.mask[sl][sel] & bits) != 0) >= 0.95:
                         reason = "prefiltered"
-            elif clipped[sel].any():
+            elif clipped[sl][sel].any():
                 reason = "partly clipped"
             else:
                 inside = all(
@@ -152,7 +156,7 @@ def artifact_leftovers(stack: SimulatedStack, pipeline, kind: str = "cosmic_ray"
                 )
                 reason = "protected" if inside and cfg.doPreserveContainedBySource else "not transient"
             ys, xs = np.nonzero(sel)
-            rows.append((e, float(xs.mean()), float(ys.mean()), inj, rem, reason))
+            rows.append((e, float(xs.mean() + sl[1].start), float(ys.mean() + sl[0].start), inj, rem, reason))
     names = ("epoch", "x", "y", "injected", "remaining", "reason")
     if not rows:
         return Table(names=names, dtype=(int, float, float, float, float, str))
