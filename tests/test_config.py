@@ -6,7 +6,7 @@ import ast
 import pytest
 
 from toolkit.config import (
-    PRESETS, AssembleCoaddConfig, CompareWarpConfig, ConfigError, ZogyConfig, parse_pex_override, preset,
+    PRESETS, AssembleCoaddConfig, CompareWarpConfig, ConfigError, ZogyConfig, config_from_file, parse_pex_override, preset,
 )
 
 pex = pytest.importorskip("lsst.pex.config")
@@ -208,7 +208,7 @@ def test_validate_rules_named():
 
 
 @pytest.mark.parametrize("payload", [
-    "import os\nos.system('touch {s}')\n",
+    "os.system('touch {s}')\n",
     "__import__('os').system('touch {s}')\n",
     "config.spatialThreshold = __import__('os').system('touch {s}')\n",
     "exec(\"open('{s}', 'w').write('x')\")\n",
@@ -245,6 +245,165 @@ def test_effective_max_epochs_table():
 
 
 def test_parse_rejects_non_config_targets():
-    assert parse_pex_override("'''doc'''\nconfig.a.b = 1\n") == [(2, "a.b", 1)]
+    assert parse_pex_override("'''doc'''\nconfig.a.b = 1\n") == [(2, "a.b", 1, "set")]
     with pytest.raises(ConfigError, match="line 2"):
         parse_pex_override("config.a = 1\nconfig.a[0] = 2\n")
+
+
+# ---- reading the override files and pipelines LSST users already have ------------------------------
+def test_imports_are_read_not_run(tmp_path):
+    """An import is skipped (nothing is executed); a call on the imported name is refused on
+    its own line."""
+    sentinel = tmp_path / "sentinel"
+    with pytest.raises(ConfigError, match="line 2"):
+        CompareWarpConfig.from_pex_override(f"import os\nos.system('touch {sentinel}')\n")
+    assert not sentinel.exists()
+
+
+def _obs_style_files(tmp_path):
+    # an obs_* package's config/assembleCoadd.py with DECam's production overrides (reference
+    # section 1.6), loading a sibling file by LSST's __file__ idiom
+    (tmp_path / "coaddBase.py").write_text("config.coaddPsf.warpingKernelName = 'lanczos5'\nconfig.badMaskPlanes.remove('SAT')\n")
+    main = tmp_path / "assembleCoadd.py"
+    main.write_text(
+        "import os.path\n"
+        "from lsst.pipe.tasks.coaddBase import CoaddBaseTask\n"
+        "config.load(os.path.join(os.path.dirname(__file__), 'coaddBase.py'))\n"
+        "config.subregionSize = (10000, 200)\n"
+        "config.doFilterMorphological = True\n"
+        "config.removeMaskPlanes.append('CROSSTALK')\n"
+        "config.badMaskPlanes += ['SUSPECT']\n"
+        "config.prefilterArtifactsMaskPlanes.extend(['SAT'])\n"
+        "config.interpImage.transpose = True\n"
+        "config.assembleStaticSkyModel.badMaskPlanes.append('BAD')\n"
+    )
+    return main
+
+
+def test_obs_package_style_override_matches_the_real_pex_loader(tmp_path, monkeypatch):
+    """The same file read by lsst.pex.config (which executes it) and by diffstack (which only
+    parses it) gives the same value for every LSST field."""
+    main = _obs_style_files(tmp_path)
+    cfg = config_from_file(main, CompareWarpConfig)
+    assert cfg.badMaskPlanes == ["NO_DATA", "BAD", "SUSPECT"]  # SAT removed by the loaded file, SUSPECT added after
+    assert cfg.removeMaskPlanes == ["NOT_DEBLENDED", "EDGE", "CROSSTALK"]
+    assert cfg.subregionSize == (10000, 200) and cfg.doFilterMorphological and cfg.interpImage.transpose
+    pcfg = PexCompareWarp()
+    # pex executes the file: give it an importable stand-in for the lsst.pipe.tasks import
+    import sys
+    import types
+
+    for name in ("lsst.pipe", "lsst.pipe.tasks", "lsst.pipe.tasks.coaddBase"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    sys.modules["lsst.pipe.tasks.coaddBase"].CoaddBaseTask = object
+    pcfg.load(str(main))
+    loaded = _pex_dict(pcfg)
+    for dotted, value in cfg.flat_items(pex=True):
+        got = loaded[dotted]
+        assert (list(got) if isinstance(got, (list, tuple)) else got) == (list(value) if isinstance(value, (list, tuple)) else value), dotted
+    # and the CLI's loader reads the same file to the same config
+    from toolkit.cli_engine import load_config
+
+    assert load_config(str(main), CompareWarpConfig) == cfg
+
+
+def test_deprecated_lsst_fields_warn():
+    with pytest.warns(UserWarning, match="doScaleZeroPoint has no effect"):
+        cfg = CompareWarpConfig.from_pex_override("config.doScaleZeroPoint = False\nconfig.maxNumEpochs = 3\n")
+    assert cfg.maxNumEpochs == 3
+    with pytest.warns(UserWarning, match="select has no effect"):
+        CompareWarpConfig.from_pex_override("config.select.retarget(PsfWcsSelectImagesTask)\n")
+
+
+@pytest.mark.parametrize("text, match", [
+    ("config.spatialThreshold.append(1)\n", "not a list field"),
+    ("config.badMaskPlanes.remove('CR')\n", "'CR' is not in"),
+    ("config.badMaskPlanes += 'SUSPECT'\n", "extend/\\+= needs a list"),
+    ("config.badMaskPlanes.sort()\n", "line 1: config.badMaskPlanes.sort"),
+    ("config.detect.retarget(MyTask)\n", "line 1: config.detect.retarget"),
+    ("config.load(getPackageDir('obs_decam'))\n", "config.load path must be"),
+    ("config.load('missing.py')\n", "no such file"),
+    ("config.a['x'].b = 1\n", "unknown config group"),
+    ("config.badMaskPlanes.append(['A'] * 3)\n", "line 1: argument is not a literal"),
+])
+def test_override_statements_refused_with_named_errors(text, match, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=match):
+        CompareWarpConfig.from_pex_override(text)
+
+
+def test_config_load_cycle_refused(tmp_path):
+    (tmp_path / "a.py").write_text("config.load('b.py')\n")
+    (tmp_path / "b.py").write_text("config.load('a.py')\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        config_from_file(tmp_path / "a.py", CompareWarpConfig)
+
+
+def test_zogy_old_image_difference_spelling():
+    """ImageDifferenceTask's override put ZogyConfig under config.subtract['zogy'].zogyConfig
+    (reference section 1.7); the flux scalings keep LSST's swapped meaning there too."""
+    text = (
+        "config.subtract.name = 'zogy'\n"
+        "config.subtract['zogy'].zogyConfig.doSpatialGrid = True\n"
+        "config.subtract['zogy'].zogyConfig.templateFluxScaling = 2.0\n"
+        "config.subtract['zogy'].kernel.name = 'AL'\n"
+    )
+    with pytest.warns(UserWarning, match="ImagePsfMatch, not ZOGY"):
+        z = ZogyConfig.from_pex_override(text)
+    assert z.doSpatialGrid and z.scienceFluxScaling == 2.0 and z.templateFluxScaling == 1.0
+    assert ZogyConfig.from_pex_override("config.zogyConfig.gridInnerSize = 6.0\n").gridInnerSize == 6.0
+    with pytest.raises(ConfigError, match="only 'zogy'"):
+        ZogyConfig.from_pex_override("config.subtract.name = 'al'\n")
+    with pytest.raises(ConfigError, match="only the 'zogy' subtraction"):
+        ZogyConfig.from_pex_override("config.subtract['al'].kernel.name = 'AL'\n")
+
+
+_PIPELINE = """
+description: two CompareWarp coadds, as in drp_pipe
+parameters:
+  flHigh: 0.2
+tasks:
+  makeDirectWarp: lsst.drp.tasks.make_direct_warp.MakeDirectWarpTask
+  assembleDeepCoadd:
+    class: lsst.drp.tasks.assemble_coadd.CompareWarpAssembleCoaddTask
+    config:
+      - doSelectVisits: true
+        assembleStaticSkyModel.doSelectVisits: true
+        doWriteArtifactMasks: true
+        doOnlineForMean: true
+        maxFractionEpochsHigh: parameters.flHigh
+        connections.outputCoaddName: deep
+      - python: |
+          config.badMaskPlanes.append("SUSPECT")
+          config.assembleStaticSkyModel.sigmaClip = 2.0
+  assembleTemplateCoadd:
+    class: lsst.drp.tasks.assemble_coadd.CompareWarpAssembleCoaddTask
+    config:
+      doNImage: true
+"""
+
+
+def test_pipeline_yaml_task_config(tmp_path):
+    p = tmp_path / "DRP.yaml"
+    p.write_text(_PIPELINE)
+    with pytest.raises(ConfigError, match="several CompareWarpAssembleCoaddTask tasks .*name the task label"):
+        config_from_file(p, CompareWarpConfig)
+    with pytest.warns(UserWarning, match="connections.outputCoaddName has no effect"):
+        cfg = config_from_file(p, CompareWarpConfig, label="assembleDeepCoadd")
+    assert cfg.doSelectVisits and cfg.assembleStaticSkyModel.doSelectVisits and cfg.doWriteArtifactMasks
+    assert cfg.doOnlineForMean and cfg.maxFractionEpochsHigh == 0.2
+    assert cfg.badMaskPlanes == ["NO_DATA", "BAD", "SAT", "SUSPECT"] and cfg.assembleStaticSkyModel.sigmaClip == 2.0
+    from toolkit.cli_engine import load_config
+
+    assert load_config(f"{p}#assembleTemplateCoadd", CompareWarpConfig).doNImage
+    with pytest.raises(ConfigError, match="no task labelled 'nope'"):
+        config_from_file(p, CompareWarpConfig, label="nope")
+    with pytest.raises(ConfigError, match="no ZogyTask / ZogyImagePsfMatchTask task"):
+        config_from_file(p, ZogyConfig)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(_PIPELINE.replace("parameters.flHigh", "parameters.missing"))
+    with pytest.raises(ConfigError, match="parameter 'missing' is not defined"):
+        config_from_file(bad, CompareWarpConfig, label="assembleDeepCoadd")
+    bad.write_text(_PIPELINE.replace("doNImage: true", "doNImage: [1, 2"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config_from_file(bad, CompareWarpConfig)

@@ -26,7 +26,8 @@ _CLASSES = {"compare-warp": CompareWarpConfig, "assemble": AssembleCoaddConfig, 
 
 
 def load_config(spec: str | None, cls: type[LsstConfig]) -> LsstConfig:
-    """A config from a file path (.py override, .yaml/.yml, .json) or a preset name; defaults if None."""
+    """A config from a file path (.py override, .yaml/.yml, .json; ``pipeline.yaml#label`` for
+    one task of an LSST pipeline) or a preset name; defaults if None."""
     if spec is None:
         return cls()
     if spec in PRESETS and not Path(spec).exists():
@@ -34,7 +35,10 @@ def load_config(spec: str | None, cls: type[LsstConfig]) -> LsstConfig:
         if not isinstance(cfg, cls):
             raise ConfigError(f"preset {spec!r} is a {type(cfg).__name__}, not a {cls.__name__}")
         return cfg
-    cfg = config_from_file(spec, cls)
+    label = None
+    if "#" in spec and not Path(spec).exists():
+        spec, label = spec.rsplit("#", 1)
+    cfg = config_from_file(spec, cls, label=label)
     cfg.validate()
     return cfg
 
@@ -166,7 +170,7 @@ def add_subcommands(sub, progress: Callable) -> None:
     c.add_argument("--pattern", default="direct_warp_*.fits", help="glob used inside directories")
     c.add_argument("--psf-matched", nargs="+", help="PSF-matched warps (files or directories), same order")
     c.add_argument("--psf-matched-pattern", default="psf_matched_warp_*.fits")
-    c.add_argument("--config", help="pipetask override (.py), YAML/JSON export, or preset name")
+    c.add_argument("--config", help="pipetask override (.py), YAML/JSON export, pipeline.yaml#label, or preset name")
     c.add_argument("--task", choices=["compare-warp", "assemble"], default="compare-warp")
     c.add_argument("--out", required=True, help="output directory")
     c.set_defaults(func=lambda a: _cmd_coadd(a, progress))

@@ -4,7 +4,10 @@ Field names are LSST's (camelCase, as they appear in a ``pipetask`` override fil
 LSST's current ones (drp_tasks / meas_algorithms / last ip_diffim ZogyTask), and bounds and
 allowed values are enforced at assignment by ``param``.  ``validate()`` adds LSST's
 cross-field rules.  :meth:`LsstConfig.to_pex_override` writes ``config.<dotted> = <literal>``
-lines; :func:`load_pex_override` reads them back *without executing anything* (``ast`` only).
+lines; :func:`load_pex_override` reads them back *without executing anything* (``ast`` only),
+as it reads the override files of LSST's ``obs_*`` packages (imports, ``config.load``, list
+methods, registry spellings; see :func:`parse_pex_override`).  :meth:`LsstConfig.from_yaml` also
+takes one task's config from an LSST pipeline YAML.
 
 diffstack-only options (not LSST fields) are listed in ``_diffstack_only`` and never written to a
 pex override; they do travel in YAML/JSON.  The one renamed pair is ZOGY's flux scalings:
@@ -18,9 +21,10 @@ from __future__ import annotations
 import ast
 import datetime as _dt
 import json
+import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import param
 
@@ -40,6 +44,7 @@ __all__ = [
     "preset",
     "load_pex_override",
     "parse_pex_override",
+    "PexStatement",
     "config_from_file",
 ]
 
@@ -222,20 +227,44 @@ class LsstConfig(param.Parameterized):
         return json.dumps({"class": type(self).__name__, "config": self.to_dict()}, indent=1)
 
     @classmethod
-    def from_yaml(cls, text: str) -> "LsstConfig":
+    def from_yaml(cls, text: str, label: str | None = None, path: str | Path | None = None) -> "LsstConfig":
+        """A diffstack YAML export, or the config of one task of an LSST pipeline YAML.
+
+        In a pipeline (a mapping with ``tasks``), the task is the one labelled ``label``, or else
+        the only one whose class is this config's LSST task (e.g. CompareWarpAssembleCoaddTask).
+        Its ``config`` blocks are applied in order: ``field.sub: value`` keys, ``python:`` override
+        code (read as an override file, never executed), ``file:`` override files (relative to
+        ``path``), and ``parameters.<name>`` values taken from the pipeline's ``parameters``.
+        """
         import yaml
 
-        data = yaml.safe_load(text)
-        return cls._from_payload(data)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"not valid YAML: {exc}") from None
+        return cls._from_payload(data, label=label, path=Path(path) if path is not None else None)
 
     @classmethod
     def from_json(cls, text: str) -> "LsstConfig":
-        return cls._from_payload(json.loads(text))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"not valid JSON: {exc}") from None
+        return cls._from_payload(data)
+
+    #: the LSST task classes whose config this class mirrors (for pipeline YAML)
+    _lsst_tasks: tuple[str, ...] = ()
 
     @classmethod
-    def _from_payload(cls, data: Any) -> "LsstConfig":
+    def _from_payload(cls, data: Any, label: str | None = None, path: Path | None = None) -> "LsstConfig":
+        if isinstance(data, dict) and "tasks" in data and "config" not in data:
+            return cls._from_pipeline(data, label, path)
         if not isinstance(data, dict) or "config" not in data:
-            raise ConfigError("config document must be a mapping with 'class' and 'config' keys")
+            raise ConfigError("config document must be a mapping with 'class' and 'config' keys (a diffstack export), or an LSST pipeline with 'tasks'")
+        task = str(data.get("class", "")).rsplit(".", 1)[-1]
+        if cls._lsst_tasks and task in cls._lsst_tasks:
+            # one LSST task entry ("class: lsst....Task" + "config:"): the pipeline form
+            return cls._from_pipeline({"tasks": {task: data}}, task, path)
         klass = CONFIG_CLASSES.get(data.get("class", cls.__name__))
         if klass is None:
             raise ConfigError(f"unknown config class {data.get('class')!r}")
@@ -247,26 +276,147 @@ class LsstConfig(param.Parameterized):
         return cfg
 
     @classmethod
-    def from_pex_override(cls, text: str, base: "LsstConfig | None" = None) -> "LsstConfig":
-        """Apply an override file's assignments to ``base`` (default: LSST defaults)."""
-        cfg = cls() if base is None else base.copy()
-        rename = {v: k for k, v in cfg._pex_names.items()}
-        for lineno, dotted, value in parse_pex_override(text):
-            head, _, rest = dotted.partition(".")
-            if head in _IGNORED_LSST_GROUPS or dotted in _IGNORED_LSST_FIELDS:
-                warnings.warn(f"line {lineno}: LSST field config.{dotted} has no effect in diffstack; ignored", stacklevel=2)
-                continue
-            dotted = rename.get(head, head) + ("." + rest if rest else "")
-            try:
-                cfg.set_dotted(dotted, value)
-            except ConfigError as exc:
-                raise ConfigError(f"line {lineno}: {exc}") from None
+    def _from_pipeline(cls, data: dict, label: str | None, path: Path | None) -> "LsstConfig":
+        tasks = data["tasks"]
+        if not isinstance(tasks, dict):
+            raise ConfigError("pipeline 'tasks' must be a mapping of label -> task")
+
+        def task_class(entry: Any) -> str:
+            c = entry if isinstance(entry, str) else entry.get("class", "") if isinstance(entry, dict) else ""
+            return str(c).rsplit(".", 1)[-1]
+
+        if label is not None:
+            if label not in tasks:
+                raise ConfigError(f"pipeline has no task labelled {label!r} (labels: {', '.join(map(str, tasks))})")
+            chosen = label
+        else:
+            found = [lab for lab, e in tasks.items() if task_class(e) in cls._lsst_tasks]
+            if len(found) != 1:
+                what = f"several {' / '.join(cls._lsst_tasks)} tasks ({', '.join(found)})" if found else f"no {' / '.join(cls._lsst_tasks) or cls.__name__} task"
+                raise ConfigError(f"pipeline has {what}: name the task label (labels: {', '.join(map(str, tasks))})")
+            chosen = found[0]
+        entry = tasks[chosen]
+        blocks = entry.get("config", []) if isinstance(entry, dict) else []
+        blocks = [blocks] if isinstance(blocks, dict) else list(blocks or [])
+        params = data.get("parameters") or {}
+        cfg = cls()
+        where = f"pipeline task {chosen!r}, "
+        for block in blocks:
+            if not isinstance(block, dict):
+                raise ConfigError(f"{where}config blocks must be mappings, got {block!r}")
+            for key, value in block.items():
+                if key == "python":
+                    cfg._apply_statements(parse_pex_override(str(value)), f"{where}python block ", path, ())
+                elif key == "file":
+                    target = Path(os.path.expandvars(str(value)))
+                    if "$" in str(target):
+                        raise ConfigError(f"{where}config file {value!r}: environment variable not set")
+                    cfg._load_pex_file(PexStatement(0, "", str(target), "load"), path, ())
+                else:
+                    if isinstance(value, str) and value.startswith("parameters."):
+                        name = value[len("parameters."):]
+                        if name not in params:
+                            raise ConfigError(f"{where}{key}: pipeline parameter {name!r} is not defined")
+                        value = params[name]
+                    cfg._apply_statements([PexStatement(0, str(key), value)], f"{where}key ", path, ())
         cfg.validate()
         return cfg
 
+    @classmethod
+    def from_pex_override(cls, text: str, base: "LsstConfig | None" = None, path: str | Path | None = None) -> "LsstConfig":
+        """Apply an override file's statements to ``base`` (default: LSST defaults).
+
+        ``path`` (the file ``text`` came from) anchors ``config.load`` of a relative file.
+        See :func:`parse_pex_override` for what is read; nothing is executed.
+        """
+        cfg = cls() if base is None else base.copy()
+        cfg._apply_pex(text, Path(path) if path is not None else None, seen=())
+        cfg.validate()
+        return cfg
+
+    def _apply_pex(self, text: str, path: Path | None, seen: tuple) -> None:
+        self._apply_statements(parse_pex_override(text), f"{path.name}, " if path is not None else "", path, seen)
+
+    def _apply_statements(self, statements: list["PexStatement"], where: str, path: Path | None, seen: tuple) -> None:
+        rename = {v: k for k, v in self._pex_names.items()}
+        for st in statements:
+            if st.op == "load":
+                self._load_pex_file(st, path, seen)
+                continue
+            dotted = self._pex_target(st, where)
+            if dotted is None:
+                continue
+            parts = dotted.split(".")
+            groups = parts if st.op == "retarget" else parts[:-1]
+            if any(part in _IGNORED_LSST_GROUPS for part in groups) or (st.op != "retarget" and parts[-1] in _IGNORED_LSST_FIELDS):
+                warnings.warn(f"{where}{_at(st)}LSST field config.{st.target} has no effect in diffstack; ignored", stacklevel=4)
+                continue
+            if st.op == "retarget":
+                raise ConfigError(f"{where}{_at(st)}config.{st.target}.retarget(...): diffstack implements only LSST's default subtask there")
+            dotted = ".".join([rename.get(parts[0], parts[0])] + parts[1:])
+            try:
+                if st.op == "set":
+                    self.set_dotted(dotted, st.value)
+                else:
+                    self.set_dotted(dotted, _list_op(self.get_dotted_checked(dotted), st.op, st.value, dotted))
+            except ConfigError as exc:
+                raise ConfigError(f"{where}{_at(st)}{exc}") from None
+
+    def _pex_target(self, st: "PexStatement", where: str) -> str | None:
+        """The dotted field a statement sets (None: nothing to do); subclasses map LSST's
+        registry spellings onto their fields."""
+        if "[" in st.target:
+            raise ConfigError(f"{where}line {st.line}: unknown config group in config.{st.target} (no registry there in {type(self).__name__})")
+        return st.target
+
+    def _load_pex_file(self, st: "PexStatement", path: Path | None, seen: tuple) -> None:
+        where = f"{path.name}, " if path is not None else ""
+        target = Path(st.value)
+        if not target.is_absolute():
+            target = (path.parent if path is not None else Path.cwd()) / target
+        target = target.resolve()
+        if target in seen or len(seen) > 16:
+            raise ConfigError(f"{where}line {st.line}: config.load({st.value!r}) loads itself again (a cycle)")
+        if not target.is_file():
+            raise ConfigError(f"{where}line {st.line}: config.load: no such file {target}")
+        self._apply_pex(target.read_text(), target, seen + (target,))
+
+    def get_dotted_checked(self, dotted: str) -> Any:
+        parts = dotted.split(".")
+        obj: Any = self
+        for i, part in enumerate(parts):
+            if not isinstance(obj, LsstConfig) or part not in obj.param or part == "name":
+                raise ConfigError(f"unknown config field {'.'.join(parts[: i + 1])!r} for {type(self).__name__}")
+            obj = getattr(obj, part)
+        return obj
+
 
 _IGNORED_LSST_GROUPS = {"connections", "select", "inputRecorder", "inputMapper", "scaleZeroPoint"}
-_IGNORED_LSST_FIELDS: set[str] = set()
+#: LSST fields with no effect here: deprecated and ignored by LSST too (includeCalibVar), or the
+#: deprecated zero-point rescaling (diffstack's inputs are on one flux scale already)
+_IGNORED_LSST_FIELDS: set[str] = {"includeCalibVar", "doScaleZeroPoint"}
+
+
+def _at(st: "PexStatement") -> str:
+    return f"line {st.line}: " if st.line else f"{st.target}: "
+
+
+def _list_op(current: Any, op: str, value: Any, dotted: str) -> list:
+    """``current`` (a list field) after ``append``/``extend``/``remove``/``+=`` of ``value``."""
+    if not isinstance(current, (list, tuple)):
+        raise ConfigError(f"{dotted} is not a list field; '{op}' needs one")
+    out = list(current)
+    if op == "append":
+        out.append(value)
+    elif op == "extend":
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{dotted}: extend/+= needs a list, got {value!r}")
+        out.extend(value)
+    elif op == "remove":
+        if value not in out:
+            raise ConfigError(f"{dotted}.remove({value!r}): {value!r} is not in {out}")
+        out.remove(value)
+    return out
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -290,11 +440,35 @@ def _literal(value: Any) -> str:
     return repr(value)
 
 
-def parse_pex_override(text: str) -> list[tuple[int, str, Any]]:
-    """Parse an override file into ``(line, dotted_name, value)`` without executing it.
+class PexStatement(NamedTuple):
+    """One statement of an override file: ``config.<target> <op> <value>``."""
 
-    Only ``config.a.b = <literal>`` statements (and docstrings) are accepted; anything else —
-    imports, calls, subscripts, other names — raises :class:`ConfigError` with its line number.
+    line: int
+    target: str  # dotted name after ``config.``; a registry key is kept as ``name[key]``
+    value: Any
+    op: str = "set"  # set | append | extend | remove | retarget | load
+
+
+_LIST_METHODS = {"append": "append", "extend": "extend", "remove": "remove"}
+
+
+def parse_pex_override(text: str) -> list[PexStatement]:
+    """Parse an override file into :class:`PexStatement` s without executing it.
+
+    What a ``pipetask`` override file (an ``obs_*`` package's ``config/*.py``) says about
+    fields is read from its syntax tree:
+
+    * ``config.a.b = <literal>``; ``config.a.b += [<literals>]``;
+    * ``config.a.b.append(<literal>)``, ``.extend([...])``, ``.remove(<literal>)``;
+    * registry entries, ``config.subtract['zogy'].zogyConfig.x = ...`` (target ``subtract[zogy]...``);
+    * ``config.a.retarget(...)`` (reported, so the caller can refuse or ignore it);
+    * ``config.load(<path>)`` with a string path, or LSST's idiom
+      ``os.path.join(os.path.dirname(__file__), "<file>", ...)`` (relative to the file);
+    * imports and docstrings are skipped (imports are never run; they only matter to
+      statements, which are all checked here).
+
+    Anything else (other names, calls, comprehensions, non-literal values) raises
+    :class:`ConfigError` naming its line.
     """
     try:
         tree = ast.parse(text)
@@ -304,21 +478,78 @@ def parse_pex_override(text: str) -> list[tuple[int, str, Any]]:
     for node in tree.body:
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
             continue
-        if not isinstance(node, ast.Assign) or len(node.targets) != 1:
-            raise ConfigError(f"line {node.lineno}: only 'config.<field> = <literal>' assignments are allowed, found {type(node).__name__}")
-        parts = []
-        t = node.targets[0]
-        while isinstance(t, ast.Attribute):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            out.append(PexStatement(node.lineno, _config_target(node.targets[0], node.lineno), _literal_value(node.value, node.lineno, node.targets[0])))
+        elif isinstance(node, ast.AugAssign) and isinstance(node.op, ast.Add):
+            out.append(PexStatement(node.lineno, _config_target(node.target, node.lineno), _literal_value(node.value, node.lineno, node.target), "extend"))
+        elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Attribute):
+            out.append(_call_statement(node.value, node.lineno))
+        else:
+            raise ConfigError(f"line {node.lineno}: only assignments to config.<field>, list methods, retarget and config.load are read; found {type(node).__name__}")
+    return out
+
+
+def _config_target(t: ast.AST, lineno: int) -> str:
+    parts = []
+    while True:
+        if isinstance(t, ast.Attribute):
             parts.append(t.attr)
             t = t.value
-        if not isinstance(t, ast.Name) or t.id != "config" or not parts:
-            raise ConfigError(f"line {node.lineno}: assignment target must be config.<field>")
-        try:
-            value = ast.literal_eval(node.value)
-        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-            raise ConfigError(f"line {node.lineno}: value of config.{'.'.join(reversed(parts))} is not a literal") from None
-        out.append((node.lineno, ".".join(reversed(parts)), value))
-    return out
+        elif isinstance(t, ast.Subscript) and isinstance(t.slice, ast.Constant) and isinstance(t.slice.value, str) and isinstance(t.value, ast.Attribute):
+            # a registry entry: config.subtract['zogy'] -> "subtract[zogy]"
+            parts.append(f"{t.value.attr}[{t.slice.value}]")
+            t = t.value.value
+        else:
+            break
+    if not isinstance(t, ast.Name) or t.id != "config" or not parts:
+        raise ConfigError(f"line {lineno}: assignment target must be config.<field>")
+    return ".".join(reversed(parts))
+
+
+def _literal_value(node: ast.AST, lineno: int, target: ast.AST | None = None) -> Any:
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        what = f"value of config.{_config_target(target, lineno)}" if target is not None else "argument"
+        raise ConfigError(f"line {lineno}: {what} is not a literal") from None
+
+
+def _call_statement(call: ast.Call, lineno: int) -> PexStatement:
+    method = call.func.attr
+    owner = call.func.value
+    if method == "load" and isinstance(owner, ast.Name) and owner.id == "config":
+        if len(call.args) != 1 or call.keywords:
+            raise ConfigError(f"line {lineno}: config.load takes one path")
+        return PexStatement(lineno, "", _load_path(call.args[0], lineno), "load")
+    target = _config_target(owner, lineno)
+    if method == "retarget":
+        return PexStatement(lineno, target, None, "retarget")
+    if method in _LIST_METHODS and len(call.args) == 1 and not call.keywords:
+        return PexStatement(lineno, target, _literal_value(call.args[0], lineno), _LIST_METHODS[method])
+    raise ConfigError(f"line {lineno}: config.{target}.{method}(...) is not read (only append, extend, remove, retarget and config.load)")
+
+
+def _load_path(node: ast.AST, lineno: int) -> str:
+    """A literal path, or ``os.path.join(os.path.dirname(__file__), "a", ...)`` as "a/..."."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+
+    def is_call(n, dotted):
+        f = n.func if isinstance(n, ast.Call) else None
+        names = []
+        while isinstance(f, ast.Attribute):
+            names.append(f.attr)
+            f = f.value
+        return isinstance(f, ast.Name) and ".".join([f.id] + names[::-1]) == dotted
+
+    if is_call(node, "os.path.join") and node.args and is_call(node.args[0], "os.path.dirname"):
+        first = node.args[0].args
+        rest = node.args[1:]
+        if len(first) == 1 and isinstance(first[0], ast.Name) and first[0].id == "__file__" and rest and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in rest):
+            return str(Path(*[a.value for a in rest]))
+    raise ConfigError(f"line {lineno}: config.load path must be a string or os.path.join(os.path.dirname(__file__), '<file>')")
 
 
 # ====================================================================== subtask configs
@@ -379,6 +610,7 @@ class AssembleCoaddConfig(LsstConfig):
     """LSST ``AssembleCoaddConfig`` (after ``setDefaults``)."""
 
     _diffstack_only = ()
+    _lsst_tasks = ("AssembleCoaddTask",)
 
     coaddName = param.String("deep", doc="Coadd name used in dataset names.")
     badMaskPlanes = param.List(["NO_DATA", "BAD", "SAT", "EDGE"], item_type=str, doc="Inputs with any of these planes are excluded from the stack.")
@@ -417,6 +649,8 @@ class AssembleCoaddConfig(LsstConfig):
 
 class CompareWarpConfig(AssembleCoaddConfig):
     """LSST ``CompareWarpAssembleCoaddConfig`` with current (2026) defaults."""
+
+    _lsst_tasks = ("CompareWarpAssembleCoaddTask",)
 
     assembleStaticSkyModel = param.ClassSelector(class_=AssembleCoaddConfig, default=None, instantiate=True, doc="Static-sky template AssembleCoadd config.")
     detect = param.ClassSelector(class_=DetectionConfig, default=None, instantiate=True, doc="Artifact-candidate detection on each warpDiff.")
@@ -471,6 +705,8 @@ class ZogyConfig(LsstConfig):
     """LSST ``ZogyConfig`` (ip_diffim, last version before its 2023 removal) plus diffstack
     options from the ZOGY paper that LSST did not implement (all off by default)."""
 
+    _lsst_tasks = ("ZogyTask", "ZogyImagePsfMatchTask")
+
     _diffstack_only = (
         "paddingSeed", "doAstrometricNoise", "astrometricSigmaX", "astrometricSigmaY",
         "doSourceNoise", "doFitFluxRatio", "transientThreshold", "transientMinPixels",
@@ -497,6 +733,24 @@ class ZogyConfig(LsstConfig):
     doFitFluxRatio = param.Boolean(False, doc="Fit F_n/F_r (and the noise levels) from the images instead of using calibrations/scalings.")
     transientThreshold = param.Number(5.0, bounds=(0, None), inclusive_bounds=(False, True), doc="|Scorr| threshold of the transient catalog.")
     transientMinPixels = param.Integer(1, bounds=(1, None), doc="Minimum pixels above threshold for a catalog entry.")
+
+    def _pex_target(self, st: "PexStatement", where: str) -> str | None:
+        # the standalone ZogyConfig's fields, or the old ImageDifferenceTask's spelling
+        # config.subtract['zogy'].zogyConfig.<field> (and ZogyImagePsfMatchConfig's zogyConfig.<field>)
+        t = st.target
+        for prefix in ("subtract[zogy].zogyConfig.", "zogyConfig."):
+            if t.startswith(prefix):
+                return t[len(prefix):]
+        if t == "subtract.name":
+            if st.value != "zogy":
+                raise ConfigError(f"{where}line {st.line}: config.subtract.name = {st.value!r}: diffstack implements only 'zogy'")
+            return None
+        if t.startswith("subtract[zogy].") or (t.startswith("subtract") and st.op == "retarget"):
+            warnings.warn(f"{where}line {st.line}: config.{t} (ImagePsfMatch, not ZOGY) has no effect in diffstack; ignored", stacklevel=4)
+            return None
+        if t.startswith("subtract["):
+            raise ConfigError(f"{where}line {st.line}: config.{t}: diffstack implements only the 'zogy' subtraction")
+        return super()._pex_target(st, where)
 
     def _pex_header_notes(self) -> list[str]:
         return [
@@ -581,16 +835,17 @@ def load_pex_override(path: str | Path, cls: type[LsstConfig] = CompareWarpConfi
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file not found: {p}")
-    return cls.from_pex_override(p.read_text(), base=base)
+    return cls.from_pex_override(p.read_text(), base=base, path=p)
 
 
-def config_from_file(path: str | Path, cls: type[LsstConfig]) -> LsstConfig:
-    """Load a ``.py`` override, or a ``.yaml``/``.yml``/``.json`` export, as ``cls``."""
+def config_from_file(path: str | Path, cls: type[LsstConfig], label: str | None = None) -> LsstConfig:
+    """Load a ``.py`` override, a ``.yaml``/``.yml``/``.json`` export, or one task's config
+    from an LSST pipeline YAML (``label``: its task label, needed when several tasks fit)."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file not found: {p}")
     if p.suffix in (".yaml", ".yml"):
-        return cls.from_yaml(p.read_text())
+        return cls.from_yaml(p.read_text(), label=label, path=p)
     if p.suffix == ".json":
         return cls.from_json(p.read_text())
     return load_pex_override(p, cls)
