@@ -80,6 +80,14 @@ def test_changing_spatial_threshold_reruns_only_filter_and_stack(small_stack):
     p.config.detect.thresholdValue = 6.0
     _ = p.coadd
     assert p.run_counts["candidates"] == 2 and p.run_counts["template"] == 1
+    # the filter's per-candidate inputs are kept between slider moves: new candidates or new
+    # protected footprints must replace them (each step equals a fresh run)
+    for dotted, value in (("detectTemplate.thresholdValue", 50.0), ("spatialThreshold", 0.6), ("detect.thresholdValue", 9.0)):
+        p.config.set_dotted(dotted, value)
+        got = p.coadd_result
+        fresh = CompareWarpPipeline(small_stack.direct_warps, small_stack.psf_matched_warps, p.config.copy()).coadd_result
+        for a, b in ((fresh.coadd.image, got.coadd.image), (fresh.coadd.mask, got.coadd.mask), (fresh.n_clipped, got.n_clipped)):
+            np.testing.assert_array_equal(a, b, err_msg=dotted)
 
 
 def test_slider_sequence_restacks_only_changed_pixels_and_matches_fresh_runs(small_stack):

@@ -170,6 +170,8 @@ class CompareWarpPipeline:
         self._cache: dict[str, tuple[str, Any]] = {}
         # (stack key, per-epoch clipped flat indices, result) of the latest coadd stage
         self._last_coadd: tuple[str, list[np.ndarray], CoaddResult] | None = None
+        # (candidates + protected key, per-epoch inputs of the filter rule), see _filter_inputs
+        self._filter_inputs_cache: tuple[str, list] | None = None
         self.run_counts = {s: 0 for s in STAGES}
         self.timings: dict[str, float] = {}
         self._local = threading.local()  # per thread: progress reports held for the caller
@@ -211,6 +213,7 @@ class CompareWarpPipeline:
         """Drop every cached stage (e.g. after replacing the inputs)."""
         self._cache.clear()
         self._last_coadd = None
+        self._filter_inputs_cache = None
 
     def _beside(self, pool: ThreadPoolExecutor, compute: Callable[[], Any]) -> Callable[[], Any]:
         """Start ``compute`` (a stage) in ``pool``; the returned function waits for it and then
@@ -443,27 +446,23 @@ class CompareWarpPipeline:
 
         def run():
             c = self.config
-            count = cand["epoch_count"].ravel()
-            nimg = cand["n_image"].ravel()
-            pflat = prot.ravel()
-            has_prot = bool(pflat.any())
+            fixed = self._filter_inputs(ck + pk, cand, prot)
+
             def one(i):
                 flat, lv, n = cand["candidates"][i]
                 clipped = np.zeros(self.direct_warps[0].shape, bool)
                 cf = np.zeros(0, np.int64)
                 labels = np.zeros(0, int)
                 if n:
-                    area = np.bincount(lv, minlength=n + 1).astype(float)
-                    nbar = np.bincount(lv, weights=nimg[flat], minlength=n + 1) / np.maximum(area, 1)
+                    area, nbar, cnt, contained = fixed[i]
                     eff = np.minimum(c.maxFractionEpochsLow * nbar, c.maxNumEpochs + c.maxFractionEpochsHigh * nbar).astype(np.int64)
-                    cnt = count[flat]
                     below = (cnt > 0) & (cnt <= eff[lv])
                     nbelow = np.bincount(lv, weights=below.astype(float), minlength=n + 1)
                     with np.errstate(invalid="ignore", divide="ignore"):
                         clip = nbelow / area > c.spatialThreshold
                     clip[0] = False
-                    if c.doPreserveContainedBySource and has_prot:
-                        clip &= ~_contained_in_one_footprint(pflat[flat], lv, n)
+                    if c.doPreserveContainedBySource and contained is not None:
+                        clip &= ~contained
                     cf = flat[clip[lv]]  # sorted, as flat is
                     clipped.ravel()[cf] = True
                     labels = np.nonzero(clip)[0]
@@ -479,6 +478,31 @@ class CompareWarpPipeline:
             return dict(masks=masks, clipped_labels=clipped_labels, clipped_flat=clipped_flat)
 
         return self._stage("filter", key, run)
+
+    def _filter_inputs(self, key: tuple, cand: dict, prot: np.ndarray) -> list:
+        """Per epoch what filterArtifacts reads that no filter parameter changes: each
+        candidate's area and mean nImage, the epoch count under its pixels, and whether it lies
+        inside one protected footprint (None when there are none).  Kept while the candidates
+        and the protected footprints are, so a slider move only applies the rule."""
+        if self._filter_inputs_cache is not None and self._filter_inputs_cache[0] == key:
+            return self._filter_inputs_cache[1]
+        count = cand["epoch_count"].ravel()
+        nimg = cand["n_image"].ravel()
+        pflat = prot.ravel()
+        has_prot = bool(pflat.any())
+
+        def one(i):
+            flat, lv, n = cand["candidates"][i]
+            if not n:
+                return None
+            area = np.bincount(lv, minlength=n + 1).astype(float)
+            nbar = np.bincount(lv, weights=nimg[flat], minlength=n + 1) / np.maximum(area, 1)
+            contained = _contained_in_one_footprint(pflat[flat], lv, n) if has_prot else None
+            return area, nbar, count[flat], contained
+
+        data = map_epochs(one, range(len(cand["candidates"])))
+        self._filter_inputs_cache = (key, data)
+        return data
 
     @property
     def artifact_masks(self) -> list[dict[str, np.ndarray]]:
