@@ -128,8 +128,12 @@ class LsstConfig(param.Parameterized):
         obj.update_from_dict({parts[-1]: value}, prefix=".".join(parts[:-1]) + "." if len(parts) > 1 else "")
 
     def get_dotted(self, dotted: str) -> Any:
+        """The value of ``a.b.c``; an unknown name raises :class:`ConfigError`."""
+        parts = dotted.split(".")
         obj: Any = self
-        for part in dotted.split("."):
+        for i, part in enumerate(parts):
+            if not isinstance(obj, LsstConfig) or part not in obj.param or part == "name":
+                raise ConfigError(f"unknown config field {'.'.join(parts[: i + 1])!r} for {type(self).__name__}")
             obj = getattr(obj, part)
         return obj
 
@@ -358,7 +362,7 @@ class LsstConfig(param.Parameterized):
                 if st.op == "set":
                     self.set_dotted(dotted, st.value)
                 else:
-                    self.set_dotted(dotted, _list_op(self.get_dotted_checked(dotted), st.op, st.value, dotted))
+                    self.set_dotted(dotted, _list_op(self.get_dotted(dotted), st.op, st.value, dotted))
             except ConfigError as exc:
                 raise ConfigError(f"{where}{_at(st)}{exc}") from None
 
@@ -376,19 +380,10 @@ class LsstConfig(param.Parameterized):
             target = (path.parent if path is not None else Path.cwd()) / target
         target = target.resolve()
         if target in seen or len(seen) > 16:
-            raise ConfigError(f"{where}line {st.line}: config.load({st.value!r}) loads itself again (a cycle)")
+            raise ConfigError(f"{where}line {st.line}: config.load({st.value!r}) loads itself again (a cycle) or nests more than 16 files deep")
         if not target.is_file():
             raise ConfigError(f"{where}line {st.line}: config.load: no such file {target}")
         self._apply_pex(target.read_text(), target, seen + (target,))
-
-    def get_dotted_checked(self, dotted: str) -> Any:
-        parts = dotted.split(".")
-        obj: Any = self
-        for i, part in enumerate(parts):
-            if not isinstance(obj, LsstConfig) or part not in obj.param or part == "name":
-                raise ConfigError(f"unknown config field {'.'.join(parts[: i + 1])!r} for {type(self).__name__}")
-            obj = getattr(obj, part)
-        return obj
 
 
 _IGNORED_LSST_GROUPS = {"connections", "select", "inputRecorder", "inputMapper", "scaleZeroPoint"}
