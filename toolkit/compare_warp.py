@@ -479,7 +479,7 @@ class CompareWarpPipeline:
 
         return self._stage("filter", key, run)
 
-    def _filter_inputs(self, key: tuple, cand: dict, prot: np.ndarray) -> list:
+    def _filter_inputs(self, key: str, cand: dict, prot: np.ndarray) -> list:
         """Per epoch what filterArtifacts reads that no filter parameter changes: each
         candidate's area and mean nImage, the epoch count under its pixels, and whether it lies
         inside one protected footprint (None when there are none).  Kept while the candidates

@@ -315,7 +315,7 @@ class LsstConfig(param.Parameterized):
                     target = Path(os.path.expandvars(str(value)))
                     if "$" in str(target):
                         raise ConfigError(f"{where}config file {value!r}: environment variable not set")
-                    cfg._load_pex_file(PexStatement(0, "", str(target), "load"), path, ())
+                    cfg._load_pex_file(PexStatement(0, "", str(target), "load"), where, path, ())
                 else:
                     if isinstance(value, str) and value.startswith("parameters."):
                         name = value[len("parameters."):]
@@ -345,7 +345,7 @@ class LsstConfig(param.Parameterized):
         rename = {v: k for k, v in self._pex_names.items()}
         for st in statements:
             if st.op == "load":
-                self._load_pex_file(st, path, seen)
+                self._load_pex_file(st, where, path, seen)
                 continue
             dotted = self._pex_target(st, where)
             if dotted is None:
@@ -370,19 +370,18 @@ class LsstConfig(param.Parameterized):
         """The dotted field a statement sets (None: nothing to do); subclasses map LSST's
         registry spellings onto their fields."""
         if "[" in st.target:
-            raise ConfigError(f"{where}line {st.line}: unknown config group in config.{st.target} (no registry there in {type(self).__name__})")
+            raise ConfigError(f"{where}{_at(st)}unknown config group in config.{st.target} (no registry there in {type(self).__name__})")
         return st.target
 
-    def _load_pex_file(self, st: "PexStatement", path: Path | None, seen: tuple) -> None:
-        where = f"{path.name}, " if path is not None else ""
+    def _load_pex_file(self, st: "PexStatement", where: str, path: Path | None, seen: tuple) -> None:
         target = Path(st.value)
         if not target.is_absolute():
             target = (path.parent if path is not None else Path.cwd()) / target
         target = target.resolve()
         if target in seen or len(seen) > 16:
-            raise ConfigError(f"{where}line {st.line}: config.load({st.value!r}) loads itself again (a cycle) or nests more than 16 files deep")
+            raise ConfigError(f"{where}{_at(st)}config.load({st.value!r}) loads itself again (a cycle) or nests more than 16 files deep")
         if not target.is_file():
-            raise ConfigError(f"{where}line {st.line}: config.load: no such file {target}")
+            raise ConfigError(f"{where}{_at(st)}config.load: no such file {target}")
         self._apply_pex(target.read_text(), target, seen + (target,))
 
 
@@ -393,7 +392,8 @@ _IGNORED_LSST_FIELDS: set[str] = {"includeCalibVar", "doScaleZeroPoint"}
 
 
 def _at(st: "PexStatement") -> str:
-    return f"line {st.line}: " if st.line else f"{st.target}: "
+    # override files have lines; a pipeline YAML key (line 0) is named by its key instead
+    return f"line {st.line}: " if st.line else (f"{st.target}: " if st.target else "")
 
 
 def _list_op(current: Any, op: str, value: Any, dotted: str) -> list:
@@ -444,7 +444,7 @@ class PexStatement(NamedTuple):
     op: str = "set"  # set | append | extend | remove | retarget | load
 
 
-_LIST_METHODS = {"append": "append", "extend": "extend", "remove": "remove"}
+_LIST_METHODS = ("append", "extend", "remove")
 
 
 def parse_pex_override(text: str) -> list[PexStatement]:
@@ -522,7 +522,7 @@ def _call_statement(call: ast.Call, lineno: int) -> PexStatement:
     if method == "retarget":
         return PexStatement(lineno, target, None, "retarget")
     if method in _LIST_METHODS and len(call.args) == 1 and not call.keywords:
-        return PexStatement(lineno, target, _literal_value(call.args[0], lineno), _LIST_METHODS[method])
+        return PexStatement(lineno, target, _literal_value(call.args[0], lineno), method)
     raise ConfigError(f"line {lineno}: config.{target}.{method}(...) is not read (only append, extend, remove, retarget and config.load)")
 
 
@@ -738,13 +738,13 @@ class ZogyConfig(LsstConfig):
                 return t[len(prefix):]
         if t == "subtract.name":
             if st.value != "zogy":
-                raise ConfigError(f"{where}line {st.line}: config.subtract.name = {st.value!r}: diffstack implements only 'zogy'")
+                raise ConfigError(f"{where}{_at(st)}config.subtract.name = {st.value!r}: diffstack implements only 'zogy'")
             return None
         if t.startswith("subtract[zogy].") or (t.startswith("subtract") and st.op == "retarget"):
-            warnings.warn(f"{where}line {st.line}: config.{t} (ImagePsfMatch, not ZOGY) has no effect in diffstack; ignored", stacklevel=4)
+            warnings.warn(f"{where}{_at(st)}config.{t} (ImagePsfMatch, not ZOGY) has no effect in diffstack; ignored", stacklevel=4)
             return None
         if t.startswith("subtract["):
-            raise ConfigError(f"{where}line {st.line}: config.{t}: diffstack implements only the 'zogy' subtraction")
+            raise ConfigError(f"{where}{_at(st)}config.{t}: diffstack implements only the 'zogy' subtraction")
         return super()._pex_target(st, where)
 
     def _pex_header_notes(self) -> list[str]:
