@@ -81,7 +81,7 @@ def scale_variance(exposure: Exposure, mask_planes: Sequence[str], limit: float 
         factor = (0.74 * (q3 - q1)) ** 2 / median_masked(var, unusable)
         if factor > limit:
             raise InputError(f"variance scaling factor {factor:.2f} exceeds limit {limit}")
-    return float(factor), (exposure.variance * factor).astype(exposure.dtype) if want_variance else None
+    return float(factor), (exposure.variance * factor).astype(exposure.dtype, copy=False) if want_variance else None
 
 
 class WarpDiffs(Sequence):
@@ -102,9 +102,13 @@ class WarpDiffs(Sequence):
         w, f = self._pm[i], self.variance_factors[i]
         if w is None:
             return None
-        var = w.variance if f is None else (w.variance * f).astype(w.dtype)
         t = self._tmpl
-        return Exposure(w.image - t.image, var + t.variance, w.mask, w.mask_planes, psf=w.psf, xy0=w.xy0, wcs=w.wcs, copy=False)
+        if f is None or np.result_type(w.variance, t.variance) != w.dtype:
+            var = (w.variance if f is None else (w.variance * f).astype(w.dtype, copy=False)) + t.variance
+        else:
+            var = (w.variance * f).astype(w.dtype, copy=False)
+            var += t.variance  # our own new plane: one allocation, not two
+        return Exposure(w.image - t.image, var, w.mask, w.mask_planes, psf=w.psf, xy0=w.xy0, wcs=w.wcs, copy=False)
 
 
 class CandidateImages(Sequence):

@@ -260,47 +260,70 @@ def or_box(mask: np.ndarray, h: int, outside: int = 0) -> np.ndarray:
     """Bitwise OR of ``mask`` over the (2h+1)^2 box around each pixel; ``outside`` beyond the edges.
 
     This is what afw's convolution does to a mask plane.  ``ndimage.maximum_filter`` would need
-    one pass per bit plane; a running OR of doubling width (log2(2h+1) shifted ORs per axis)
-    grows every plane at once.  Along rows the doubling runs per row in a small buffer that
-    stays in cache (compiled: numpy's shifted slices along axis 1 are strided and every shift
-    made a new plane); along columns the shifts are whole contiguous rows, which numpy does well.
+    one pass per bit plane; here every plane grows at once, in one compiled pass
+    (:func:`_or_box_rows`): each row is ORed along x by doubling spans in a small buffer, kept in
+    a ring of the last 2h+1 such rows, and each output row is the OR of the ring.  Why by hand:
+    the numpy version (shifted slices of the whole plane) made five new planes per call, whose
+    fresh pages cost more than the ORs.
     """
     mask = np.ascontiguousarray(mask)
     h = int(h)
     if h <= 0:
         return mask.copy()
-    w = 2 * h + 1
-    rows = np.empty_like(mask)
-    _or_rows(mask, h, mask.dtype.type(outside), rows)
-    a = np.pad(rows, [(h, h), (0, 0)], constant_values=outside)
-    del rows
-    span = 1
-    while 2 * span <= w:
-        a = a[:-span] | a[span:]  # a[i] = OR over rows [i, i + 2 span)
-        span *= 2
-    n = mask.shape[0]
-    return a[:n] | a[w - span : w - span + n]
+    out = np.empty_like(mask)
+    if mask.size:
+        _or_box_rows(mask, h, mask.dtype.type(outside), out)
+    return out
 
 
 @nb.njit(cache=True, nogil=True)
-def _or_rows(a, h, outside, out):  # pragma: no cover - compiled
-    ny, nx = a.shape
+def _or_pair(x, y, out):  # pragma: no cover - compiled
+    # out = x | y over equal-length 1-D views.  Why a function of views: indexed by the loop
+    # counter alone the loop vectorises; an index like i + span (which numba must check for
+    # wraparound) kept it scalar, ~5x slower
+    for i in range(out.size):
+        out[i] = x[i] | y[i]
+
+
+@nb.njit(cache=True, nogil=True)
+def _or_row(row, h, outside, buf, tmp, dst):  # pragma: no cover - compiled
+    # dst[x] = OR of ``row`` over [x - h, x + h], ``outside`` beyond its ends: spans that double,
+    # ping-ponged between two buffers
+    nx = row.size
     w = 2 * h + 1
     n = nx + 2 * h
-    buf = np.empty(n, a.dtype)
-    for y in range(ny):
-        for i in range(h):
-            buf[i] = outside
-            buf[n - 1 - i] = outside
-        for x in range(nx):
-            buf[h + x] = a[y, x]
-        span = 1
-        while 2 * span <= w:  # buf[i] = OR over [i, i + 2 span), in place (reads run ahead)
-            for i in range(n - span):
-                buf[i] |= buf[i + span]
-            span *= 2
-        for x in range(nx):
-            out[y, x] = buf[x] | buf[x + w - span]
+    buf[:h] = outside
+    buf[n - h:] = outside
+    buf[h:h + nx] = row
+    span = 1
+    src, nxt = buf, tmp
+    while 2 * span <= w:  # nxt[i] = OR over [i, i + 2 span)
+        _or_pair(src[:n - span], src[span:n], nxt[:n - span])
+        src, nxt = nxt, src
+        span *= 2
+    _or_pair(src[:nx], src[w - span:w - span + nx], dst)
+
+
+@nb.njit(cache=True, nogil=True)
+def _or_box_rows(a, h, outside, out):  # pragma: no cover - compiled
+    ny, nx = a.shape
+    w = 2 * h + 1
+    buf = np.empty(nx + 2 * h, a.dtype)
+    tmp = np.empty(nx + 2 * h, a.dtype)
+    ring = np.empty((w, nx), a.dtype)  # x-ORed rows y - h .. y + h, row r in slot (r + h) % w
+    acc = np.empty((2, nx), a.dtype)  # ping-pong: an OR written over its own input stays scalar
+    for r in range(-h, ny + h):
+        slot = (r + h) % w
+        if 0 <= r < ny:
+            _or_row(a[r], h, outside, buf, tmp, ring[slot])
+        else:
+            ring[slot, :] = outside
+        y = r - h  # the ring now holds rows y - h .. y + h
+        if y >= 0:
+            _or_pair(ring[0], ring[1], acc[0])
+            for k in range(2, w - 1):
+                _or_pair(acc[k % 2], ring[k], acc[1 - k % 2])
+            _or_pair(acc[(w - 1) % 2], ring[w - 1], out[y])
 
 
 @nb.njit(cache=True, nogil=True)
