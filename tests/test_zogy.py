@@ -285,3 +285,29 @@ def test_fused_pass_equals_unfused(shape, score, monkeypatch):
     for key in ("VD", "VS") if score else ("VD",):
         np.testing.assert_allclose(fused[key], plain[key], rtol=2e-6, err_msg=key)
     assert set(fused) == set(plain)
+
+
+@pytest.mark.parametrize("grid", [False, True])
+def test_calibration_applied_as_calibrate_image(grid):
+    """scaleByCalibration: the engine multiplies image and variance by c and c^2 while copying
+    them into the cells (and reads the noise levels of the scaled planes without making them);
+    the result must equal, bit for bit, the subtraction of planes calibrated beforehand, also
+    where the product overflows float32 (then the calibrated plane is made and its inf pixels
+    are handled as LSST's removeNonFinitePixels does)."""
+    p = simulate_pair(size=192, seed=5, science_calib=1.37)
+    cfg = ZogyConfig(doSpatialGrid=grid)
+    for huge in (False, True):
+        s = p.science
+        img = s.image.copy()
+        if huge:
+            img[40, 50] = np.float32(3e38)  # x 1.37 overflows float32
+        sci = Exposure(img, s.variance, s.mask, s.mask_planes, psf=s.psf, photo_calib=1.37, xy0=s.xy0)
+        c = np.float32(1.37)
+        with np.errstate(over="ignore"):
+            pre = Exposure(img * c, s.variance * np.float32(1.37**2), s.mask, s.mask_planes, psf=s.psf, photo_calib=1.0, xy0=s.xy0)
+        a, b = zogy(sci, p.reference, cfg), zogy(pre, p.reference, cfg)
+        assert np.array_equal(a.diff.image, b.diff.image)
+        assert np.array_equal(a.diff.variance, b.diff.variance)
+        assert np.array_equal(a.scorr, b.scorr)
+        assert [ci["var_science"] for ci in a.cells] == [ci["var_science"] for ci in b.cells]
+        assert np.isfinite(a.diff.image).all()

@@ -265,13 +265,15 @@ def _hist_lo32(u, mask, bad, use_mask, slot, hist):  # pragma: no cover - compil
 
 
 @nb.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})  # NaN/inf rules kept
-def _clip_passes_masked(x, mask, bad, use_mask, center, iqr_hw, n_sigma, n_iter):  # pragma: no cover - compiled
+def _clip_passes_masked(x, mask, bad, use_mask, center, iqr_hw, n_sigma, n_iter, scale):  # pragma: no cover - compiled
     # afw's clip iterations over the usable pixels (finite, no bad mask bit): select within
     # +-hw of the centre (inclusive, float64), then the mean and the (n-1) variance of the
     # selection.  One pass per iteration: the squares are summed about the current centre, which
     # is close to the selection's mean, so the shifted one-pass variance loses nothing that
     # matters (a second pass about the exact mean changed results by ~1e-16 relative); the sums
-    # may be reassociated (vectorised), which changes them only at that level too.
+    # may be reassociated (vectorised), which changes them only at that level too.  ``scale``
+    # (in x's dtype) multiplies every pixel first, in x's precision: the statistics of x * scale
+    # without that plane.
     hw = iqr_hw
     nk = 0
     c = 0.0
@@ -284,7 +286,7 @@ def _clip_passes_masked(x, mask, bad, use_mask, center, iqr_hw, n_sigma, n_iter)
         sdd = 0.0
         nk = 0
         for i in range(x.size):
-            f = np.float64(x[i])
+            f = np.float64(x[i] * scale)
             if not np.isfinite(f) or (use_mask and (mask[i] & bad) != 0):
                 continue
             if (f >= lo and f <= hi) or n_iter == 0:
@@ -351,11 +353,17 @@ def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: i
     return n, value
 
 
-def quantiles_masked(x: np.ndarray, mask: np.ndarray | None, bad_bits: int, qs: Sequence[float]) -> list[float]:
+def quantiles_masked(x: np.ndarray, mask: np.ndarray | None, bad_bits: int, qs: Sequence[float], scale: float | None = None) -> list[float]:
     """:func:`quantiles_of` of the usable pixels of a plane: finite, and with none of ``bad_bits``
     set in ``mask`` (or, for a boolean ``mask``, where it is False).  Exact (``np.percentile``'s
     linear rule); float32 planes take two compiled histogram passes and no copy, other dtypes
-    the selection and :func:`quantiles_of`."""
+    the selection and :func:`quantiles_of`.
+
+    ``scale``: the quantiles of ``x * scale`` (the product in x's precision, as numpy forms it
+    for a scalar of that dtype), without making that plane.  Rounding a product is monotonic,
+    so each order statistic of the product is the product of x's order statistic; ``x * scale``
+    must stay finite wherever x is.
+    """
 
     def ranks_of(n):
         return sorted({int(np.floor(q * (n - 1))) for q in qs} | {min(int(np.floor(q * (n - 1))) + 1, n - 1) for q in qs})
@@ -363,6 +371,9 @@ def quantiles_masked(x: np.ndarray, mask: np.ndarray | None, bad_bits: int, qs: 
     n, value = _masked_order_statistics(x, mask, bad_bits, ranks_of)
     if n == 0:
         return [float("nan")] * len(qs)
+    if scale is not None:
+        dt = np.asarray(x).dtype.type
+        value = {r: float(dt(v) * dt(scale)) for r, v in value.items()}
     out = []
     for q in qs:
         p = q * (n - 1)
@@ -378,12 +389,17 @@ def median_masked(x: np.ndarray, mask: np.ndarray | None = None, bad_bits: int =
     return 0.5 * (value[(n - 1) // 2] + value[n // 2]) if n else float("nan")
 
 
-def meanclip_masked(x: np.ndarray, mask: np.ndarray | None = None, bad_bits: int = 0, n_sigma: float = 3.0, n_iter: int = 2) -> float:
+def meanclip_masked(x: np.ndarray, mask: np.ndarray | None = None, bad_bits: int = 0, n_sigma: float = 3.0, n_iter: int = 2, scale: float | None = None) -> float:
     """:func:`meanclip_scalar` of the usable pixels of a plane (finite, none of ``bad_bits`` set
-    in ``mask``), without building the selection; NaN when no pixel is usable."""
-    q25, med, q75 = quantiles_masked(x, mask, bad_bits, (0.25, 0.5, 0.75))
+    in ``mask``), without building the selection; NaN when no pixel is usable.
+
+    ``scale``: the MEANCLIP of ``x * scale`` (product in x's precision; it must stay finite),
+    bit-identical to making that plane first (see :func:`quantiles_masked`).
+    """
+    q25, med, q75 = quantiles_masked(x, mask, bad_bits, (0.25, 0.5, 0.75), scale)
     if not np.isfinite(med):
         return float("nan")
     x, m, bad, use = _usable_args(x, mask, bad_bits)
     iqr_hw = n_sigma * IQR_TO_SIGMA * (q75 - q25)
-    return float(_clip_passes_masked(x, m, bad, use, float(med), float(iqr_hw), float(n_sigma), int(n_iter)))
+    sc = x.dtype.type(1.0 if scale is None else scale)
+    return float(_clip_passes_masked(x, m, bad, use, float(med), float(iqr_hw), float(n_sigma), int(n_iter), sc))

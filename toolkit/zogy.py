@@ -343,16 +343,37 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
         a = np.asarray(a, dtype=work)
         return a * work(c) if c != 1.0 else a
 
-    n_img, n_var = scaled(sci.image, cn), scaled(sci.variance, cn**2)
-    r_img, r_var = scaled(ref.image, cr), scaled(ref.variance, cr**2)
+    # LSST calibrateImage multiplies the image by c and the variance by c^2 (float32).  Where
+    # nothing but the padded cells reads a plane (no background, flux-ratio fit or source-noise
+    # option), the product is taken as the plane is copied into its cell: the same float
+    # products, without two calibrated 2k^2 planes made first.  ``factors[i]`` is what plane i
+    # of [n_img, n_var, r_img, r_var] is still to be multiplied by (1 once it is applied).
+    lazy = not (cfg.correctBackground or cfg.doFitFluxRatio or cfg.doSourceNoise)
+    planes_in = [(sci.image, cn), (sci.variance, cn**2), (ref.image, cr), (ref.variance, cr**2)]
+    arrays, factors = [], []
+    for a, c in planes_in:
+        a = np.asarray(a, dtype=work)
+        if c != 1.0 and lazy and a.size:
+            # numpy's max/min are SIMD passes and return NaN if any pixel is NaN: one test
+            # says the plane is finite and stays so when scaled (else it is made as before)
+            big = max(a.max(), -a.min())
+            with np.errstate(over="ignore", invalid="ignore"):
+                if np.isfinite(work(big) * work(c)):
+                    arrays.append(a)
+                    factors.append(work(c))
+                    continue
+        arrays.append(a * work(c) if c != 1.0 else a)
+        factors.append(work(1.0))
+    n_img, n_var, r_img, r_var = arrays
     # (plane mask, bad bits) of each image: the clipped means read them in place
     mask_n = (sci.mask, bad)
     mask_r = (ref.mask, bad_r)
 
-    def mclip(a, good):
-        # afw MEANCLIP (3 sigma, 3 iterations) of the finite pixels without a bad bit; NaN if none
+    def mclip(a, good, factor=1.0):
+        # afw MEANCLIP (3 sigma, 3 iterations) of the finite pixels without a bad bit; NaN if
+        # none.  Of a plane still to be scaled by ``factor``: of a * factor, bit for bit
         m, bits = good
-        return meanclip_masked(a, m, bits, 3.0, 3)
+        return meanclip_masked(a, m, bits, 3.0, 3, None if factor == 1.0 else factor)
 
     ny, nx = sci.shape
     local = Box(0, 0, nx, ny)
@@ -362,7 +383,7 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
         # LSST's fullExpVar: only a fallback for cells whose own mean is not > 0, so it is
         # computed lazily (in whole-image mode it *is* the single cell's value)
         if which not in full_var:
-            full_var[which] = mclip(n_var, mask_n) if which == 0 else mclip(r_var, mask_r)
+            full_var[which] = mclip(n_var, mask_n, factors[1]) if which == 0 else mclip(r_var, mask_r, factors[3])
         return full_var[which]
 
     if cfg.correctBackground:
@@ -419,14 +440,14 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
         if inner == local:
             v1, v2 = full_variance(0), full_variance(1)
         else:
-            v1 = mclip(n_var[isl], (mask_n[0][isl], bad))
-            v2 = mclip(r_var[isl], (mask_r[0][isl], bad_r))
+            v1 = mclip(n_var[isl], (mask_n[0][isl], bad), factors[1])
+            v2 = mclip(r_var[isl], (mask_r[0][isl], bad_r), factors[3])
             v1 = v1 if v1 > 0 else full_variance(0)
             v2 = v2 if v2 > 0 else full_variance(1)
         # the two images' padding from two seeded streams (their noise must differ), side by
         # side: the draws and copies release the GIL
         with ThreadPoolExecutor(2) as ex:
-            (N1, V1), (N2, V2) = ex.map(lambda a: _padded_cell(a[0], a[1], outer, local, a[2], np.random.default_rng([cfg.paddingSeed, ci, a[3]]), work), ((n_img, n_var, v1, 0), (r_img, r_var, v2, 1)))
+            (N1, V1), (N2, V2) = ex.map(lambda a: _padded_cell(a[0], a[1], outer, local, a[2], np.random.default_rng([cfg.paddingSeed, ci, a[3]]), work, a[4]), ((n_img, n_var, v1, 0, factors[0:2]), (r_img, r_var, v2, 1, factors[2:4])))
         ker = _cell_kernels(k1, k2, f_n, f_r, v1, v2, outer.shape, calculate_score, work)
         one_cell = len(cells) == 1 and work == out_dtype
         # LSST pasteSubDiffImg: inner box only, D and V_D divided by F_D (and F_D^2) per cell; a
@@ -508,12 +529,14 @@ def _crop_normalize(full: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return centred / s if s != 0 else centred
 
 
-def _padded_cell(img, var, outer: Box, local: Box, mean_var: float, rng, dtype):
+def _padded_cell(img, var, outer: Box, local: Box, mean_var: float, rng, dtype, factors=(1.0, 1.0)):
     """LSST ``initializeSubImage``: the outer box filled from the image where they overlap and
     with white noise of the cell's mean variance outside the image (variance = that mean).
 
     Only the outside strips are drawn (a whole-box draw costs ~40 ms at 2k^2 for pixels that are
     then overwritten).  ``rng`` is shared by both images of a cell, so their noise differs.
+    ``factors``: the calibration still to be applied to ``img`` and ``var`` (in ``dtype``),
+    applied as they are copied.
     The cells are the left parts of rows two floats wider than the cell, where each row's
     half spectrum fits (:func:`_wide_buffer`).
     """
@@ -522,8 +545,11 @@ def _padded_cell(img, var, outer: Box, local: Box, mean_var: float, rng, dtype):
     b = _conv_buffer((h, w), dtype)[:, :w]
     ov = outer.intersection(local)
     dst = ov.slices((outer.x0, outer.y0))
-    a[dst] = img[ov.slices()]
-    b[dst] = var[ov.slices()]
+    for out, src, f in ((a, img, factors[0]), (b, var, factors[1])):
+        if f != 1.0:
+            np.multiply(src[ov.slices()], f, out=out[dst])
+        else:
+            out[dst] = src[ov.slices()]
     ya, yb, xa, xb = dst[0].start, dst[0].stop, dst[1].start, dst[1].stop
     sd = np.sqrt(mean_var)
     for sl in ((slice(0, ya), slice(0, w)), (slice(yb, h), slice(0, w)), (slice(ya, yb), slice(0, xa)), (slice(ya, yb), slice(xb, w))):
