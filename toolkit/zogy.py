@@ -34,7 +34,7 @@ from .exposure import Exposure
 from .geom import Box
 from .psf import ImagePsf, Psf
 from .parallel import map_band_halves, map_row_halves
-from .psf_matching import _conv_buffer, _embed_origin, _fft_cols, _irfft2, _irfft2_into, _rows_in_place
+from .psf_matching import _conv_buffer, _embed_origin, _fft_cols, _fft_cols_into, _irfft2, _irfft2_into, _rows_in_place
 from .stats import meanclip_masked
 
 __all__ = [
@@ -1079,18 +1079,20 @@ def _fourier_fused(wides: list[np.ndarray], shape: tuple[int, int], ker: _CellKe
     qx, qrow = sq_rows
 
     def run(group: list[slice]) -> None:
+        # the stamps' bands: zero but for the stamps' rows, which each band overwrites; their
+        # column transforms go to P and Q
+        P_in = np.zeros((2, ny, _BAND), np.complex128)
+        Q_in = np.zeros((len(qx), ny, _BAND), cdt)
         P = np.empty((2, ny, _BAND), np.complex128)
         Q = np.empty((len(qx), ny, _BAND), cdt)
         for cols in group:
             w = cols.stop - cols.start
-            p, q = P[:, :, :w], Q[:, :, :w]
-            p.fill(0)
+            p_in, q_in = P_in[:, :, :w], Q_in[:, :, :w]
             for i in range(2):
-                p[i, prow[i]] = rx[i, : len(prow[i]), cols]
-            q.fill(0)
-            q[:, qrow[0]] = qx[:, : len(qrow[0]), cols]
-            _fft_cols(p)
-            _fft_cols(q)
+                p_in[i, prow[i]] = rx[i, : len(prow[i]), cols]
+            q_in[:, qrow[0]] = qx[:, : len(qrow[0]), cols]
+            _fft_cols_into(p_in, P[:, :, :w])
+            _fft_cols_into(q_in, Q[:, :, :w])
             band = [c[:, cols] for c in C]
             for x in band:
                 _fft_cols(x)
