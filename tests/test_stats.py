@@ -45,6 +45,10 @@ def test_masked_order_statistics_equal_numpy(i, dtype):
         scale = float(np.abs(x[usable]).max())
         assert abs(meanclip_masked(x, mask, 4, 3.0, 3) - meanclip_scalar(x[usable], 3.0, 3)) <= 1e-12 * scale
         assert quantiles_masked(x, None, 0, (0.5,)) == [float(np.median(x[np.isfinite(x)].astype(np.float64)))]
+        # a mask whose bad bit is set nowhere (the passes after the first then skip it)
+        clean = mask & ~np.int32(4)
+        assert abs(meanclip_masked(x, clean, 4, 3.0, 3) - meanclip_masked(x, None, 0, 3.0, 3)) <= 1e-12 * scale
+        assert quantiles_masked(x, clean, 4, qs) == quantiles_masked(x, None, 0, qs)
         # of x * c without that plane (ZOGY's calibration): bit-identical to making it first
         for c in (1.3, 0.37, 1.69):
             xc = x * x.dtype.type(c)

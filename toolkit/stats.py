@@ -239,15 +239,19 @@ def _hist_hi32(u, mask, bad, use_mask):  # pragma: no cover - compiled
     # four interleaved histograms, summed at the end: a narrow distribution (a variance plane
     # puts most pixels in a few bins) otherwise chains every increment on the one before
     # (5.4 -> 3.6 ms at 2048^2)
+    # Also returns how many finite pixels the mask excluded: none, and the later passes need
+    # not read the mask at all.
     hist = np.zeros((4, 65536), np.int64)
+    n_masked = 0
     for i in range(u.size):
         v = u[i]
         if (v & np.uint32(0x7F800000)) == np.uint32(0x7F800000):
             continue  # NaN or inf: never usable
         if use_mask and (mask[i] & bad) != 0:
+            n_masked += 1
             continue
         hist[i & 3, _key32(v) >> np.uint32(16)] += 1
-    return hist[0] + hist[1] + hist[2] + hist[3]
+    return hist[0] + hist[1] + hist[2] + hist[3], n_masked
 
 
 @nb.njit(cache=True, nogil=True)
@@ -320,8 +324,13 @@ def _usable_args(x: np.ndarray, mask: np.ndarray | None, bad_bits: int):
     return x, m, np.int32(bad_bits), True
 
 
-def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: int, ranks_of: Callable[[int], list[int]]) -> tuple[int, dict[int, float]]:
-    """(n, {rank: sorted(usable)[rank]}) for the ranks ``ranks_of(n)`` of the n usable pixels."""
+def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: int, ranks_of: Callable[[int], list[int]], passes: list | None = None) -> tuple[int, dict[int, float]]:
+    """(n, {rank: sorted(usable)[rank]}) for the ranks ``ranks_of(n)`` of the n usable pixels.
+
+    ``passes``, if given a list, receives the arguments of :func:`_usable_args` that further
+    passes over the same pixels should use: the float32 path finds on its first pass whether
+    the mask excluded anything, and if not, the later passes do not read it.
+    """
     if np.asarray(x).dtype != np.float32:
         xa = np.asarray(x)
         sel = np.isfinite(xa)
@@ -332,7 +341,14 @@ def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: i
         return vals.size, (_order_statistics(vals, ranks_of(vals.size)) if vals.size else {})
     x, m, bad, use = _usable_args(x, mask, bad_bits)
     u = x.view(np.uint32)
-    cum = np.cumsum(_hist_hi32(u, m, bad, use))
+    hist, n_masked = _hist_hi32(u, m, bad, use)
+    if use and n_masked == 0:
+        # (a byte-per-pixel copy of the mask for the other passes, tried, was slower: the
+        # plane and its int32 mask fit this kind of machine's L3 together)
+        m, bad, use = np.zeros(1, np.int32), np.int32(0), False
+    if passes is not None:
+        passes[:] = [x, m, bad, use]
+    cum = np.cumsum(hist)
     n = int(cum[-1])
     if n == 0:
         return 0, {}
@@ -353,7 +369,7 @@ def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: i
     return n, value
 
 
-def quantiles_masked(x: np.ndarray, mask: np.ndarray | None, bad_bits: int, qs: Sequence[float], scale: float | None = None) -> list[float]:
+def quantiles_masked(x: np.ndarray, mask: np.ndarray | None, bad_bits: int, qs: Sequence[float], scale: float | None = None, passes: list | None = None) -> list[float]:
     """:func:`quantiles_of` of the usable pixels of a plane: finite, and with none of ``bad_bits``
     set in ``mask`` (or, for a boolean ``mask``, where it is False).  Exact (``np.percentile``'s
     linear rule); float32 planes take two compiled histogram passes and no copy, other dtypes
@@ -362,13 +378,13 @@ def quantiles_masked(x: np.ndarray, mask: np.ndarray | None, bad_bits: int, qs: 
     ``scale``: the quantiles of ``x * scale`` (the product in x's precision, as numpy forms it
     for a scalar of that dtype), without making that plane.  Rounding a product is monotonic,
     so each order statistic of the product is the product of x's order statistic; ``x * scale``
-    must stay finite wherever x is.
+    must stay finite wherever x is.  ``passes``: see :func:`_masked_order_statistics`.
     """
 
     def ranks_of(n):
         return sorted({int(np.floor(q * (n - 1))) for q in qs} | {min(int(np.floor(q * (n - 1))) + 1, n - 1) for q in qs})
 
-    n, value = _masked_order_statistics(x, mask, bad_bits, ranks_of)
+    n, value = _masked_order_statistics(x, mask, bad_bits, ranks_of, passes)
     if n == 0:
         return [float("nan")] * len(qs)
     if scale is not None:
@@ -396,10 +412,11 @@ def meanclip_masked(x: np.ndarray, mask: np.ndarray | None = None, bad_bits: int
     ``scale``: the MEANCLIP of ``x * scale`` (product in x's precision; it must stay finite),
     bit-identical to making that plane first (see :func:`quantiles_masked`).
     """
-    q25, med, q75 = quantiles_masked(x, mask, bad_bits, (0.25, 0.5, 0.75), scale)
+    passes: list = []
+    q25, med, q75 = quantiles_masked(x, mask, bad_bits, (0.25, 0.5, 0.75), scale, passes)
     if not np.isfinite(med):
         return float("nan")
-    x, m, bad, use = _usable_args(x, mask, bad_bits)
+    x, m, bad, use = passes if passes else _usable_args(x, mask, bad_bits)
     iqr_hw = n_sigma * IQR_TO_SIGMA * (q75 - q25)
     sc = x.dtype.type(1.0 if scale is None else scale)
     return float(_clip_passes_masked(x, m, bad, use, float(med), float(iqr_hw), float(n_sigma), int(n_iter), sc))
