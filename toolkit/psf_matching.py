@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import threading
 import warnings
 
 
@@ -199,6 +200,24 @@ def _conv_buffer(cell: tuple[int, int], dtype) -> np.ndarray:
     return np.empty((cell[0], 2 * (cell[1] // 2 + 1)), dtype)
 
 
+_scratch = threading.local()
+
+
+def _scratch_buffer(cell: tuple[int, int], dtype) -> np.ndarray:
+    """A :func:`_conv_buffer` for work that is copied out before the next use: on a worker
+    thread (CompareWarp's epochs side by side) the thread's previous one is reused, so ten
+    warps matched on two threads fault in two work planes, not ten; the buffers go with their
+    threads.  The main thread gets a new one each time (nothing is held after the call)."""
+    dtype = np.dtype(dtype)
+    if threading.current_thread() is threading.main_thread():
+        return _conv_buffer(cell, dtype)
+    shape = (cell[0], 2 * (cell[1] // 2 + 1))
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = _scratch.buf = _conv_buffer(cell, dtype)
+    return buf
+
+
 def _load(buf: np.ndarray, cell: tuple[int, int], image: np.ndarray) -> np.ndarray:
     """``image`` into the top-left of the cell in ``buf``, zeros in the rest of the cell;
     returns the image's view in ``buf`` (to be edited further before the transform)."""
@@ -261,7 +280,7 @@ def fft_convolve(image: np.ndarray, kernel: np.ndarray, workers: int | None = -1
     """
     dtype = np.float32 if image.dtype == np.float32 else np.float64
     cell = _conv_shape(image.shape, kernel.shape)
-    buf = _conv_buffer(cell, dtype)
+    buf = _scratch_buffer(cell, dtype)
     _load(buf, cell, image)
     _convolve_loaded(buf, cell, kernel, workers)
     return _cropped(buf, image.shape, kernel.shape, image.dtype)
@@ -335,6 +354,35 @@ def _or_box_rows(a, h, outside, out):  # pragma: no cover - compiled
             for k in range(2, w - 1):
                 _or_pair(acc[k % 2], ring[k], acc[1 - k % 2])
             _or_pair(acc[(w - 1) % 2], ring[w - 1], out[y])
+
+
+@nb.njit(cache=True, nogil=True)
+def _finish_matched(img, var, mask, no_data, h, incomplete, use_plane):  # pragma: no cover - compiled
+    """In place, one pass: the variance's FFT round-off below zero clipped to 0 (a variance of
+    a convolution is a sum of non-negative terms), and where the convolution was incomplete
+    (``incomplete`` if ``use_plane``, else the grown NO_DATA bit or the frame within ``h`` of
+    the edge) NaN image, inf variance and NO_DATA; numpy took six passes and two temporaries."""
+    ny, nx = img.shape
+    nan = img.dtype.type(np.nan)
+    inf = var.dtype.type(np.inf)
+    zero = var.dtype.type(0.0)
+    for y in range(ny):
+        edge_row = y < h or y >= ny - h
+        ir = img[y]
+        vr = var[y]
+        mr = mask[y]
+        for x in range(nx):
+            v = vr[x]
+            if v < zero:
+                vr[x] = zero
+            if use_plane:
+                inc = incomplete[y, x] != 0
+            else:
+                inc = edge_row or x < h or x >= nx - h or (mr[x] & no_data) != 0
+            if inc:
+                ir[x] = nan
+                vr[x] = inf
+                mr[x] |= no_data
 
 
 @nb.njit(cache=True, nogil=True)
@@ -442,7 +490,7 @@ def match_to_psf(
     # one work plane for both convolutions, filled in place (no zeroed copies of the planes)
     dtype = np.float32 if exposure.dtype == np.float32 else np.float64
     cell = _conv_shape(exposure.shape, k.shape)
-    buf = _conv_buffer(cell, dtype)
+    buf = _scratch_buffer(cell, dtype)
     img = _load(buf, cell, exposure.image)
     if any_bad:
         img[bad_input] = 0
@@ -463,21 +511,14 @@ def match_to_psf(
     _convolve_loaded(buf, cell, k * k, workers)
     out_var = _cropped(buf, exposure.shape, k.shape, exposure.dtype)
     del buf
-    # variance of a convolution is a sum of non-negative terms; clip FFT round-off below zero
-    np.maximum(out_var, 0, out=out_var)
     out_mask = or_box(exposure.mask, h)
     if n_unflagged:
-        incomplete = or_box(bad_input.view(np.uint8), h, outside=1).view(bool)
+        incomplete = or_box(bad_input.view(np.uint8), h, outside=1)
     else:
         # every unusable input pixel carries NO_DATA, which the grown mask has spread over the
         # same box already: only the frame within h of the edge (beyond it is outside) is added
-        incomplete = (out_mask & np.int32(no_data)) != 0
-        if h:
-            incomplete[:h] = incomplete[-h:] = True
-            incomplete[:, :h] = incomplete[:, -h:] = True
-    out_img[incomplete] = np.nan
-    out_var[incomplete] = np.inf
-    out_mask[incomplete] |= np.int32(no_data)
+        incomplete = np.zeros((0, 0), np.uint8)
+    _finish_matched(out_img, out_var, out_mask, np.int32(no_data), h, incomplete, incomplete.size > 0)
     meta = dict(exposure.metadata)
     meta["PSFMATCH"] = f"kernel {k.shape[0]}px core half-width {h}px"
     return Exposure(
