@@ -346,10 +346,13 @@ def binned_background(image: np.ndarray, bad: np.ndarray, bin_size: int, dtype=n
 
 @nb.njit(cache=True, nogil=True)
 def _blend_rows(rows, i0, i1, f, out):  # pragma: no cover - compiled
+    # on 1-D row views indexed by the loop counter alone, so the inner loop is a SIMD loop
+    # (indexed as rows[a, x] it stayed scalar: ~3x slower)
     for y in range(out.shape[0]):
-        a, b, w = i0[y], i1[y], f[y]
-        for x in range(out.shape[1]):
-            out[y, x] = (1.0 - w) * rows[a, x] + w * rows[b, x]
+        ra, rb, w = rows[i0[y]], rows[i1[y]], f[y]
+        o = out[y]
+        for x in range(o.size):
+            o[x] = (1.0 - w) * ra[x] + w * rb[x]
 
 
 def _bracketing_centres(n: int, nb: int, bin_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
