@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import InputError
 from .geom import Box
-from .masks import MaskPlanes
+from .masks import MaskPlanes, any_bits
 
 __all__ = ["Exposure"]
 
@@ -141,7 +141,7 @@ class Exposure:
     # ------------------------------------------------------------------ mask planes
     def get_plane(self, name: str) -> np.ndarray:
         """Boolean array: where plane ``name`` is set."""
-        return (self.mask & np.int32(self.mask_planes.bitmask([name]))) != 0
+        return any_bits(self.mask, self.mask_planes.bitmask([name]))
 
     def set_plane(self, name: str, where: Any = True, add: bool = True) -> None:
         """Set plane ``name`` where ``where`` is true (a boolean array, or True for everywhere).
