@@ -378,3 +378,29 @@ def test_side_stages_run_beside_the_chain_and_report_in_the_calling_thread(small
     serial = CompareWarpPipeline(small_stack.direct_warps, small_stack.psf_matched_warps).run()
     for a, b in ((serial.coadd.image, r.coadd.image), (serial.coadd.mask, r.coadd.mask), (serial.epoch_count, r.epoch_count), (serial.input_map, r.input_map)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_warp_diff_scratch_equals_warp_diff():
+    """Candidate detection reads each warpDiff through per-thread scratch planes: on a worker
+    thread they must hold exactly what ``warp_diffs[i]`` makes (rescaled variance included),
+    and a second call on that thread reuses the same planes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from toolkit.sim import simulate_stack
+
+    stack = simulate_stack(seed=2, size=128, n_epochs=4)
+    p = CompareWarpPipeline(stack.direct_warps, stack.psf_matched_warps)
+    diffs = p.warp_diffs
+    assert any(f is not None and f != 1.0 for f in diffs.variance_factors)
+
+    def both(i):
+        s = diffs.scratch(i)
+        return s.image.copy(), s.variance.copy(), s.image.ctypes.data
+
+    with ThreadPoolExecutor(1) as ex:
+        got = list(ex.map(both, range(len(diffs))))
+    for i, (img, var, _) in enumerate(got):
+        d = diffs[i]
+        assert np.array_equal(img, d.image, equal_nan=True) and np.array_equal(var, d.variance, equal_nan=True)
+    assert len({ptr for _, _, ptr in got}) == 1  # one pair of planes for the thread
+    assert diffs.scratch(0).image is not diffs.scratch(0).image  # main thread: new planes

@@ -145,6 +145,31 @@ class WarpDiffs(Sequence):
             var += t.variance  # our own new plane: one allocation, not two
         return Exposure(w.image - t.image, var, w.mask, w.mask_planes, psf=w.psf, xy0=w.xy0, wcs=w.wcs, copy=False)
 
+    def scratch(self, i: int):
+        """``self[i]`` with its planes in the calling worker thread's scratch arrays, which its
+        next call overwrites: for per-epoch work that reads a diff once (candidate detection),
+        so that epochs on two threads fault in two pairs of planes, not one pair per epoch.
+        On the main thread, or with mixed precisions, this is ``self[i]``."""
+        w, f = self._pm[i], self.variance_factors[i]
+        t = self._tmpl
+        if w is None or threading.current_thread() is threading.main_thread() or len({w.image.dtype, t.image.dtype, w.variance.dtype, t.variance.dtype}) != 1:
+            return self[i]
+        key = (w.shape, w.dtype)
+        if getattr(_diff_scratch, "key", None) != key:
+            _diff_scratch.planes = (np.empty(w.shape, w.dtype), np.empty(w.shape, w.dtype))
+            _diff_scratch.key = key
+        img, var = _diff_scratch.planes
+        np.subtract(w.image, t.image, out=img)
+        if f is None:
+            np.add(w.variance, t.variance, out=var)
+        else:
+            np.multiply(w.variance, f, out=var)  # (w.variance * f).astype(w.dtype), in place
+            var += t.variance
+        return Exposure(img, var, w.mask, w.mask_planes, psf=w.psf, xy0=w.xy0, wcs=w.wcs, copy=False)
+
+
+_diff_scratch = threading.local()
+
 
 class CandidateImages(Sequence):
     """Per-epoch candidate label images (0 = none, 1..n after the prefilter), each made when it
@@ -396,7 +421,7 @@ class CompareWarpPipeline:
             lock = threading.Lock()
 
             def detect(i):
-                d = diffs[i]
+                d = diffs.scratch(i)  # read here only: the thread's scratch planes
                 if d is None:
                     return (np.zeros(0, np.int64), np.zeros(0, np.int32), 0), np.ones(shape, bool), np.zeros(shape, bool)
                 bad = np.int32(d.mask_planes.bitmask(c.badMaskPlanes, strict=False))
