@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba as nb
 import numpy as np
 
 from .config import AssembleCoaddConfig
@@ -151,6 +152,68 @@ def apply_alt_masks(mask: np.ndarray, planes: MaskPlanes, alt: dict[str, np.ndar
     return out
 
 
+# --- gathering a chunk of every warp into the kernel's (N, P) rows -------------------------
+# Why compiled: per chunk and warp, numpy took a strided slice copy, a reshape copy, np.stack,
+# and apply_alt_masks' masked passes, all holding the GIL between calls: at 10 x 2048^2 that
+# glue cost as much as the stacking kernel and kept the chunk threads from running side by
+# side.  These copy (or OR in) one warp's chunk in one pass without the GIL.
+
+@nb.njit(cache=True, nogil=True)
+def _gather_slice(src, y0, y1, x0, x1, out):  # pragma: no cover - compiled
+    w = x1 - x0
+    for y in range(y0, y1):
+        r = src[y, x0:x1]
+        o = out[(y - y0) * w:(y - y0 + 1) * w]
+        for j in range(w):
+            o[j] = r[j]
+
+
+@nb.njit(cache=True, nogil=True)
+def _alt_slice(out, sel, y0, y1, x0, x1, bits, keep):  # pragma: no cover - compiled
+    # where sel: out = (out & keep) | bits (LSST applyAltMaskPlanes: clear, then set)
+    w = x1 - x0
+    for y in range(y0, y1):
+        s = sel[y, x0:x1]
+        o = out[(y - y0) * w:(y - y0 + 1) * w]
+        for j in range(w):
+            o[j] = ((o[j] & keep) | bits) if s[j] else o[j]
+
+
+@nb.njit(cache=True, nogil=True)
+def _gather_idx(src, idx, out):  # pragma: no cover - compiled
+    nx = src.shape[1]
+    for i in range(idx.size):
+        p = idx[i]
+        out[i] = src[p // nx, p % nx]
+
+
+@nb.njit(cache=True, nogil=True)
+def _alt_idx(out, sel, idx, bits, keep):  # pragma: no cover - compiled
+    nx = sel.shape[1]
+    for i in range(idx.size):
+        p = idx[i]
+        if sel[p // nx, p % nx]:
+            out[i] = (out[i] & keep) | bits
+
+
+def _alt_operations(alt: dict[str, np.ndarray] | None, planes: MaskPlanes, bad_mask_planes: Sequence[str], use_psf_matched_polygons: bool, shape: tuple[int, int]) -> list[tuple[np.ndarray, np.int32, np.int32]]:
+    """:func:`apply_alt_masks` as ``(selection, bits to set, bits to keep)`` steps, in its order:
+    inside NO_DATA the bad-mask bits are cleared first, then each plane is set."""
+    ops: list[tuple[np.ndarray, np.int32, np.int32]] = []
+    if not alt:
+        return ops
+    if use_psf_matched_polygons and "NO_DATA" in alt and "NO_DATA" in bad_mask_planes:
+        bad = int(planes.bitmask(bad_mask_planes, strict=False))
+        ops.append((np.asarray(alt["NO_DATA"], bool), np.int32(0), np.int32(~bad)))
+    for name, sel in alt.items():
+        planes.add(name)
+        sel = np.asarray(sel, bool)
+        if sel.shape != shape:
+            raise InputError(f"alternative mask {name!r} has shape {sel.shape}, warp has {shape}")
+        ops.append((sel, np.int32(planes.bitmask([name])), np.int32(-1)))
+    return ops
+
+
 def assemble_coadd(
     warps: Sequence[Exposure],
     config: AssembleCoaddConfig | None = None,
@@ -249,7 +312,9 @@ def assemble_coadd(
         input_map = np.zeros((nbytes, ny, nx), np.uint8)
     wts = np.ascontiguousarray(weights[used], np.float64)
     used_idx = np.asarray(used, np.int64)
-    alt = [None if alt_masks is None else alt_masks[i] for i in used]
+    alt_ops = [_alt_operations(None if alt_masks is None else alt_masks[i], planes, config.badMaskPlanes, use_psf_matched_polygons, (ny, nx)) for i in used]
+    x_dtype = np.result_type(*[warps[i].image.dtype for i in used])
+    v_dtype = np.result_type(*[warps[i].variance.dtype for i in used])
     online = config.doOnlineForMean and config.statistic == "MEAN"
     stat_code = STAT_CODES["ONLINE" if online else config.statistic]
     tw, th = (int(v) for v in config.subregionSize)
@@ -263,9 +328,13 @@ def assemble_coadd(
         if isinstance(sl, np.ndarray):
             idx = sl
             shape = idx.shape
+            npix = idx.size
 
-            def get(a):
-                return np.asarray(a).reshape(-1)[idx]
+            def gather(a, out):
+                _gather_idx(a, idx, out)
+
+            def alt_step(out, sel, bits, keep):
+                _alt_idx(out, sel, idx, bits, keep)
 
             def put(a, v):
                 if a.ndim == 3:
@@ -274,21 +343,28 @@ def assemble_coadd(
                     a.reshape(-1)[idx] = v
         else:
             shape = (sl[0].stop - sl[0].start, sl[1].stop - sl[1].start)
+            npix = shape[0] * shape[1]
+            box = (sl[0].start, sl[0].stop, sl[1].start, sl[1].stop)
 
-            def get(a):
-                return np.asarray(a)[sl]
+            def gather(a, out):
+                _gather_slice(a, *box, out)
+
+            def alt_step(out, sel, bits, keep):
+                _alt_slice(out, sel, *box, bits, keep)
 
             def put(a, v):
                 a[(slice(None),) + sl if a.ndim == 3 else sl] = v
 
         # (N, P) row-contiguous copies of the chunk: the kernel works along rows of pixels
-        x = np.stack([get(warps[i].image).reshape(-1) for i in used])
-        v = np.stack([get(warps[i].variance).reshape(-1) for i in used])
-        m = np.stack([
-            apply_alt_masks(get(masks[i]), planes, None if a is None else {k: get(s) for k, s in a.items()}, config.badMaskPlanes, use_psf_matched_polygons).reshape(-1)
-            for i, a in zip(used, alt)
-        ]).astype(np.int32, copy=False)
-        npix = x.shape[1]
+        x = np.empty((len(used), npix), x_dtype)
+        v = np.empty((len(used), npix), v_dtype)
+        m = np.empty((len(used), npix), np.int32)
+        for j, i in enumerate(used):
+            gather(warps[i].image, x[j])
+            gather(warps[i].variance, v[j])
+            gather(masks[i], m[j])
+            for sel, bits, keep in alt_ops[j]:
+                alt_step(m[j], sel, bits, keep)
         out = (np.empty(npix, dtype), np.empty(npix, dtype), np.empty(npix, np.int32), np.empty(npix, np.int32), np.empty(npix, np.int32))
         imap = np.empty((nbytes, npix), np.uint8)
         stack_pixels(
