@@ -339,10 +339,6 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
         cn = cr = 1.0
         f_n, f_r = cfg.scienceFluxScaling, cfg.templateFluxScaling
 
-    def scaled(a, c):
-        a = np.asarray(a, dtype=work)
-        return a * work(c) if c != 1.0 else a
-
     # LSST calibrateImage multiplies the image by c and the variance by c^2 (float32).  Where
     # nothing but the padded cells reads a plane (no background, flux-ratio fit or source-noise
     # option), the product is taken as the plane is copied into its cell: the same float
