@@ -2,6 +2,7 @@
 
 import threading
 
+import numpy as np
 import pytest
 
 from toolkit.errors import ConfigError
@@ -43,3 +44,20 @@ def test_thread_cap_from_environment(monkeypatch):
         n_threads(10)
     monkeypatch.delenv("DIFFSTACK_THREADS")
     assert 1 <= n_threads(10) <= 10 and n_threads(1) == 1
+
+
+def test_worker_scratch_is_per_worker_thread_and_never_held_by_the_main_thread():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from toolkit.parallel import worker_scratch
+
+    def on_worker():
+        a = worker_scratch("t", (4, 5), np.float32)
+        b = worker_scratch("t", (4, 5), np.float32)
+        c = worker_scratch("t", (4, 6), np.float32)  # another shape: a new array
+        d = worker_scratch("u", (4, 6), np.float32)  # another name: its own array
+        return a is b, c is not a and c.shape == (4, 6), d is not c
+
+    with ThreadPoolExecutor(1) as ex:
+        assert ex.submit(on_worker).result() == (True, True, True)
+    assert worker_scratch("t", (4, 5), np.float32) is not worker_scratch("t", (4, 5), np.float32)

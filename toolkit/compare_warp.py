@@ -42,7 +42,7 @@ from .detection import binned_background, footprint_pixels, grow_radius, smooth_
 from .errors import InputError
 from .exposure import Exposure
 from .psf import DoubleGaussianPsf
-from .parallel import map_epochs, n_threads
+from .parallel import map_epochs, n_threads, worker_scratch
 from .psf_matching import match_to_psf
 from .stats import median_masked, quantiles_masked
 
@@ -147,18 +147,15 @@ class WarpDiffs(Sequence):
 
     def scratch(self, i: int):
         """``self[i]`` with its planes in the calling worker thread's scratch arrays, which its
-        next call overwrites: for per-epoch work that reads a diff once (candidate detection),
-        so that epochs on two threads fault in two pairs of planes, not one pair per epoch.
-        On the main thread, or with mixed precisions, this is ``self[i]``."""
+        next call overwrites (:func:`~toolkit.parallel.worker_scratch`): for per-epoch work that
+        reads a diff once (candidate detection), so that epochs on two threads fault in two
+        pairs of planes, not one pair per epoch.  With mixed precisions this is ``self[i]``."""
         w, f = self._pm[i], self.variance_factors[i]
         t = self._tmpl
-        if w is None or threading.current_thread() is threading.main_thread() or len({w.image.dtype, t.image.dtype, w.variance.dtype, t.variance.dtype}) != 1:
+        if w is None or len({w.image.dtype, t.image.dtype, w.variance.dtype, t.variance.dtype}) != 1:
             return self[i]
-        key = (w.shape, w.dtype)
-        if getattr(_diff_scratch, "key", None) != key:
-            _diff_scratch.planes = (np.empty(w.shape, w.dtype), np.empty(w.shape, w.dtype))
-            _diff_scratch.key = key
-        img, var = _diff_scratch.planes
+        img = worker_scratch("warp_diff_image", w.shape, w.dtype)
+        var = worker_scratch("warp_diff_variance", w.shape, w.dtype)
         np.subtract(w.image, t.image, out=img)
         if f is None:
             np.add(w.variance, t.variance, out=var)
@@ -166,9 +163,6 @@ class WarpDiffs(Sequence):
             np.multiply(w.variance, f, out=var)  # (w.variance * f).astype(w.dtype), in place
             var += t.variance
         return Exposure(img, var, w.mask, w.mask_planes, psf=w.psf, xy0=w.xy0, wcs=w.wcs, copy=False)
-
-
-_diff_scratch = threading.local()
 
 
 class CandidateImages(Sequence):

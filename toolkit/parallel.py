@@ -10,6 +10,7 @@ reported from the calling thread, so callbacks that touch a UI need no locking.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["map_epochs", "map_row_halves", "n_threads"]
+__all__ = ["map_epochs", "map_row_halves", "n_threads", "worker_scratch"]
 
 T = TypeVar("T")
 
@@ -75,3 +76,27 @@ def map_band_halves(fn: Callable[[list[slice]], Any], n: int, band: int, threads
     half = (len(bands) + 1) // 2
     with ThreadPoolExecutor(2) as ex:
         list(ex.map(fn, [bands[:half], bands[half:]]))
+
+
+_scratch = threading.local()
+
+
+def worker_scratch(name: str, shape: tuple[int, ...], dtype: Any) -> Any:
+    """A work array kept by the calling worker thread under ``name`` and handed out again on
+    its next call with the same shape and dtype (its contents are then overwritten by the
+    caller): per-epoch steps on :func:`map_epochs`' threads fault in one array per thread,
+    not one per epoch, and the arrays go with their threads.  On the main thread every call
+    gets a new array, so nothing is held once a call returns."""
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    shape = tuple(int(v) for v in shape)
+    if threading.current_thread() is threading.main_thread():
+        return np.empty(shape, dtype)
+    held = getattr(_scratch, "arrays", None)
+    if held is None:
+        held = _scratch.arrays = {}
+    a = held.get(name)
+    if a is None or a.shape != shape or a.dtype != dtype:
+        a = held[name] = np.empty(shape, dtype)
+    return a

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import threading
 import warnings
 
 
@@ -28,7 +27,7 @@ import scipy.fft as sfft
 
 from .errors import InputError
 from .exposure import Exposure
-from .parallel import map_band_halves, map_row_halves
+from .parallel import map_band_halves, map_row_halves, worker_scratch
 from .psf import Psf, DoubleGaussianPsf
 from .stats import median_masked
 
@@ -200,22 +199,11 @@ def _conv_buffer(cell: tuple[int, int], dtype) -> np.ndarray:
     return np.empty((cell[0], 2 * (cell[1] // 2 + 1)), dtype)
 
 
-_scratch = threading.local()
-
-
 def _scratch_buffer(cell: tuple[int, int], dtype) -> np.ndarray:
-    """A :func:`_conv_buffer` for work that is copied out before the next use: on a worker
-    thread (CompareWarp's epochs side by side) the thread's previous one is reused, so ten
-    warps matched on two threads fault in two work planes, not ten; the buffers go with their
-    threads.  The main thread gets a new one each time (nothing is held after the call)."""
-    dtype = np.dtype(dtype)
-    if threading.current_thread() is threading.main_thread():
-        return _conv_buffer(cell, dtype)
-    shape = (cell[0], 2 * (cell[1] // 2 + 1))
-    buf = getattr(_scratch, "buf", None)
-    if buf is None or buf.shape != shape or buf.dtype != dtype:
-        buf = _scratch.buf = _conv_buffer(cell, dtype)
-    return buf
+    """A :func:`_conv_buffer` for work that is copied out before its next use: a worker
+    thread's own (:func:`~toolkit.parallel.worker_scratch`), so ten warps matched on two
+    threads fault in two work planes, not ten."""
+    return worker_scratch("convolution", (cell[0], 2 * (cell[1] // 2 + 1)), dtype)
 
 
 def _load(buf: np.ndarray, cell: tuple[int, int], image: np.ndarray) -> np.ndarray:
