@@ -135,20 +135,17 @@ def compute_weights(warps: Sequence[Exposure], config: AssembleCoaddConfig, plan
 
 
 def apply_alt_masks(mask: np.ndarray, planes: MaskPlanes, alt: dict[str, np.ndarray] | None, bad_mask_planes: Sequence[str], use_psf_matched_polygons: bool) -> np.ndarray:
-    """LSST ``applyAltMaskPlanes`` on one warp's mask (returns a new array)."""
+    """LSST ``applyAltMaskPlanes`` on one warp's mask (returns a new array when ``alt`` has
+    planes): inside alternative NO_DATA the bad-mask bits are cleared first (CompareWarp's
+    ``use_psf_matched_polygons``), then each plane's bit is set where its selection is true.
+    The same steps the stack applies chunk by chunk (:func:`_alt_operations`)."""
     if not alt:
         return mask
-    out = mask.copy()
-    # masked ufunc passes (``where=``), not boolean indexing: no index arrays are built
-    if use_psf_matched_polygons and "NO_DATA" in alt and "NO_DATA" in bad_mask_planes:
-        bad = np.int32(planes.bitmask(bad_mask_planes, strict=False))
-        np.bitwise_and(out, ~bad, out=out, where=np.asarray(alt["NO_DATA"], bool))
-    for name, sel in alt.items():
-        planes.add(name)
-        sel = np.asarray(sel, bool)
-        if sel.shape != out.shape:
-            raise InputError(f"alternative mask {name!r} has shape {sel.shape}, warp has {out.shape}")
-        np.bitwise_or(out, np.int32(planes.bitmask([name])), out=out, where=sel)
+    ny, nx = mask.shape
+    out = np.array(mask, np.int32, order="C")
+    flat = out.reshape(-1)
+    for sel, bits, keep in _alt_operations(alt, planes, bad_mask_planes, use_psf_matched_polygons, (ny, nx)):
+        _alt_slice(flat, sel, 0, ny, 0, nx, bits, keep)
     return out
 
 
