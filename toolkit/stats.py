@@ -324,13 +324,11 @@ def _usable_args(x: np.ndarray, mask: np.ndarray | None, bad_bits: int):
     return x, m, np.int32(bad_bits), True
 
 
-def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: int, ranks_of: Callable[[int], list[int]], passes: list | None = None) -> tuple[int, dict[int, float]]:
-    """(n, {rank: sorted(usable)[rank]}) for the ranks ``ranks_of(n)`` of the n usable pixels.
-
-    ``passes``, if given a list, receives the arguments of :func:`_usable_args` that further
-    passes over the same pixels should use: the float32 path finds on its first pass whether
-    the mask excluded anything, and if not, the later passes do not read it.
-    """
+def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: int, ranks_of: Callable[[int], list[int]]) -> tuple[int, dict[int, float], tuple | None]:
+    """(n, {rank: sorted(usable)[rank]}, passes) for the ranks ``ranks_of(n)`` of the n usable
+    pixels.  ``passes`` holds the :func:`_usable_args` that further passes over the same pixels
+    should use (None: make them): the float32 path finds on its first pass whether the mask
+    excluded anything, and if not, the later passes do not read it."""
     if np.asarray(x).dtype != np.float32:
         xa = np.asarray(x)
         sel = np.isfinite(xa)
@@ -338,7 +336,7 @@ def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: i
             m = np.asarray(mask)
             sel &= ~m if m.dtype == np.bool_ else (m & np.int32(bad_bits)) == 0
         vals = xa[sel]
-        return vals.size, (_order_statistics(vals, ranks_of(vals.size)) if vals.size else {})
+        return vals.size, (_order_statistics(vals, ranks_of(vals.size)) if vals.size else {}), None
     x, m, bad, use = _usable_args(x, mask, bad_bits)
     u = x.view(np.uint32)
     hist, n_masked = _hist_hi32(u, m, bad, use)
@@ -346,12 +344,11 @@ def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: i
         # (a byte-per-pixel copy of the mask for the other passes, tried, was slower: the
         # plane and its int32 mask fit this kind of machine's L3 together)
         m, bad, use = np.zeros(1, np.int32), np.int32(0), False
-    if passes is not None:
-        passes[:] = [x, m, bad, use]
+    passes = (x, m, bad, use)
     cum = np.cumsum(hist)
     n = int(cum[-1])
     if n == 0:
-        return 0, {}
+        return 0, {}, passes
     ranks = ranks_of(n)
     bins = {r: int(np.searchsorted(cum, r, side="right")) for r in ranks}
     used = sorted(set(bins.values()))
@@ -366,29 +363,25 @@ def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: i
         key = np.uint32((b << 16) | low)
         bits = key ^ np.uint32(0x80000000) if key & np.uint32(0x80000000) else ~key
         value[r] = float(np.array([bits], np.uint32).view(np.float32)[0])
-    return n, value
+    return n, value, passes
 
 
-def quantiles_masked(x: np.ndarray, mask: np.ndarray | None, bad_bits: int, qs: Sequence[float], scale: float | None = None, passes: list | None = None) -> list[float]:
-    """:func:`quantiles_of` of the usable pixels of a plane: finite, and with none of ``bad_bits``
-    set in ``mask`` (or, for a boolean ``mask``, where it is False).  Exact (``np.percentile``'s
-    linear rule); float32 planes take two compiled histogram passes and no copy, other dtypes
-    the selection and :func:`quantiles_of`.
-
-    ``scale``: the quantiles of ``x * scale`` (the product in x's precision, as numpy forms it
-    for a scalar of that dtype), without making that plane.  Rounding a product is monotonic,
-    so each order statistic of the product is the product of x's order statistic; ``x * scale``
-    must stay finite wherever x is.  ``passes``: see :func:`_masked_order_statistics`.
-    """
+def _quantile_ranks(qs: Sequence[float]) -> Callable[[int], list[int]]:
+    """The order-statistic ranks that ``np.percentile``'s linear rule reads for ``qs``."""
 
     def ranks_of(n):
         return sorted({int(np.floor(q * (n - 1))) for q in qs} | {min(int(np.floor(q * (n - 1))) + 1, n - 1) for q in qs})
 
-    n, value = _masked_order_statistics(x, mask, bad_bits, ranks_of, passes)
+    return ranks_of
+
+
+def _interpolated(n: int, value: dict[int, float], qs: Sequence[float], scale: float | None, dtype) -> list[float]:
+    """``np.percentile``'s linear rule on the order statistics ``value`` of n values (of
+    ``x * scale``, the order statistics scaled first, when ``scale`` is given)."""
     if n == 0:
         return [float("nan")] * len(qs)
     if scale is not None:
-        dt = np.asarray(x).dtype.type
+        dt = np.dtype(dtype).type
         value = {r: float(dt(v) * dt(scale)) for r, v in value.items()}
     out = []
     for q in qs:
@@ -399,9 +392,24 @@ def quantiles_masked(x: np.ndarray, mask: np.ndarray | None, bad_bits: int, qs: 
     return out
 
 
+def quantiles_masked(x: np.ndarray, mask: np.ndarray | None, bad_bits: int, qs: Sequence[float], scale: float | None = None) -> list[float]:
+    """:func:`quantiles_of` of the usable pixels of a plane: finite, and with none of ``bad_bits``
+    set in ``mask`` (or, for a boolean ``mask``, where it is False).  Exact (``np.percentile``'s
+    linear rule); float32 planes take two compiled histogram passes and no copy, other dtypes
+    the selection and :func:`quantiles_of`.
+
+    ``scale``: the quantiles of ``x * scale`` (the product in x's precision, as numpy forms it
+    for a scalar of that dtype), without making that plane.  Rounding a product is monotonic,
+    so each order statistic of the product is the product of x's order statistic; ``x * scale``
+    must stay finite wherever x is.
+    """
+    n, value, _ = _masked_order_statistics(x, mask, bad_bits, _quantile_ranks(qs))
+    return _interpolated(n, value, qs, scale, np.asarray(x).dtype)
+
+
 def median_masked(x: np.ndarray, mask: np.ndarray | None = None, bad_bits: int = 1) -> float:
     """:func:`median_of` of the usable pixels (as :func:`quantiles_masked`); NaN if none."""
-    n, value = _masked_order_statistics(x, mask, bad_bits, lambda n: sorted({(n - 1) // 2, n // 2}))
+    n, value, _ = _masked_order_statistics(x, mask, bad_bits, lambda n: sorted({(n - 1) // 2, n // 2}))
     return 0.5 * (value[(n - 1) // 2] + value[n // 2]) if n else float("nan")
 
 
@@ -412,11 +420,12 @@ def meanclip_masked(x: np.ndarray, mask: np.ndarray | None = None, bad_bits: int
     ``scale``: the MEANCLIP of ``x * scale`` (product in x's precision; it must stay finite),
     bit-identical to making that plane first (see :func:`quantiles_masked`).
     """
-    passes: list = []
-    q25, med, q75 = quantiles_masked(x, mask, bad_bits, (0.25, 0.5, 0.75), scale, passes)
+    qs = (0.25, 0.5, 0.75)
+    n, value, passes = _masked_order_statistics(x, mask, bad_bits, _quantile_ranks(qs))
+    q25, med, q75 = _interpolated(n, value, qs, scale, np.asarray(x).dtype)
     if not np.isfinite(med):
         return float("nan")
-    x, m, bad, use = passes if passes else _usable_args(x, mask, bad_bits)
+    x, m, bad, use = passes if passes is not None else _usable_args(x, mask, bad_bits)
     iqr_hw = n_sigma * IQR_TO_SIGMA * (q75 - q25)
     sc = x.dtype.type(1.0 if scale is None else scale)
     return float(_clip_passes_masked(x, m, bad, use, float(med), float(iqr_hw), float(n_sigma), int(n_iter), sc))
