@@ -382,8 +382,8 @@ def test_side_stages_run_beside_the_chain_and_report_in_the_calling_thread(small
 
 def test_warp_diff_scratch_equals_warp_diff():
     """Candidate detection reads each warpDiff through per-thread scratch planes: on a worker
-    thread they must hold exactly what ``warp_diffs[i]`` makes (rescaled variance included),
-    and a second call on that thread reuses the same planes."""
+    thread they must hold warp - template and the rescaled variance plus the template's, as
+    ``warp_diffs[i]`` does, and a second call on that thread reuses the same planes."""
     from concurrent.futures import ThreadPoolExecutor
 
     from toolkit.sim import simulate_stack
@@ -399,8 +399,12 @@ def test_warp_diff_scratch_equals_warp_diff():
 
     with ThreadPoolExecutor(1) as ex:
         got = list(ex.map(both, range(len(diffs))))
+    tmpl = p.template
     for i, (img, var, _) in enumerate(got):
-        d = diffs[i]
-        assert np.array_equal(img, d.image, equal_nan=True) and np.array_equal(var, d.variance, equal_nan=True)
+        w, f = p.psf_matched_warps[i], diffs.variance_factors[i]
+        want_var = (w.variance if f is None else (w.variance * f).astype(w.dtype)) + tmpl.variance
+        assert np.array_equal(img, w.image - tmpl.image, equal_nan=True) and np.array_equal(var, want_var, equal_nan=True)
+        d = diffs[i]  # the same, on new planes
+        assert np.array_equal(d.image, img, equal_nan=True) and np.array_equal(d.variance, var, equal_nan=True)
     assert len({ptr for _, _, ptr in got}) == 1  # one pair of planes for the thread
     assert diffs.scratch(0).image is not diffs.scratch(0).image  # main thread: new planes

@@ -134,28 +134,28 @@ class WarpDiffs(Sequence):
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        w, f = self._pm[i], self.variance_factors[i]
-        if w is None:
-            return None
-        t = self._tmpl
-        if f is None or np.result_type(w.variance, t.variance) != w.dtype:
-            var = (w.variance if f is None else (w.variance * f).astype(w.dtype, copy=False)) + t.variance
-        else:
-            var = (w.variance * f).astype(w.dtype, copy=False)
-            var += t.variance  # our own new plane: one allocation, not two
-        return Exposure(w.image - t.image, var, w.mask, w.mask_planes, psf=w.psf, xy0=w.xy0, wcs=w.wcs, copy=False)
+        return self._diff(i, None)
 
     def scratch(self, i: int):
         """``self[i]`` with its planes in the calling worker thread's scratch arrays, which its
         next call overwrites (:func:`~toolkit.parallel.worker_scratch`): for per-epoch work that
         reads a diff once (candidate detection), so that epochs on two threads fault in two
         pairs of planes, not one pair per epoch.  With mixed precisions this is ``self[i]``."""
+        return self._diff(i, worker_scratch)
+
+    def _diff(self, i: int, scratch):
         w, f = self._pm[i], self.variance_factors[i]
+        if w is None:
+            return None
         t = self._tmpl
-        if w is None or len({w.image.dtype, t.image.dtype, w.variance.dtype, t.variance.dtype}) != 1:
-            return self[i]
-        img = worker_scratch("warp_diff_image", w.shape, w.dtype)
-        var = worker_scratch("warp_diff_variance", w.shape, w.dtype)
+        if len({w.image.dtype, t.image.dtype, w.variance.dtype, t.variance.dtype}) != 1:
+            # mixed precisions: numpy's promotions, on new planes
+            var = (w.variance if f is None else (w.variance * f).astype(w.dtype, copy=False)) + t.variance
+            return Exposure(w.image - t.image, var, w.mask, w.mask_planes, psf=w.psf, xy0=w.xy0, wcs=w.wcs, copy=False)
+        if scratch is None:
+            img, var = np.empty(w.shape, w.dtype), np.empty(w.shape, w.dtype)
+        else:
+            img, var = scratch("warp_diff_image", w.shape, w.dtype), scratch("warp_diff_variance", w.shape, w.dtype)
         np.subtract(w.image, t.image, out=img)
         if f is None:
             np.add(w.variance, t.variance, out=var)
