@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.wcs import WCS
 
 from toolkit import DoubleGaussianPsf, Exposure, FitsReadError, GaussianPsf, ImagePsf, InputError
 from toolkit.io import read_exposure, read_plain_fits, write_exposure
@@ -80,3 +81,27 @@ def test_bad_files(tmp_path):
     fits.writeto(tmp_path / "small.fits", np.zeros((3, 3)))
     with pytest.raises(InputError, match="shape"):
         read_plain_fits(tmp_path / "plain.fits", variance=tmp_path / "small.fits")
+
+
+def test_degenerate_cube_reads_as_its_plane(tmp_path):
+    """A single plane stored as a (1, ny, nx) cube with a third WCS axis (as some pipelines
+    write them) reads as that 2-D image with a 2-axis sky WCS; a cube of several planes gets
+    a named error that says what was found."""
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(6, 9)).astype(np.float32)
+    w = WCS(naxis=3)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN", "FREQ"]
+    w.wcs.crval = [150.0, 2.0, 1e9]
+    w.wcs.crpix = [5.0, 3.0, 1.0]
+    w.wcs.cdelt = [-5e-5, 5e-5, 1e6]
+    fits.writeto(tmp_path / "cube1.fits", img[None], w.to_header())
+    exp = read_plain_fits(tmp_path / "cube1.fits")
+    np.testing.assert_array_equal(exp.image, img)
+    assert exp.wcs.naxis == 2
+    sky = exp.wcs.pixel_to_world(4.0, 2.0)  # the reference pixel (0-based)
+    assert sky.ra.deg == pytest.approx(150.0) and sky.dec.deg == pytest.approx(2.0)
+    fits.writeto(tmp_path / "cube2.fits", np.stack([img, img]))
+    with pytest.raises(FitsReadError, match=r"only cubes of shape \(2, 6, 9\)"):
+        read_plain_fits(tmp_path / "cube2.fits")
+    with pytest.raises(FitsReadError, match=r"holds no 2-D image \(data shape \(2, 6, 9\)\)"):
+        read_plain_fits(tmp_path / "cube2.fits", hdu=0)

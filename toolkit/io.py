@@ -197,7 +197,11 @@ def _read_wcs(hdr: fits.Header) -> WCS | None:
             wcs = WCS(hdr, relax=True)
         except Exception:
             return None
-    return wcs if wcs.has_celestial else None
+    if not wcs.has_celestial:
+        return None
+    # a degenerate cube (e.g. NAXIS3 = 1 with a spectral or Stokes axis) keeps its sky axes only,
+    # so pixel_to_world takes (x, y) as for any 2-D image
+    return wcs.celestial if wcs.naxis > 2 else wcs
 
 
 def _xy0(hdr: fits.Header) -> tuple[int, int]:
@@ -257,19 +261,37 @@ def read_exposure(path: str | os.PathLike) -> Exposure:
         )
 
 
+def _image_2d(h: Any) -> np.ndarray | None:
+    """The HDU's data as a 2-D array: a plain image, or a cube whose extra axes all have length
+    1 (NAXIS3 = 1, as some pipelines write single planes); None for anything else."""
+    if not getattr(h, "is_image", False) or h.data is None or np.ndim(h.data) < 2:
+        return None
+    data = np.asarray(h.data)
+    if any(n != 1 for n in data.shape[:-2]):
+        return None
+    return data.reshape(data.shape[-2:])
+
+
 def _first_image(hdul: fits.HDUList, path: Any, hdu: int | str | None) -> tuple[np.ndarray, fits.Header, fits.Header]:
     if hdu is not None:
         try:
             h = hdul[hdu]
         except (KeyError, IndexError):
             raise FitsReadError(f"{path} has no HDU {hdu!r}") from None
-        if h.data is None or np.ndim(h.data) != 2:
-            raise FitsReadError(f"HDU {hdu!r} of {path} holds no 2-D image")
-        return np.asarray(h.data), h.header, hdul[0].header
+        data = _image_2d(h)
+        if data is None:
+            shape = None if h.data is None else np.shape(h.data)
+            raise FitsReadError(f"HDU {hdu!r} of {path} holds no 2-D image (data shape {shape})")
+        return data, h.header, hdul[0].header
+    cubes = []
     for h in hdul:
-        if h.is_image and h.data is not None and np.ndim(h.data) == 2:
-            return np.asarray(h.data), h.header, hdul[0].header
-    raise FitsReadError(f"{path} contains no 2-D image HDU")
+        data = _image_2d(h)
+        if data is not None:
+            return data, h.header, hdul[0].header
+        if getattr(h, "is_image", False) and h.data is not None and np.ndim(h.data) > 2:
+            cubes.append(np.shape(h.data))
+    hint = f" (only cubes of shape {', '.join(map(str, cubes))}: split them into 2-D images first)" if cubes else ""
+    raise FitsReadError(f"{path} contains no 2-D image HDU{hint}")
 
 
 def read_plain_fits(
