@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import special
 
 from .errors import InputError
 
@@ -36,13 +35,6 @@ FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 def _odd(n: float) -> int:
     n = int(n)
     return n if n % 2 == 1 else n + 1
-
-
-def _pixel_integrated_gaussian_1d(n: int, sigma: float, offset: float = 0.0) -> np.ndarray:
-    """Gaussian integrated over unit pixels centred on ``-(n//2) .. n//2`` minus ``offset``."""
-    x = np.arange(n) - n // 2 - offset
-    s = sigma * np.sqrt(2.0)
-    return 0.5 * (special.erf((x + 0.5) / s) - special.erf((x - 0.5) / s))
 
 
 def _sampled_gaussian_2d(n: int, sigma: float) -> np.ndarray:
@@ -127,9 +119,6 @@ class Psf:
     def determinant_radius(self, position: Sequence[float] | None = None) -> float:
         """Adaptive-moment determinant radius (pixels) of the kernel image at ``position``."""
         return determinant_radius(self.compute_kernel_image(position))
-
-    def average_position(self) -> tuple[float, float] | None:
-        return None
 
     def to_dict(self) -> dict[str, Any]:  # pragma: no cover
         raise NotImplementedError
@@ -308,9 +297,6 @@ class VaryingGaussianPsf(Psf):
         if s <= 0:
             raise InputError(f"VaryingGaussianPsf sigma is non-positive at {tuple(position)}")
         return s
-
-    def average_position(self):
-        return self.ref
 
     def _kernel(self, n, position):
         return _sampled_gaussian_2d(n, self.sigma_at(position))
