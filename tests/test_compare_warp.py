@@ -408,3 +408,44 @@ def test_warp_diff_scratch_equals_warp_diff():
         assert np.array_equal(d.image, img, equal_nan=True) and np.array_equal(d.variance, var, equal_nan=True)
     assert len({ptr for _, _, ptr in got}) == 1  # one pair of planes for the thread
     assert diffs.scratch(0).image is not diffs.scratch(0).image  # main thread: new planes
+
+
+def star_stack(pedestal=0.0, n=10, size=96, flux=2500.0, seed=1):
+    """Ten noisy epochs of two equal bright stars, one in the middle and one 4 px from the left
+    edge, on a constant pedestal (the PSF-matched warps carry the 7.7-px model PSF, sigma ~3.7)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    s = 3.7
+    sky = pedestal + sum(flux / (2 * np.pi * s**2) * np.exp(-((xx - x0) ** 2 + (yy - 48) ** 2) / (2 * s**2)) for x0 in (48, 4))
+    direct, matched = [], []
+    for i in range(n):
+        img = (sky + rng.normal(0, 1, (size, size))).astype(np.float32)
+        direct.append(Exposure(img, np.ones((size, size), np.float32), psf=GaussianPsf(1.5)))
+        matched.append(Exposure(img, np.ones((size, size), np.float32), psf=DoubleGaussianPsf(7.7)))
+    return direct, matched
+
+
+def test_protected_footprints_follow_lsst_detection():
+    """detectTemplate as SourceDetectionTask runs it: seeds only where the whole smoothing
+    kernel lies on the image (convolveImage's "middle"), thresholded on the smoothed template
+    itself -- the temporary local background only re-detects peaks inside the footprints, so
+    doTempLocalBackground does not change them, and a pedestal counts as signal."""
+    cfg = CompareWarpConfig(doScaleWarpVariance=False)
+    prot = CompareWarpPipeline(*star_stack(), cfg).protected_footprints
+    # the middle star (smoothed peak ~600 sigma) is protected; the one 4 px from the edge is as
+    # bright but lies in the 13-px border, and its profile drops below 300 sigma before the
+    # searched region begins
+    assert prot[48, 48] > 0
+    assert not prot[:, :20].any()
+    # pedestal ~half the threshold: the footprint grows (LSST subtracts no background before
+    # thresholding; the 300-sigma isophote moves from ~6 to ~9 px, +9 px growth: area x1.37;
+    # with the pedestal removed it would stay ~x1), the same with or without the temporary
+    # local background
+    direct, matched = star_stack(pedestal=3.6)
+    feet = []
+    for local in (True, False):
+        c = CompareWarpConfig(doScaleWarpVariance=False)
+        c.detectTemplate.doTempLocalBackground = local
+        feet.append(CompareWarpPipeline(direct, matched, c).protected_footprints > 0)
+    np.testing.assert_array_equal(feet[0], feet[1])
+    assert feet[0].sum() > 1.2 * (prot > 0).sum()

@@ -358,10 +358,13 @@ class CompareWarpPipeline:
                 return np.zeros(tmpl.shape, np.int32)
             d = self.config.detectTemplate
             sigma = tmpl.psf.determinant_radius(tmpl.bbox.center) if tmpl.psf is not None else self.model_psf.determinant_radius()
-            img = tmpl.image
-            if d.doTempLocalBackground:
-                img = img - binned_background(img, ~np.isfinite(img), 64, tmpl.dtype)  # in the template precision
-            simg, svar = smooth_for_detection(img, tmpl.variance, sigma, d.nSigmaForKernel)
+            # detectTemplate's doTempLocalBackground and reEstimateBackground change nothing here:
+            # SourceDetectionTask thresholds the smoothed image *before* the temporary local
+            # background is subtracted (that only re-detects the peaks inside each footprint,
+            # updatePeaks, and leaves the footprints as they are), and the re-estimated
+            # background only modifies LSST's clone of the template after detection.  Seeds are
+            # looked for only where the whole smoothing kernel lies on the image (edge_nan).
+            simg, svar = smooth_for_detection(tmpl.image, tmpl.variance, sigma, d.nSigmaForKernel, edge_nan=True)
             lab, _ = threshold_footprints(simg, svar, d.thresholdValue * d.includeThresholdMultiplier, "positive", d.minPixels, grow_radius(d.nSigmaToGrow, sigma))
             return lab
 

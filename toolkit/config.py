@@ -577,8 +577,8 @@ class DetectionConfig(LsstConfig):
     isotropicGrow = param.Boolean(True, doc="Grow isotropically (circular stencil).")
     combinedGrow = param.Boolean(True, doc="Grow positive and negative footprints together and merge.")
     returnOriginalFootprints = param.Boolean(False, doc="Return the ungrown footprints.")
-    doTempLocalBackground = param.Boolean(True, doc="Subtract a temporary local background before thresholding.")
-    reEstimateBackground = param.Boolean(True, doc="Re-estimate the background after detection.")
+    doTempLocalBackground = param.Boolean(True, doc="Subtract a temporary local background from the smoothed image after thresholding, to re-detect the peaks inside each footprint (LSST updatePeaks); footprints are unchanged, so it has no effect on CompareWarp.")
+    reEstimateBackground = param.Boolean(True, doc="Re-estimate the background after detection (modifies only LSST's clone of the template; no effect on the footprints).")
     nSigmaForKernel = param.Number(7.0, bounds=(0, None), inclusive_bounds=(False, True), doc="Smoothing-kernel full width in PSF sigmas.")
 
 

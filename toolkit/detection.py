@@ -369,9 +369,15 @@ def _centre_positions(n: int, nb: int, bin_size: int) -> np.ndarray:
     return np.clip(np.interp(np.arange(n), centres, np.arange(nb)), 0, nb - 1)
 
 
-def smooth_for_detection(image: np.ndarray, variance: np.ndarray, sigma: float, n_sigma_for_kernel: float = 7.0) -> tuple[np.ndarray, np.ndarray]:
+def smooth_for_detection(image: np.ndarray, variance: np.ndarray, sigma: float, n_sigma_for_kernel: float = 7.0, edge_nan: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Convolve with a Gaussian of ``sigma`` (odd width ``(int(7 sigma + 0.5)//2)*2+1``), the
-    variance with the squared kernel, as LSST's detection smoothing does."""
+    variance with the squared kernel, as LSST's detection smoothing does.
+
+    ``edge_nan``: the smoothed image is NaN within half a kernel width of the edge, so that no
+    threshold passes there.  LSST's ``SourceDetectionTask.convolveImage`` thresholds only the
+    part the whole kernel covers (its ``middle``, the bbox shrunk by the kernel), while the
+    footprints found inside may still grow into that border.
+    """
     from .psf_matching import fft_convolve
 
     w = (int(n_sigma_for_kernel * sigma + 0.5) // 2) * 2 + 1
@@ -383,4 +389,9 @@ def smooth_for_detection(image: np.ndarray, variance: np.ndarray, sigma: float, 
     # detection threshold); the kernels stay exact
     img = np.where(np.isfinite(image), image, 0).astype(image.dtype, copy=False)
     var = np.where(np.isfinite(variance), variance, 0).astype(variance.dtype, copy=False)
-    return fft_convolve(img, k), fft_convolve(var, k * k)
+    simg = fft_convolve(img, k)
+    h = w // 2
+    if edge_nan and h:
+        for sl in ((slice(0, h),), (slice(-h, None),), (slice(None), slice(0, h)), (slice(None), slice(-h, None))):
+            simg[sl] = np.nan
+    return simg, fft_convolve(var, k * k)
