@@ -9,20 +9,24 @@ from toolkit.detection import circular_stencil, footprint_pixels, grow_mask, thr
 EIGHT = np.ones((3, 3), bool)
 
 
-def reference(image, variance, threshold, polarity, min_pixels, grow):
-    """SourceDetectionTask's rules written the obvious way: full-plane labels and dilations."""
+def reference(image, variance, threshold, polarity, min_pixels, grow, include=1.0):
+    """SourceDetectionTask's rules written the obvious way: full-plane labels and dilations;
+    a component is kept if it has ``min_pixels`` pixels and one reaching ``include`` times the
+    threshold (afw's includeThresholdMultiplier)."""
     with np.errstate(invalid="ignore"):
         sig = np.sqrt(variance)
         seeds = []
         if polarity in ("positive", "both"):
-            seeds.append(image >= threshold * sig)
+            seeds.append((image >= threshold * sig, image >= threshold * include * sig))
         if polarity in ("negative", "both"):
-            seeds.append(-image >= threshold * sig)
+            seeds.append((-image >= threshold * sig, -image >= threshold * include * sig))
     out = np.zeros(image.shape, bool)
-    for s in seeds:
+    for s, high in seeds:
         lab, n = ndimage.label(s, structure=EIGHT)
         sizes = np.bincount(lab.ravel(), minlength=n + 1)
         keep = sizes >= min_pixels
+        if include > 1.0:
+            keep &= np.bincount(lab[high], minlength=n + 1) > 0
         keep[0] = False
         sel = keep[lab]
         if grow > 0 and sel.any():
@@ -47,11 +51,12 @@ def test_footprints_equal_the_ndimage_reference_on_random_fields():
         t = float(rng.uniform(0.5, 3.0))
         polarity = ("positive", "negative", "both")[trial % 3]
         mp, grow = int(rng.integers(1, 6)), int(rng.integers(0, 5))
-        want, n_want = reference(img, var, t, polarity, mp, grow)
-        got, n_got = threshold_footprints(img, var, t, polarity, mp, grow)
+        include = 1.0 if trial % 4 else float(rng.uniform(0.5, 2.5))
+        want, n_want = reference(img, var, t, polarity, mp, grow, include)
+        got, n_got = threshold_footprints(img, var, t, polarity, mp, grow, include)
         assert n_got == n_want, trial
         np.testing.assert_array_equal(got, want)  # the same pixels and the same numbering
-        flat, labels, n = footprint_pixels(img, var, t, polarity, mp, grow)
+        flat, labels, n = footprint_pixels(img, var, t, polarity, mp, grow, include)
         assert n == n_want and np.all(np.diff(flat) > 0)
         np.testing.assert_array_equal(labels, want.ravel()[flat])
 
@@ -73,6 +78,15 @@ def test_footprint_edge_cases():
         footprint_pixels(img, var, 5.0, "up")
     with pytest.raises(ValueError, match="same 2-D shape"):
         footprint_pixels(img, var[:3], 5.0)
+    # includeThresholdMultiplier: a 6-sigma footprint (grown to the 3-sigma isophote) is kept
+    # with a 2x include threshold, a 5-sigma one is not, though both pass the threshold itself
+    img2 = np.zeros((9, 20), np.float32)
+    img2[4, 2:5] = (3.0, 6.0, 3.0)
+    img2[4, 12:15] = (3.0, 5.0, 3.0)
+    lab2, n2 = threshold_footprints(img2, np.ones_like(img2), 3.0, "positive", 1, 0, include_multiplier=2.0)
+    assert n2 == 1 and lab2[4, 2:5].all() and not lab2[4, 12:15].any()
+    with pytest.raises(ValueError, match="includeThresholdMultiplier"):
+        footprint_pixels(img, var, 5.0, "both", include_multiplier=0.0)
 
 
 def test_grow_mask_is_the_circular_dilation():

@@ -365,7 +365,7 @@ class CompareWarpPipeline:
             # background only modifies LSST's clone of the template after detection.  Seeds are
             # looked for only where the whole smoothing kernel lies on the image (edge_nan).
             simg, svar = smooth_for_detection(tmpl.image, tmpl.variance, sigma, d.nSigmaForKernel, edge_nan=True)
-            lab, _ = threshold_footprints(simg, svar, d.thresholdValue * d.includeThresholdMultiplier, "positive", d.minPixels, grow_radius(d.nSigmaToGrow, sigma))
+            lab, _ = threshold_footprints(simg, svar, d.thresholdValue, "positive", d.minPixels, grow_radius(d.nSigmaToGrow, sigma), d.includeThresholdMultiplier)
             return lab
 
         return self._stage("protected", key, run)
@@ -425,7 +425,7 @@ class CompareWarpPipeline:
                 with lock:  # summed as epochs finish, not held until all have
                     nodata = _nodata_and_count(d.image, d.mask, bad, n_image)
                 sigma = d.psf.determinant_radius(d.bbox.center)
-                flat, lv, n = footprint_pixels(d.image, d.variance, c.detect.thresholdValue * c.detect.includeThresholdMultiplier, c.detect.thresholdPolarity, c.detect.minPixels, grow_radius(c.detect.nSigmaToGrow, sigma))
+                flat, lv, n = footprint_pixels(d.image, d.variance, c.detect.thresholdValue, c.detect.thresholdPolarity, c.detect.minPixels, grow_radius(c.detect.nSigmaToGrow, sigma), c.detect.includeThresholdMultiplier)
                 if n and c.doPrefilterArtifacts:
                     pb = np.int32(d.mask_planes.bitmask(c.prefilterArtifactsMaskPlanes, strict=False))
                     good = ((d.mask.ravel()[flat] & pb) == 0).astype(float)

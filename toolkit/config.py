@@ -571,7 +571,7 @@ class DetectionConfig(LsstConfig):
     thresholdValue = param.Number(5.0, bounds=(0, None), inclusive_bounds=(False, True), doc="Detection threshold, in units of thresholdType.")
     thresholdType = param.Selector(objects=["variance", "stdev", "value", "pixel_stdev"], default="pixel_stdev", doc="How the threshold is interpreted; pixel_stdev = per-pixel sqrt(variance).")
     thresholdPolarity = param.Selector(objects=["positive", "negative", "both"], default="positive", doc="Which sign of deviation to detect.")
-    includeThresholdMultiplier = param.Number(1.0, bounds=(0, None), inclusive_bounds=(False, True), doc="Multiplier on the threshold for inclusion.")
+    includeThresholdMultiplier = param.Number(1.0, bounds=(0, None), inclusive_bounds=(False, True), doc="A footprint extends to the threshold but is kept only if one of its pixels reaches this multiple of it (afw includeThresholdMultiplier).")
     minPixels = param.Integer(1, bounds=(0, None), doc="Minimum footprint area (pixels) before growth.")
     nSigmaToGrow = param.Number(2.4, bounds=(0, None), doc="Grow footprints by this many PSF sigmas.")
     isotropicGrow = param.Boolean(True, doc="Grow isotropically (circular stencil).")

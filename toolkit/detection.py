@@ -67,22 +67,25 @@ def grow_mask(sel: np.ndarray, r: int, labels: np.ndarray | None = None) -> np.n
     return out
 
 
-def threshold_footprints(image: np.ndarray, variance: np.ndarray, threshold: float, polarity: str = "both", min_pixels: int = 1, grow: int = 0) -> tuple[np.ndarray, int]:
+def threshold_footprints(image: np.ndarray, variance: np.ndarray, threshold: float, polarity: str = "both", min_pixels: int = 1, grow: int = 0, include_multiplier: float = 1.0) -> tuple[np.ndarray, int]:
     """Labelled footprints (int32 labels 1..n) of ``|image| >= threshold * sqrt(variance)``."""
-    flat, labels, n = footprint_pixels(image, variance, threshold, polarity, min_pixels, grow)
+    flat, labels, n = footprint_pixels(image, variance, threshold, polarity, min_pixels, grow, include_multiplier)
     lab = np.zeros(image.shape, np.int32)
     lab.reshape(-1)[flat] = labels
     return lab, n
 
 
-def footprint_pixels(image: np.ndarray, variance: np.ndarray | None, threshold: float, polarity: str = "both", min_pixels: int = 1, grow: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+def footprint_pixels(image: np.ndarray, variance: np.ndarray | None, threshold: float, polarity: str = "both", min_pixels: int = 1, grow: int = 0, include_multiplier: float = 1.0) -> tuple[np.ndarray, np.ndarray, int]:
     """:func:`threshold_footprints` as ``(flat indices, labels, n)`` of the footprint pixels,
     the indices ascending: no label image is made.  ``variance=None`` thresholds an image that
     is in sigma units already (a score image) at ``threshold``.
 
     Each polarity's seeds (``image >= t sigma`` and ``-image >= t sigma``, compared in the
     planes' precision; NaN never passes) are labelled 8-connected, components with fewer than
-    ``min_pixels`` pixels dropped, the rest grown by afw's circular stencil of radius ``grow``
+    ``min_pixels`` pixels dropped, and so are those none of whose pixels reaches
+    ``include_multiplier * threshold`` sigma (afw's ``includeThresholdMultiplier``: a footprint
+    extends to the threshold but needs a pixel that high to be kept), the rest grown by afw's
+    circular stencil of radius ``grow``
     (clipped at the image edge); the union of both polarities is labelled again, 1..n in raster
     order of each footprint's first pixel (``scipy.ndimage.label``'s numbering).
 
@@ -106,7 +109,9 @@ def footprint_pixels(image: np.ndarray, variance: np.ndarray | None, threshold: 
         dtype = np.result_type(img.dtype, var.dtype, np.float32)
         var = np.ascontiguousarray(var, dtype)
     img = np.ascontiguousarray(img, dtype)
-    flat, labels, n = _footprint_pixels(img, var, dtype.type(threshold), polarity != "negative", polarity != "positive", int(min_pixels), max(int(grow), 0))
+    if not include_multiplier > 0:
+        raise ValueError(f"includeThresholdMultiplier must be > 0, got {include_multiplier}")
+    flat, labels, n = _footprint_pixels(img, var, dtype.type(threshold), polarity != "negative", polarity != "positive", int(min_pixels), max(int(grow), 0), dtype.type(threshold * include_multiplier))
     return flat, labels, int(n)
 
 
@@ -211,7 +216,7 @@ def _sorted_merged(runs, n):  # pragma: no cover - compiled
 
 
 @nb.njit(cache=True, nogil=True)
-def _footprint_pixels(img, var, thr, want_pos, want_neg, min_pixels, r):  # pragma: no cover - compiled
+def _footprint_pixels(img, var, thr, want_pos, want_neg, min_pixels, r, thr_include):  # pragma: no cover - compiled
     ny, nx = img.shape
     unit = var.shape[0] == 1 and var.shape[1] == 1 and (ny > 1 or nx > 1)  # a 1x1 variance: sigma units
     pos = np.empty((1024, 3), np.int64)
@@ -268,8 +273,23 @@ def _footprint_pixels(img, var, thr, want_pos, want_neg, min_pixels, r):  # prag
         size = np.zeros(m, np.int64)
         for a in range(n):
             size[comp[a]] += runs[a, 2] - runs[a, 1] + 1
+        # afw keeps a footprint only if one of its pixels also passes the include threshold
+        # (includeThresholdMultiplier x the threshold); at or below the threshold all do
+        good = np.ones(m, np.bool_)
+        if thr_include > thr:
+            good[:] = False
+            for a in range(n):
+                c = comp[a]
+                if good[c]:
+                    continue
+                y = runs[a, 0]
+                for x in range(runs[a, 1], runs[a, 2] + 1):
+                    v = img[y, x] if which == 0 else -img[y, x]
+                    if v >= (thr_include if unit else thr_include * np.sqrt(var[y, x])):
+                        good[c] = True
+                        break
         for a in range(n):
-            if size[comp[a]] < min_pixels:
+            if size[comp[a]] < min_pixels or not good[comp[a]]:
                 continue
             for dy in range(-r, r + 1):
                 yy = runs[a, 0] + dy
