@@ -17,6 +17,7 @@ noise, flux-ratio fit) and a transient catalog, all off unless asked for.
 from __future__ import annotations
 
 import time
+import warnings
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
@@ -345,9 +346,9 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
     # products, without two calibrated 2k^2 planes made first.  ``factors[i]`` is what plane i
     # of [n_img, n_var, r_img, r_var] is still to be multiplied by (1 once it is applied).
     lazy = not (cfg.correctBackground or cfg.doFitFluxRatio or cfg.doSourceNoise)
-    planes_in = [(sci.image, cn), (sci.variance, cn**2), (ref.image, cr), (ref.variance, cr**2)]
+    planes_in = [(sci.image, cn, "science image"), (sci.variance, cn**2, "science variance"), (ref.image, cr, "template image"), (ref.variance, cr**2, "template variance")]
     arrays, factors = [], []
-    for a, c in planes_in:
+    for a, c, name in planes_in:
         a = np.asarray(a, dtype=work)
         if c != 1.0 and lazy and a.size:
             # numpy's max/min are SIMD passes and return NaN if any pixel is NaN: one test
@@ -358,7 +359,14 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
                     arrays.append(a)
                     factors.append(work(c))
                     continue
-        arrays.append(a * work(c) if c != 1.0 else a)
+        if c != 1.0:
+            with np.errstate(over="ignore"):
+                scaled = a * work(c)
+            n_over = int(np.count_nonzero(np.isinf(scaled))) - int(np.count_nonzero(np.isinf(a)))
+            if n_over > 0:
+                warnings.warn(f"calibrating the {name} by {c:.6g} overflows {np.dtype(work).name} at {n_over} pixel(s); they are handled as non-finite pixels (replaced by the plane's mean and remembered, as LSST's removeNonFinitePixels does)", RuntimeWarning, stacklevel=2)
+            a = scaled
+        arrays.append(a)
         factors.append(work(1.0))
     n_img, n_var, r_img, r_var = arrays
     # (plane mask, bad bits) of each image: the clipped means read them in place
