@@ -362,7 +362,10 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
         if c != 1.0:
             with np.errstate(over="ignore"):
                 scaled = a * work(c)
-            n_over = int(np.count_nonzero(np.isinf(scaled))) - int(np.count_nonzero(np.isinf(a)))
+            # max/min are single SIMD passes (NaN if any pixel is): the infinities are counted
+            # only when the scaled plane is not entirely finite
+            finite = scaled.size == 0 or bool(np.isfinite(max(scaled.max(), -scaled.min())))
+            n_over = 0 if finite else int(np.count_nonzero(np.isinf(scaled))) - int(np.count_nonzero(np.isinf(a)))
             if n_over > 0:
                 warnings.warn(f"calibrating the {name} by {c:.6g} overflows {np.dtype(work).name} at {n_over} pixel(s); they are handled as non-finite pixels (replaced by the plane's mean and remembered, as LSST's removeNonFinitePixels does)", RuntimeWarning, stacklevel=2)
             a = scaled
