@@ -261,15 +261,18 @@ def read_exposure(path: str | os.PathLike) -> Exposure:
         )
 
 
+def _image_shape(h: Any) -> tuple[int, ...] | None:
+    """Shape of an image HDU's data (None for tables and empty HDUs)."""
+    return np.shape(h.data) if getattr(h, "is_image", False) and h.data is not None else None
+
+
 def _image_2d(h: Any) -> np.ndarray | None:
     """The HDU's data as a 2-D array: a plain image, or a cube whose extra axes all have length
     1 (NAXIS3 = 1, as some pipelines write single planes); None for anything else."""
-    if not getattr(h, "is_image", False) or h.data is None or np.ndim(h.data) < 2:
+    shape = _image_shape(h)
+    if shape is None or len(shape) < 2 or any(n != 1 for n in shape[:-2]):
         return None
-    data = np.asarray(h.data)
-    if any(n != 1 for n in data.shape[:-2]):
-        return None
-    return data.reshape(data.shape[-2:])
+    return np.asarray(h.data).reshape(shape[-2:])
 
 
 def _first_image(hdul: fits.HDUList, path: Any, hdu: int | str | None) -> tuple[np.ndarray, fits.Header, fits.Header]:
@@ -288,8 +291,9 @@ def _first_image(hdul: fits.HDUList, path: Any, hdu: int | str | None) -> tuple[
         data = _image_2d(h)
         if data is not None:
             return data, h.header, hdul[0].header
-        if getattr(h, "is_image", False) and h.data is not None and np.ndim(h.data) > 2:
-            cubes.append(np.shape(h.data))
+        shape = _image_shape(h)
+        if shape is not None and len(shape) > 2:
+            cubes.append(shape)
     hint = f" (only cubes of shape {', '.join(map(str, cubes))}: split them into 2-D images first)" if cubes else ""
     raise FitsReadError(f"{path} contains no 2-D image HDU{hint}")
 
