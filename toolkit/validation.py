@@ -133,6 +133,7 @@ def artifact_leftovers(stack: SimulatedStack, pipeline, kind: str = "cosmic_ray"
         rem_map = contribution(a, r.input_map, r.weights)
         del a
         cand = pipeline.candidate_image(e)
+        cand_boxes = ndimage.find_objects(cand)  # each candidate read within its own box
         clipped = pipeline.artifact_masks[e]["CLIPPED"]
         pm = pipeline.psf_matched_warps[e]
         for lv, sl in enumerate(ndimage.find_objects(lab), start=1):
@@ -152,7 +153,7 @@ def artifact_leftovers(stack: SimulatedStack, pipeline, kind: str = "cosmic_ray"
                 reason = "partly clipped"
             else:
                 inside = all(
-                    (p := prot[cand == lb]).min() > 0 and (p == p[0]).all() for lb in labels
+                    (p := prot[cand_boxes[lb - 1]][cand[cand_boxes[lb - 1]] == lb]).min() > 0 and (p == p[0]).all() for lb in labels
                 )
                 reason = "protected" if inside and cfg.doPreserveContainedBySource else "not transient"
             ys, xs = np.nonzero(sel)
