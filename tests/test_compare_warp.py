@@ -449,3 +449,18 @@ def test_protected_footprints_follow_lsst_detection():
         feet.append(CompareWarpPipeline(direct, matched, c).protected_footprints > 0)
     np.testing.assert_array_equal(feet[0], feet[1])
     assert feet[0].sum() > 1.2 * (prot > 0).sum()
+
+
+def test_template_error_names_psf_matching_when_it_leaves_no_pixel():
+    """Direct warps smaller than PSF matching's NO_DATA reach (10 px from the edge) give PSF-matched
+    warps without a usable pixel: the error says so instead of calling the user's images NaN."""
+    from toolkit.errors import InputError
+
+    rng = np.random.default_rng(0)
+    warps = [Exposure(rng.normal(0, 2, (8, 8)).astype(np.float32), np.full((8, 8), 4.0, np.float32), psf=GaussianPsf(1.5 + 0.1 * i)) for i in range(3)]
+    with pytest.raises(InputError, match=r"static-sky template: none of the PSF-matched warps made from the direct warps \(epochs \[0, 1, 2\].*PSF matching marks NO_DATA"):
+        CompareWarpPipeline(warps).run()
+    # PSF-matched warps given by the caller that are unusable: the coadd's own message, unchanged
+    nan = [Exposure(np.full((8, 8), np.nan, np.float32), np.full((8, 8), 4.0, np.float32), psf=GaussianPsf(2.0)) for _ in range(3)]
+    with pytest.raises(InputError, match=r"^no usable warps: 0: image is entirely NaN"):
+        CompareWarpPipeline(warps, nan).run()

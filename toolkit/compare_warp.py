@@ -338,10 +338,16 @@ class CompareWarpPipeline:
         key = pk + self._cfg("assembleStaticSkyModel")
 
         def run():
-            warps = [w for w in pm if w is not None]
-            if not warps:
+            epochs = [i for i, w in enumerate(pm) if w is not None]
+            if not epochs:
                 raise InputError("no PSF-matched warps to build the template from")
-            return assemble_coadd(warps, self.config.assembleStaticSkyModel).coadd
+            try:
+                return assemble_coadd([pm[i] for i in epochs], self.config.assembleStaticSkyModel).coadd
+            except InputError as exc:
+                if self._given_matched is not None or not str(exc).startswith("no usable warps"):
+                    raise
+                # the user's warps may be fine: PSF matching made every pixel NO_DATA
+                raise InputError(f"static-sky template: none of the PSF-matched warps made from the direct warps (epochs {epochs}; warp numbers below count those) has a usable pixel ({exc}). PSF matching marks NO_DATA within its kernel's reach (10 px) of the image edge and of every NaN or NO_DATA pixel, so an image under ~21 px on a side, or one with scattered NaN pixels, loses them all") from None
 
         return self._stage("template", key, run)
 
