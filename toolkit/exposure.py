@@ -16,6 +16,7 @@ import numpy as np
 from .errors import InputError
 from .geom import Box
 from .masks import MaskPlanes, any_bits
+from .stats import native
 
 __all__ = ["Exposure"]
 
@@ -34,7 +35,7 @@ def _as_float_image(name: str, array: Any, copy: bool) -> np.ndarray:
             f"{name} must be float32 or float64, got dtype {arr.dtype}; "
             f"convert it with .astype(np.float32)"
         )
-    return arr
+    return native(arr)  # big-endian FITS planes become native copies here, once
 
 
 class Exposure:
@@ -61,7 +62,9 @@ class Exposure:
     metadata : dict, optional
         FITS-header-like key/value pairs (e.g. ``BUNIT``).
     copy : bool, optional
-        Copy the arrays (default).  Inputs are never modified in place either way.
+        Copy the arrays (default).  Inputs are never modified in place either way.  Planes in
+        non-native byte order (big-endian, as ``astropy.io.fits`` returns FITS data) are always
+        converted to native copies.
     """
 
     def __init__(

@@ -29,7 +29,7 @@ from .errors import InputError
 from .exposure import Exposure
 from .parallel import map_band_halves, map_row_halves, worker_scratch
 from .psf import Psf, DoubleGaussianPsf
-from .stats import median_masked
+from .stats import median_masked, native
 
 __all__ = ["matching_kernel", "match_to_psf", "auto_kernel_size", "fft_convolve", "PsfMatchingWarning"]
 
@@ -284,7 +284,7 @@ def or_box(mask: np.ndarray, h: int, outside: int = 0) -> np.ndarray:
     the numpy version (shifted slices of the whole plane) made five new planes per call, whose
     fresh pages cost more than the ORs.
     """
-    mask = np.ascontiguousarray(mask)
+    mask = native(np.ascontiguousarray(mask))
     h = int(h)
     if h <= 0:
         return mask.copy()

@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["IQR_TO_SIGMA", "StackStats", "stack_statistic", "meanclip_scalar", "meanclip_masked", "median_of", "median_masked", "quantiles_of", "quantiles_masked"]
+__all__ = ["IQR_TO_SIGMA", "StackStats", "native", "stack_statistic", "meanclip_scalar", "meanclip_masked", "median_of", "median_masked", "quantiles_of", "quantiles_masked"]
 
 #: afw's IQR -> sigma factor for a Gaussian
 IQR_TO_SIGMA = 0.741301109252802
@@ -309,9 +309,15 @@ def _clip_passes_masked(x, mask, bad, use_mask, center, iqr_hw, n_sigma, n_iter,
     return c + sd / nk if nk > 0 else np.nan
 
 
+def native(a: np.ndarray) -> np.ndarray:
+    """``a`` itself, or a copy in native byte order when it is not: FITS data are big-endian and
+    astropy hands them over as stored, while the compiled loops take native numbers only."""
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
+
+
 def _usable_args(x: np.ndarray, mask: np.ndarray | None, bad_bits: int):
     """Flat views for the compiled passes; a boolean ``mask`` marks unusable pixels (bad_bits 1)."""
-    x = np.ascontiguousarray(x).ravel()
+    x = native(np.ascontiguousarray(x)).ravel()
     if mask is None or not bad_bits:
         return x, np.zeros(1, np.int32), np.int32(0), False
     m = np.ascontiguousarray(mask).ravel()
