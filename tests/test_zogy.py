@@ -149,8 +149,15 @@ def test_bad_inputs_named():
     with pytest.raises(InputError, match="shape"):
         zogy(sci, Exposure(np.zeros((32, 32)), psf=GaussianPsf(2)))
     off = np.zeros((25, 25)); off[12, 14] = 1
-    with pytest.raises(InputError, match="centroid"):
+    with pytest.raises(InputError, match="centroid") as err:
         zogy(sci, Exposure(ref.image, ref.variance, psf=ImagePsf(off)))
+    assert "even side" not in str(err.value)
+    # a symmetric 24x24 stamp is centred between pixels: half a pixel off in LSST's convention,
+    # and the error says why
+    y, x = np.mgrid[:24, :24] - 11.5
+    even = np.exp(-(x**2 + y**2) / (2 * 2.0**2))
+    with pytest.raises(InputError, match=r"centroid.*template \(24x24\) PSF stamp has an even side"):
+        zogy(sci, Exposure(ref.image, ref.variance, psf=ImagePsf(even)))
     with pytest.raises(InputError, match="NaN"):
         zogy(sci, Exposure(ref.image, ref.variance, psf=ImagePsf(np.full((5, 5), np.nan))))
     with pytest.raises(InputError, match="variance"):

@@ -240,6 +240,8 @@ class ImagePsf(Psf):
             raise InputError("PSF image contains NaN or infinite values")
         if arr.sum() <= 0:
             raise InputError("PSF image must have a positive sum")
+        #: the stamp's shape as given (before an even side was made odd)
+        self.input_shape: tuple[int, int] = (int(arr.shape[0]), int(arr.shape[1]))
         if arr.shape[0] % 2 == 0:
             arr = np.vstack([arr, np.zeros((1, arr.shape[1]))])
         if arr.shape[1] % 2 == 0:

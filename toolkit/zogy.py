@@ -442,7 +442,14 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
         pos = (inner.center[0] + x0, inner.center[1] + y0)
         k1 = sci.psf.compute_kernel_image(pos)
         k2 = ref.psf.compute_kernel_image(pos)
-        check_centroids(k1, k2, cfg.maxPsfCentroidDist)
+        try:
+            check_centroids(k1, k2, cfg.maxPsfCentroidDist)
+        except InputError as exc:
+            even = [f"{name} ({e.psf.input_shape[0]}x{e.psf.input_shape[1]})" for name, e in (("science", sci), ("template", ref)) if any(n % 2 == 0 for n in getattr(e.psf, "input_shape", ()))]
+            if not even:
+                raise
+            # a stamp centred between pixels: LSST's convention puts pixel n//2 at the centre
+            raise InputError(f"{exc}: the {' and '.join(even)} PSF stamp has an even side, and pixel n//2 is taken as its centre (LSST's convention), so a PSF centred between pixels is half a pixel off; give it on an odd grid centred on a pixel") from None
         isl = inner.slices()
         if inner == local:
             v1, v2 = full_variance(0), full_variance(1)
