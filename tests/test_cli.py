@@ -85,3 +85,38 @@ def test_cli_config_commands(tmp_path, capsys):
         main(["config", "show", "--preset", "nonsense"])
     assert exc.value.code == 2
     assert main(["zogy", str(tmp_path / "missing.fits"), str(tmp_path / "missing.fits"), "--out", str(tmp_path)]) == 2
+
+
+def test_cli_zogy_on_plain_fits_images(tmp_path, capsys):
+    """Plain FITS images (no VARIANCE/MASK/PSF extensions) go through real_data.load_image, as a
+    notebook would load them: the CLI's arrays equal the API's; the shipped JWST pair's noise maps
+    and WebbPSF stamps are taken from the options; errors name the file and the option."""
+    from astropy.io import fits
+
+    from toolkit.datasets import decam_paths, jwst_paths
+    from toolkit.real_data import load_image
+    from toolkit.zogy import zogy
+
+    a, b = decam_paths()["OBS18"][0], decam_paths()["OBS04"][0]
+    assert main(["zogy", str(a), str(b), "--out", str(tmp_path / "d")]) == 0
+    assert "plain FITS image" in capsys.readouterr().err
+    res = zogy(load_image(a), load_image(b))
+    np.testing.assert_array_equal(read_exposure(tmp_path / "d" / "diff.fits").image, res.diff.image)
+    np.testing.assert_array_equal(fits.getdata(tmp_path / "d" / "scorr.fits"), res.scorr.astype(np.float32))
+
+    j = jwst_paths()
+    s, t = j["science"], j["template"]
+    args = ["zogy", str(s["image"]), str(t["image"]), "--science-noise", str(s["noise"]), "--template-noise", str(t["noise"]), "--science-psf", str(s["psf"]), "--template-psf", str(t["psf"]), "--psf-size", "51", "--out", str(tmp_path / "j")]
+    assert main(args) == 0
+    res = zogy(load_image(s["image"], noise=s["noise"], psf=s["psf"], psf_size=51), load_image(t["image"], noise=t["noise"], psf=t["psf"], psf_size=51))
+    assert res.diff.psf.compute_kernel_image().shape == (51, 51)
+    np.testing.assert_array_equal(read_exposure(tmp_path / "j" / "diff.fits").image, res.diff.image)
+
+    # a starless plain image: the error names the file and the option that would help
+    fits.PrimaryHDU(np.random.default_rng(0).normal(100, 5, (96, 96)).astype(np.float32)).writeto(tmp_path / "flat.fits")
+    assert main(["zogy", str(tmp_path / "flat.fits"), str(b), "--out", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "flat.fits" in err and "--science-psf" in err
+    # the afw layout carries its own variance and PSF: the plain-image options are refused
+    assert main(["zogy", str(tmp_path / "d" / "diff.fits"), str(b), "--science-psf", str(s["psf"]), "--out", str(tmp_path / "g")]) == 2
+    assert "plain FITS images" in capsys.readouterr().err

@@ -18,9 +18,10 @@ from astropy.io import fits
 
 from .config import PRESETS, AssembleCoaddConfig, CompareWarpConfig, LsstConfig, ZogyConfig, config_from_file, preset
 from .errors import ConfigError, InputError
-from .io import read_exposure, write_exposure, write_hdul
+from .exposure import Exposure
+from .io import is_afw_layout, read_exposure, write_exposure, write_hdul
 
-__all__ = ["add_subcommands", "load_config", "write_mask_image"]
+__all__ = ["add_subcommands", "load_config", "read_input", "write_mask_image"]
 
 _CLASSES = {"compare-warp": CompareWarpConfig, "assemble": AssembleCoaddConfig, "zogy": ZogyConfig}
 
@@ -52,6 +53,30 @@ def write_mask_image(mask: np.ndarray, planes, path: Path) -> None:
     write_hdul(fits.HDUList([fits.PrimaryHDU(), hdu]), path)
 
 
+def read_input(path: str | Path, progress: Callable, psf: str | None = None, noise: str | None = None, noise_kind: str = "sigma", role: str | None = None, psf_size: int = 25) -> Exposure:
+    """An Exposure from a FITS file: the afw layout (``IMAGE``/``VARIANCE``/``MASK``/``PSF``
+    extensions, what diffstack writes) as stored, or a plain image through
+    :func:`toolkit.real_data.load_image`, which estimates what the file lacks (variance from
+    the sky and GAIN, SAT and NO_DATA, a PSF measured from the stars) exactly as a notebook
+    calling it would.  ``psf`` (a FITS stamp) and ``noise`` (a noise map, ``noise_kind``
+    sigma/variance/inverse_variance) and ``psf_size`` (the measured or given PSF's stamp size)
+    apply to plain images only; ``role`` (science/template) names the command-line option in
+    errors."""
+    if is_afw_layout(path):
+        if psf is not None or noise is not None:
+            raise InputError(f"{path} carries its own variance and PSF (IMAGE/VARIANCE/PSF extensions); --*-psf and --*-noise are for plain FITS images")
+        return read_exposure(path)
+    from .real_data import load_image
+
+    told = [f"noise map {noise}" if noise else "variance estimated from the sky and GAIN", f"PSF {psf}" if psf else "PSF measured from its stars"]
+    progress(f"{path}: plain FITS image ({', '.join(told)})")
+    try:
+        return load_image(path, psf=psf if psf is not None else "measure", noise=noise, noise_kind=noise_kind, psf_size=psf_size)
+    except InputError as exc:
+        hint = f" (a PSF stamp can be given with --{role}-psf)" if role and psf is None and "PSF" in str(exc) else ""
+        raise InputError(f"{path}: {exc}{hint}") from None
+
+
 def _fits_files(items: list[str], pattern: str) -> list[Path]:
     files: list[Path] = []
     for it in items:
@@ -74,7 +99,7 @@ def _cmd_coadd(args: argparse.Namespace, progress: Callable) -> int:
 
     direct_files = _fits_files(args.warps, args.pattern)
     progress(f"reading {len(direct_files)} warps")
-    direct = [read_exposure(f) for f in direct_files]
+    direct = [read_input(f, progress) for f in direct_files]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.task == "assemble":
@@ -90,7 +115,7 @@ def _cmd_coadd(args: argparse.Namespace, progress: Callable) -> int:
         mfiles = _fits_files(args.psf_matched, args.psf_matched_pattern)
         if len(mfiles) != len(direct):
             raise InputError(f"{len(mfiles)} PSF-matched warps for {len(direct)} direct warps")
-        matched = [read_exposure(f) for f in mfiles]
+        matched = [read_input(f, progress) for f in mfiles]
     pipe = CompareWarpPipeline(direct, matched, config=cfg, progress=progress)
     res = pipe.run()
     write_exposure(res.coadd, out / "coadd.fits")
@@ -111,8 +136,10 @@ def _cmd_zogy(args: argparse.Namespace, progress: Callable) -> int:
     from .zogy import transient_catalog, zogy
 
     cfg = load_config(args.config, ZogyConfig)
-    sci = read_exposure(args.science)
-    tmpl = read_exposure(args.template)
+    for f in (args.science, args.template):
+        is_afw_layout(f)  # both files readable before any work on either
+    sci = read_input(args.science, progress, args.science_psf, args.science_noise, args.noise_kind, role="science", psf_size=args.psf_size)
+    tmpl = read_input(args.template, progress, args.template_psf, args.template_noise, args.noise_kind, role="template", psf_size=args.psf_size)
     res = zogy(sci, tmpl, cfg, calculate_score=True, progress=progress)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,7 +193,7 @@ def _cmd_config(args: argparse.Namespace, progress: Callable) -> int:
 def add_subcommands(sub, progress: Callable) -> None:
     """Register ``coadd``, ``zogy`` and ``config`` on the ``diffstack`` subparsers."""
     c = sub.add_parser("coadd", help="CompareWarp (or plain AssembleCoadd) coadd of warp FITS files")
-    c.add_argument("warps", nargs="+", help="direct-warp FITS files or directories")
+    c.add_argument("warps", nargs="+", help="direct-warp FITS files or directories (afw layout, or plain images whose variance and PSF are then estimated)")
     c.add_argument("--pattern", default="direct_warp_*.fits", help="glob used inside directories")
     c.add_argument("--psf-matched", nargs="+", help="PSF-matched warps (files or directories), same order")
     c.add_argument("--psf-matched-pattern", default="psf_matched_warp_*.fits")
@@ -176,9 +203,14 @@ def add_subcommands(sub, progress: Callable) -> None:
     c.set_defaults(func=lambda a: _cmd_coadd(a, progress))
 
     z = sub.add_parser("zogy", help="ZOGY subtraction science - template")
-    z.add_argument("science")
-    z.add_argument("template")
+    z.add_argument("science", help="FITS file: diffstack/afw layout, or a plain image (variance and PSF then estimated, see --science-psf/--science-noise)")
+    z.add_argument("template", help="FITS file, as science, on the same pixel grid")
     z.add_argument("--config", help="pipetask override (.py), YAML/JSON export, or 'zogy'")
+    for role in ("science", "template"):
+        z.add_argument(f"--{role}-psf", help=f"plain {role} image: its PSF as a FITS stamp (else measured from its stars)")
+        z.add_argument(f"--{role}-noise", help=f"plain {role} image: its noise map (e.g. JWST ERR; else estimated)")
+    z.add_argument("--noise-kind", choices=["sigma", "variance", "inverse_variance"], default="sigma", help="what the noise maps hold")
+    z.add_argument("--psf-size", type=int, default=25, help="plain images: PSF stamp size (a larger given stamp is cropped to it; default 25)")
     z.add_argument("--out", required=True, help="output directory")
     z.set_defaults(func=lambda a: _cmd_zogy(a, progress))
 

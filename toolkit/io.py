@@ -31,7 +31,7 @@ from .exposure import Exposure
 from .masks import MaskPlanes
 from .psf import Psf, psf_from_dict, ImagePsf
 
-__all__ = ["write_exposure", "read_exposure", "read_plain_fits", "atomic_write", "write_hdul", "read_mask_fits"]
+__all__ = ["write_exposure", "read_exposure", "is_afw_layout", "read_plain_fits", "atomic_write", "write_hdul", "read_mask_fits"]
 
 _RESERVED = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "EXTNAME", "PCOUNT", "GCOUNT", "XTENSION", "BZERO", "BSCALE"}
 
@@ -208,6 +208,19 @@ def _xy0(hdr: fits.Header) -> tuple[int, int]:
     if "CRVAL1A" in hdr and hdr.get("WCSNAMEA", "PARENT") == "PARENT":
         return int(round(hdr["CRVAL1A"] - (hdr.get("CRPIX1A", 1.0) - 1))), int(round(hdr["CRVAL2A"] - (hdr.get("CRPIX2A", 1.0) - 1)))
     return -int(hdr.get("LTV1", 0)), -int(hdr.get("LTV2", 0))
+
+
+def is_afw_layout(path: str | os.PathLike) -> bool:
+    """Whether a FITS file holds an Exposure in the afw layout (an ``IMAGE`` extension, as
+    :func:`write_exposure` writes), rather than a plain image.  Reads the headers only.
+
+    Raises
+    ------
+    FitsReadError
+        If the file is missing or not FITS.
+    """
+    with _open_fits(path) as hdul:
+        return "IMAGE" in [h.name for h in hdul]
 
 
 def read_exposure(path: str | os.PathLike) -> Exposure:
