@@ -236,9 +236,7 @@ def read_exposure(path: str | os.PathLike) -> Exposure:
         if "IMAGE" not in names:
             raise FitsReadError(f"{path} has no IMAGE extension (found {names}); use read_plain_fits for single-image files")
         img_hdu = hdul["IMAGE"]
-        image = np.asarray(img_hdu.data)
-        if image.dtype.byteorder not in ("=", "|"):
-            image = image.astype(image.dtype.newbyteorder("="))
+        image = np.asarray(img_hdu.data)  # big-endian as stored: Exposure makes it native
         if image.dtype.type not in (np.float32, np.float64):
             image = image.astype(np.float32)
         variance = None
