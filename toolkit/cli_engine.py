@@ -53,7 +53,7 @@ def write_mask_image(mask: np.ndarray, planes, path: Path) -> None:
     write_hdul(fits.HDUList([fits.PrimaryHDU(), hdu]), path)
 
 
-def read_input(path: str | Path, progress: Callable, psf: str | None = None, noise: str | None = None, noise_kind: str = "sigma", role: str | None = None, psf_size: int = 25) -> Exposure:
+def read_input(path: str | Path, progress: Callable, psf: str | None = None, noise: str | None = None, noise_kind: str = "sigma", role: str | None = None, psf_size: int = 25, afw_layout: bool | None = None) -> Exposure:
     """An Exposure from a FITS file: the afw layout (``IMAGE``/``VARIANCE``/``MASK``/``PSF``
     extensions, what diffstack writes) as stored, or a plain image through
     :func:`toolkit.real_data.load_image`, which estimates what the file lacks (variance from
@@ -61,8 +61,8 @@ def read_input(path: str | Path, progress: Callable, psf: str | None = None, noi
     calling it would.  ``psf`` (a FITS stamp) and ``noise`` (a noise map, ``noise_kind``
     sigma/variance/inverse_variance) and ``psf_size`` (the measured or given PSF's stamp size)
     apply to plain images only; ``role`` (science/template) names the command-line option in
-    errors."""
-    if is_afw_layout(path):
+    errors; ``afw_layout``: :func:`~toolkit.io.is_afw_layout` of the file if already known."""
+    if afw_layout if afw_layout is not None else is_afw_layout(path):
         if psf is not None or noise is not None:
             raise InputError(f"{path} carries its own variance and PSF (IMAGE/VARIANCE/PSF extensions); --*-psf and --*-noise are for plain FITS images")
         return read_exposure(path)
@@ -136,10 +136,9 @@ def _cmd_zogy(args: argparse.Namespace, progress: Callable) -> int:
     from .zogy import transient_catalog, zogy
 
     cfg = load_config(args.config, ZogyConfig)
-    for f in (args.science, args.template):
-        is_afw_layout(f)  # both files readable before any work on either
-    sci = read_input(args.science, progress, args.science_psf, args.science_noise, args.noise_kind, role="science", psf_size=args.psf_size)
-    tmpl = read_input(args.template, progress, args.template_psf, args.template_noise, args.noise_kind, role="template", psf_size=args.psf_size)
+    # both files are checked (readable FITS, which layout) before any work on either
+    layout = {role: is_afw_layout(getattr(args, role)) for role in ("science", "template")}
+    sci, tmpl = (read_input(getattr(args, role), progress, getattr(args, f"{role}_psf"), getattr(args, f"{role}_noise"), args.noise_kind, role=role, psf_size=args.psf_size, afw_layout=layout[role]) for role in ("science", "template"))
     res = zogy(sci, tmpl, cfg, calculate_score=True, progress=progress)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
