@@ -335,7 +335,7 @@ def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: i
     pixels.  ``passes`` holds the :func:`_usable_args` that further passes over the same pixels
     should use (None: make them): the float32 path finds on its first pass whether the mask
     excluded anything, and if not, the later passes do not read it."""
-    if np.asarray(x).dtype != np.float32:
+    if np.asarray(x).dtype.type is not np.float32:  # float32 of either byte order: the compiled path (_usable_args makes it native)
         xa = np.asarray(x)
         sel = np.isfinite(xa)
         if mask is not None and bad_bits:
