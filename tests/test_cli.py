@@ -120,3 +120,61 @@ def test_cli_zogy_on_plain_fits_images(tmp_path, capsys):
     # the afw layout carries its own variance and PSF: the plain-image options are refused
     assert main(["zogy", str(tmp_path / "d" / "diff.fits"), str(b), "--science-psf", str(s["psf"]), "--out", str(tmp_path / "g")]) == 2
     assert "plain FITS images" in capsys.readouterr().err
+
+
+def test_cli_scale_fluxes_matches_the_notebook_recipe(tmp_path, capsys):
+    """``--scale-fluxes`` does what notebook 04 does by hand (photometric_scales, apply_scales) for
+    plain images whose zero points differ: a template made 1.7x brighter is put back on the
+    science image's scale, and a coadd of three DECam exposures equals the API's."""
+    from astropy.io import fits
+
+    from toolkit.compare_warp import CompareWarpPipeline
+    from toolkit.datasets import decam_paths
+    from toolkit.real_data import apply_scales, load_image, photometric_scales
+    from toolkit.zogy import zogy
+
+    def brighter(src, factor, dst):  # the file with another zero point: pixels, SATURATE, 1/GAIN x factor
+        with fits.open(src) as hdul:
+            data, hdr = hdul[0].data.astype(np.float32) * np.float32(factor), hdul[0].header.copy()
+        hdr["SATURATE"] = hdr["SATURATE"] * factor
+        hdr["GAIN"] = hdr["GAIN"] / factor
+        fits.PrimaryHDU(data, hdr).writeto(dst)
+        return dst
+
+    a, b = decam_paths()["OBS18"][0], decam_paths()["OBS04"][0]
+    brighter(b, 1.7, tmp_path / "bright.fits")
+    assert main(["zogy", str(a), str(tmp_path / "bright.fits"), "--scale-fluxes", "--out", str(tmp_path / "z")]) == 0
+    err = capsys.readouterr().err
+    sci, tmpl = load_image(a), load_image(tmp_path / "bright.fits")
+    s = photometric_scales([sci, tmpl])[1]
+    assert f"bright.fits {s:.4f}" in err
+    # the factor is the unscaled pair's divided by 1.7 (aperture photometry is linear)
+    assert abs(s * 1.7 / photometric_scales([sci, load_image(b)])[1] - 1) < 1e-4
+    api = zogy(sci, apply_scales([tmpl], [s])[0])
+    np.testing.assert_array_equal(read_exposure(tmp_path / "z" / "diff.fits").image, api.diff.image)
+    # unscaled, the 1.7x template leaves its stars in D; scaled, D at the bright stars is ~noise
+    unscaled = zogy(sci, tmpl)
+    stars = sci.image > 50 * np.sqrt(sci.variance)
+    got = read_exposure(tmp_path / "z" / "diff.fits")
+    assert np.abs(got.image[stars]).mean() < 0.5 * np.abs(unscaled.diff.image[stars]).mean()
+
+    files = decam_paths()["OBS04"][:3]
+    files[1] = brighter(files[1], 1.3, tmp_path / "b1.fits")
+    assert main(["coadd", *map(str, files), "--scale-fluxes", "--out", str(tmp_path / "c")]) == 0
+    exps = [load_image(f) for f in files]
+    scales = photometric_scales(exps)
+    # the brightened file's factor is the original's / 1.3 (same exposures, so the same aperture)
+    assert abs(scales[1] * 1.3 / photometric_scales([exps[0], load_image(decam_paths()["OBS04"][1]), exps[2]])[1] - 1) < 1e-4
+    want = CompareWarpPipeline(apply_scales(exps, scales)).run().coadd
+    got = read_exposure(tmp_path / "c" / "coadd.fits")
+    np.testing.assert_array_equal(got.image, want.image)
+    np.testing.assert_array_equal(got.variance, want.variance)
+
+    # too few stars to measure a scale: the error names the option and the file
+    shape = fits.getdata(b).shape
+    fits.PrimaryHDU(np.random.default_rng(0).normal(100, 5, shape).astype(np.float32)).writeto(tmp_path / "flat.fits")
+    yy, xx = np.mgrid[-7:8, -7:8]
+    fits.PrimaryHDU(np.exp(-(xx**2 + yy**2) / 8.0)).writeto(tmp_path / "psf.fits")
+    assert main(["zogy", str(tmp_path / "flat.fits"), str(b), "--science-psf", str(tmp_path / "psf.fits"), "--scale-fluxes", "--out", str(tmp_path / "f")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--scale-fluxes" in last and "flat.fits" in last and "stars" in last

@@ -21,7 +21,7 @@ from .errors import ConfigError, InputError
 from .exposure import Exposure
 from .io import is_afw_layout, read_exposure, write_exposure, write_hdul
 
-__all__ = ["add_subcommands", "load_config", "read_input", "write_mask_image"]
+__all__ = ["add_subcommands", "load_config", "read_input", "scale_fluxes", "write_mask_image"]
 
 _CLASSES = {"compare-warp": CompareWarpConfig, "assemble": AssembleCoaddConfig, "zogy": ZogyConfig}
 
@@ -77,6 +77,25 @@ def read_input(path: str | Path, progress: Callable, psf: str | None = None, noi
         raise InputError(f"{path}: {exc}{hint}") from None
 
 
+def scale_fluxes(exposures: list[Exposure], names: list[str], progress: Callable) -> tuple[list[Exposure], np.ndarray]:
+    """``--scale-fluxes``: every exposure put on the first one's flux scale from their common
+    bright stars (:func:`toolkit.real_data.photometric_scales`, then
+    :func:`~toolkit.real_data.apply_scales`: image x s, variance x s^2), as a notebook does for
+    plain images whose zero points differ.  The scaled exposures take the first one's
+    photometric calibration, so ZOGY's scaleByCalibration treats them alike."""
+    from .real_data import apply_scales, photometric_scales
+
+    try:
+        s = photometric_scales(exposures, reference=0, names=names)
+    except InputError as exc:
+        raise InputError(f"--scale-fluxes: {exc}") from None
+    progress(f"flux scales to {names[0]}: " + ", ".join(f"{Path(n).name} {v:.4f}" for n, v in zip(names[1:], s[1:])))
+    scaled = apply_scales(exposures, s)
+    for e in scaled:
+        e.photo_calib = exposures[0].photo_calib
+    return scaled, s
+
+
 def _fits_files(items: list[str], pattern: str) -> list[Path]:
     files: list[Path] = []
     for it in items:
@@ -99,7 +118,10 @@ def _cmd_coadd(args: argparse.Namespace, progress: Callable) -> int:
 
     direct_files = _fits_files(args.warps, args.pattern)
     progress(f"reading {len(direct_files)} warps")
-    direct = [read_input(f, progress) for f in direct_files]
+    direct = [read_input(f, progress, psf_size=args.psf_size) for f in direct_files]
+    scales = None
+    if args.scale_fluxes:
+        direct, scales = scale_fluxes(direct, [str(f) for f in direct_files], progress)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.task == "assemble":
@@ -115,7 +137,12 @@ def _cmd_coadd(args: argparse.Namespace, progress: Callable) -> int:
         mfiles = _fits_files(args.psf_matched, args.psf_matched_pattern)
         if len(mfiles) != len(direct):
             raise InputError(f"{len(mfiles)} PSF-matched warps for {len(direct)} direct warps")
-        matched = [read_input(f, progress) for f in mfiles]
+        matched = [read_input(f, progress, psf_size=args.psf_size) for f in mfiles]
+        if scales is not None:
+            # the direct warps' factors: a PSF-matched warp is its direct warp convolved
+            from .real_data import apply_scales
+
+            matched = apply_scales(matched, scales)
     pipe = CompareWarpPipeline(direct, matched, config=cfg, progress=progress)
     res = pipe.run()
     write_exposure(res.coadd, out / "coadd.fits")
@@ -139,6 +166,8 @@ def _cmd_zogy(args: argparse.Namespace, progress: Callable) -> int:
     # both files are checked (readable FITS, which layout) before any work on either
     layout = {role: is_afw_layout(getattr(args, role)) for role in ("science", "template")}
     sci, tmpl = (read_input(getattr(args, role), progress, getattr(args, f"{role}_psf"), getattr(args, f"{role}_noise"), args.noise_kind, role=role, psf_size=args.psf_size, afw_layout=layout[role]) for role in ("science", "template"))
+    if args.scale_fluxes:
+        sci, tmpl = scale_fluxes([sci, tmpl], [args.science, args.template], progress)[0]
     res = zogy(sci, tmpl, cfg, calculate_score=True, progress=progress)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,6 +227,8 @@ def add_subcommands(sub, progress: Callable) -> None:
     c.add_argument("--psf-matched-pattern", default="psf_matched_warp_*.fits")
     c.add_argument("--config", help="pipetask override (.py), YAML/JSON export, pipeline.yaml#label, or preset name")
     c.add_argument("--task", choices=["compare-warp", "assemble"], default="compare-warp")
+    c.add_argument("--psf-size", type=int, default=25, help="plain images: measured PSF stamp size (default 25)")
+    c.add_argument("--scale-fluxes", action="store_true", help="put every input on the first one's flux scale from their common bright stars (plain images with different zero points; LSST warps are already in nJy)")
     c.add_argument("--out", required=True, help="output directory")
     c.set_defaults(func=lambda a: _cmd_coadd(a, progress))
 
@@ -210,6 +241,7 @@ def add_subcommands(sub, progress: Callable) -> None:
         z.add_argument(f"--{role}-noise", help=f"plain {role} image: its noise map (e.g. JWST ERR; else estimated)")
     z.add_argument("--noise-kind", choices=["sigma", "variance", "inverse_variance"], default="sigma", help="what the noise maps hold")
     z.add_argument("--psf-size", type=int, default=25, help="plain images: PSF stamp size (a larger given stamp is cropped to it; default 25)")
+    z.add_argument("--scale-fluxes", action="store_true", help="put the template on the science image's flux scale from their common bright stars (plain images with different zero points)")
     z.add_argument("--out", required=True, help="output directory")
     z.set_defaults(func=lambda a: _cmd_zogy(a, progress))
 

@@ -422,19 +422,23 @@ def _crop_psf(stamp: np.ndarray, size: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- photometric scaling
-def photometric_scales(exposures: Sequence[Exposure], reference: int = 0, radius: float | None = None, min_snr: float = 20.0, min_stars: int = 3) -> np.ndarray:
+def photometric_scales(exposures: Sequence[Exposure], reference: int = 0, radius: float | None = None, min_snr: float = 20.0, min_stars: int = 3, names: Sequence[str] | None = None) -> np.ndarray:
     """Factors that put each exposure on the reference's flux scale (reference -> 1).
 
     Bright stars are found on the reference; each exposure's aperture fluxes (radius ~2 FWHM of
     the worst PSF, so seeing changes do not bias the ratio) are compared star by star and the
     3-sigma clipped median ratio is taken.  Multiply an image by its factor (and its variance by
-    the factor squared): see :func:`apply_scales`.
+    the factor squared): see :func:`apply_scales`.  ``names`` (e.g. file names, one per
+    exposure) are used in errors instead of "exposure i".
     """
     from astropy.stats import sigma_clipped_stats
     from photutils.aperture import CircularAperture, aperture_photometry
 
     if not exposures:
         raise InputError("no exposures given")
+    if names is not None and len(names) != len(exposures):
+        raise InputError(f"{len(names)} names for {len(exposures)} exposures")
+    label = (lambda i: str(names[i])) if names is not None else (lambda i: f"exposure {i}")
     ref = exposures[reference]
     shapes = {e.shape for e in exposures}
     if len(shapes) != 1:
@@ -445,7 +449,7 @@ def photometric_scales(exposures: Sequence[Exposure], reference: int = 0, radius
     bad = (ref.mask != 0)
     stars = find_psf_stars(ref.image, ref.variance, bad, fwhm=radius / 2, size=int(2 * radius) | 1, max_stars=80, min_snr=min_snr)
     if len(stars) < min_stars:
-        raise InputError(f"only {len(stars)} bright isolated stars on the reference (need {min_stars}) to scale the photometry")
+        raise InputError(f"only {len(stars)} bright isolated stars on the reference, {label(reference)} (need {min_stars}), to scale the photometry")
     apert = CircularAperture(np.column_stack([stars["x"], stars["y"]]), r=radius)
     f_ref = np.asarray(aperture_photometry(np.asarray(ref.image, float), apert)["aperture_sum"])
     scales = np.ones(len(exposures))
@@ -455,7 +459,7 @@ def photometric_scales(exposures: Sequence[Exposure], reference: int = 0, radius
         f = np.asarray(aperture_photometry(np.asarray(e.image, float), apert)["aperture_sum"])
         ok = (f > 0) & (f_ref > 0)
         if ok.sum() < min_stars:
-            raise InputError(f"exposure {i}: only {int(ok.sum())} stars with positive flux to scale the photometry")
+            raise InputError(f"{label(i)}: only {int(ok.sum())} stars with positive flux to scale the photometry")
         _, med, _ = sigma_clipped_stats(f_ref[ok] / f[ok], sigma=3.0)
         scales[i] = med
     return scales
