@@ -307,6 +307,34 @@ def test_obs_package_style_override_matches_the_real_pex_loader(tmp_path, monkey
     assert load_config(str(main), CompareWarpConfig) == cfg
 
 
+def test_config_load_from_get_package_dir_matches_the_real_pex_loader(tmp_path, monkeypatch):
+    """obs_subaru's style, ``config.load(os.path.join(getPackageDir("obs_x"), "config", ...))``,
+    resolves through EUPS's ``OBS_X_DIR`` as ``lsst.utils.getPackageDir`` does; without the
+    variable the error names it and the file."""
+    pkg = tmp_path / "obs_fake"
+    (pkg / "config" / "hsc").mkdir(parents=True)
+    (pkg / "config" / "hsc" / "assembleCoadd.py").write_text("config.badMaskPlanes = ('BAD', 'EDGE', 'SAT', 'INTRP', 'NO_DATA',)\nconfig.doNImage = True\n")
+    main = tmp_path / "hscAssemble.py"
+    main.write_text(
+        "import os.path\n"
+        "from lsst.utils import getPackageDir\n"
+        "config.load(os.path.join(getPackageDir('obs_fake'), 'config', 'hsc', 'assembleCoadd.py'))\n"
+        "config.maxNumEpochs = 3\n"
+    )
+    monkeypatch.delenv("OBS_FAKE_DIR", raising=False)
+    with pytest.raises(ConfigError, match=r"hscAssemble.py, line 3: .*\$OBS_FAKE_DIR"):
+        config_from_file(main, CompareWarpConfig)
+    monkeypatch.setenv("OBS_FAKE_DIR", str(pkg))
+    cfg = config_from_file(main, CompareWarpConfig)
+    assert cfg.badMaskPlanes == ["BAD", "EDGE", "SAT", "INTRP", "NO_DATA"] and cfg.doNImage and cfg.maxNumEpochs == 3
+    pcfg = PexCompareWarp()
+    pcfg.load(str(main))  # executes the file: the real lsst.utils.getPackageDir reads the variable
+    loaded = _pex_dict(pcfg)
+    for dotted, value in cfg.flat_items(pex=True):
+        got = loaded[dotted]
+        assert (list(got) if isinstance(got, (list, tuple)) else got) == (list(value) if isinstance(value, (list, tuple)) else value), dotted
+
+
 def test_deprecated_lsst_fields_warn():
     with pytest.warns(UserWarning, match="doScaleZeroPoint has no effect"):
         cfg = CompareWarpConfig.from_pex_override("config.doScaleZeroPoint = False\nconfig.maxNumEpochs = 3\n")

@@ -339,7 +339,13 @@ class LsstConfig(param.Parameterized):
         return cfg
 
     def _apply_pex(self, text: str, path: Path | None, seen: tuple) -> None:
-        self._apply_statements(parse_pex_override(text), f"{path.name}, " if path is not None else "", path, seen)
+        where = f"{path.name}, " if path is not None else ""
+        try:
+            statements = parse_pex_override(text)
+        except ConfigError as exc:
+            # the parser knows lines, not files: a loaded file's error must say which file
+            raise ConfigError(f"{where}{exc}") from None
+        self._apply_statements(statements, where, path, seen)
 
     def _apply_statements(self, statements: list["PexStatement"], where: str, path: Path | None, seen: tuple) -> None:
         rename = {v: k for k, v in self._pex_names.items()}
@@ -458,7 +464,9 @@ def parse_pex_override(text: str) -> list[PexStatement]:
     * registry entries, ``config.subtract['zogy'].zogyConfig.x = ...`` (target ``subtract[zogy]...``);
     * ``config.a.retarget(...)`` (reported, so the caller can refuse or ignore it);
     * ``config.load(<path>)`` with a string path, or LSST's idiom
-      ``os.path.join(os.path.dirname(__file__), "<file>", ...)`` (relative to the file);
+      ``os.path.join(os.path.dirname(__file__), "<file>", ...)`` (relative to the file), or
+      ``os.path.join(getPackageDir("<package>"), "<file>", ...)`` (under ``$<PACKAGE>_DIR``,
+      where EUPS and ``lsst.utils.getPackageDir`` find a package);
     * imports and docstrings are skipped (imports are never run; they only matter to
       statements, which are all checked here).
 
@@ -527,7 +535,9 @@ def _call_statement(call: ast.Call, lineno: int) -> PexStatement:
 
 
 def _load_path(node: ast.AST, lineno: int) -> str:
-    """A literal path, or ``os.path.join(os.path.dirname(__file__), "a", ...)`` as "a/..."."""
+    """A literal path; ``os.path.join(os.path.dirname(__file__), "a", ...)`` as "a/..."; or
+    ``os.path.join(getPackageDir("pkg"), "a", ...)`` as an absolute path under ``$PKG_DIR``
+    (``lsst.utils.getPackageDir`` reads EUPS's ``<PACKAGE>_DIR`` variable, and so does this)."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return node.value
 
@@ -539,12 +549,20 @@ def _load_path(node: ast.AST, lineno: int) -> str:
             f = f.value
         return isinstance(f, ast.Name) and ".".join([f.id] + names[::-1]) == dotted
 
-    if is_call(node, "os.path.join") and node.args and is_call(node.args[0], "os.path.dirname"):
-        first = node.args[0].args
-        rest = node.args[1:]
-        if len(first) == 1 and isinstance(first[0], ast.Name) and first[0].id == "__file__" and rest and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in rest):
-            return str(Path(*[a.value for a in rest]))
-    raise ConfigError(f"line {lineno}: config.load path must be a string or os.path.join(os.path.dirname(__file__), '<file>')")
+    if is_call(node, "os.path.join") and node.args:
+        head, rest = node.args[0], node.args[1:]
+        first = head.args if isinstance(head, ast.Call) else []
+        parts = [a.value for a in rest if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+        if len(first) == 1 and rest and len(parts) == len(rest):
+            if is_call(head, "os.path.dirname") and isinstance(first[0], ast.Name) and first[0].id == "__file__":
+                return str(Path(*parts))
+            if (is_call(head, "getPackageDir") or is_call(head, "lsst.utils.getPackageDir")) and isinstance(first[0], ast.Constant) and isinstance(first[0].value, str):
+                var = f"{first[0].value.upper()}_DIR"
+                root = os.environ.get(var)
+                if root is None:
+                    raise ConfigError(f"line {lineno}: config.load(getPackageDir({first[0].value!r}), ...) needs ${var} (EUPS sets it; point it at your {first[0].value} checkout)")
+                return str(Path(root, *parts).absolute())
+    raise ConfigError(f"line {lineno}: config.load path must be a string, os.path.join(os.path.dirname(__file__), '<file>') or os.path.join(getPackageDir('<package>'), '<file>')")
 
 
 # ====================================================================== subtask configs
