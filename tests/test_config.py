@@ -149,6 +149,14 @@ def _pex_dict(cfg):
     return out
 
 
+def _assert_matches_pex(cfg, pcfg):
+    """Every LSST field of ``cfg`` equals the real lsst.pex.config ``pcfg``'s (sequences compared as lists)."""
+    loaded = _pex_dict(pcfg)
+    as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    for dotted, value in cfg.flat_items(pex=True):
+        assert as_list(loaded[dotted]) == as_list(value), dotted
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
 @pytest.mark.parametrize("only_changed", [True, False])
 def test_every_preset_exports_a_loadable_override(name, only_changed, tmp_path):
@@ -161,10 +169,7 @@ def test_every_preset_exports_a_loadable_override(name, only_changed, tmp_path):
     pcfg.load(str(path))  # (b) the real loader
     pcfg.validate()
     # every LSST field we export has the same value in the loaded pex config
-    loaded = _pex_dict(pcfg)
-    for dotted, value in cfg.flat_items(pex=True):
-        got = loaded[dotted]
-        assert (list(got) if isinstance(value, (list, tuple)) else got) == (list(value) if isinstance(value, (list, tuple)) else value), dotted
+    _assert_matches_pex(cfg, pcfg)
     back = type(cfg).from_pex_override(text)  # (c)
     assert back == cfg
 
@@ -297,10 +302,7 @@ def test_obs_package_style_override_matches_the_real_pex_loader(tmp_path, monkey
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     sys.modules["lsst.pipe.tasks.coaddBase"].CoaddBaseTask = object
     pcfg.load(str(main))
-    loaded = _pex_dict(pcfg)
-    for dotted, value in cfg.flat_items(pex=True):
-        got = loaded[dotted]
-        assert (list(got) if isinstance(got, (list, tuple)) else got) == (list(value) if isinstance(value, (list, tuple)) else value), dotted
+    _assert_matches_pex(cfg, pcfg)
     # and the CLI's loader reads the same file to the same config
     from toolkit.cli_engine import load_config
 
@@ -329,10 +331,7 @@ def test_config_load_from_get_package_dir_matches_the_real_pex_loader(tmp_path, 
     assert cfg.badMaskPlanes == ["BAD", "EDGE", "SAT", "INTRP", "NO_DATA"] and cfg.doNImage and cfg.maxNumEpochs == 3
     pcfg = PexCompareWarp()
     pcfg.load(str(main))  # executes the file: the real lsst.utils.getPackageDir reads the variable
-    loaded = _pex_dict(pcfg)
-    for dotted, value in cfg.flat_items(pex=True):
-        got = loaded[dotted]
-        assert (list(got) if isinstance(got, (list, tuple)) else got) == (list(value) if isinstance(value, (list, tuple)) else value), dotted
+    _assert_matches_pex(cfg, pcfg)
 
 
 def test_deprecated_lsst_fields_warn():
