@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from toolkit import Exposure, GaussianPsf, DoubleGaussianPsf
+from toolkit import ConfigError, Exposure, GaussianPsf, DoubleGaussianPsf
 from toolkit.coadd import assemble_coadd
 from toolkit.config import AssembleCoaddConfig
 from toolkit.psf_matching import PsfMatchingWarning, match_to_psf
@@ -100,6 +100,23 @@ def test_inputs_not_modified(small_stack):
     assemble_coadd(small_stack.direct_warps, alt_masks=alt)
     for b, w in zip(before, small_stack.direct_warps):
         np.testing.assert_array_equal(b, w.mask)
+
+
+def test_config_mask_plane_names():
+    """A plane LSST registers but these inputs lack (SPIKE, as lsstCam's overrides add) selects
+    nothing; a name LSST does not know is a typo and raises naming the field (afw's
+    getPlaneBitMask raises for it too)."""
+    masks = [np.zeros((8, 9), np.int32) for _ in range(3)]
+    masks[1][2, 3] = 1  # BAD: excluded either way
+    ws = const_stack([1.0, 2.0, 4.0], [1, 1, 1], masks=masks)
+    plain = assemble_coadd(ws, AssembleCoaddConfig(statistic="MEAN"))
+    spike = assemble_coadd(ws, AssembleCoaddConfig(statistic="MEAN", badMaskPlanes=["NO_DATA", "BAD", "SAT", "EDGE", "SPIKE"]))
+    np.testing.assert_array_equal(plain.coadd.image, spike.coadd.image)
+    assert plain.coadd.image[2, 3] == 2.5 and plain.coadd.image[0, 0] == pytest.approx(7 / 3, rel=1e-15)
+    with pytest.raises(ConfigError, match="badMaskPlanes: unknown mask plane 'BADD'"):
+        assemble_coadd(ws, AssembleCoaddConfig(badMaskPlanes=["NO_DATA", "BADD"]))
+    with pytest.raises(ConfigError, match="removeMaskPlanes: unknown mask plane 'NOT_DEBLENED'"):
+        assemble_coadd(ws, AssembleCoaddConfig(removeMaskPlanes=["NOT_DEBLENED"]))
 
 
 def test_skip_all_nan_warp():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from astropy.stats import sigma_clipped_stats
 
-from toolkit import Box, Exposure, GaussianPsf, ImagePsf, InputError
+from toolkit import Box, ConfigError, Exposure, GaussianPsf, ImagePsf, InputError
 from toolkit.config import ZogyConfig
 from toolkit.sim import render_points, simulate_pair
 from toolkit.zogy import generate_grid, split_border, zogy
@@ -164,6 +164,15 @@ def test_bad_inputs_named():
         zogy(sci, Exposure(ref.image, np.zeros_like(ref.variance), psf=ref.psf))
     with pytest.raises(InputError, match="entirely NaN"):
         zogy(Exposure(np.full((64, 64), np.nan), sci.variance, psf=sci.psf), ref)
+    # every pixel masked by ignoreMaskPlanes: no noise level to pad and weight with (LSST's
+    # NaN mean would have made every output NaN), in whole-image and grid mode alike
+    bad = np.full(ref.shape, ref.mask_planes.bitmask(["BAD"]), np.int32)
+    masked = Exposure(ref.image, ref.variance, bad, psf=ref.psf)
+    for cfg in (None, ZogyConfig(doSpatialGrid=True, gridInnerSize=1)):
+        with pytest.raises(InputError, match="template image's noise level.*BAD"):
+            zogy(sci, masked, cfg)
+    with pytest.raises(ConfigError, match="ignoreMaskPlanes: unknown mask plane 'CRR'"):
+        zogy(sci, ref, ZogyConfig(ignoreMaskPlanes=["BAD", "CRR"]))
 
 
 def test_inputs_not_modified():

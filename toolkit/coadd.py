@@ -115,7 +115,7 @@ def compute_weights(warps: Sequence[Exposure], config: AssembleCoaddConfig, plan
     def one(w: Exposure) -> tuple[float, str | None]:
         if not np.any(np.isfinite(w.image)):
             return 0.0, "image is entirely NaN"
-        bad = w.mask_planes.bitmask(config.badMaskPlanes, strict=False)
+        bad = w.mask_planes.bitmask(config.badMaskPlanes, strict=False, field="badMaskPlanes")
         mc = meanclip_masked(w.variance, w.mask, bad, config.sigmaClip, config.clipIter)
         if not np.isfinite(mc) or mc <= 0:
             return 0.0, f"clipped mean variance is {mc} (non-positive or not finite)"
@@ -200,7 +200,7 @@ def _alt_operations(alt: dict[str, np.ndarray] | None, planes: MaskPlanes, bad_m
     if not alt:
         return ops
     if use_psf_matched_polygons and "NO_DATA" in alt and "NO_DATA" in bad_mask_planes:
-        bad = int(planes.bitmask(bad_mask_planes, strict=False))
+        bad = int(planes.bitmask(bad_mask_planes, strict=False, field="badMaskPlanes"))
         ops.append((np.asarray(alt["NO_DATA"], bool), np.int32(0), np.int32(~bad)))
     for name, sel in alt.items():
         planes.add(name)
@@ -281,8 +281,8 @@ def assemble_coadd(
     used = [i for i in range(n) if i not in skipped]
     if not used:
         raise InputError("no usable warps: " + "; ".join(f"{i}: {r}" for i, r in skipped.items()))
-    and_mask = np.int32(planes.bitmask(list(config.badMaskPlanes) + list(extra_bad_planes), strict=False))
-    remove = np.int32(planes.bitmask(config.removeMaskPlanes, strict=False))
+    and_mask = np.int32(planes.bitmask(list(config.badMaskPlanes) + list(extra_bad_planes), strict=False, field="badMaskPlanes"))
+    remove = np.int32(planes.bitmask(config.removeMaskPlanes, strict=False, field="removeMaskPlanes"))
     b = {p: np.int32(planes.bitmask([p])) for p in ("NO_DATA", "EDGE", "CLIPPED", "REJECTED", "SENSOR_EDGE", "INEXACT_PSF")}
     rejected_src = np.int32(int(and_mask) & ~int(b["NO_DATA"]) & ~int(b["EDGE"]) & ~int(b["CLIPPED"]))
     thresholds = [(np.int32(planes.bitmask([p])), float(t)) for p, t in config.maskPropagationThresholds.items() if p in planes]

@@ -97,7 +97,7 @@ def scale_variance(exposure: Exposure, mask_planes: Sequence[str], limit: float 
     is tried; if that also exceeds ``limit``, :class:`InputError` is raised.
     """
     img, var = exposure.image, exposure.variance
-    unusable, n_good = _unusable_for_scaling(img, var, exposure.mask, np.int32(exposure.mask_planes.bitmask(mask_planes, strict=False)))
+    unusable, n_good = _unusable_for_scaling(img, var, exposure.mask, np.int32(exposure.mask_planes.bitmask(mask_planes, strict=False, field="scaleWarpVariance.maskPlanes")))
     if n_good < 2:
         return 1.0, exposure.variance.copy() if want_variance else None
     # in the image's precision, as LSST (a float32 image minus its float32 background, over the
@@ -427,13 +427,13 @@ class CompareWarpPipeline:
                 d = diffs.scratch(i)  # read here only: the thread's scratch planes
                 if d is None:
                     return (np.zeros(0, np.int64), np.zeros(0, np.int32), 0), np.ones(shape, bool), np.zeros(shape, bool)
-                bad = np.int32(d.mask_planes.bitmask(c.badMaskPlanes, strict=False))
+                bad = np.int32(d.mask_planes.bitmask(c.badMaskPlanes, strict=False, field="badMaskPlanes"))
                 with lock:  # summed as epochs finish, not held until all have
                     nodata = _nodata_and_count(d.image, d.mask, bad, n_image)
                 sigma = d.psf.determinant_radius(d.bbox.center)
                 flat, lv, n = footprint_pixels(d.image, d.variance, c.detect.thresholdValue, c.detect.thresholdPolarity, c.detect.minPixels, grow_radius(c.detect.nSigmaToGrow, sigma), c.detect.includeThresholdMultiplier)
                 if n and c.doPrefilterArtifacts:
-                    pb = np.int32(d.mask_planes.bitmask(c.prefilterArtifactsMaskPlanes, strict=False))
+                    pb = np.int32(d.mask_planes.bitmask(c.prefilterArtifactsMaskPlanes, strict=False, field="prefilterArtifactsMaskPlanes"))
                     good = ((d.mask.ravel()[flat] & pb) == 0).astype(float)
                     area = np.bincount(lv, minlength=n + 1)
                     ngood = np.bincount(lv, weights=good, minlength=n + 1)

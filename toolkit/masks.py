@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping
 import numba as nb
 import numpy as np
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 
-__all__ = ["DEFAULT_MASK_PLANES", "MaskPlanes", "remap_mask"]
+__all__ = ["DEFAULT_MASK_PLANES", "LSST_PLANE_NAMES", "MaskPlanes", "remap_mask"]
 
 #: LSST's default plane order (afw ``Mask`` initial dictionary).
 DEFAULT_MASK_PLANES: dict[str, int] = {
@@ -27,6 +27,16 @@ DEFAULT_MASK_PLANES: dict[str, int] = {
     "DETECTED_NEGATIVE": 6,
     "SUSPECT": 7,
     "NO_DATA": 8,
+}
+
+#: Planes that LSST pipelines register in afw's global mask dictionary besides the defaults
+#: (ip_isr, pipe_tasks, drp_tasks, ip_diffim, source_injection).  A config may name one that
+#: these inputs lack: LSST's dictionary still has it, so it selects no pixel rather than raising.
+LSST_PLANE_NAMES: frozenset[str] = frozenset(DEFAULT_MASK_PLANES) | {
+    "CLIPPED", "REJECTED", "INEXACT_PSF", "SENSOR_EDGE", "NOT_DEBLENDED", "BRIGHT_OBJECT",
+    "STREAK", "CROSSTALK", "UNMASKEDNAN", "VIGNETTED", "PARTLY_VIGNETTED", "SPIKE", "ITL_DIP",
+    "HIGH_VARIANCE", "SAT_TEMPLATE", "FAKE", "INJECTED", "INJECTED_CORE", "INJECTED_TEMPLATE",
+    "INJECTED_TEMPLATE_CORE",
 }
 
 #: Mask arrays are int32, so bit 31 is the sign bit; LSST allows 32 planes.
@@ -78,11 +88,14 @@ class MaskPlanes(dict):
         self[name] = free[0]
         return free[0]
 
-    def bitmask(self, names: Iterable[str] | str, strict: bool = True) -> int:
+    def bitmask(self, names: Iterable[str] | str, strict: bool = True, field: str | None = None) -> int:
         """OR of the bit values of ``names``.
 
-        With ``strict=False``, names that are not planes are ignored, as LSST does when it builds
-        the stacking ``andMask`` from ``badMaskPlanes`` ("only planes that exist are used").
+        With ``strict=False`` (config lists such as ``badMaskPlanes``), a name that is not a plane
+        here but one LSST registers (:data:`LSST_PLANE_NAMES`) selects nothing: LSST's global
+        dictionary has it and these inputs set none of its pixels.  Any other name raises
+        (:class:`ConfigError` naming ``field`` when given), as afw's ``getPlaneBitMask`` does for
+        a name its dictionary lacks: a typo must not silently select nothing.
         """
         if isinstance(names, str):
             names = [names]
@@ -90,8 +103,10 @@ class MaskPlanes(dict):
         for name in names:
             if name in self:
                 value |= 1 << self[name]
-            elif strict:
-                self.bit(name)  # raises with the helpful message
+            elif strict or name not in LSST_PLANE_NAMES:
+                if field is None:
+                    self.bit(name)  # raises with the helpful message
+                raise ConfigError(f"{field}: unknown mask plane {name!r}; the inputs have {', '.join(self)}, and LSST also registers {', '.join(sorted(LSST_PLANE_NAMES - set(self)))}")
         return _to_int32(value)
 
     def names_in(self, value: int) -> list[str]:

@@ -328,8 +328,8 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
     finite_planes = _check_inputs(science, template)
     timings: dict[str, float] = {}
     sci, ref = science, template
-    bad = sci.mask_planes.bitmask(cfg.ignoreMaskPlanes, strict=False)
-    bad_r = ref.mask_planes.bitmask(cfg.ignoreMaskPlanes, strict=False)
+    bad = sci.mask_planes.bitmask(cfg.ignoreMaskPlanes, strict=False, field="ignoreMaskPlanes")
+    bad_r = ref.mask_planes.bitmask(cfg.ignoreMaskPlanes, strict=False, field="ignoreMaskPlanes")
     out_dtype = sci.dtype
     work = np.float32 if (sci.dtype == np.float32 and ref.dtype == np.float32) else np.float64
     # Inputs are never modified: arrays are views until something has to change them.
@@ -390,7 +390,13 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
         # LSST's fullExpVar: only a fallback for cells whose own mean is not > 0, so it is
         # computed lazily (in whole-image mode it *is* the single cell's value)
         if which not in full_var:
-            full_var[which] = mclip(n_var, mask_n, factors[1]) if which == 0 else mclip(r_var, mask_r, factors[3])
+            v = mclip(n_var, mask_n, factors[1]) if which == 0 else mclip(r_var, mask_r, factors[3])
+            if not v > 0:
+                # LSST carried the NaN into the padding and kernels (all-NaN outputs); a named
+                # error says which image and why instead
+                name, e = ("science", sci) if which == 0 else ("template", ref)
+                raise InputError(f"cannot measure the {name} image's noise level: every pixel of its variance plane is non-finite or masked by ignoreMaskPlanes ({', '.join(p for p in cfg.ignoreMaskPlanes if p in e.mask_planes)})")
+            full_var[which] = v
         return full_var[which]
 
     if cfg.correctBackground:
