@@ -105,3 +105,34 @@ def test_degenerate_cube_reads_as_its_plane(tmp_path):
         read_plain_fits(tmp_path / "cube2.fits")
     with pytest.raises(FitsReadError, match=r"holds no 2-D image \(data shape \(2, 6, 9\)\)"):
         read_plain_fits(tmp_path / "cube2.fits", hdu=0)
+
+
+def test_reads_lsst_written_layout(tmp_path):
+    """What afw writes: tile-compressed IMAGE/MASK/VARIANCE extensions after an empty primary,
+    MP_ cards (HIERARCH for long names) in the mask header, the parent origin as the 'A' WCS,
+    BUNIT with the image, and archive tables after the planes."""
+    rng = np.random.default_rng(0)
+    img = rng.normal(0, 10, (24, 31)).astype(np.float32)
+    var = np.full(img.shape, 100, np.float32)
+    msk = np.zeros(img.shape, np.int32)
+    msk[5, 7] = 1 << 9
+    sky = {"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 150.0, "CRVAL2": 2.0, "CRPIX1": 16.0, "CRPIX2": 12.0,
+           "CD1_1": -5.5e-5, "CD2_2": 5.5e-5, "CD1_2": 0.0, "CD2_1": 0.0, "CRVAL1A": 1000, "CRVAL2A": 2000,
+           "CRPIX1A": 1, "CRPIX2A": 1, "CTYPE1A": "LINEAR", "CTYPE2A": "LINEAR", "WCSNAMEA": "PARENT", "BUNIT": "nJy"}
+    planes = {"HIERARCH MP_" + k: v for k, v in (("BAD", 0), ("SAT", 1), ("NO_DATA", 8), ("STREAK", 9))}
+
+    def hdu(data, name, cards):
+        hdr = fits.Header(cards)
+        hdr["EXTTYPE"] = name
+        return fits.CompImageHDU(data, header=hdr, name=name, compression_type="GZIP_2", quantize_level=0.0)  # lossless
+
+    archive = fits.BinTableHDU.from_columns([fits.Column(name="id", format="J", array=np.arange(3))], name="ARCHIVE_INDEX")
+    fits.HDUList([fits.PrimaryHDU(), hdu(img, "IMAGE", sky), hdu(msk, "MASK", planes), hdu(var, "VARIANCE", sky), archive]).writeto(tmp_path / "calexp.fits")
+    e = read_exposure(tmp_path / "calexp.fits")
+    np.testing.assert_array_equal(e.image, img)
+    np.testing.assert_array_equal(e.variance, var)
+    assert e.xy0 == (1000, 2000) and e.metadata["BUNIT"] == "nJy"
+    assert e.mask_planes.names_in(e.mask[5, 7]) == ["STREAK"] and e.mask_planes["NO_DATA"] == 8
+    # the sky WCS is in parent coordinates: the reference pixel (0-based 15, 11 locally)
+    c = e.wcs.pixel_to_world(1015.0, 2011.0)
+    assert c.ra.deg == pytest.approx(150.0) and c.dec.deg == pytest.approx(2.0)

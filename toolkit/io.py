@@ -257,6 +257,8 @@ def read_exposure(path: str | os.PathLike) -> Exposure:
             wcs.wcs.crpix = wcs.wcs.crpix + np.array(xy0, dtype=float)
         primary = hdul[0].header
         meta = _metadata_from_header(primary)
+        if "BUNIT" not in meta and "BUNIT" in img_hdu.header:
+            meta["BUNIT"] = img_hdu.header["BUNIT"]  # afw writes it with the image, not the primary
         photo_calib = float(primary.get("PHOTOCAL", 1.0))
         return Exposure(
             image,
