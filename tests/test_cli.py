@@ -1,3 +1,4 @@
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,19 @@ def test_bad_input_one_line_error(tmp_path, capsys):
     assert main(["simulate", "--size", "8", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) >= 1 and "size must be at least" in err[-1]
+    # a FITS file (or a folder) where the config belongs, directly or through config.load, and
+    # a mask plane the config misspells: one line naming the file or the field
+    assert main(["simulate", "--kind", "pair", "--size", "64", "--out", str(tmp_path / "p")]) == 0
+    capsys.readouterr()
+    sci, tmpl = str(tmp_path / "p" / "science.fits"), str(tmp_path / "p" / "reference.fits")
+    (tmp_path / "load.py").write_text("config.load('p/science.fits')\n")
+    (tmp_path / "typo.py").write_text("config.ignoreMaskPlanes = ['BAD', 'EGDE']\n")
+    for cfg, match in ((sci, "science.fits is not text"), (str(tmp_path / "p"), "is a directory"),
+                       (str(tmp_path / "load.py"), "load.py, line 1: config.load: file .*science.fits is not text"),
+                       (str(tmp_path / "typo.py"), "ignoreMaskPlanes: unknown mask plane 'EGDE'")):
+        assert main(["zogy", sci, tmpl, "--config", cfg, "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(match, err[0]), err
 
 
 def test_cli_coadd_and_zogy_equal_the_api(tmp_path):

@@ -388,7 +388,7 @@ class LsstConfig(param.Parameterized):
             raise ConfigError(f"{where}{_at(st)}config.load({st.value!r}) loads itself again (a cycle) or nests more than 16 files deep")
         if not target.is_file():
             raise ConfigError(f"{where}{_at(st)}config.load: no such file {target}")
-        self._apply_pex(target.read_text(), target, seen + (target,))
+        self._apply_pex(_config_text(target, f"{where}{_at(st)}config.load: file"), target, seen + (target,))
 
 
 _IGNORED_LSST_GROUPS = {"connections", "select", "inputRecorder", "inputMapper", "scaleZeroPoint"}
@@ -835,6 +835,18 @@ PRESETS = {
 }
 
 
+def _config_text(p: Path, what: str = "config file") -> str:
+    """The text of a config file, or a ConfigError that names it (not a UnicodeDecodeError)."""
+    if p.is_dir():
+        raise ConfigError(f"{what} {p} is a directory")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {p} is not text (a .py override, YAML or JSON); is it a FITS or other binary file?") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {p} cannot be read: {exc.strerror or exc}") from None
+
+
 def preset(name: str) -> LsstConfig:
     """A fresh config for preset ``name`` (see :data:`PRESETS`)."""
     try:
@@ -848,7 +860,7 @@ def load_pex_override(path: str | Path, cls: type[LsstConfig] = CompareWarpConfi
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file not found: {p}")
-    return cls.from_pex_override(p.read_text(), base=base, path=p)
+    return cls.from_pex_override(_config_text(p), base=base, path=p)
 
 
 def config_from_file(path: str | Path, cls: type[LsstConfig], label: str | None = None) -> LsstConfig:
@@ -858,7 +870,7 @@ def config_from_file(path: str | Path, cls: type[LsstConfig], label: str | None 
     if not p.exists():
         raise ConfigError(f"config file not found: {p}")
     if p.suffix in (".yaml", ".yml"):
-        return cls.from_yaml(p.read_text(), label=label, path=p)
+        return cls.from_yaml(_config_text(p), label=label, path=p)
     if p.suffix == ".json":
-        return cls.from_json(p.read_text())
+        return cls.from_json(_config_text(p))
     return load_pex_override(p, cls)
