@@ -2,8 +2,8 @@
 
 What real files lack is estimated from the image itself:
 
-* **variance** = local sky variance (photutils ``Background2D``: sigma-clipped medians and rms in
-  boxes, median-filtered and interpolated) + the source Poisson term ``max(image - sky, 0) / gain``
+* **variance** = local sky variance (photutils ``Background2D``: sigma-clipped medians and
+  biweight scales in boxes, median-filtered and interpolated) + the source Poisson term ``max(image - sky, 0) / gain``
   in image units, with the gain from the header (``GAIN``, else the mean of ``GAINA``/``GAINB``);
 * **SAT** where the pixel value reaches the header's ``SATURATE`` (or the lower of
   ``SATURATA``/``SATURATB``), less ``AVSKY`` for sky-subtracted images, grown by one pixel;
@@ -75,13 +75,18 @@ def header_saturation(header: Any) -> float | None:
 
 # ---------------------------------------------------------------------- noise
 def estimate_background(image: np.ndarray, mask: np.ndarray | None = None, box_size: int = 32, filter_size: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """Sky level and sky rms maps (photutils ``Background2D``, 3-sigma clipped median / std).
+    """Sky level and sky rms maps (photutils ``Background2D``: 3-sigma clipped median, and the
+    biweight scale of the clipped pixels).
 
     ``mask`` (True = ignore) keeps sources and bad pixels out of the estimate; boxes are shrunk
-    for small images so that there are at least 4 per axis.
+    for small images so that there are at least 4 per axis.  The rms is the biweight scale, not
+    the clipped standard deviation: iterated 3-sigma clipping converges at 2.95 sigma, where the
+    standard deviation of what is left is 0.985 sigma, so the variance came out 3 % low (and
+    Scorr 1.5 % high); the biweight scale of the same pixels is unbiased for Gaussian noise to
+    ~0.3 % and scatters no more from box to box.
     """
     from astropy.stats import SigmaClip
-    from photutils.background import Background2D, MedianBackground, StdBackgroundRMS
+    from photutils.background import Background2D, BiweightScaleBackgroundRMS, MedianBackground
 
     image = np.asarray(image, dtype=np.float64)
     if image.ndim != 2:
@@ -92,7 +97,7 @@ def estimate_background(image: np.ndarray, mask: np.ndarray | None = None, box_s
     box = int(max(8, min(box_size, min(image.shape) // 4)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        bkg = Background2D(image, box, filter_size=filter_size, mask=bad, sigma_clip=SigmaClip(sigma=3.0, maxiters=5), bkg_estimator=MedianBackground(), bkgrms_estimator=StdBackgroundRMS(), exclude_percentile=50.0)
+        bkg = Background2D(image, box, filter_size=filter_size, mask=bad, sigma_clip=SigmaClip(sigma=3.0, maxiters=5), bkg_estimator=MedianBackground(), bkgrms_estimator=BiweightScaleBackgroundRMS(), exclude_percentile=50.0)
     return np.asarray(bkg.background), np.asarray(bkg.background_rms)
 
 
