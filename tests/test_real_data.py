@@ -56,11 +56,26 @@ def test_sky_variance_is_unbiased():
     """Pure Gaussian noise (rms 10, 512^2) through the box estimator: the sky variance must be
     100 to within its own scatter.  Each 32^2 box's rms scatters by ~1 % (2 % in variance), and
     the median over the 256 boxes (3x3 median-filtered, so ~28 independent) by ~0.5 %: 1.5 % is
-    3 sigma.  A clipped standard deviation gave 96.9 (3-sigma clipping stops at 2.95 sigma)."""
+    3 sigma.  The clipped standard deviation alone gave 96.9 (3-sigma clipping stops at 2.95
+    sigma, see clipped_std_ratio)."""
     for seed in (0, 1, 2):
         img = np.random.default_rng(seed).normal(100.0, 10.0, (512, 512))
         var, _ = estimate_variance(img)
         assert np.median(var) == pytest.approx(100.0, rel=0.015)
+
+
+def test_clipped_std_ratio_matches_astropy_clipping():
+    """astropy's iterated 3-sigma clipping of 10^6 unit Gaussians leaves a std of
+    clipped_std_ratio(3) (std error ~0.0008 at this size: 4 sigma is 0.003); at 2.5 sigma too."""
+    from astropy.stats import sigma_clipped_stats
+
+    from toolkit.real_data import clipped_std_ratio
+
+    x = np.random.default_rng(0).normal(size=1_000_000)
+    for k, expect in ((3.0, 0.98485), (2.5, 0.93656)):
+        assert clipped_std_ratio(k) == pytest.approx(expect, abs=1e-5)
+        _, _, std = sigma_clipped_stats(x, sigma=k, maxiters=20)
+        assert std == pytest.approx(clipped_std_ratio(k), abs=0.003)
 
 
 def test_header_gain_and_saturation():
@@ -136,6 +151,10 @@ def test_noise_correlation_factor_white_and_correlated():
     f_white = noise_correlation_factor(white)
     # std of a clipped variance ratio over ~40k correlated pixels: a few percent
     assert f_white == pytest.approx(1.0, abs=0.08)
+    # two 1024^2 pairs: the factor scatters by 0.008 per pair over seeds, so 0.006 for their
+    # median (mean); 3 sigma is 0.018, which the uncorrected clipped std (0.966) fails
+    big = [Exposure(rng.normal(0, 1, (1024, 1024)), np.ones((1024, 1024)), psf=psf) for _ in range(4)]
+    assert noise_correlation_factor(big) == pytest.approx(1.0, abs=0.018)
     smooth = []
     for _ in range(4):
         n = ndimage.gaussian_filter(rng.normal(0, 1, (256, 256)), 0.8)
