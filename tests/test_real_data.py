@@ -69,7 +69,7 @@ def test_clipped_std_ratio_matches_astropy_clipping():
     clipped_std_ratio(3) (std error ~0.0008 at this size: 4 sigma is 0.003); at 2.5 sigma too."""
     from astropy.stats import sigma_clipped_stats
 
-    from toolkit.real_data import clipped_std_ratio
+    from toolkit.stats import clipped_std_ratio
 
     x = np.random.default_rng(0).normal(size=1_000_000)
     for k, expect in ((3.0, 0.98485), (2.5, 0.93656)):

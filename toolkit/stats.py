@@ -11,6 +11,7 @@ which is why this is hand-written.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["IQR_TO_SIGMA", "StackStats", "native", "stack_statistic", "meanclip_scalar", "meanclip_masked", "median_of", "median_masked", "quantiles_of", "quantiles_masked"]
+__all__ = ["IQR_TO_SIGMA", "StackStats", "clipped_std_ratio", "native", "stack_statistic", "meanclip_scalar", "meanclip_masked", "median_of", "median_masked", "quantiles_of", "quantiles_masked"]
 
 #: afw's IQR -> sigma factor for a Gaussian
 IQR_TO_SIGMA = 0.741301109252802
@@ -206,6 +207,31 @@ def median_of(a: np.ndarray, select: np.ndarray | None = None) -> float:
     lo, hi = (n - 1) // 2, n // 2
     st = _order_statistics(x, sorted({lo, hi}))
     return 0.5 * (st[lo] + st[hi])
+
+
+@functools.lru_cache
+def clipped_std_ratio(sigma: float = 3.0) -> float:
+    """Standard deviation of Gaussian noise after iterated ``sigma``-sigma clipping, in units of
+    the noise's sigma (0.9848 at 3 sigma).
+
+    Clipping at ``sigma`` times the *clipped* standard deviation converges where the clip
+    k = sigma * s(k), with s(k)^2 = 1 - 2 k phi(k) / (2 Phi(k) - 1) the variance of a unit
+    Gaussian truncated at +-k (3 sigma: k = 2.955, s = 0.985).  A clipped std divided by this
+    estimates sigma; undivided, variances came out 3 % low.  Why by hand: astropy's
+    ``sigma_clipped_stats`` and photutils' ``StdBackgroundRMS`` return the clipped sample's std,
+    and the robust alternatives are either biased too (``biweight_scale``, +0.9 %) or noisier
+    (``mad_std``, 1.4x the scatter on 32 px boxes).
+    """
+    from scipy.stats import norm
+
+    k = float(sigma)
+    for _ in range(100):
+        s = np.sqrt(1.0 - 2.0 * k * norm.pdf(k) / (2.0 * norm.cdf(k) - 1.0))
+        k_new = sigma * s
+        if abs(k_new - k) < 1e-12:
+            break
+        k = k_new
+    return float(s)
 
 
 def meanclip_scalar(values: np.ndarray, n_sigma: float = 3.0, n_iter: int = 2) -> float:
