@@ -3,8 +3,9 @@
 What real files lack is estimated from the image itself:
 
 * **variance** = local sky variance (photutils ``Background2D``: sigma-clipped medians and
-  rms in boxes, the rms corrected for the clipping, median-filtered and interpolated) + the source Poisson term ``max(image - sky, 0) / gain``
-  in image units, with the gain from the header (``GAIN``, else the mean of ``GAINA``/``GAINB``);
+  rms in boxes, the rms corrected for the clipping, median-filtered and interpolated) + the
+  source Poisson term ``max(image - sky, 0) / gain`` in image units, with the gain from the
+  header (``GAIN``, else the mean of ``GAINA``/``GAINB``);
 * **SAT** where the pixel value reaches the header's ``SATURATE`` (or the lower of
   ``SATURATA``/``SATURATB``), less ``AVSKY`` for sky-subtracted images, grown by one pixel;
   NaN/inf pixels become **NO_DATA** (image 0, variance = the median variance);

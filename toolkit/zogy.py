@@ -327,7 +327,7 @@ def _image_noise_variance(img: np.ndarray, mask: np.ndarray, bits: int, exclude:
     return var
 
 
-def _fit_flux_ratio(n_img, r_img, pn, pr, var_n, var_r, unusable: np.ndarray) -> float:
+def _fit_flux_ratio(n_img, r_img, pn, pr, var_r: float, unusable: np.ndarray) -> float:
     """F_n/F_r from the images (ZOGY paper, section 3.5).
 
     N (*) P_r and R (*) P_n share the PSF P_n (*) P_r, so a static source gives the same
@@ -497,7 +497,7 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
         unusable = ((mask_n[0] & bad) != 0) | ((mask_r[0] & bad_r) != 0)
         if nonfinite is not None:
             unusable |= nonfinite
-        f_n = _fit_flux_ratio(n_img, r_img, pn0, pr0, full_variance(0), full_variance(1), unusable)
+        f_n = _fit_flux_ratio(n_img, r_img, pn0, pr0, full_variance(1), unusable)
         f_r = 1.0
     inner_dims = (max(1, int(border * cfg.gridInnerSize)),) * 2 if cfg.doSpatialGrid else (nx, ny)
     cells = generate_grid(local, (border, border), inner_dims, power_of_two=cfg.powerOfTwoCells, fft_friendly=not cfg.powerOfTwoCells)
