@@ -311,7 +311,7 @@ def _image_noise_variance(img: np.ndarray, mask: np.ndarray, bits: int, exclude:
         use &= ~exclude
     if use.sum() < 100:
         raise InputError(f"doFitFluxRatio: only {int(use.sum())} usable pixels to measure an image's noise level")
-    x = np.where(use, img, np.nan).astype(np.float64)
+    x = np.asarray(img, dtype=np.float64)  # read only where usable (x[use], x[sky], sky within use)
     med, _, std = sigma_clipped_stats(x[use], sigma=3.0, maxiters=10)
     s0 = float(std) / clipped_std_ratio(3.0)
     sig = max(float(psf_sigma), 0.5)
