@@ -334,6 +334,49 @@ def test_config_load_from_get_package_dir_matches_the_real_pex_loader(tmp_path, 
     _assert_matches_pex(cfg, pcfg)
 
 
+def test_sub_config_load_matches_the_real_pex_loader(tmp_path):
+    """``config.assembleStaticSkyModel.load(path)`` applies a file to that sub-config: inside
+    it, ``config`` is the sub-config, also for the files it loads in turn."""
+    (tmp_path / "base.py").write_text("config.badMaskPlanes = ('BAD', 'EDGE', 'NO_DATA', )\nconfig.sigmaClip = 2.0\n")
+    (tmp_path / "static.py").write_text(
+        "import os.path\n"
+        "config.load(os.path.join(os.path.dirname(__file__), 'base.py'))\n"
+        "config.clipIter = 4\n"
+    )
+    main = tmp_path / "cw.py"
+    main.write_text(
+        "import os.path\n"
+        "config.assembleStaticSkyModel.load(os.path.join(os.path.dirname(__file__), 'static.py'))\n"
+        "config.load(os.path.join(os.path.dirname(__file__), 'base.py'))\n"
+        "config.maxNumEpochs = 3\n"
+    )
+    cfg = config_from_file(main, CompareWarpConfig)
+    sky = cfg.assembleStaticSkyModel
+    assert sky.badMaskPlanes == ["BAD", "EDGE", "NO_DATA"] and sky.sigmaClip == 2.0 and sky.clipIter == 4
+    assert cfg.badMaskPlanes == ["BAD", "EDGE", "NO_DATA"] and cfg.sigmaClip == 2.0 and cfg.clipIter == CompareWarpConfig().clipIter
+    assert cfg.maxNumEpochs == 3
+    pcfg = PexCompareWarp()
+    pcfg.load(str(main))
+    _assert_matches_pex(cfg, pcfg)
+    # a field the sub-config lacks is named with its full path, and the file it is in
+    (tmp_path / "bad.py").write_text("config.doMatchBackgrounds = False\n")
+    main.write_text("config.assembleStaticSkyModel.load('bad.py')\n")
+    with pytest.raises(ConfigError, match=r"bad.py, line 1: unknown config field 'assembleStaticSkyModel.doMatchBackgrounds'"):
+        config_from_file(main, CompareWarpConfig)
+
+
+def test_root_spelling_of_old_obs_files_is_refused_as_pex_config_refuses_it(tmp_path):
+    """Old obs_* files wrote ``root.<field>``; current pex_config runs a file with only
+    ``config`` bound, so pipetask fails on them, and diffstack says why instead of accepting
+    a file production would reject."""
+    old = tmp_path / "assembleCoadd.py"
+    old.write_text("root.badMaskPlanes = ('BAD', 'EDGE', 'SAT', 'INTRP', )\n")
+    with pytest.raises(NameError, match="root"):
+        PexCompareWarp().load(str(old))
+    with pytest.raises(ConfigError, match=r"assembleCoadd.py, .*'root'.*write config.<field>"):
+        config_from_file(old, CompareWarpConfig)
+
+
 def test_deprecated_lsst_fields_warn():
     with pytest.warns(UserWarning, match="doScaleZeroPoint has no effect"):
         cfg = CompareWarpConfig.from_pex_override("config.doScaleZeroPoint = False\nconfig.maxNumEpochs = 3\n")

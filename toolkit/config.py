@@ -99,7 +99,7 @@ class LsstConfig(param.Parameterized):
         flat = {}
         for k, v in d.items():
             if k not in self.param or k == "name":
-                raise ConfigError(f"unknown config field {prefix}{k!r} for {type(self).__name__}")
+                raise ConfigError(f"unknown config field {prefix + str(k)!r} for {type(self).__name__}")
             cur = getattr(self, k)
             if isinstance(cur, LsstConfig):
                 if not isinstance(v, dict):
@@ -338,18 +338,21 @@ class LsstConfig(param.Parameterized):
         cfg.validate()
         return cfg
 
-    def _apply_pex(self, text: str, path: Path | None, seen: tuple) -> None:
+    def _apply_pex(self, text: str, path: Path | None, seen: tuple, prefix: str = "") -> None:
         where = f"{path.name}, " if path is not None else ""
         try:
             statements = parse_pex_override(text)
         except ConfigError as exc:
             # the parser knows lines, not files: a loaded file's error must say which file
             raise ConfigError(f"{where}{exc}") from None
-        self._apply_statements(statements, where, path, seen)
+        self._apply_statements(statements, where, path, seen, prefix)
 
-    def _apply_statements(self, statements: list["PexStatement"], where: str, path: Path | None, seen: tuple) -> None:
+    def _apply_statements(self, statements: list["PexStatement"], where: str, path: Path | None, seen: tuple, prefix: str = "") -> None:
         rename = {v: k for k, v in self._pex_names.items()}
         for st in statements:
+            if prefix:
+                # a file loaded into a sub-config: its "config" is that sub-config
+                st = st._replace(target=f"{prefix}.{st.target}" if st.target else prefix)
             if st.op == "load":
                 self._load_pex_file(st, where, path, seen)
                 continue
@@ -380,15 +383,16 @@ class LsstConfig(param.Parameterized):
         return st.target
 
     def _load_pex_file(self, st: "PexStatement", where: str, path: Path | None, seen: tuple) -> None:
+        call = f"config.{st.target}.load" if st.target else "config.load"
         target = Path(st.value)
         if not target.is_absolute():
             target = (path.parent if path is not None else Path.cwd()) / target
         target = target.resolve()
         if target in seen or len(seen) > 16:
-            raise ConfigError(f"{where}{_at(st)}config.load({st.value!r}) loads itself again (a cycle) or nests more than 16 files deep")
+            raise ConfigError(f"{where}{_at(st)}{call}({st.value!r}) loads itself again (a cycle) or nests more than 16 files deep")
         if not target.is_file():
-            raise ConfigError(f"{where}{_at(st)}config.load: no such file {target}")
-        self._apply_pex(_config_text(target, f"{where}{_at(st)}config.load: file"), target, seen + (target,))
+            raise ConfigError(f"{where}{_at(st)}{call}: no such file {target}")
+        self._apply_pex(_config_text(target, f"{where}{_at(st)}{call}: file"), target, seen + (target,), st.target)
 
 
 _IGNORED_LSST_GROUPS = {"connections", "select", "inputRecorder", "inputMapper", "scaleZeroPoint"}
@@ -467,8 +471,13 @@ def parse_pex_override(text: str) -> list[PexStatement]:
       ``os.path.join(os.path.dirname(__file__), "<file>", ...)`` (relative to the file), or
       ``os.path.join(getPackageDir("<package>"), "<file>", ...)`` (under ``$<PACKAGE>_DIR``,
       where EUPS and ``lsst.utils.getPackageDir`` find a package);
+    * ``config.a.load(<path>)``: the file applied to the sub-config ``a`` (inside it,
+      ``config`` is that sub-config, as in pex_config; target ``a``, op ``load``);
     * imports and docstrings are skipped (imports are never run; they only matter to
       statements, which are all checked here).
+
+    A file that names its config ``root`` (old ``obs_*`` files) is refused with a
+    :class:`ConfigError` that says so: current pex_config no longer reads that spelling.
 
     Anything else (other names, calls, comprehensions, non-literal values) raises
     :class:`ConfigError` naming its line.
@@ -477,6 +486,11 @@ def parse_pex_override(text: str) -> list[PexStatement]:
         tree = ast.parse(text)
     except SyntaxError as exc:
         raise ConfigError(f"line {exc.lineno}: not valid Python syntax: {exc.msg}") from None
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    if "root" in names and "config" not in names:
+        # old obs_* files said root.<field>; pex_config once retried such files with "root"
+        # bound, but no longer does (it runs a file with only "config" defined: NameError)
+        raise ConfigError("the file names its config 'root' (the spelling of old obs_* files); current pex_config runs override files with only 'config' defined, so pipetask would fail on it: write config.<field>")
     out = []
     for node in tree.body:
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
@@ -522,16 +536,18 @@ def _literal_value(node: ast.AST, lineno: int, target: ast.AST | None = None) ->
 def _call_statement(call: ast.Call, lineno: int) -> PexStatement:
     method = call.func.attr
     owner = call.func.value
-    if method == "load" and isinstance(owner, ast.Name) and owner.id == "config":
+    if method == "load":
+        # config.load(path), or a sub-config's: config.a.load(path) applies the file to a
+        target = "" if isinstance(owner, ast.Name) and owner.id == "config" else _config_target(owner, lineno)
         if len(call.args) != 1 or call.keywords:
-            raise ConfigError(f"line {lineno}: config.load takes one path")
-        return PexStatement(lineno, "", _load_path(call.args[0], lineno), "load")
+            raise ConfigError(f"line {lineno}: config{'.' + target if target else ''}.load takes one path")
+        return PexStatement(lineno, target, _load_path(call.args[0], lineno), "load")
     target = _config_target(owner, lineno)
     if method == "retarget":
         return PexStatement(lineno, target, None, "retarget")
     if method in _LIST_METHODS and len(call.args) == 1 and not call.keywords:
         return PexStatement(lineno, target, _literal_value(call.args[0], lineno), method)
-    raise ConfigError(f"line {lineno}: config.{target}.{method}(...) is not read (only append, extend, remove, retarget and config.load)")
+    raise ConfigError(f"line {lineno}: config.{target}.{method}(...) is not read (only append, extend, remove, retarget and load)")
 
 
 def _load_path(node: ast.AST, lineno: int) -> str:
