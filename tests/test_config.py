@@ -477,3 +477,22 @@ def test_pipeline_yaml_task_config(tmp_path):
     bad.write_text(_PIPELINE.replace("doNImage: true", "doNImage: [1, 2"))
     with pytest.raises(ConfigError, match="not valid YAML"):
         config_from_file(bad, CompareWarpConfig)
+
+
+def test_lsst_class_names_are_aliases_and_name_documents():
+    """LSST's config class names import from toolkit.config and may name a document's class,
+    also as LSST's dotted path."""
+    import json
+
+    from toolkit.config import CompareWarpAssembleCoaddConfig, LsstConfig, ScaleVarianceImageConfig, SourceDetectionConfig
+
+    assert CompareWarpAssembleCoaddConfig is CompareWarpConfig
+    assert SourceDetectionConfig().thresholdValue == 5.0 and ScaleVarianceImageConfig().limit == 10.0
+    doc = json.loads(CompareWarpConfig(maxNumEpochs=3).to_json())
+    for name in ("CompareWarpAssembleCoaddConfig", "lsst.drp.tasks.assemble_coadd.CompareWarpAssembleCoaddConfig"):
+        doc["class"] = name
+        cfg = LsstConfig.from_json(json.dumps(doc))
+        assert isinstance(cfg, CompareWarpConfig) and cfg.maxNumEpochs == 3
+    doc["class"] = "lsst.drp.tasks.assemble_coadd.NoSuchConfig"
+    with pytest.raises(ConfigError, match="unknown config class"):
+        LsstConfig.from_json(json.dumps(doc))

@@ -40,6 +40,9 @@ __all__ = [
     "MaskStreaksConfig",
     "CoaddPsfConfig",
     "ZogyConfig",
+    "CompareWarpAssembleCoaddConfig",
+    "SourceDetectionConfig",
+    "ScaleVarianceImageConfig",
     "PRESETS",
     "preset",
     "load_pex_override",
@@ -269,7 +272,8 @@ class LsstConfig(param.Parameterized):
         if cls._lsst_tasks and task in cls._lsst_tasks:
             # one LSST task entry ("class: lsst....Task" + "config:"): the pipeline form
             return cls._from_pipeline({"tasks": {task: data}}, task, path)
-        klass = CONFIG_CLASSES.get(data.get("class", cls.__name__))
+        # a config class by its name, or LSST's dotted path to it (lsst.drp.tasks...Config)
+        klass = CONFIG_CLASSES.get(str(data.get("class", cls.__name__)).rsplit(".", 1)[-1])
         if klass is None:
             raise ConfigError(f"unknown config class {data.get('class')!r}")
         if cls is not LsstConfig and not issubclass(klass, cls):
@@ -790,10 +794,19 @@ class ZogyConfig(LsstConfig):
         ]
 
 
+#: LSST's own class names for the task configs (``lsst.drp.tasks.assemble_coadd``,
+#: ``lsst.meas.algorithms``, ``lsst.pipe.tasks``), so code written against LSST's names reads
+#: the same here
+CompareWarpAssembleCoaddConfig = CompareWarpConfig
+SourceDetectionConfig = DetectionConfig
+ScaleVarianceImageConfig = ScaleVarianceConfig
+
 CONFIG_CLASSES: dict[str, type[LsstConfig]] = {
     c.__name__: c
     for c in (AssembleCoaddConfig, CompareWarpConfig, ZogyConfig, DetectionConfig, ScaleVarianceConfig, InterpImageConfig, MaskStreaksConfig, CoaddPsfConfig)
 }
+# a document may name the class by LSST's name too
+CONFIG_CLASSES.update(CompareWarpAssembleCoaddConfig=CompareWarpConfig, SourceDetectionConfig=DetectionConfig, ScaleVarianceImageConfig=ScaleVarianceConfig)
 
 
 # ====================================================================== presets
