@@ -125,14 +125,16 @@ def test_artifact_removal_on_simulated_stacks():
     and several configurations.  Cosmic rays are the exception to the issue's 99 %: LSST's
     rules keep those entirely inside a protected template footprint (doPreserveContainedBySource),
     those merged with other outliers at the same pixels, and those in a BAD strip grown by PSF
-    matching (doPrefilterArtifacts); the test checks the protection rule's direction instead."""
+    matching (doPrefilterArtifacts).  The test checks the protection rule's direction, and that
+    what is left for any other reason (not detected, clipped only in part) is under 1 %."""
     from toolkit.config import CompareWarpConfig
     from toolkit.sim import simulate_stack
-    from toolkit.validation import artifact_removal, star_flux_errors
+    from toolkit.validation import artifact_leftovers, artifact_removal, star_flux_errors
 
     pooled: dict[str, list[float]] = {}
     pooled_off: dict[str, list[float]] = {}
     static_clip, static, static_sigma = [], [], []
+    cr_unexplained = 0.0
     for seed in (1, 2, 3, 4):
         stack = simulate_stack(seed=seed)
         p = CompareWarpPipeline(stack.direct_warps, stack.psf_matched_warps)
@@ -144,6 +146,9 @@ def test_artifact_removal_on_simulated_stacks():
                 acc = out.setdefault(kind, [0.0, 0.0])
                 acc[0] += r["injected"]
                 acc[1] += r["remaining"]
+        left = artifact_leftovers(stack, p, "cosmic_ray", min_fraction=0.0)
+        unexplained = ~np.isin(left["reason"], ["protected", "not transient", "prefiltered"])
+        cr_unexplained += float(np.sum(left["remaining"][unexplained]))
         stars = star_flux_errors(stack, p)
         static_clip.append(stars["static_clip"])
         static.append(stars["static"])
@@ -165,6 +170,8 @@ def test_artifact_removal_on_simulated_stacks():
     # cosmic rays on protected (template) footprints are kept by LSST's rule; without it fewer stay
     assert removed(pooled_off, "cosmic_ray") >= 0.9
     assert removed(pooled, "cosmic_ray") < removed(pooled_off, "cosmic_ray")
+    # what LSST's three keep rules do not explain is the engine's own miss: under 1 % of the flux
+    assert cr_unexplained <= 0.01 * pooled["cosmic_ray"][0]
 
 def test_artifact_driven_clips_separate_intended_from_false_clips():
     """Seed 7: a 500-sigma trail's PSF-matched footprint (~50 px wide) clips that epoch at stars
