@@ -496,3 +496,92 @@ def test_lsst_class_names_are_aliases_and_name_documents():
     doc["class"] = "lsst.drp.tasks.assemble_coadd.NoSuchConfig"
     with pytest.raises(ConfigError, match="unknown config class"):
         LsstConfig.from_json(json.dumps(doc))
+
+
+_INGREDIENT = """\
+description: coaddition ingredients
+parameters:
+  spatial: 0.3
+tasks:
+  makeWarp: lsst.drp.tasks.make_direct_warp.MakeDirectWarpTask
+  assembleCoadd:
+    class: lsst.drp.tasks.assemble_coadd.CompareWarpAssembleCoaddTask
+    config:
+      maxNumEpochs: 3
+      python: config.detect.thresholdValue = 6.0
+  assembleTemplate:
+    class: lsst.drp.tasks.assemble_coadd.CompareWarpAssembleCoaddTask
+subsets:
+  templates:
+    subset: [assembleTemplate]
+"""
+
+
+def test_pipeline_imports_merge_as_pipetask_merges_them(tmp_path, monkeypatch):
+    """A pipeline that imports its tasks (drp_pipe's layout: $DRP_PIPE_DIR/pipelines/_ingredients):
+    imported config blocks come first, the document's blocks for the same label and class after
+    them; include/exclude (labels or labeled subsets) and rename filter an import; parameters
+    come from either; within a block pipetask applies the python code before the keys."""
+    root = tmp_path / "fake_pipe"
+    (root / "_ingredients").mkdir(parents=True)
+    (root / "_ingredients" / "coadd.yaml").write_text(_INGREDIENT)
+    top = tmp_path / "DRP.yaml"
+
+    def write(imports, tasks=""):
+        top.write_text(f"description: top\nimports:\n{imports}\n" + (f"tasks:\n{tasks}" if tasks else ""))
+
+    own = (
+        "  assembleCoadd:\n    class: lsst.drp.tasks.assemble_coadd.CompareWarpAssembleCoaddTask\n"
+        "    config:\n      spatialThreshold: parameters.spatial\n      maxNumEpochs: 4\n      python: config.maxNumEpochs = 5\n"
+    )
+    write("  - location: $FAKE_PIPE_DIR/_ingredients/coadd.yaml\n    exclude: templates", own)
+    monkeypatch.delenv("FAKE_PIPE_DIR", raising=False)
+    with pytest.raises(ConfigError, match=r"\$FAKE_PIPE_DIR.*environment variable not set"):
+        config_from_file(top, CompareWarpConfig)
+    monkeypatch.setenv("FAKE_PIPE_DIR", str(root))
+    cfg = config_from_file(top, CompareWarpConfig)  # one CompareWarp task left: found without a label
+    assert cfg.maxNumEpochs == 4 and cfg.detect.thresholdValue == 6.0 and cfg.spatialThreshold == 0.3
+    # without the exclusion two tasks fit; include by label picks one
+    write("  - $FAKE_PIPE_DIR/_ingredients/coadd.yaml")
+    with pytest.raises(ConfigError, match="several CompareWarpAssembleCoaddTask tasks"):
+        config_from_file(top, CompareWarpConfig)
+    write("  - location: $FAKE_PIPE_DIR/_ingredients/coadd.yaml\n    include: [assembleCoadd]")
+    assert config_from_file(top, CompareWarpConfig).maxNumEpochs == 3
+    write("  - location: $FAKE_PIPE_DIR/_ingredients/coadd.yaml\n    include: [assembleCoadd]\n    rename: {assembleCoadd: assembleDeepCoadd}")
+    assert config_from_file(top, CompareWarpConfig, label="assembleDeepCoadd").detect.thresholdValue == 6.0
+    # the same label with another class replaces the imported task, its config blocks with it
+    write("  - location: $FAKE_PIPE_DIR/_ingredients/coadd.yaml\n    include: assembleCoadd",
+          "  assembleCoadd:\n    class: my.own.CompareWarpAssembleCoaddTask\n    config:\n      maxNumEpochs: 7\n")
+    cfg = config_from_file(top, CompareWarpConfig)
+    assert cfg.maxNumEpochs == 7 and cfg.detect.thresholdValue == CompareWarpConfig().detect.thresholdValue
+    # what pipetask refuses is refused, with the reason
+    write("  - location: $FAKE_PIPE_DIR/_ingredients/coadd.yaml\n    include: [assembleCoadd]\n    exclude: [makeWarp]")
+    with pytest.raises(ConfigError, match="both 'include' and 'exclude'"):
+        config_from_file(top, CompareWarpConfig)
+    write("  - $FAKE_PIPE_DIR/_ingredients/coadd.yaml\n  - $FAKE_PIPE_DIR/_ingredients/coadd.yaml")
+    with pytest.raises(ConfigError, match="imported more than once: assembleCoadd, assembleTemplate, makeWarp"):
+        config_from_file(top, CompareWarpConfig)
+    top.write_text("description: top\ninherits: $FAKE_PIPE_DIR/_ingredients/coadd.yaml\n")
+    with pytest.raises(ConfigError, match="'inherits' key is not supported"):
+        config_from_file(top, CompareWarpConfig)
+    write("  - location: $FAKE_PIPE_DIR/_ingredients/nothere.yaml")
+    with pytest.raises(ConfigError, match="no such file .*nothere.yaml"):
+        config_from_file(top, CompareWarpConfig)
+
+
+def test_pipeline_file_entries_are_read_from_the_working_directory(tmp_path, monkeypatch):
+    """pipetask resolves a pipeline's relative ``file:`` (and a python block's config.load) from
+    the working directory, not from the pipeline's folder; so does diffstack."""
+    (tmp_path / "pipes").mkdir()
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "cw.py").write_text("config.maxNumEpochs = 6\n")
+    pipe = tmp_path / "pipes" / "p.yaml"
+    pipe.write_text(
+        "description: d\ntasks:\n  a:\n    class: lsst.drp.tasks.assemble_coadd.CompareWarpAssembleCoaddTask\n"
+        "    config:\n      file: configs/cw.py\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert config_from_file(pipe, CompareWarpConfig).maxNumEpochs == 6
+    monkeypatch.chdir(tmp_path / "pipes")
+    with pytest.raises(ConfigError, match="no such file"):
+        config_from_file(pipe, CompareWarpConfig)

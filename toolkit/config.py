@@ -237,11 +237,15 @@ class LsstConfig(param.Parameterized):
     def from_yaml(cls, text: str, label: str | None = None, path: str | Path | None = None) -> "LsstConfig":
         """A diffstack YAML export, or the config of one task of an LSST pipeline YAML.
 
-        In a pipeline (a mapping with ``tasks``), the task is the one labelled ``label``, or else
-        the only one whose class is this config's LSST task (e.g. CompareWarpAssembleCoaddTask).
-        Its ``config`` blocks are applied in order: ``field.sub: value`` keys, ``python:`` override
-        code (read as an override file, never executed), ``file:`` override files (relative to
-        ``path``), and ``parameters.<name>`` values taken from the pipeline's ``parameters``.
+        In a pipeline (a mapping with ``tasks`` and/or ``imports``), the task is the one labelled
+        ``label``, or else the only one whose class is this config's LSST task (e.g.
+        CompareWarpAssembleCoaddTask).  ``imports`` are followed as pipetask follows them
+        (``location`` with ``$VARIABLES``, ``include``/``exclude``, ``rename``; see
+        :func:`_resolve_pipeline`).  The task's ``config`` blocks are applied in order, and within
+        a block in pipetask's order: ``file:`` override files, then the ``python:`` code (read as
+        an override file, never executed), then the ``field.sub: value`` keys, with
+        ``parameters.<name>`` values taken from the pipeline's ``parameters``.  Relative paths are
+        read from the working directory, as pipetask reads them.
         """
         import yaml
 
@@ -264,7 +268,7 @@ class LsstConfig(param.Parameterized):
 
     @classmethod
     def _from_payload(cls, data: Any, label: str | None = None, path: Path | None = None) -> "LsstConfig":
-        if isinstance(data, dict) and "tasks" in data and "config" not in data:
+        if isinstance(data, dict) and ({"tasks", "imports", "inherits"} & data.keys()) and "config" not in data:
             return cls._from_pipeline(data, label, path)
         if not isinstance(data, dict) or "config" not in data:
             raise ConfigError("config document must be a mapping with 'class' and 'config' keys (a diffstack export), or an LSST pipeline with 'tasks'")
@@ -285,48 +289,47 @@ class LsstConfig(param.Parameterized):
 
     @classmethod
     def _from_pipeline(cls, data: dict, label: str | None, path: Path | None) -> "LsstConfig":
-        tasks = data["tasks"]
-        if not isinstance(tasks, dict):
-            raise ConfigError("pipeline 'tasks' must be a mapping of label -> task")
-
-        def task_class(entry: Any) -> str:
-            c = entry if isinstance(entry, str) else entry.get("class", "") if isinstance(entry, dict) else ""
-            return str(c).rsplit(".", 1)[-1]
+        tasks, params, _ = _resolve_pipeline(data, path, ())
 
         if label is not None:
             if label not in tasks:
                 raise ConfigError(f"pipeline has no task labelled {label!r} (labels: {', '.join(map(str, tasks))})")
             chosen = label
         else:
-            found = [lab for lab, e in tasks.items() if task_class(e) in cls._lsst_tasks]
+            found = [lab for lab, (klass, _) in tasks.items() if klass.rsplit(".", 1)[-1] in cls._lsst_tasks]
             if len(found) != 1:
                 what = f"several {' / '.join(cls._lsst_tasks)} tasks ({', '.join(found)})" if found else f"no {' / '.join(cls._lsst_tasks) or cls.__name__} task"
                 raise ConfigError(f"pipeline has {what}: name the task label (labels: {', '.join(map(str, tasks))})")
             chosen = found[0]
-        entry = tasks[chosen]
-        blocks = entry.get("config", []) if isinstance(entry, dict) else []
-        blocks = [blocks] if isinstance(blocks, dict) else list(blocks or [])
-        params = data.get("parameters") or {}
         cfg = cls()
         where = f"pipeline task {chosen!r}, "
-        for block in blocks:
+        for block in tasks[chosen][1]:
             if not isinstance(block, dict):
                 raise ConfigError(f"{where}config blocks must be mappings, got {block!r}")
+            if block.get("dataId") is not None:
+                raise ConfigError(f"{where}a config block with a dataId: pipetask does not support specializing a config on a data ID either")
+            # pipetask's order within a block (pipe_base _buildTaskDef): the files, then the
+            # python code, then the field: value keys, whatever order the YAML lists them in
+            # (a relative path in a file: entry or a python block's config.load is read from
+            # the working directory, as pipetask reads it: pex_config resolves a top-level
+            # relative load against the working directory, not the pipeline's folder)
+            files = block.get("file") or []
+            for f in files if isinstance(files, list) else [files]:
+                target = Path(os.path.expandvars(str(f)))
+                if "$" in str(target):
+                    raise ConfigError(f"{where}config file {f!r}: environment variable not set")
+                cfg._load_pex_file(PexStatement(0, "", str(target), "load"), where, None, ())
+            if block.get("python") is not None:
+                cfg._apply_statements(parse_pex_override(str(block["python"])), f"{where}python block ", None, ())
             for key, value in block.items():
-                if key == "python":
-                    cfg._apply_statements(parse_pex_override(str(value)), f"{where}python block ", path, ())
-                elif key == "file":
-                    target = Path(os.path.expandvars(str(value)))
-                    if "$" in str(target):
-                        raise ConfigError(f"{where}config file {value!r}: environment variable not set")
-                    cfg._load_pex_file(PexStatement(0, "", str(target), "load"), where, path, ())
-                else:
-                    if isinstance(value, str) and value.startswith("parameters."):
-                        name = value[len("parameters."):]
-                        if name not in params:
-                            raise ConfigError(f"{where}{key}: pipeline parameter {name!r} is not defined")
-                        value = params[name]
-                    cfg._apply_statements([PexStatement(0, str(key), value)], f"{where}key ", path, ())
+                if key in ("file", "python", "dataId"):
+                    continue
+                if isinstance(value, str) and value.startswith("parameters."):
+                    name = value[len("parameters."):]
+                    if name not in params:
+                        raise ConfigError(f"{where}{key}: pipeline parameter {name!r} is not defined")
+                    value = params[name]
+                cfg._apply_statements([PexStatement(0, str(key), value)], f"{where}key ", None, ())
         cfg.validate()
         return cfg
 
@@ -397,6 +400,114 @@ class LsstConfig(param.Parameterized):
         if not target.is_file():
             raise ConfigError(f"{where}{_at(st)}{call}: no such file {target}")
         self._apply_pex(_config_text(target, f"{where}{_at(st)}{call}: file"), target, seen + (target,), st.target)
+
+
+def _pipeline_document(location: str, where: str) -> tuple[dict, Path]:
+    """An imported pipeline YAML: ``location`` with environment variables expanded, a relative
+    path taken from the working directory (pipe_base makes a ResourcePath of it)."""
+    import yaml
+
+    expanded = os.path.expandvars(location)
+    if "$" in expanded:
+        raise ConfigError(f"{where}imports location {location!r}: environment variable not set (e.g. $DRP_PIPE_DIR, which EUPS sets; point it at your checkout)")
+    p = Path(expanded).absolute()
+    if not p.is_file():
+        raise ConfigError(f"{where}imports location {location!r}: no such file {p} (a relative location is read from the working directory, as pipetask reads it)")
+    try:
+        data = yaml.safe_load(_config_text(p, "imported pipeline"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}imported pipeline {p}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}imported pipeline {p} is not a mapping")
+    return data, p
+
+
+def _resolve_pipeline(data: dict, path: Path | None, seen: tuple) -> tuple[dict, dict, dict]:
+    """A pipeline's tasks after its ``imports``, as pipe_base's ``PipelineIR`` merges them:
+    ``{label: (class, [config blocks])}``, the merged ``parameters`` and
+    the labeled subsets ``{name: set of labels}``.
+
+    Imported pipelines are read recursively, each filtered by its ``include`` or ``exclude``
+    labels (a labeled subset stands for its labels) and relabelled by its ``rename``; a label
+    imported twice is an error; a task the document itself declares adds its config blocks
+    after the imported ones when its class is the same, and replaces the imported task when it
+    is not.  The document's parameters and subsets override imported ones.
+    """
+    where = f"{path.name}: " if path is not None else ""
+    raw_tasks = data.get("tasks") or {}
+    if not isinstance(raw_tasks, dict):
+        raise ConfigError(f"{where}pipeline 'tasks' must be a mapping of label -> task")
+    own: dict[str, tuple[str, list]] = {}
+    for lab, entry in raw_tasks.items():
+        if isinstance(entry, str):
+            entry = {"class": entry}
+        if not isinstance(entry, dict) or "class" not in entry:
+            raise ConfigError(f"{where}pipeline task {lab!r} has no 'class'")
+        blocks = entry.get("config")
+        blocks = [] if blocks is None else [blocks] if isinstance(blocks, dict) else list(blocks)
+        own[str(lab)] = (str(entry["class"]), blocks)
+    if "inherits" in data:
+        raise ConfigError(f"{where}the 'inherits' key is not supported (pipetask refuses it too): use 'imports'")
+    own_subsets = {}
+    for name, v in (data.get("subsets") or {}).items():
+        members = v.get("subset", []) if isinstance(v, dict) else v
+        own_subsets[str(name)] = {str(m) for m in ([members] if isinstance(members, str) else members or [])}
+    imports = data.get("imports") or []
+    imports = imports if isinstance(imports, list) else [imports]
+    tasks: dict[str, tuple[str, list]] = {}
+    params: dict = {}
+    subsets: dict[str, set] = {}
+    for imp in imports:
+        imp = {"location": imp} if isinstance(imp, str) else imp
+        if not isinstance(imp, dict) or "location" not in imp:
+            raise ConfigError(f"{where}an imports entry must be a location or a mapping with 'location', got {imp!r}")
+        loc = imp["location"]
+        include, exclude = imp.get("include"), imp.get("exclude")
+        include = [include] if isinstance(include, str) else include
+        exclude = [exclude] if isinstance(exclude, str) else exclude
+        if include and exclude:
+            raise ConfigError(f"{where}imports {loc!r}: both 'include' and 'exclude' given (pipetask refuses that too)")
+        rename = imp.get("rename") or {}
+        if len(set(rename.values())) != len(rename) or set(rename.values()) & set(rename):
+            raise ConfigError(f"{where}imports {loc!r}: 'rename' must map distinct labels to distinct new labels")
+        sub, sub_path = _pipeline_document(str(loc), where)
+        if sub_path in seen or len(seen) > 16:
+            raise ConfigError(f"{where}imports {loc!r}: the pipeline imports itself (a cycle) or nests more than 16 deep")
+        sub_tasks, sub_params, sub_subsets = _resolve_pipeline(sub, sub_path, seen + (sub_path,))
+        if include is None and exclude is None:
+            labels = set(sub_tasks)
+        elif include:
+            labels = {lab for lab in sub_tasks if lab in include}
+            for n in set(include) & sub_subsets.keys():
+                labels |= sub_subsets[n]
+        else:
+            labels = {lab for lab in sub_tasks if lab not in exclude}
+            for n in set(exclude) & sub_subsets.keys():
+                labels -= sub_subsets[n]
+        picked = {}
+        for lab in sub_tasks:
+            if lab in labels:
+                new = rename.get(lab, lab)
+                if new != lab and new in sub_tasks:
+                    raise ConfigError(f"{where}imports {loc!r}: cannot rename {lab!r} to the existing label {new!r}")
+                picked[new] = sub_tasks[lab]
+        dup = tasks.keys() & picked.keys()
+        if dup:
+            raise ConfigError(f"{where}task labels imported more than once: {', '.join(sorted(dup))}")
+        tasks.update({lab: (k, list(b)) for lab, (k, b) in picked.items()})
+        params.update(sub_params)
+        subsets.update({n: m & picked.keys() for n, m in sub_subsets.items()})
+    for lab, (klass, blocks) in own.items():
+        if lab in tasks and tasks[lab][0] == klass:
+            tasks[lab][1].extend(blocks)
+        else:
+            tasks[lab] = (klass, blocks)
+    own_params = data.get("parameters") or {}
+    if not isinstance(own_params, dict):
+        raise ConfigError(f"{where}the pipeline's 'parameters' must be a mapping")
+    params.update(own_params)
+    subsets.update(own_subsets)
+    return tasks, params, subsets
 
 
 _IGNORED_LSST_GROUPS = {"connections", "select", "inputRecorder", "inputMapper", "scaleZeroPoint"}
