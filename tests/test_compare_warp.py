@@ -471,3 +471,7 @@ def test_template_error_names_psf_matching_when_it_leaves_no_pixel():
     nan = [Exposure(np.full((8, 8), np.nan, np.float32), np.full((8, 8), 4.0, np.float32), psf=GaussianPsf(2.0)) for _ in range(3)]
     with pytest.raises(InputError, match=r"^no usable warps: 0: image is entirely NaN"):
         CompareWarpPipeline(warps, nan).run()
+    # a direct warp without a PSF cannot be PSF-matched: the error names the epoch
+    nopsf = [Exposure(w.image, w.variance, psf=None if i == 1 else w.psf) for i, w in enumerate(warps)]
+    with pytest.raises(InputError, match=r"direct warp\(s\) 1 have no PSF"):
+        CompareWarpPipeline(nopsf).run()

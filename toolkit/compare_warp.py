@@ -324,6 +324,9 @@ class CompareWarpPipeline:
         def run():
             if self._given_matched is not None:
                 return self._given_matched
+            missing = [i for i, w in enumerate(self.direct_warps) if w.psf is None]
+            if missing:
+                raise InputError(f"direct warp(s) {', '.join(map(str, missing))} have no PSF: PSF matching needs one (give psf= to each Exposure, or pass psf_matched_warps)")
             workers = 1 if n_threads(len(self.direct_warps)) > 1 else -1  # epochs in parallel, not FFTs
             return map_epochs(lambda w: match_to_psf(w, self.model_psf, workers=workers), self.direct_warps, self._progress_for("psf_matched"))
 
