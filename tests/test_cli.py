@@ -101,6 +101,44 @@ def test_cli_config_commands(tmp_path, capsys):
     assert main(["zogy", str(tmp_path / "missing.fits"), str(tmp_path / "missing.fits"), "--out", str(tmp_path)]) == 2
 
 
+def test_cli_pipetask_style_overrides(tmp_path, capsys):
+    """``-c [label:]field=value`` as pipetask reads it, after --config, in order; a bad value
+    is a one-line error naming the option."""
+    from toolkit.cli import main
+    from toolkit.config import CompareWarpConfig, ZogyConfig, config_from_file
+
+    out = tmp_path / "cw.py"
+    args = ["config", "export", "--preset", "hsc", "--out", str(out), "-c", "assembleCoadd:maxNumEpochs=3",
+            "-c", "badMaskPlanes=[NO_DATA, BAD]", "-c", "detect.thresholdValue=6", "-c", "maxNumEpochs=4"]
+    assert main(args) == 0
+    cfg = config_from_file(out, CompareWarpConfig)
+    assert cfg.maxNumEpochs == 4 and cfg.badMaskPlanes == ["NO_DATA", "BAD"]
+    assert cfg.detect.thresholdValue == 6.0 and isinstance(cfg.detect.thresholdValue, float)
+    assert "config.detect.thresholdValue = 6.0" in out.read_text()
+    assert main(["config", "export", "--preset", "zogy", "--out", str(tmp_path / "z.py"), "-c", "doFitFluxRatio=True"]) == 0
+    # a diffstack-only option is no LSST field: not exported as one, but said in a comment
+    text = (tmp_path / "z.py").read_text()
+    assert "config.doFitFluxRatio" not in text and "#   doFitFluxRatio = True" in text
+    assert not config_from_file(tmp_path / "z.py", ZogyConfig).doFitFluxRatio
+    capsys.readouterr()
+    assert main(["config", "show", "-c", "maxNumEpochs=lots"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "-c 'maxNumEpochs=lots'" in err[0] and "integer" in err[0]
+    assert main(["config", "show", "-c", "maxNumEpochs"]) == 2
+    assert "expected [label:]field=value" in capsys.readouterr().err
+
+
+def test_pipetask_value_reads_strings_as_pipetask_does():
+    from toolkit.config import pipetask_value
+
+    assert pipetask_value("3") == 3 and pipetask_value("-2.5") == -2.5 and pipetask_value("1e-3") == 1e-3
+    assert pipetask_value("True") is True and pipetask_value("true") == "true"  # a bare name is its text
+    assert pipetask_value("[NO_DATA, 'BAD']") == ["NO_DATA", "BAD"] and pipetask_value("(10000, 200)") == (10000, 200)
+    assert pipetask_value("s3://bucket/x.py") == "s3://bucket/x.py"  # does not parse: stays the string
+    assert pipetask_value("__import__('os')") == "__import__('os')"  # calls are not evaluated
+    assert pipetask_value(["3", "BAD", 4]) == [3, "BAD", 4] and pipetask_value({"a": "2"}) == {"a": 2}
+
+
 def test_cli_zogy_on_plain_fits_images(tmp_path, capsys):
     """Plain FITS images (no VARIANCE/MASK/PSF extensions) go through real_data.load_image, as a
     notebook would load them: the CLI's arrays equal the API's; the shipped JWST pair's noise maps

@@ -585,3 +585,17 @@ def test_pipeline_file_entries_are_read_from_the_working_directory(tmp_path, mon
     monkeypatch.chdir(tmp_path / "pipes")
     with pytest.raises(ConfigError, match="no such file"):
         config_from_file(pipe, CompareWarpConfig)
+
+
+def test_pipeline_string_values_are_read_as_pipetask_reads_them(tmp_path):
+    """pipetask parses a pipeline key's string value (and a list's string items) as a literal
+    expression whose bare names are strings: "3" is 3, "[NO_DATA, BAD]" a list."""
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text(
+        "description: d\ntasks:\n  a:\n    class: lsst.drp.tasks.assemble_coadd.CompareWarpAssembleCoaddTask\n"
+        "    config:\n      maxNumEpochs: '3'\n      badMaskPlanes: '[NO_DATA, BAD]'\n      detect.thresholdValue: 6\n"
+        "      assembleStaticSkyModel.subregionSize: '(10000, 200)'\n      statistic: MEAN\n"
+    )
+    cfg = config_from_file(pipe, CompareWarpConfig)
+    assert cfg.maxNumEpochs == 3 and cfg.badMaskPlanes == ["NO_DATA", "BAD"] and cfg.statistic == "MEAN"
+    assert cfg.detect.thresholdValue == 6.0 and cfg.assembleStaticSkyModel.subregionSize == (10000, 200)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from astropy.io import fits
 
-from .config import PRESETS, AssembleCoaddConfig, CompareWarpConfig, LsstConfig, ZogyConfig, config_from_file, preset
+from .config import PRESETS, AssembleCoaddConfig, CompareWarpConfig, LsstConfig, PexStatement, ZogyConfig, config_from_file, parse_override_option, preset
 from .errors import ConfigError, InputError
 from .exposure import Exposure
 from .io import is_afw_layout, read_exposure, write_exposure, write_hdul
@@ -26,9 +26,21 @@ __all__ = ["add_subcommands", "load_config", "read_input", "scale_fluxes", "writ
 _CLASSES = {"compare-warp": CompareWarpConfig, "assemble": AssembleCoaddConfig, "zogy": ZogyConfig}
 
 
-def load_config(spec: str | None, cls: type[LsstConfig]) -> LsstConfig:
+def load_config(spec: str | None, cls: type[LsstConfig], overrides: Sequence[str] = ()) -> LsstConfig:
     """A config from a file path (.py override, .yaml/.yml, .json; ``pipeline.yaml#label`` for
-    one task of an LSST pipeline) or a preset name; defaults if None."""
+    one task of an LSST pipeline) or a preset name; defaults if None.  Then ``overrides``,
+    pipetask ``-c`` options (``[label:]field=value``, values read as pipetask reads them,
+    :func:`~toolkit.config.pipetask_value`), in order."""
+    cfg = _load_config(spec, cls)
+    for text in overrides or ():
+        _, name, value = parse_override_option(text)
+        cfg._apply_statements([PexStatement(0, name, value)], f"-c {text!r}: ", None, ())
+    if overrides:
+        cfg.validate()
+    return cfg
+
+
+def _load_config(spec: str | None, cls: type[LsstConfig]) -> LsstConfig:
     if spec is None:
         return cls()
     if spec in PRESETS and not Path(spec).exists():
@@ -125,13 +137,13 @@ def _cmd_coadd(args: argparse.Namespace, progress: Callable) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.task == "assemble":
-        cfg = load_config(args.config, AssembleCoaddConfig)
+        cfg = load_config(args.config, AssembleCoaddConfig, args.override)
         res = assemble_coadd(direct, cfg, progress=progress)
         write_exposure(res.coadd, out / "coadd.fits")
         write_hdul(fits.HDUList([fits.PrimaryHDU(res.n_image.astype(np.int32))]), out / "nimage.fits")
         progress(f"wrote {out}")
         return 0
-    cfg = load_config(args.config, CompareWarpConfig)
+    cfg = load_config(args.config, CompareWarpConfig, args.override)
     matched = None
     if args.psf_matched:
         mfiles = _fits_files(args.psf_matched, args.psf_matched_pattern)
@@ -162,7 +174,7 @@ def _cmd_coadd(args: argparse.Namespace, progress: Callable) -> int:
 def _cmd_zogy(args: argparse.Namespace, progress: Callable) -> int:
     from .zogy import transient_catalog, zogy
 
-    cfg = load_config(args.config, ZogyConfig)
+    cfg = load_config(args.config, ZogyConfig, args.override)
     # both files are checked (readable FITS, which layout) before any work on either
     layout = {role: is_afw_layout(getattr(args, role)) for role in ("science", "template")}
     sci, tmpl = (read_input(getattr(args, role), progress, getattr(args, f"{role}_psf"), getattr(args, f"{role}_noise"), args.noise_kind, role=role, psf_size=args.psf_size, afw_layout=layout[role]) for role in ("science", "template"))
@@ -206,7 +218,7 @@ def _cmd_config(args: argparse.Namespace, progress: Callable) -> int:
     spec = args.preset or (args.specs[0] if args.specs else None)
     if args.preset == "zogy" or (spec == "zogy"):
         cls = ZogyConfig
-    cfg = load_config(spec, cls)
+    cfg = load_config(spec, cls, args.override)
     text = _render(cfg, args.format, args.all, args.label, args.preset or (spec or "lsst"))
     if args.action == "export" and args.out:
         from .io import atomic_write
@@ -226,6 +238,7 @@ def add_subcommands(sub, progress: Callable) -> None:
     c.add_argument("--psf-matched", nargs="+", help="PSF-matched warps (files or directories), same order")
     c.add_argument("--psf-matched-pattern", default="psf_matched_warp_*.fits")
     c.add_argument("--config", help="pipetask override (.py), YAML/JSON export, pipeline.yaml#label, or preset name")
+    c.add_argument("-c", "--override", action="append", default=[], metavar="[LABEL:]FIELD=VALUE", help="a pipetask -c override, applied after --config (repeatable; the label, if any, is not checked)")
     c.add_argument("--task", choices=["compare-warp", "assemble"], default="compare-warp")
     c.add_argument("--psf-size", type=int, default=25, help="plain images: measured PSF stamp size (default 25)")
     c.add_argument("--scale-fluxes", action="store_true", help="put every input on the first one's flux scale from their common bright stars (plain images with different zero points; LSST warps are already in nJy)")
@@ -236,6 +249,7 @@ def add_subcommands(sub, progress: Callable) -> None:
     z.add_argument("science", help="FITS file: diffstack/afw layout, or a plain image (variance and PSF then estimated, see --science-psf/--science-noise)")
     z.add_argument("template", help="FITS file, as science, on the same pixel grid")
     z.add_argument("--config", help="pipetask override (.py), YAML/JSON export, or 'zogy'")
+    z.add_argument("-c", "--override", action="append", default=[], metavar="[LABEL:]FIELD=VALUE", help="a pipetask -c override, applied after --config (repeatable; the label, if any, is not checked)")
     for role in ("science", "template"):
         z.add_argument(f"--{role}-psf", help=f"plain {role} image: its PSF as a FITS stamp (else measured from its stars)")
         z.add_argument(f"--{role}-noise", help=f"plain {role} image: its noise map (e.g. JWST ERR; else estimated)")
@@ -249,6 +263,7 @@ def add_subcommands(sub, progress: Callable) -> None:
     g.add_argument("action", choices=["show", "diff", "export"])
     g.add_argument("specs", nargs="*", help="config files or preset names")
     g.add_argument("--preset", choices=list(PRESETS))
+    g.add_argument("-c", "--override", action="append", default=[], metavar="[LABEL:]FIELD=VALUE", help="a pipetask -c override, applied after --config (repeatable; the label, if any, is not checked)")
     g.add_argument("--task", choices=list(_CLASSES), default="compare-warp")
     g.add_argument("--format", choices=["pex", "yaml", "json"], default="pex")
     g.add_argument("--all", action="store_true", help="pex: every field, not only those differing from LSST")

@@ -47,6 +47,8 @@ __all__ = [
     "preset",
     "load_pex_override",
     "parse_pex_override",
+    "parse_override_option",
+    "pipetask_value",
     "PexStatement",
     "config_from_file",
 ]
@@ -110,6 +112,9 @@ class LsstConfig(param.Parameterized):
                 cur.update_from_dict(v, prefix=f"{prefix}{k}.")
             else:
                 p = self.param[k]
+                if isinstance(p, param.Number) and not isinstance(p, param.Integer) and isinstance(v, int) and not isinstance(v, bool):
+                    # pex_config's float fields take an int as that float (thresholdValue = 6)
+                    v = float(v)
                 if isinstance(p, param.NumericTuple) and isinstance(v, list):
                     v = tuple(v)
                 if isinstance(p, param.List) and isinstance(v, tuple):
@@ -210,6 +215,11 @@ class LsstConfig(param.Parameterized):
             if only_changed and name in default and _same(default[name], value):
                 continue
             lines.append(f"config.{name} = {_literal(value)}")
+        # what was tuned here but has no LSST field: said, so nobody expects pipetask to apply it
+        fresh = type(self)()
+        extra = [f"#   {n} = {_literal(getattr(self, n))}" for n in self._diffstack_only if not _same(getattr(fresh, n), getattr(self, n))]
+        if extra:
+            lines += ["# diffstack-only options set here (no LSST field, so pipetask does not apply them):"] + extra
         text = "\n".join(lines) + "\n"
         if path is not None:
             from .io import atomic_write
@@ -329,7 +339,7 @@ class LsstConfig(param.Parameterized):
                     if name not in params:
                         raise ConfigError(f"{where}{key}: pipeline parameter {name!r} is not defined")
                     value = params[name]
-                cfg._apply_statements([PexStatement(0, str(key), value)], f"{where}key ", None, ())
+                cfg._apply_statements([PexStatement(0, str(key), pipetask_value(value))], f"{where}key ", None, ())
         cfg.validate()
         return cfg
 
@@ -400,6 +410,61 @@ class LsstConfig(param.Parameterized):
         if not target.is_file():
             raise ConfigError(f"{where}{_at(st)}{call}: no such file {target}")
         self._apply_pex(_config_text(target, f"{where}{_at(st)}{call}: file"), target, seen + (target,), st.target)
+
+
+def _expression(node: ast.AST) -> Any:
+    # pipe_base's ConfigExpressionParser: literals, lists, tuples, sets, dicts, unary minus; a
+    # bare name is its own string (names of the config's module do not arise here)
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.List):
+        return [_expression(e) for e in node.elts]
+    if isinstance(node, ast.Tuple):
+        return tuple(_expression(e) for e in node.elts)
+    if isinstance(node, ast.Set):
+        return {_expression(e) for e in node.elts}
+    if isinstance(node, ast.Dict):
+        return {_expression(k): _expression(v) for k, v in zip(node.keys, node.values)}
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -1 * _expression(node.operand)
+    raise ValueError("not a literal expression")
+
+
+def pipetask_value(value: Any) -> Any:
+    """A config value as pipetask reads it from a pipeline key or a ``-c name=value`` option.
+
+    A string is parsed as a Python literal expression in which a bare name stands for its own
+    text (``"3"`` -> 3, ``"[NO_DATA, BAD]"`` -> ``['NO_DATA', 'BAD']``, ``"MEANCLIP"`` ->
+    ``'MEANCLIP'``, ``"-2.5"`` -> -2.5); what does not parse stays the string.  The string
+    items of a list or dict are parsed the same way.  This is pipe_base's
+    ``ConfigOverrides._parser`` with its ``ConfigExpressionParser``.
+    """
+
+    def one(v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        try:
+            return _expression(ast.parse(v, mode="eval").body)
+        except (SyntaxError, ValueError, TypeError, RecursionError, MemoryError):
+            return v
+
+    if isinstance(value, dict):
+        return {k: one(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [one(v) for v in value]
+    return one(value)
+
+
+def parse_override_option(text: str) -> tuple[str | None, str, Any]:
+    """``[label:]name=value`` (pipetask's ``-c``) as ``(label or None, name, value)``, the value
+    read by :func:`pipetask_value`."""
+    head, sep, raw = text.partition("=")
+    if not sep or not head.strip():
+        raise ConfigError(f"config override {text!r}: expected [label:]field=value")
+    label, _, name = head.strip().rpartition(":")
+    return (label or None), name.strip(), pipetask_value(raw.strip())
 
 
 def _pipeline_document(location: str, where: str) -> tuple[dict, Path]:
