@@ -599,3 +599,58 @@ def test_pipeline_string_values_are_read_as_pipetask_reads_them(tmp_path):
     cfg = config_from_file(pipe, CompareWarpConfig)
     assert cfg.maxNumEpochs == 3 and cfg.badMaskPlanes == ["NO_DATA", "BAD"] and cfg.statistic == "MEAN"
     assert cfg.detect.thresholdValue == 6.0 and cfg.assembleStaticSkyModel.subregionSize == (10000, 200)
+
+
+def test_pex_config_api_methods_match_the_real_pex_config(tmp_path):
+    """load / loadFromString / loadFromStream (in place, with root=), save / saveToString /
+    saveToStream, toDict, names, keys, items and compare, used as on an lsst.pex.config object,
+    give what the real pex_config gives."""
+    import io
+
+    text = "config.maxNumEpochs = 3\nconfig.detect.thresholdValue = 6.0\nconfig.badMaskPlanes.append('EDGE')\n"
+    ours, real = CompareWarpConfig(), PexCompareWarp()
+    ours.loadFromString(text)
+    real.loadFromString(text)
+    _assert_matches_pex(ours, real)
+    old = tmp_path / "old.py"
+    old.write_text("root.spatialThreshold = 0.25\nroot.assembleStaticSkyModel.sigmaClip = 2.0\n")
+    ours.load(old, root="root")
+    real.load(str(old), root="root")
+    _assert_matches_pex(ours, real)
+    ours.loadFromStream(io.StringIO("config.maxFractionEpochsHigh = 0.1\n"))
+    real.loadFromStream(io.StringIO("config.maxFractionEpochsHigh = 0.1\n"))
+    _assert_matches_pex(ours, real)
+    assert ours.maxNumEpochs == 3 and ours.spatialThreshold == 0.25 and ours.maxFractionEpochsHigh == 0.1
+    # written by us, read back by the real loader and by us, with either root name
+    for root in ("config", "root"):
+        path = tmp_path / f"saved_{root}.py"
+        ours.save(path, root=root)
+        fresh_real, fresh_ours = PexCompareWarp(), CompareWarpConfig()
+        fresh_real.load(str(path), root=root)
+        fresh_ours.load(path, root=root)
+        _assert_matches_pex(ours, fresh_real)
+        assert fresh_ours == ours and fresh_ours.compare(ours)
+    buf = io.StringIO()
+    ours.saveToStream(buf)
+    assert buf.getvalue() == ours.saveToString()
+    # inspection: LSST names, sub-configs as dicts
+    d = ours.toDict()
+    assert d["maxNumEpochs"] == 3 and d["detect"]["thresholdValue"] == 6.0 and isinstance(d["assembleStaticSkyModel"], dict)
+    real_names = set(_pex_dict(real))
+    assert real_names <= set(ours.names()) and "detect.thresholdValue" in ours.names()
+    assert set(real.keys()) <= set(ours.keys()) and dict(ours.items())["maxNumEpochs"] == 3
+    # compare: tolerances and the report of each difference
+    other = ours.copy()
+    other.spatialThreshold = 0.25 + 1e-12
+    assert ours.compare(other)
+    other.spatialThreshold, other.maxNumEpochs = 0.3, 4
+    said = []
+    assert not ours.compare(other, shortcut=False, output=said.append)
+    assert len(said) == 2 and any("spatialThreshold" in s for s in said)
+    # what cannot be parsed, or extra variables for executed code, are refused by name
+    with pytest.raises(ConfigError, match="extraLocals"):
+        ours.loadFromString("config.maxNumEpochs = x\n", extraLocals={"x": 3})
+    with pytest.raises(ConfigError, match="line 1: value of config.maxNumEpochs is not a literal"):
+        ours.loadFromString("config.maxNumEpochs = 1 + 2\n")
+    with pytest.raises(ConfigError, match="config file not found"):
+        ours.load(tmp_path / "missing.py")

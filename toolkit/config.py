@@ -21,10 +21,11 @@ from __future__ import annotations
 import ast
 import datetime as _dt
 import json
+import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import param
 
@@ -174,6 +175,113 @@ class LsstConfig(param.Parameterized):
     def validate(self) -> None:
         for sub in self.nested().values():
             sub.validate()
+
+    # ------------------------------------------------------------------ lsst.pex.config API
+    # The methods of an lsst.pex.config.Config that read, write and inspect it, with pex_config's
+    # names, arguments and semantics (in place, LSST field names), so code written against a
+    # pex_config object runs on these.  One departure: override files are parsed, never
+    # executed (see parse_pex_override), so a file with other Python raises ConfigError.
+    def load(self, filename: str | Path, root: str = "config") -> None:
+        """Apply the override file ``filename`` to this config, in place (pex ``Config.load``);
+        ``root`` is the name the file gives the config."""
+        p = Path(filename)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        self._apply_pex(_config_text(p), p.absolute(), (p.resolve(),), root=root)
+
+    def loadFromString(self, code: str | bytes, root: str = "config", filename: str | Path | None = None, extraLocals: dict | None = None) -> None:  # noqa: N802 (LSST's name)
+        """Apply override code to this config, in place (pex ``Config.loadFromString``).
+        ``filename`` anchors ``config.load`` of a relative path; ``extraLocals`` (variables for
+        executed code) has no meaning for code that is parsed, and is refused."""
+        if extraLocals:
+            raise ConfigError("extraLocals: diffstack parses override code and never executes it, so extra variables cannot be given")
+        text = code.decode() if isinstance(code, bytes) else code
+        if not isinstance(text, str):
+            raise ConfigError(f"loadFromString needs the override text, got {type(code).__name__}")
+        path = Path(filename).absolute() if filename is not None else None
+        self._apply_pex(text, path, (), root=root)
+
+    def loadFromStream(self, stream: Any, root: str = "config", filename: str | Path | None = None, extraLocals: dict | None = None) -> None:  # noqa: N802
+        """Apply override code read from ``stream`` (a file object or a string), in place (pex
+        ``Config.loadFromStream``)."""
+        text = stream.read() if hasattr(stream, "read") else stream
+        if filename is None:
+            filename = getattr(stream, "name", None)
+        self.loadFromString(text, root=root, filename=filename, extraLocals=extraLocals)
+
+    def saveToString(self, skipImports: bool = False) -> str:  # noqa: N802
+        """Every LSST field as override code (pex ``Config.saveToString``); ``skipImports`` is
+        accepted for pex's signature (diffstack writes no imports)."""
+        return self.to_pex_override(only_changed=False)
+
+    def saveToStream(self, outfile: Any, root: str = "config", skipImports: bool = False) -> None:  # noqa: N802
+        """Write :meth:`saveToString`'s text, with the config named ``root``, to ``outfile``."""
+        outfile.write(self._saved_text(root))
+
+    def save(self, filename: str | Path, root: str = "config") -> None:
+        """Write every LSST field to ``filename`` (pex ``Config.save``), atomically."""
+        from .io import atomic_write
+
+        text = self._saved_text(root)
+        atomic_write(filename, lambda tmp: Path(tmp).write_text(text))
+
+    def _saved_text(self, root: str) -> str:
+        if not root.isidentifier():
+            raise ConfigError(f"root must be a Python name, got {root!r}")
+        text = self.saveToString()
+        return text if root == "config" else "\n".join(f"{root}.{ln[7:]}" if ln.startswith("config.") else ln for ln in text.splitlines()) + "\n"
+
+    def toDict(self) -> dict[str, Any]:  # noqa: N802
+        """LSST fields as a nested dictionary (pex ``Config.toDict``): sub-configs as dicts,
+        LSST names, diffstack-only options left out."""
+        out: dict[str, Any] = {}
+        for n in self.field_names():
+            if n in self._diffstack_only:
+                continue
+            v = getattr(self, n)
+            name = self._pex_names.get(n, n)
+            out[name] = v.toDict() if isinstance(v, LsstConfig) else (list(v) if isinstance(v, tuple) else v)
+        return out
+
+    def names(self) -> list[str]:
+        """Every LSST field's dotted name, sub-configs' fields included (pex ``Config.names``)."""
+        return [n for n, _ in self.flat_items(pex=True)]
+
+    def keys(self) -> list[str]:
+        """The top-level LSST field names (pex ``Config.keys``)."""
+        return list(self.toDict())
+
+    def values(self) -> list[Any]:
+        """The top-level LSST field values, sub-configs as config objects (pex ``Config.values``)."""
+        return [v for _, v in self.items()]
+
+    def items(self) -> list[tuple[str, Any]]:
+        """``(name, value)`` of the top-level LSST fields (pex ``Config.items``)."""
+        return [(self._pex_names.get(n, n), getattr(self, n)) for n in self.field_names() if n not in self._diffstack_only]
+
+    def compare(self, other: "LsstConfig", shortcut: bool = True, rtol: float = 1e-8, atol: float = 1e-8, output: Callable[[str], None] | None = None) -> bool:
+        """Whether ``other`` has the same LSST field values (pex ``Config.compare``): floats
+        within ``rtol``/``atol``; each difference is reported to ``output`` when given, and
+        ``shortcut`` stops at the first."""
+        if type(other) is not type(self):
+            if output is not None:
+                output(f"types differ: {type(self).__name__} != {type(other).__name__}")
+            return False
+        mine, theirs = dict(self.flat_items(pex=True)), dict(other.flat_items(pex=True))
+        equal = True
+        for name, a in mine.items():
+            b = theirs[name]
+            if isinstance(a, float) and isinstance(b, float):
+                same = math.isclose(a, b, rel_tol=rtol, abs_tol=atol) or (math.isnan(a) and math.isnan(b))
+            else:
+                same = _same(a, b)
+            if not same:
+                equal = False
+                if output is not None:
+                    output(f"{type(self).__name__}.{name}: {a!r} != {b!r}")
+                if shortcut:
+                    break
+        return equal
 
     # ------------------------------------------------------------------ export
     def to_pex_override(
@@ -355,10 +463,10 @@ class LsstConfig(param.Parameterized):
         cfg.validate()
         return cfg
 
-    def _apply_pex(self, text: str, path: Path | None, seen: tuple, prefix: str = "") -> None:
+    def _apply_pex(self, text: str, path: Path | None, seen: tuple, prefix: str = "", root: str = "config") -> None:
         where = f"{path.name}, " if path is not None else ""
         try:
-            statements = parse_pex_override(text)
+            statements = parse_pex_override(text, root)
         except ConfigError as exc:
             # the parser knows lines, not files: a loaded file's error must say which file
             raise ConfigError(f"{where}{exc}") from None
@@ -637,7 +745,7 @@ class PexStatement(NamedTuple):
 _LIST_METHODS = ("append", "extend", "remove")
 
 
-def parse_pex_override(text: str) -> list[PexStatement]:
+def parse_pex_override(text: str, root: str = "config") -> list[PexStatement]:
     """Parse an override file into :class:`PexStatement` s without executing it.
 
     What a ``pipetask`` override file (an ``obs_*`` package's ``config/*.py``) says about
@@ -656,8 +764,9 @@ def parse_pex_override(text: str) -> list[PexStatement]:
     * imports and docstrings are skipped (imports are never run; they only matter to
       statements, which are all checked here).
 
-    A file that names its config ``root`` (old ``obs_*`` files) is refused with a
-    :class:`ConfigError` that says so: current pex_config no longer reads that spelling.
+    ``root`` is the name the file gives the config (pex_config's ``root`` argument).  With the
+    default, a file that names its config ``root`` (old ``obs_*`` files) is refused with a
+    :class:`ConfigError` that says so: current pipetask runs files with only ``config`` bound.
 
     Anything else (other names, calls, comprehensions, non-literal values) raises
     :class:`ConfigError` naming its line.
@@ -667,7 +776,7 @@ def parse_pex_override(text: str) -> list[PexStatement]:
     except SyntaxError as exc:
         raise ConfigError(f"line {exc.lineno}: not valid Python syntax: {exc.msg}") from None
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-    if "root" in names and "config" not in names:
+    if root == "config" and "root" in names and "config" not in names:
         # old obs_* files said root.<field>; pex_config once retried such files with "root"
         # bound, but no longer does (it runs a file with only "config" defined: NameError)
         raise ConfigError("the file names its config 'root' (the spelling of old obs_* files); current pex_config runs override files with only 'config' defined, so pipetask would fail on it: write config.<field>")
@@ -678,17 +787,17 @@ def parse_pex_override(text: str) -> list[PexStatement]:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             continue
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            out.append(PexStatement(node.lineno, _config_target(node.targets[0], node.lineno), _literal_value(node.value, node.lineno, node.targets[0])))
+            out.append(PexStatement(node.lineno, _config_target(node.targets[0], node.lineno, root), _literal_value(node.value, node.lineno, node.targets[0], root)))
         elif isinstance(node, ast.AugAssign) and isinstance(node.op, ast.Add):
-            out.append(PexStatement(node.lineno, _config_target(node.target, node.lineno), _literal_value(node.value, node.lineno, node.target), "extend"))
+            out.append(PexStatement(node.lineno, _config_target(node.target, node.lineno, root), _literal_value(node.value, node.lineno, node.target, root), "extend"))
         elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Attribute):
-            out.append(_call_statement(node.value, node.lineno))
+            out.append(_call_statement(node.value, node.lineno, root))
         else:
             raise ConfigError(f"line {node.lineno}: only assignments to config.<field>, list methods, retarget and config.load are read; found {type(node).__name__}")
     return out
 
 
-def _config_target(t: ast.AST, lineno: int) -> str:
+def _config_target(t: ast.AST, lineno: int, root: str = "config") -> str:
     parts = []
     while True:
         if isinstance(t, ast.Attribute):
@@ -700,29 +809,29 @@ def _config_target(t: ast.AST, lineno: int) -> str:
             t = t.value.value
         else:
             break
-    if not isinstance(t, ast.Name) or t.id != "config" or not parts:
-        raise ConfigError(f"line {lineno}: assignment target must be config.<field>")
+    if not isinstance(t, ast.Name) or t.id != root or not parts:
+        raise ConfigError(f"line {lineno}: assignment target must be {root}.<field>")
     return ".".join(reversed(parts))
 
 
-def _literal_value(node: ast.AST, lineno: int, target: ast.AST | None = None) -> Any:
+def _literal_value(node: ast.AST, lineno: int, target: ast.AST | None = None, root: str = "config") -> Any:
     try:
         return ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        what = f"value of config.{_config_target(target, lineno)}" if target is not None else "argument"
+        what = f"value of config.{_config_target(target, lineno, root)}" if target is not None else "argument"
         raise ConfigError(f"line {lineno}: {what} is not a literal") from None
 
 
-def _call_statement(call: ast.Call, lineno: int) -> PexStatement:
+def _call_statement(call: ast.Call, lineno: int, root: str = "config") -> PexStatement:
     method = call.func.attr
     owner = call.func.value
     if method == "load":
         # config.load(path), or a sub-config's: config.a.load(path) applies the file to a
-        target = "" if isinstance(owner, ast.Name) and owner.id == "config" else _config_target(owner, lineno)
+        target = "" if isinstance(owner, ast.Name) and owner.id == root else _config_target(owner, lineno, root)
         if len(call.args) != 1 or call.keywords:
             raise ConfigError(f"line {lineno}: config{'.' + target if target else ''}.load takes one path")
         return PexStatement(lineno, target, _load_path(call.args[0], lineno), "load")
-    target = _config_target(owner, lineno)
+    target = _config_target(owner, lineno, root)
     if method == "retarget":
         return PexStatement(lineno, target, None, "retarget")
     if method in _LIST_METHODS and len(call.args) == 1 and not call.keywords:
