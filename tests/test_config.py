@@ -654,3 +654,38 @@ def test_pex_config_api_methods_match_the_real_pex_config(tmp_path):
         ours.loadFromString("config.maxNumEpochs = 1 + 2\n")
     with pytest.raises(ConfigError, match="config file not found"):
         ours.load(tmp_path / "missing.py")
+
+
+def test_pipeline_instrument_overrides_come_first_as_in_pipetask(tmp_path, monkeypatch):
+    """pipetask applies the instrument's obs-package overrides for the task (config/<name>.py,
+    then config/<policy>/<name>.py) before the pipeline's own blocks; without the package a
+    warning says what is not applied."""
+    obs = tmp_path / "obs_lsst"
+    (obs / "config" / "lsstCam").mkdir(parents=True)
+    (obs / "config" / "assembleCoadd.py").write_text("config.subregionSize = (10000, 200)\n")
+    (obs / "config" / "compareWarpAssembleCoadd.py").write_text(
+        "import os.path\nconfig.load(os.path.join(os.path.dirname(__file__), 'assembleCoadd.py'))\n"
+        "config.maxFractionEpochsHigh = 0.2\nconfig.maxNumEpochs = 5\n"
+    )
+    (obs / "config" / "lsstCam" / "compareWarpAssembleCoadd.py").write_text("config.prefilterArtifactsMaskPlanes.append('SPIKE')\nconfig.spatialThreshold = 0.4\n")
+    pipe = tmp_path / "DRP.yaml"
+    pipe.write_text(
+        "description: d\ninstrument: lsst.obs.lsst.LsstCam\ntasks:\n  assembleDeepCoadd:\n"
+        "    class: lsst.drp.tasks.assemble_coadd.CompareWarpAssembleCoaddTask\n    config:\n      maxNumEpochs: 3\n"
+    )
+    monkeypatch.delenv("OBS_LSST_DIR", raising=False)
+    with pytest.warns(UserWarning, match=r"obs_lsst's config/compareWarpAssembleCoadd.py and config/lsstCam/compareWarpAssembleCoadd.py; set \$OBS_LSST_DIR"):
+        cfg = config_from_file(pipe, CompareWarpConfig)
+    assert cfg.maxNumEpochs == 3 and cfg.maxFractionEpochsHigh == CompareWarpConfig().maxFractionEpochsHigh
+    monkeypatch.setenv("OBS_LSST_DIR", str(obs))
+    cfg = config_from_file(pipe, CompareWarpConfig)
+    assert cfg.maxNumEpochs == 3  # the pipeline's value, applied after the instrument's 5
+    assert cfg.maxFractionEpochsHigh == 0.2 and cfg.spatialThreshold == 0.4 and cfg.subregionSize == (10000, 200)
+    assert cfg.prefilterArtifactsMaskPlanes == list(CompareWarpConfig().prefilterArtifactsMaskPlanes) + ["SPIKE"]
+    # the instrument may come from an import; a second, different one is refused
+    child = tmp_path / "child.yaml"
+    child.write_text(f"description: c\nimports:\n  - {pipe}\n")
+    assert config_from_file(child, CompareWarpConfig).maxFractionEpochsHigh == 0.2
+    child.write_text(f"description: c\ninstrument: lsst.obs.subaru.HyperSuprimeCam\nimports:\n  - {pipe}\n")
+    with pytest.raises(ConfigError, match="only one instrument"):
+        config_from_file(child, CompareWarpConfig)

@@ -407,7 +407,7 @@ class LsstConfig(param.Parameterized):
 
     @classmethod
     def _from_pipeline(cls, data: dict, label: str | None, path: Path | None) -> "LsstConfig":
-        tasks, params, _ = _resolve_pipeline(data, path, ())
+        tasks, params, _, instrument = _resolve_pipeline(data, path, ())
 
         if label is not None:
             if label not in tasks:
@@ -421,6 +421,8 @@ class LsstConfig(param.Parameterized):
             chosen = found[0]
         cfg = cls()
         where = f"pipeline task {chosen!r}, "
+        if instrument is not None:
+            _apply_instrument_overrides(cfg, instrument, tasks[chosen][0], where)
         for block in tasks[chosen][1]:
             if not isinstance(block, dict):
                 raise ConfigError(f"{where}config blocks must be mappings, got {block!r}")
@@ -575,6 +577,47 @@ def parse_override_option(text: str) -> tuple[str | None, str, Any]:
     return (label or None), name.strip(), pipetask_value(raw.strip())
 
 
+#: obs packages' instrument classes: (package, policy folder under its config/ or None), the
+#: folders their ``Instrument.applyConfigOverrides`` reads (``configPaths``)
+_INSTRUMENT_CONFIG_DIRS: dict[str, tuple[str, str | None]] = {
+    "LsstCam": ("obs_lsst", "lsstCam"),
+    "LsstComCam": ("obs_lsst", "comCam"),
+    "LsstComCamSim": ("obs_lsst", "comCamSim"),
+    "LsstCamImSim": ("obs_lsst", "imsim"),
+    "Latiss": ("obs_lsst", "latiss"),
+    "HyperSuprimeCam": ("obs_subaru", "hsc"),
+    "DarkEnergyCamera": ("obs_decam", None),
+}
+#: the tasks' ``_DefaultName``, the file name their instrument overrides have
+_TASK_DEFAULT_NAMES = {"CompareWarpAssembleCoaddTask": "compareWarpAssembleCoadd", "AssembleCoaddTask": "assembleCoadd"}
+
+
+def _apply_instrument_overrides(cfg: "LsstConfig", instrument: str, task_class: str, where: str) -> None:
+    """What pipetask applies before a pipeline's own config blocks: the instrument's obs
+    package overrides for the task, ``config/<name>.py`` then ``config/<policy>/<name>.py``
+    (``Instrument.applyConfigOverrides``), read from ``$<PACKAGE>_DIR`` as EUPS sets it.
+    Without the variable (or for an instrument or task not known here) a warning says what
+    pipetask would add that is not applied."""
+    name = _TASK_DEFAULT_NAMES.get(task_class.rsplit(".", 1)[-1])
+    if name is None:
+        return
+    inst = instrument.rsplit(".", 1)[-1]
+    if inst not in _INSTRUMENT_CONFIG_DIRS:
+        warnings.warn(f"{where}instrument {instrument}: its obs package's overrides for {name} (which pipetask applies first) are not applied: diffstack knows the config folders of {', '.join(_INSTRUMENT_CONFIG_DIRS)}", stacklevel=4)
+        return
+    package, policy = _INSTRUMENT_CONFIG_DIRS[inst]
+    var = f"{package.upper()}_DIR"
+    root = os.environ.get(var)
+    folders = ["config"] + ([f"config/{policy}"] if policy else [])
+    if root is None:
+        warnings.warn(f"{where}instrument {inst}: pipetask first applies {package}'s {' and '.join(f'{d}/{name}.py' for d in folders)}; set ${var} to a {package} checkout to apply them here", stacklevel=4)
+        return
+    for d in folders:
+        f = Path(root, d, f"{name}.py")
+        if f.is_file():
+            cfg._load_pex_file(PexStatement(0, "", str(f.absolute()), "load"), f"{where}instrument override ", None, ())
+
+
 def _pipeline_document(location: str, where: str) -> tuple[dict, Path]:
     """An imported pipeline YAML: ``location`` with environment variables expanded, a relative
     path taken from the working directory (pipe_base makes a ResourcePath of it)."""
@@ -595,10 +638,10 @@ def _pipeline_document(location: str, where: str) -> tuple[dict, Path]:
     return data, p
 
 
-def _resolve_pipeline(data: dict, path: Path | None, seen: tuple) -> tuple[dict, dict, dict]:
+def _resolve_pipeline(data: dict, path: Path | None, seen: tuple) -> tuple[dict, dict, dict, str | None]:
     """A pipeline's tasks after its ``imports``, as pipe_base's ``PipelineIR`` merges them:
-    ``{label: (class, [config blocks])}``, the merged ``parameters`` and
-    the labeled subsets ``{name: set of labels}``.
+    ``{label: (class, [config blocks])}``, the merged ``parameters``, the labeled subsets
+    ``{name: set of labels}`` and the instrument (the document's, else its imports').
 
     Imported pipelines are read recursively, each filtered by its ``include`` or ``exclude``
     labels (a labeled subset stands for its labels) and relabelled by its ``rename``; a label
@@ -630,6 +673,10 @@ def _resolve_pipeline(data: dict, path: Path | None, seen: tuple) -> tuple[dict,
     tasks: dict[str, tuple[str, list]] = {}
     params: dict = {}
     subsets: dict[str, set] = {}
+    instrument = data.get("instrument")
+    if isinstance(instrument, list):
+        raise ConfigError(f"{where}only one top-level instrument can be defined in a pipeline")
+    instrument = None if instrument is None else str(instrument)
     for imp in imports:
         imp = {"location": imp} if isinstance(imp, str) else imp
         if not isinstance(imp, dict) or "location" not in imp:
@@ -646,7 +693,14 @@ def _resolve_pipeline(data: dict, path: Path | None, seen: tuple) -> tuple[dict,
         sub, sub_path = _pipeline_document(str(loc), where)
         if sub_path in seen or len(seen) > 16:
             raise ConfigError(f"{where}imports {loc!r}: the pipeline imports itself (a cycle) or nests more than 16 deep")
-        sub_tasks, sub_params, sub_subsets = _resolve_pipeline(sub, sub_path, seen + (sub_path,))
+        sub_tasks, sub_params, sub_subsets, sub_instrument = _resolve_pipeline(sub, sub_path, seen + (sub_path,))
+        if "instrument" in imp:  # an import may set or (with None) drop the instrument
+            sub_instrument = None if imp["instrument"] in (None, "None") else str(imp["instrument"])
+        if sub_instrument is not None:
+            if instrument is None:
+                instrument = sub_instrument
+            elif instrument != sub_instrument:
+                raise ConfigError(f"{where}only one instrument can be declared in a pipeline or its imports: {instrument} and {sub_instrument} ({loc!r})")
         if include is None and exclude is None:
             labels = set(sub_tasks)
         elif include:
@@ -680,7 +734,7 @@ def _resolve_pipeline(data: dict, path: Path | None, seen: tuple) -> tuple[dict,
         raise ConfigError(f"{where}the pipeline's 'parameters' must be a mapping")
     params.update(own_params)
     subsets.update(own_subsets)
-    return tasks, params, subsets
+    return tasks, params, subsets, instrument
 
 
 _IGNORED_LSST_GROUPS = {"connections", "select", "inputRecorder", "inputMapper", "scaleZeroPoint"}
