@@ -577,6 +577,13 @@ def parse_override_option(text: str) -> tuple[str | None, str, Any]:
     return (label or None), name.strip(), pipetask_value(raw.strip())
 
 
+def _package_dir(package: str) -> tuple[str, str | None]:
+    """``(variable, value)`` of the EUPS variable that locates ``package`` (``obs_lsst`` ->
+    ``OBS_LSST_DIR``), as ``lsst.utils.getPackageDir`` reads it; None when it is not set."""
+    var = f"{package.upper()}_DIR"
+    return var, os.environ.get(var)
+
+
 #: obs packages' instrument classes: (package, policy folder under its config/ or None), the
 #: folders their ``Instrument.applyConfigOverrides`` reads (``configPaths``)
 _INSTRUMENT_CONFIG_DIRS: dict[str, tuple[str, str | None]] = {
@@ -606,8 +613,7 @@ def _apply_instrument_overrides(cfg: "LsstConfig", instrument: str, task_class: 
         warnings.warn(f"{where}instrument {instrument}: its obs package's overrides for {name} (which pipetask applies first) are not applied: diffstack knows the config folders of {', '.join(_INSTRUMENT_CONFIG_DIRS)}", stacklevel=4)
         return
     package, policy = _INSTRUMENT_CONFIG_DIRS[inst]
-    var = f"{package.upper()}_DIR"
-    root = os.environ.get(var)
+    var, root = _package_dir(package)
     folders = ["config"] + ([f"config/{policy}"] if policy else [])
     if root is None:
         warnings.warn(f"{where}instrument {inst}: pipetask first applies {package}'s {' and '.join(f'{d}/{name}.py' for d in folders)}; set ${var} to a {package} checkout to apply them here", stacklevel=4)
@@ -916,8 +922,7 @@ def _load_path(node: ast.AST, lineno: int) -> str:
             if is_call(head, "os.path.dirname") and isinstance(first[0], ast.Name) and first[0].id == "__file__":
                 return str(Path(*parts))
             if (is_call(head, "getPackageDir") or is_call(head, "lsst.utils.getPackageDir")) and isinstance(first[0], ast.Constant) and isinstance(first[0].value, str):
-                var = f"{first[0].value.upper()}_DIR"
-                root = os.environ.get(var)
+                var, root = _package_dir(first[0].value)
                 if root is None:
                     raise ConfigError(f"line {lineno}: config.load(getPackageDir({first[0].value!r}), ...) needs ${var} (EUPS sets it; point it at your {first[0].value} checkout)")
                 return str(Path(root, *parts).absolute())
