@@ -547,6 +547,9 @@ def test_pipeline_imports_merge_as_pipetask_merges_them(tmp_path, monkeypatch):
         config_from_file(top, CompareWarpConfig)
     write("  - location: $FAKE_PIPE_DIR/_ingredients/coadd.yaml\n    include: [assembleCoadd]")
     assert config_from_file(top, CompareWarpConfig).maxNumEpochs == 3
+    write("  - location: $FAKE_PIPE_DIR/_ingredients/coadd.yaml\n    include: []")  # pipe_base keeps nothing
+    with pytest.raises(ConfigError, match="no CompareWarpAssembleCoaddTask task"):
+        config_from_file(top, CompareWarpConfig)
     write("  - location: $FAKE_PIPE_DIR/_ingredients/coadd.yaml\n    include: [assembleCoadd]\n    rename: {assembleCoadd: assembleDeepCoadd}")
     assert config_from_file(top, CompareWarpConfig, label="assembleDeepCoadd").detect.thresholdValue == 6.0
     # the same label with another class replaces the imported task, its config blocks with it

@@ -707,14 +707,12 @@ def _resolve_pipeline(data: dict, path: Path | None, seen: tuple) -> tuple[dict,
                 instrument = sub_instrument
             elif instrument != sub_instrument:
                 raise ConfigError(f"{where}only one instrument can be declared in a pipeline or its imports: {instrument} and {sub_instrument} ({loc!r})")
-        if include is None and exclude is None:
-            labels = set(sub_tasks)
-        elif include:
-            labels = {lab for lab in sub_tasks if lab in include}
+        # pipe_base's rule, to the letter (an empty include or exclude list keeps nothing)
+        labels = {lab for lab in sub_tasks if (include and lab in include) or (exclude and lab not in exclude) or (include is None and exclude is None)}
+        if include is not None:
             for n in set(include) & sub_subsets.keys():
                 labels |= sub_subsets[n]
-        else:
-            labels = {lab for lab in sub_tasks if lab not in exclude}
+        elif exclude is not None:
             for n in set(exclude) & sub_subsets.keys():
                 labels -= sub_subsets[n]
         picked = {}
