@@ -230,3 +230,43 @@ def test_cli_scale_fluxes_matches_the_notebook_recipe(tmp_path, capsys):
     assert main(["zogy", str(tmp_path / "flat.fits"), str(b), "--science-psf", str(tmp_path / "psf.fits"), "--scale-fluxes", "--out", str(tmp_path / "f")]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--scale-fluxes" in last and "flat.fits" in last and "stars" in last
+
+
+def test_cli_afw_file_without_a_readable_psf(tmp_path, capsys):
+    """An afw-layout file whose PSF diffstack cannot read (LSST keeps Piff/CoaddPsf models in
+    archive tables): the PSF is measured from its stars, as for a plain image, or taken from
+    --science-psf; a file that has its own PSF still refuses the option."""
+    from astropy.io import fits
+
+    from toolkit.cli import main
+    from toolkit.exposure import Exposure
+    from toolkit.io import read_exposure, write_exposure
+    from toolkit.psf import GaussianPsf
+    from toolkit.real_data import measure_psf
+    from toolkit.sim import render_points
+
+    # sixteen isolated bright stars on a grid, so the measurement has what it needs
+    rng = np.random.default_rng(3)
+    xy = np.array([(x, y) for x in range(32, 256, 56) for y in range(32, 256, 56)], float) + rng.uniform(-0.5, 0.5, (16, 2))
+    flux = rng.uniform(2e4, 6e4, 16)
+    images = {}
+    for name, sigma in (("sci", 1.9), ("ref", 1.4)):
+        model = render_points((256, 256), xy[:, 0], xy[:, 1], flux, sigma, sampled=True)
+        var = np.full((256, 256), 100.0) + model
+        images[name] = Exposure((model + rng.standard_normal(model.shape) * np.sqrt(var)).astype(np.float32), var.astype(np.float32), psf=GaussianPsf(sigma))
+    sci, ref = images["sci"], images["ref"]
+    write_exposure(Exposure(sci.image, sci.variance, psf=None), tmp_path / "sci.fits")
+    write_exposure(ref, tmp_path / "ref.fits")
+    assert read_exposure(tmp_path / "sci.fits").psf is None
+    assert main(["zogy", str(tmp_path / "sci.fits"), str(tmp_path / "ref.fits"), "--psf-size", "21", "--out", str(tmp_path / "a")]) == 0
+    assert "PSF measured from its stars" in capsys.readouterr().err
+    want = measure_psf(sci.image, sci.variance, size=21).compute_kernel_image()
+    truth = sci.psf.compute_kernel_image(size=21)
+    assert np.abs(want - truth).max() < 0.05 * truth.max()  # what the CLI measures is the true PSF
+    # a given stamp is used as given (cropped and normalised)
+    fits.PrimaryHDU(truth).writeto(tmp_path / "psf.fits")
+    assert main(["zogy", str(tmp_path / "sci.fits"), str(tmp_path / "ref.fits"), "--science-psf", str(tmp_path / "psf.fits"), "--psf-size", "21", "--out", str(tmp_path / "b")]) == 0
+    assert "PSF from" in capsys.readouterr().err
+    # the template has its own PSF: the option is refused for it
+    assert main(["zogy", str(tmp_path / "sci.fits"), str(tmp_path / "ref.fits"), "--template-psf", str(tmp_path / "psf.fits"), "--out", str(tmp_path / "c")]) == 2
+    assert "plain FITS images" in capsys.readouterr().err

@@ -75,9 +75,27 @@ def read_input(path: str | Path, progress: Callable, psf: str | None = None, noi
     apply to plain images only; ``role`` (science/template) names the command-line option in
     errors; ``afw_layout``: :func:`~toolkit.io.is_afw_layout` of the file if already known."""
     if afw_layout if afw_layout is not None else is_afw_layout(path):
-        if psf is not None or noise is not None:
+        exp = read_exposure(path)
+        if noise is not None or (psf is not None and exp.psf is not None):
             raise InputError(f"{path} carries its own variance and PSF (IMAGE/VARIANCE/PSF extensions); --*-psf and --*-noise are for plain FITS images")
-        return read_exposure(path)
+        if exp.psf is None:
+            # an afw file written by LSST keeps its PSF model (Piff, CoaddPsf) in archive tables
+            # diffstack cannot evaluate: a given stamp, or one measured from the stars as for a
+            # plain image
+            from .real_data import measure_psf, psf_from_file
+
+            if psf is not None:
+                exp.psf = psf_from_file(psf, psf_size)
+                progress(f"{path}: afw layout without a readable PSF; PSF from {psf}")
+            else:
+                bad = (exp.mask & exp.bitmask(["NO_DATA", "SAT", "BAD"], strict=False)) != 0
+                try:
+                    exp.psf = measure_psf(exp.image, exp.variance, bad=bad, size=psf_size)
+                except InputError as exc:
+                    hint = f" (a PSF stamp can be given with --{role}-psf)" if role else ""
+                    raise InputError(f"{path}: no readable PSF in the file, and measuring one failed: {exc}{hint}") from None
+                progress(f"{path}: afw layout without a readable PSF (LSST keeps its model in archive tables); PSF measured from its stars")
+        return exp
     from .real_data import load_image
 
     told = [f"noise map {noise}" if noise else "variance estimated from the sky and GAIN", f"PSF {psf}" if psf else "PSF measured from its stars"]

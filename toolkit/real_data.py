@@ -37,7 +37,7 @@ from .stats import clipped_std_ratio
 
 __all__ = [
     "header_gain", "header_saturation", "estimate_background", "estimate_variance",
-    "find_psf_stars", "measure_psf", "load_image", "photometric_scales", "apply_scales",
+    "find_psf_stars", "measure_psf", "psf_from_file", "load_image", "photometric_scales", "apply_scales",
     "noise_correlation_factor",
 ]
 
@@ -396,18 +396,24 @@ def load_image(
     elif isinstance(psf, np.ndarray):
         psf_obj = ImagePsf(_crop_psf(psf, psf_size))
     else:
-        from astropy.io import fits
-
-        try:
-            stamp = np.asarray(fits.getdata(psf), dtype=np.float64)
-        except (OSError, TypeError, ValueError) as err:
-            raise InputError(f"cannot read PSF file {psf}: {err}") from None
-        psf_obj = ImagePsf(_crop_psf(stamp, psf_size))
+        psf_obj = psf_from_file(psf, psf_size)
     meta = dict(meta)
     meta.pop("DSNOVAR", None)
     if g is not None:
         meta["GAIN"] = g
     return Exposure(img.astype(dtype), var.astype(dtype), mask, planes, psf=psf_obj, photo_calib=exp.photo_calib, wcs=exp.wcs, metadata=meta, copy=False)
+
+
+def psf_from_file(path: str | os.PathLike, size: int = 25) -> ImagePsf:
+    """A PSF from a FITS stamp (its first image), cropped to ``size`` if larger and
+    renormalised; an unreadable file raises :class:`InputError` naming it."""
+    from astropy.io import fits
+
+    try:
+        stamp = np.asarray(fits.getdata(path), dtype=np.float64)
+    except (OSError, TypeError, ValueError) as err:
+        raise InputError(f"cannot read PSF file {path}: {err}") from None
+    return ImagePsf(_crop_psf(stamp, size))
 
 
 def _crop_psf(stamp: np.ndarray, size: int) -> np.ndarray:
