@@ -677,7 +677,7 @@ def test_pipeline_instrument_overrides_come_first_as_in_pipetask(tmp_path, monke
         "    class: lsst.drp.tasks.assemble_coadd.CompareWarpAssembleCoaddTask\n    config:\n      maxNumEpochs: 3\n"
     )
     monkeypatch.delenv("OBS_LSST_DIR", raising=False)
-    with pytest.warns(UserWarning, match=r"obs_lsst's config/compareWarpAssembleCoadd.py and config/lsstCam/compareWarpAssembleCoadd.py; set \$OBS_LSST_DIR"):
+    with pytest.warns(UserWarning, match=r"obs_lsst's config overrides compareWarpAssembleCoadd.py and lsstCam/compareWarpAssembleCoadd.py; set \$OBS_LSST_DIR"):
         cfg = config_from_file(pipe, CompareWarpConfig)
     assert cfg.maxNumEpochs == 3 and cfg.maxFractionEpochsHigh == CompareWarpConfig().maxFractionEpochsHigh
     monkeypatch.setenv("OBS_LSST_DIR", str(obs))
@@ -685,6 +685,12 @@ def test_pipeline_instrument_overrides_come_first_as_in_pipetask(tmp_path, monke
     assert cfg.maxNumEpochs == 3  # the pipeline's value, applied after the instrument's 5
     assert cfg.maxFractionEpochsHigh == 0.2 and cfg.spatialThreshold == 0.4 and cfg.subregionSize == (10000, 200)
     assert cfg.prefilterArtifactsMaskPlanes == list(CompareWarpConfig().prefilterArtifactsMaskPlanes) + ["SPIKE"]
+    # obs_lsst's current layout keeps the folder with its Python code (resource://lsst.obs.lsst/resources/config)
+    moved = tmp_path / "obs_lsst_new"
+    (moved / "python" / "lsst" / "obs" / "lsst" / "resources").mkdir(parents=True)
+    (obs / "config").rename(moved / "python" / "lsst" / "obs" / "lsst" / "resources" / "config")
+    monkeypatch.setenv("OBS_LSST_DIR", str(moved))
+    assert config_from_file(pipe, CompareWarpConfig) == cfg
     # the instrument may come from an import; a second, different one is refused
     child = tmp_path / "child.yaml"
     child.write_text(f"description: c\nimports:\n  - {pipe}\n")

@@ -584,10 +584,12 @@ def _package_dir(package: str) -> tuple[str, str | None]:
     return var, os.environ.get(var)
 
 
-#: obs packages' instrument classes: (package, policy folder under its config/ or None), the
-#: folders their ``Instrument.applyConfigOverrides`` reads (``configPaths``)
+#: obs packages' instrument classes: (package, policy folder or None), the folders their
+#: ``Instrument.applyConfigOverrides`` reads (``configPaths``: the package's config folder,
+#: then its policy subfolder)
 _INSTRUMENT_CONFIG_DIRS: dict[str, tuple[str, str | None]] = {
     "LsstCam": ("obs_lsst", "lsstCam"),
+    "LsstCamSim": ("obs_lsst", "lsstCamSim"),
     "LsstComCam": ("obs_lsst", "comCam"),
     "LsstComCamSim": ("obs_lsst", "comCamSim"),
     "LsstCamImSim": ("obs_lsst", "imsim"),
@@ -599,12 +601,20 @@ _INSTRUMENT_CONFIG_DIRS: dict[str, tuple[str, str | None]] = {
 _TASK_DEFAULT_NAMES = {"CompareWarpAssembleCoaddTask": "compareWarpAssembleCoadd", "AssembleCoaddTask": "assembleCoadd"}
 
 
+def _obs_config_root(package: str, root: str) -> Path:
+    """The config folder of an obs package checkout: ``config/`` (older layout) or, where the
+    package keeps it with its Python code (obs_lsst's ``resource://lsst.obs.lsst/resources/
+    config``), ``python/lsst/obs/<name>/resources/config``."""
+    inside = Path(root, "python", "lsst", "obs", package.split("_", 1)[-1], "resources", "config")
+    return inside if inside.is_dir() else Path(root, "config")
+
+
 def _apply_instrument_overrides(cfg: "LsstConfig", instrument: str, task_class: str, where: str) -> None:
     """What pipetask applies before a pipeline's own config blocks: the instrument's obs
-    package overrides for the task, ``config/<name>.py`` then ``config/<policy>/<name>.py``
-    (``Instrument.applyConfigOverrides``), read from ``$<PACKAGE>_DIR`` as EUPS sets it.
-    Without the variable (or for an instrument or task not known here) a warning says what
-    pipetask would add that is not applied."""
+    package overrides for the task, ``<name>.py`` in its config folder then in the policy
+    subfolder (``Instrument.applyConfigOverrides``), read from ``$<PACKAGE>_DIR`` as EUPS sets
+    it.  Without the variable (or for an instrument or task not known here) a warning says
+    what pipetask would add that is not applied."""
     name = _TASK_DEFAULT_NAMES.get(task_class.rsplit(".", 1)[-1])
     if name is None:
         return
@@ -614,12 +624,13 @@ def _apply_instrument_overrides(cfg: "LsstConfig", instrument: str, task_class: 
         return
     package, policy = _INSTRUMENT_CONFIG_DIRS[inst]
     var, root = _package_dir(package)
-    folders = ["config"] + ([f"config/{policy}"] if policy else [])
+    files = [f"{name}.py"] + ([f"{policy}/{name}.py"] if policy else [])
     if root is None:
-        warnings.warn(f"{where}instrument {inst}: pipetask first applies {package}'s {' and '.join(f'{d}/{name}.py' for d in folders)}; set ${var} to a {package} checkout to apply them here", stacklevel=4)
+        warnings.warn(f"{where}instrument {inst}: pipetask first applies {package}'s config overrides {' and '.join(files)}; set ${var} to a {package} checkout to apply them here", stacklevel=4)
         return
-    for d in folders:
-        f = Path(root, d, f"{name}.py")
+    base = _obs_config_root(package, root)
+    for rel in files:
+        f = base / rel
         if f.is_file():
             cfg._load_pex_file(PexStatement(0, "", str(f.absolute()), "load"), f"{where}instrument override ", None, ())
 
