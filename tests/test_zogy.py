@@ -367,3 +367,41 @@ def test_fit_flux_ratio_and_noise_levels():
     flat = Exposure(np.random.default_rng(0).normal(0, 1, (128, 128)), np.ones((128, 128)), psf=s.psf)
     with pytest.raises(InputError, match="too few bright source pixels"):
         zogy(flat, Exposure(flat.image[::-1].copy(), flat.variance, psf=r.psf), cfg)
+
+
+def test_source_noise_term_for_background_only_variance_planes():
+    """The paper's source-noise term: with variance planes that hold only the background, Scorr
+    at bright stars is inflated (its scatter there is far above 1) unless doSourceNoise adds
+    the images' Poisson variance; with LSST-like planes, which already grow with the sources,
+    it would count that twice, and a warning says so."""
+    import warnings
+
+    from toolkit.exposure import Exposure
+    from toolkit.sim import simulate_pair
+
+    def bkg_only(e):
+        return Exposure(e.image, np.full_like(e.variance, np.median(e.variance)), e.mask, e.mask_planes, psf=e.psf, photo_calib=e.photo_calib, wcs=e.wcs, metadata=e.metadata)
+
+    plain, fixed = [], []
+    for seed in (1, 2, 3):
+        pair = simulate_pair(size=512, seed=seed, n_transients=0, star_density=2e-3)
+        sci, ref = pair.science, pair.reference
+        sel = sci.variance > 2 * np.median(sci.variance)  # where source noise matters
+        sel[:30] = sel[-30:] = False
+        sel[:, :30] = sel[:, -30:] = False
+        on = ZogyConfig()
+        on.doSourceNoise = True
+        plain.append(zogy(bkg_only(sci), bkg_only(ref)).scorr[sel])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # background-only planes: no double-counting warning
+            fixed.append(zogy(bkg_only(sci), bkg_only(ref), on).scorr[sel])
+        if seed == 1:
+            with pytest.warns(RuntimeWarning, match="variance plane already grows with the sources") as caught:
+                zogy(sci, ref, on)
+            assert {"science", "template"} <= {str(w.message).split()[2] for w in caught}
+    plain, fixed = np.concatenate(plain), np.concatenate(fixed)
+    assert plain.size > 400
+    assert np.std(plain) > 1.5
+    # the pixels near one star are correlated (Scorr is smooth on the PSF scale), so the
+    # tolerance is wider than 1/sqrt(2n) of independent pixels
+    assert abs(np.std(fixed) - 1.0) < 0.15

@@ -1115,7 +1115,7 @@ class ZogyConfig(LsstConfig):
     doAstrometricNoise = param.Boolean(False, doc="Add the paper's astrometric-noise terms to the Scorr denominator.")
     astrometricSigmaX = param.Number(0.0, bounds=(0, None), doc="Astrometric registration noise sigma_x (pixels).")
     astrometricSigmaY = param.Number(0.0, bounds=(0, None), doc="Astrometric registration noise sigma_y (pixels).")
-    doSourceNoise = param.Boolean(False, doc="Use the variance planes' source noise in the Scorr denominator (paper's source-noise term).")
+    doSourceNoise = param.Boolean(False, doc="Add the paper's source-noise term to the Scorr denominator: each image's Poisson variance (calibration x image / GAIN) through the score kernels. For variance planes that hold the background only; LSST's planes already carry source noise (a warning says so if they do).")
     doFitFluxRatio = param.Boolean(False, doc="Fit F_n/F_r and the noise levels from the images instead of trusting the calibrations/scalings and variance planes: each variance plane is rescaled to its image's measured pixel variance, and F_n/F_r is the slope (with an intercept, outliers rejected) of N (*) P_r against R (*) P_n over bright pixels (F_r = 1).")
     transientThreshold = param.Number(5.0, bounds=(0, None), inclusive_bounds=(False, True), doc="|Scorr| threshold of the transient catalog.")
     transientMinPixels = param.Integer(1, bounds=(1, None), doc="Minimum pixels above threshold for a catalog entry.")

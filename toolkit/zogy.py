@@ -601,7 +601,7 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
                 VA[cleanup] = 0.0
                 denom = VS + VA
             if cfg.doSourceNoise:
-                denom = denom + _source_noise_term(n_img, r_img, sci, ref, cell_info, f_n, f_r, shape_full=(ny, nx), x0y0=(x0, y0))
+                denom = denom + _source_noise_term(n_img, r_img, n_var, r_var, sci, ref, cell_info, f_n, f_r, (cn, cr), shape_full=(ny, nx), x0y0=(x0, y0))
                 denom[cleanup] = 1.0
             scorr = S / np.sqrt(denom)
         ps_psf = ImagePsf(cell_info[0]["P_S"]) if len(cell_info) == 1 else _GridPsf(cell_info, "P_S")
@@ -1284,13 +1284,28 @@ def _scaled(out: dict[str, np.ndarray], scales: dict[int, Any]) -> dict[str, np.
     return out
 
 
-def _source_noise_term(n_img, r_img, sci, ref, cells, f_n, f_r, shape_full, x0y0):
-    """Paper's source-noise term: Poisson variance of the images (gain from metadata GAIN,
-    default 1, in image units) propagated through the score kernels of each cell."""
-    gain_n = float(sci.metadata.get("GAIN", 1.0))
-    gain_r = float(ref.metadata.get("GAIN", 1.0))
-    vn = np.maximum(n_img, 0) / gain_n
-    vr = np.maximum(r_img, 0) / gain_r
+def _source_noise_term(n_img, r_img, n_var, r_var, sci, ref, cells, f_n, f_r, calibs, shape_full, x0y0):
+    """Paper's source-noise term: the images' Poisson variance propagated through the score
+    kernels of each cell, for variance planes that hold the background only.
+
+    An image calibrated by c (nJy per count, ``scaleByCalibration``) from counts with GAIN g
+    (electrons per count; metadata ``GAIN``, default 1) has Poisson variance c * image / g in
+    its calibrated units.  Variance planes that already grow with the sources (LSST's do: they
+    carry the Poisson term) would count it twice, which deflates Scorr at bright sources; a
+    warning says so when the planes' excess over their background matches the Poisson term.
+    """
+    terms = []
+    for name, img, var, e, c in (("science", n_img, n_var, sci, calibs[0]), ("template", r_img, r_var, ref, calibs[1])):
+        gain = float(e.metadata.get("GAIN", 1.0))
+        poisson = np.maximum(img, 0) * (c / gain)
+        bkg = float(np.nanmedian(var))
+        bright = np.isfinite(var) & (img > 20 * np.sqrt(bkg)) if bkg > 0 else np.zeros(img.shape, bool)
+        if bright.sum() >= 20:
+            ratio = float(np.median((var[bright] - bkg) / poisson[bright]))
+            if ratio > 0.5:
+                warnings.warn(f"doSourceNoise: the {name} variance plane already grows with the sources (its excess over the background is {ratio:.2f} x the Poisson term at bright pixels), so its source noise is counted twice and Scorr is deflated there; doSourceNoise is meant for variance planes that hold the background only", RuntimeWarning, stacklevel=3)
+        terms.append(poisson)
+    vn, vr = terms
     out = np.zeros(shape_full)
     from .psf_matching import fft_convolve
 
