@@ -475,3 +475,25 @@ def test_template_error_names_psf_matching_when_it_leaves_no_pixel():
     nopsf = [Exposure(w.image, w.variance, psf=None if i == 1 else w.psf) for i, w in enumerate(warps)]
     with pytest.raises(InputError, match=r"direct warp\(s\) 1 have no PSF"):
         CompareWarpPipeline(nopsf).run()
+
+
+def test_bright_object_masks_reach_the_compare_warp_coadd(small_stack):
+    """doMaskBrightObjects with a bright-object table: the CompareWarp coadd carries the plane
+    where the table says (as LSST's processResults paints it), and nothing without the flag."""
+    from astropy.table import Table
+
+    from toolkit.config import CompareWarpConfig
+    from toolkit.interp import mask_bright_objects
+
+    direct, matched = small_stack.direct_warps, small_stack.psf_matched_warps
+    table = Table(rows=[("circle", 40.0, 50.0, 6.0)], names=("type", "x", "y", "radius"))
+    cfg = CompareWarpConfig()
+    cfg.doMaskBrightObjects = True
+    coadd = CompareWarpPipeline(direct, matched, config=cfg, bright_objects=table).coadd
+    ref = coadd.copy()
+    ref.clear_plane("BRIGHT_OBJECT")
+    mask_bright_objects(ref, table)
+    np.testing.assert_array_equal(coadd.get_plane("BRIGHT_OBJECT"), ref.get_plane("BRIGHT_OBJECT"))
+    assert coadd.get_plane("BRIGHT_OBJECT").sum() == 113  # afw's circle of radius 6
+    plain = CompareWarpPipeline(direct, matched, bright_objects=table).coadd
+    assert "BRIGHT_OBJECT" not in plain.mask_planes or not plain.get_plane("BRIGHT_OBJECT").any()

@@ -48,3 +48,43 @@ def test_runs_filled_as_the_rule_says_and_fallback_only_when_needed():
         touches_end = bool(bad[:, 0].any() or bad[:, -1].any())
         assert len(calls) == int(touches_end)  # evaluated once, and only if a run touches an end
         np.testing.assert_array_equal(got[~bad], a[~bad])  # good pixels untouched
+
+
+def test_bright_object_masks_follow_lsst_set_bright_object_masks():
+    """LSST's rules: the centre rounded to the nearest pixel; a box from int(x - w/2) to
+    int(x + w/2) inclusive; a circle is afw's stencil of radius int(r) (r from arcsec with the
+    plate scale at the bbox centre); shapes clipped to the image; other types skipped with a
+    warning; rotated boxes refused."""
+    import pytest
+    from astropy.table import Table
+
+    from toolkit.detection import circular_stencil
+    from toolkit.errors import InputError
+    from toolkit.exposure import Exposure
+    from toolkit.interp import mask_bright_objects
+    from toolkit.sim import make_wcs
+
+    wcs = make_wcs((80, 100))  # 0.2"/px
+    exp = Exposure(np.zeros((80, 100), np.float32), np.ones((80, 100), np.float32), wcs=wcs)
+    ra, dec = wcs.pixel_to_world_values(60.3, 50.6)
+    rows = Table(
+        rows=[("box", 20.6, 30.4, 7.0, 4.0, np.nan, np.nan, np.nan), ("circle", np.nan, np.nan, np.nan, np.nan, 1.1, float(ra), float(dec)), ("box", 97.0, 2.0, 9.0, 9.0, np.nan, np.nan, np.nan)],
+        names=("type", "x", "y", "width", "height", "radius_arcsec", "ra", "dec"),
+    )
+    # LSST's form (ra/dec, sizes in arcsec) and diffstack's (pixels), as separate tables
+    boxes = rows[[0, 2]]["type", "x", "y", "width", "height"]
+    circle = rows[[1]]["type", "radius_arcsec", "ra", "dec"]
+    mask_bright_objects(exp, boxes)
+    mask_bright_objects(exp, circle)
+    got = exp.get_plane("BRIGHT_OBJECT")
+    want = np.zeros((80, 100), bool)
+    want[28:33, 17:25] = True  # centre (21, 30): columns int(17.5)..int(24.5), rows int(28)..int(32)
+    want[51 - 5 : 51 + 6, 60 - 5 : 60 + 6] |= circular_stencil(5)  # 1.1" / 0.2" = 5.5 -> 5; centre (60, 51)
+    want[0:7, 92:100] = True  # box at (97, 2), 9 px: columns 92..101 and rows -2..6, clipped
+    np.testing.assert_array_equal(got, want)
+    with pytest.warns(UserWarning, match="'ellipse'.*skipped"):
+        mask_bright_objects(exp, Table(rows=[("ellipse", 10.0, 10.0, 3.0)], names=("type", "x", "y", "radius")))
+    with pytest.raises(InputError, match="angle"):
+        mask_bright_objects(exp, Table(rows=[("box", 10.0, 10.0, 3.0, 3.0, 30.0)], names=("type", "x", "y", "width", "height", "angle")))
+    with pytest.raises(InputError, match="WCS"):
+        mask_bright_objects(Exposure(np.zeros((8, 8), np.float32), np.ones((8, 8), np.float32)), circle)

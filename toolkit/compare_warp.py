@@ -213,9 +213,12 @@ class CompareWarpPipeline:
         ``model_psf`` (LSST's 7.7-px double Gaussian by default).
     config : CompareWarpConfig, optional
     progress : callable(stage, fraction), optional
+    bright_objects : astropy Table, optional
+        Bright-object regions painted on the coadd when ``doMaskBrightObjects`` is set (LSST's
+        ``brightObjectMask`` input; see :func:`toolkit.interp.mask_bright_objects`).
     """
 
-    def __init__(self, direct_warps: Sequence[Exposure], psf_matched_warps: Sequence[Exposure | None] | None = None, config: CompareWarpConfig | None = None, model_psf=None, progress: Callable[[str, float], None] | None = None) -> None:
+    def __init__(self, direct_warps: Sequence[Exposure], psf_matched_warps: Sequence[Exposure | None] | None = None, config: CompareWarpConfig | None = None, model_psf=None, progress: Callable[[str, float], None] | None = None, bright_objects: Any = None) -> None:
         if len(direct_warps) == 0:
             raise InputError("CompareWarp needs at least one direct warp")
         self.direct_warps = list(direct_warps)
@@ -225,6 +228,7 @@ class CompareWarpPipeline:
         self.config = CompareWarpConfig() if config is None else config
         self.model_psf = DoubleGaussianPsf(7.7) if model_psf is None else model_psf
         self.progress = progress
+        self.bright_objects = bright_objects
         self._cache: dict[str, tuple[str, Any]] = {}
         # (stack key, per-epoch clipped flat indices, result) of the latest coadd stage
         self._last_coadd: tuple[str, list[np.ndarray], CoaddResult] | None = None
@@ -597,7 +601,7 @@ class CompareWarpPipeline:
             prev = self._last_coadd
             common = dict(
                 alt_masks=filt["masks"], extra_bad_planes=["CLIPPED"], use_psf_matched_polygons=True,
-                alt_edge_mask=cand["edge_any"], weights=weights, keep_raw=True,
+                alt_edge_mask=cand["edge_any"], weights=weights, keep_raw=True, bright_objects=self.bright_objects,
             )
             if prev is not None and prev[0] == sk:
                 npix = int(np.prod(self.direct_warps[0].shape))
@@ -677,6 +681,6 @@ _ASSEMBLE_FIELDS = {
 }
 
 
-def compare_warp_coadd(direct_warps: Sequence[Exposure], psf_matched_warps: Sequence[Exposure | None] | None = None, config: CompareWarpConfig | None = None, progress=None) -> CompareWarpResult:
+def compare_warp_coadd(direct_warps: Sequence[Exposure], psf_matched_warps: Sequence[Exposure | None] | None = None, config: CompareWarpConfig | None = None, progress=None, bright_objects: Any = None) -> CompareWarpResult:
     """One-call CompareWarp: build the pipeline and run every stage."""
-    return CompareWarpPipeline(direct_warps, psf_matched_warps, config, progress=progress).run()
+    return CompareWarpPipeline(direct_warps, psf_matched_warps, config, progress=progress, bright_objects=bright_objects).run()

@@ -134,47 +134,83 @@ def interpolate_over_plane(exposure: Exposure, plane: str = "NO_DATA", fallback_
 
 
 def mask_bright_objects(exposure: Exposure, table, plane: str = "BRIGHT_OBJECT") -> None:
-    """Paint ``plane`` over boxes/circles from an astropy Table (in place on ``exposure``).
+    """Paint ``plane`` over boxes/circles from an astropy Table (in place on ``exposure``), with
+    LSST's ``setBrightObjectMasks`` rules.
 
-    Columns: ``type`` ('box' or 'circle'); the centre as ``x``/``y`` (parent pixels) or ``ra``/
-    ``dec`` (degrees, needs ``exposure.wcs``); ``width``/``height`` (boxes) or ``radius``
-    (circles), in pixels, or ``*_arcsec`` variants converted with the plate scale at the bbox
-    centre as LSST does.
+    Columns: ``type`` ('box' or 'circle'; any other type is skipped with a warning, as LSST
+    logs it); the centre as ``ra``/``dec`` (degrees, needs ``exposure.wcs``; LSST's form) or
+    ``x``/``y`` (parent pixels, diffstack's); ``width``/``height`` (boxes) or ``radius``
+    (circles) in arcsec as ``*_arcsec`` (LSST's form, converted with the plate scale at the
+    bbox centre) or in pixels.  As in LSST the centre is rounded to the nearest pixel, a box
+    covers columns ``int(x - w/2)`` to ``int(x + w/2)`` inclusive (rows likewise), a circle is
+    afw's circular stencil of radius ``int(r)`` about the centre, and a box with a non-zero
+    ``angle`` is refused.
     """
+    import warnings
+
+    from .detection import circular_stencil
     from .errors import InputError
 
     ny, nx = exposure.shape
     x0, y0 = exposure.xy0
-    yy, xx = np.mgrid[y0 : y0 + ny, x0 : x0 + nx]
     scale = None
     if exposure.wcs is not None:
-        from astropy.wcs.utils import proj_plane_pixel_scales
-
-        scale = float(np.mean(proj_plane_pixel_scales(exposure.wcs.celestial))) * 3600.0
+        scale = _plate_scale_arcsec(exposure.wcs, (x0 + (nx - 1) / 2.0, y0 + (ny - 1) / 2.0))
     sel = np.zeros((ny, nx), bool)
+
+    def paint(ys: slice, xs: slice, stamp) -> None:
+        # the part of a shape (rows ys, columns xs in parent pixels) inside the image
+        ya, yb, xa, xb = max(ys.start, y0), min(ys.stop, y0 + ny), max(xs.start, x0), min(xs.stop, x0 + nx)
+        if ya < yb and xa < xb:
+            part = stamp if stamp is True else stamp[ya - ys.start : yb - ys.start, xa - xs.start : xb - xs.start]
+            sel[ya - y0 : yb - y0, xa - x0 : xb - x0] |= part
+
     for row in table:
         cols = row.colnames
-        if "x" in cols:
-            cx, cy = float(row["x"]), float(row["y"])
-        elif "ra" in cols and exposure.wcs is not None:
-            cx, cy = (float(v) for v in exposure.wcs.world_to_pixel_values(row["ra"], row["dec"]))
+        if "ra" in cols and "dec" in cols:
+            if exposure.wcs is None:
+                raise InputError("bright-object rows with ra/dec need the exposure's WCS")
+            fx, fy = (float(v) for v in exposure.wcs.world_to_pixel_values(row["ra"], row["dec"]))
+        elif "x" in cols and "y" in cols:
+            fx, fy = float(row["x"]), float(row["y"])
         else:
-            raise InputError("bright-object rows need x/y, or ra/dec with a WCS")
+            raise InputError("bright-object rows need ra/dec (with a WCS) or x/y")
+        # lsst.geom.Point2I(Point2D): the nearest pixel, ties up
+        cx, cy = int(np.floor(fx + 0.5)), int(np.floor(fy + 0.5))
 
-        def size(name):
-            if name in cols:
-                return float(row[name])
+        def size(name: str) -> float:
             if f"{name}_arcsec" in cols:
                 if scale is None:
                     raise InputError(f"{name}_arcsec needs a WCS for the plate scale")
                 return float(row[f"{name}_arcsec"]) / scale
-            raise InputError(f"bright-object row lacks {name!r}")
+            if name in cols:
+                return float(row[name])
+            raise InputError(f"bright-object row lacks {name!r} (pixels) or {name}_arcsec")
 
         kind = str(row["type"]).lower()
-        if kind == "circle":
-            sel |= (xx - cx) ** 2 + (yy - cy) ** 2 <= size("radius") ** 2
-        elif kind == "box":
-            sel |= (np.abs(xx - cx) <= size("width") / 2) & (np.abs(yy - cy) <= size("height") / 2)
+        if kind == "box":
+            if "angle" in cols and float(row["angle"]) != 0.0:
+                raise InputError(f"bright-object box at ({fx:.1f}, {fy:.1f}) has angle {float(row['angle'])}: LSST handles only axis-aligned boxes")
+            w, h = size("width"), size("height")
+            xa, xb = int(cx - 0.5 * w), int(cx + 0.5 * w)
+            ya, yb = int(cy - 0.5 * h), int(cy + 0.5 * h)
+            paint(slice(ya, yb + 1), slice(xa, xb + 1), True)
+        elif kind == "circle":
+            r = int(size("radius"))
+            paint(slice(cy - r, cy + r + 1), slice(cx - r, cx + r + 1), circular_stencil(r))
         else:
-            raise InputError(f"unknown bright-object type {kind!r} (box or circle)")
+            warnings.warn(f"bright-object region type {kind!r} at ({fx:.1f}, {fy:.1f}) is neither box nor circle: skipped, as LSST skips it", stacklevel=2)
     exposure.set_plane(plane, sel)
+
+
+def _plate_scale_arcsec(wcs, point: tuple[float, float]) -> float:
+    """afw ``SkyWcs.getPixelScale(point)``: the square root of the sky area of one pixel at
+    ``point`` (arcsec), from the pixel's two edge vectors on the sky."""
+    x, y = point
+    ra, dec = (np.asarray(v, float) for v in wcs.celestial.pixel_to_world_values([x, x + 1.0, x], [y, y, y + 1.0]))
+    cosd = np.cos(np.deg2rad(dec[0]))
+    # wrap RA differences into (-180, 180] before scaling them to the tangent plane
+    dra = (ra[1:] - ra[0] + 180.0) % 360.0 - 180.0
+    ex = np.array([dra[0] * cosd, dec[1] - dec[0]])
+    ey = np.array([dra[1] * cosd, dec[2] - dec[0]])
+    return float(np.sqrt(abs(ex[0] * ey[1] - ex[1] * ey[0]))) * 3600.0
