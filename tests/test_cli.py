@@ -68,6 +68,18 @@ def test_cli_coadd_and_zogy_equal_the_api(tmp_path):
     np.testing.assert_array_equal(got.mask, api.coadd.mask)
     m, planes = read_mask_fits(tmp_path / "co" / "artifact_mask_002.fits")
     np.testing.assert_array_equal((m & planes.bitmask(["CLIPPED"])) != 0, api.artifact_masks[2]["CLIPPED"])
+    # bright-object regions from a table file, with doMaskBrightObjects set by a -c override
+    from astropy.table import Table
+
+    table = Table(rows=[("box", 30.0, 40.0, 9.0, 5.0)], names=("type", "x", "y", "width", "height"))
+    table.write(tmp_path / "bright.ecsv")
+    assert main(["coadd", str(tmp_path / "sim"), "--psf-matched", str(tmp_path / "sim"), "--config", str(tmp_path / "cw.py"), "-c", "doMaskBrightObjects=True", "--bright-objects", str(tmp_path / "bright.ecsv"), "--out", str(tmp_path / "bo")]) == 0
+    cfg.doMaskBrightObjects = True
+    api = CompareWarpPipeline(direct, matched, config=cfg, bright_objects=table).run()
+    got = read_exposure(tmp_path / "bo" / "coadd.fits")
+    np.testing.assert_array_equal(got.mask, api.coadd.mask)
+    assert got.get_plane("BRIGHT_OBJECT").sum() == 10 * 6  # LSST's box: int(x - w/2) .. int(x + w/2) inclusive
+    assert main(["coadd", str(tmp_path / "sim"), "--bright-objects", str(tmp_path / "nothere.ecsv"), "--out", str(tmp_path / "bx")]) == 2
 
     assert main(["simulate", "--kind", "pair", "--size", "96", "--seed", "2", "--out", str(tmp_path / "pair")]) == 0
     zc = ZogyConfig()

@@ -154,9 +154,19 @@ def _cmd_coadd(args: argparse.Namespace, progress: Callable) -> int:
         direct, scales = scale_fluxes(direct, [str(f) for f in direct_files], progress)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    bright = None
+    if args.bright_objects:
+        from astropy.table import Table
+
+        try:
+            bright = Table.read(args.bright_objects)
+        except Exception as exc:  # astropy raises many kinds for unreadable tables
+            raise InputError(f"cannot read the bright-object table {args.bright_objects}: {exc}") from None
     if args.task == "assemble":
         cfg = load_config(args.config, AssembleCoaddConfig, args.override)
-        res = assemble_coadd(direct, cfg, progress=progress)
+        if bright is not None and not cfg.doMaskBrightObjects:
+            progress("note: --bright-objects is painted only with doMaskBrightObjects (e.g. -c doMaskBrightObjects=True)")
+        res = assemble_coadd(direct, cfg, progress=progress, bright_objects=bright)
         write_exposure(res.coadd, out / "coadd.fits")
         write_hdul(fits.HDUList([fits.PrimaryHDU(res.n_image.astype(np.int32))]), out / "nimage.fits")
         progress(f"wrote {out}")
@@ -173,7 +183,9 @@ def _cmd_coadd(args: argparse.Namespace, progress: Callable) -> int:
             from .real_data import apply_scales
 
             matched = apply_scales(matched, scales)
-    pipe = CompareWarpPipeline(direct, matched, config=cfg, progress=progress)
+    if bright is not None and not cfg.doMaskBrightObjects:
+        progress("note: --bright-objects is painted only with doMaskBrightObjects (e.g. -c doMaskBrightObjects=True)")
+    pipe = CompareWarpPipeline(direct, matched, config=cfg, progress=progress, bright_objects=bright)
     res = pipe.run()
     write_exposure(res.coadd, out / "coadd.fits")
     write_hdul(fits.HDUList([fits.PrimaryHDU(res.n_image.astype(np.int32))]), out / "nimage.fits")
@@ -257,6 +269,7 @@ def add_subcommands(sub, progress: Callable) -> None:
     c.add_argument("--psf-matched-pattern", default="psf_matched_warp_*.fits")
     c.add_argument("--config", help="pipetask override (.py), YAML/JSON export, pipeline.yaml#label, or preset name")
     c.add_argument("-c", "--override", action="append", default=[], metavar="[LABEL:]FIELD=VALUE", help="a pipetask -c override, applied after --config (repeatable; the label, if any, is not checked)")
+    c.add_argument("--bright-objects", help="table of bright-object regions (ECSV/FITS, columns as toolkit.interp.mask_bright_objects reads them), painted when doMaskBrightObjects is set")
     c.add_argument("--task", choices=["compare-warp", "assemble"], default="compare-warp")
     c.add_argument("--psf-size", type=int, default=25, help="plain images: measured PSF stamp size (default 25)")
     c.add_argument("--scale-fluxes", action="store_true", help="put every input on the first one's flux scale from their common bright stars (plain images with different zero points; LSST warps are already in nJy)")
