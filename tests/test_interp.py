@@ -88,3 +88,48 @@ def test_bright_object_masks_follow_lsst_set_bright_object_masks():
         mask_bright_objects(exp, Table(rows=[("box", 10.0, 10.0, 3.0, 3.0, 30.0)], names=("type", "x", "y", "width", "height", "angle")))
     with pytest.raises(InputError, match="WCS"):
         mask_bright_objects(Exposure(np.zeros((8, 8), np.float32), np.ones((8, 8), np.float32)), circle)
+
+
+def test_interpolate_over_plane_options():
+    """InterpImageTask's options: the edge fallback (MEDIAN, MEAN, MEANCLIP, USER; clamped at
+    zero unless negativeFallbackAllowed), useFallbackValueAtEdge=False (the nearest good pixel of
+    the row, the fallback only for a row with no good pixel), transpose (columns), INTRP set
+    and NO_DATA kept; the input untouched."""
+    from toolkit.exposure import Exposure
+    from toolkit.interp import fallback_value, interpolate_over_plane
+
+    rng = np.random.default_rng(4)
+    img = rng.normal(5.0, 1.0, (6, 12)).astype(np.float32)
+    img[0, 0] = 40.0  # an outlier: mean and clipped mean differ
+    var = np.full((6, 12), 2.0, np.float32)
+    exp = Exposure(img, var)
+    nd = np.zeros((6, 12), bool)
+    nd[1, 4:7] = True  # interior run
+    nd[2, :3] = True  # left-edge run
+    nd[3, 9:] = True  # right-edge run
+    nd[5, :] = True  # a whole row
+    exp.set_plane("NO_DATA", nd)
+    before = exp.image.copy()
+    good = ~nd
+
+    out = interpolate_over_plane(exp)
+    np.testing.assert_array_equal(exp.image, before)  # not in place unless asked
+    med = fallback_value(img, good, "MEDIAN")
+    assert med == np.median(img[good])
+    np.testing.assert_allclose(out.image[1, 4:7], img[1, 3] + (img[1, 7] - img[1, 3]) * np.array([1, 2, 3]) / 4, rtol=1e-6)
+    assert np.all(out.image[2, :3] == np.float32(med)) and np.all(out.image[3, 9:] == np.float32(med)) and np.all(out.image[5] == np.float32(med))
+    assert (out.get_plane("INTRP") == nd).all() and (out.get_plane("NO_DATA") == nd).all()
+    np.testing.assert_allclose(out.variance[nd], 2.0)
+
+    near = interpolate_over_plane(exp, use_fallback_at_edge=False)
+    assert np.all(near.image[2, :3] == img[2, 3]) and np.all(near.image[3, 9:] == img[3, 8])
+    assert np.all(near.image[5] == np.float32(med))  # no information in the row: the fallback
+
+    np.testing.assert_allclose(fallback_value(img, good, "MEAN"), img[good].astype(np.float64).mean(), rtol=1e-6)
+    assert fallback_value(img, good, "MEANCLIP") < fallback_value(img, good, "MEAN")  # the outlier clipped
+    assert fallback_value(img, good, "USER", user_value=-3.0) == 0.0
+    assert fallback_value(img, good, "USER", user_value=-3.0, allow_negative=True) == -3.0
+    assert fallback_value(img - 100, good, "MEDIAN") == 0.0
+
+    cols = interpolate_over_plane(Exposure(img.T.copy(), var.T.copy(), exp.mask.T.copy(), exp.mask_planes), transpose=True)
+    np.testing.assert_array_equal(cols.image.T, out.image)

@@ -1,10 +1,15 @@
 """Interpolation over NO_DATA after stacking (LSST's ``InterpImageTask``), and bright-object masks.
 
-LSST's ``interpolateOverDefects`` interpolates each row across a defect from the good pixels on
-either side.  diffstack does linear interpolation between the nearest good pixels of the row
-(or column, with ``transpose``), which is what the meas_algorithms code reduces to for isolated
-defects; the edge rule is LSST's: a defect touching the image edge gets the fallback value
-(the image MEDIAN by default, clamped at >= 0 unless ``negativeFallbackAllowed``).  The variance
+LSST's (legacy) ``interpolateOverDefects`` fills each row's defect from the two good pixels on
+either side with tabulated predictive-coding weights: a narrow defect gets weighted sums of
+those four pixels, a wide one tapers within ~6 pixels of each side to the mean of its
+neighbours.  diffstack departs here: it interpolates linearly between the nearest good pixel on
+each side of the row (or column, with ``transpose``), which agrees with LSST next to the good
+pixels and differs in the middle of wide gaps (a ramp instead of a constant).  The edge rules
+follow LSST: with ``useFallbackValueAtEdge`` a defect touching the image edge gets the fallback
+value (the image MEDIAN by default, clamped at >= 0 unless ``negativeFallbackAllowed``);
+without it, the value of the nearest good pixel of the row (LSST's rule for wide edge
+defects), and the fallback only where a whole row is bad ("no information").  The variance
 plane is interpolated the same way, INTRP is set, NO_DATA is kept.
 """
 
@@ -41,37 +46,40 @@ def fallback_value(image: np.ndarray, good: np.ndarray, kind: str = "MEDIAN", us
     return val
 
 
-def _interp_rows(arr: np.ndarray, bad: np.ndarray, fallback: float | Callable[[], float]) -> np.ndarray:
+def _interp_rows(arr: np.ndarray, bad: np.ndarray, fallback: float | Callable[[], float], edge_nearest: bool = False) -> np.ndarray:
     """Copy of ``arr`` with each run of ``bad`` pixels filled along its row (see the module doc)."""
     out = arr.copy()
-    _interp_rows_into(out, bad, fallback)
+    _interp_rows_into(out, bad, fallback, edge_nearest)
     return out
 
 
-def _interp_rows_into(arr: np.ndarray, bad: np.ndarray, fallback: float | Callable[[], float]) -> None:
+def _interp_rows_into(arr: np.ndarray, bad: np.ndarray, fallback: float | Callable[[], float], edge_nearest: bool = False) -> None:
     """Fill the runs of ``bad`` pixels of each row of ``arr`` in place.
 
-    ``fallback`` may be a callable, evaluated only if some run touches a row end (a median of
-    a 4-megapixel image costs more than the interpolation itself).
+    ``fallback`` may be a callable, evaluated only if some run needs it (a median of a
+    4-megapixel image costs more than the interpolation itself).
 
     A run between good pixels l and r gets ``v_l + (v_r - v_l) (x - l) / (r - l)``; a run that
-    touches either end of its row gets ``fallback``.  The runs come from one pass over the mask
-    (where it changes along the row); everything after that is proportional to the number of
-    bad pixels, which is what makes re-interpolating a 4k coadd cheap.
+    touches either end of its row gets ``fallback``, or with ``edge_nearest`` the value of the
+    row's good pixel next to it (``fallback`` then only for rows with no good pixel).  The runs
+    come from one pass over the mask (where it changes along the row); everything after that is
+    proportional to the number of bad pixels, which is what makes re-interpolating a 4k coadd
+    cheap.
     """
     bad = np.ascontiguousarray(bad, dtype=bool)
     if bad.shape != arr.shape:
         raise ValueError(f"bad mask shape {bad.shape} differs from the array's {arr.shape}")
     if arr.size == 0:
         return
-    # a run touches a row end exactly when the row's first or last pixel is bad
     if callable(fallback):
-        fallback = fallback() if (bad[:, 0].any() or bad[:, -1].any()) else 0.0
-    _fill_runs(arr, bad, float(fallback))
+        # a run touches a row end exactly when the row's first or last pixel is bad
+        needed = bad.all(axis=1).any() if edge_nearest else (bad[:, 0].any() or bad[:, -1].any())
+        fallback = fallback() if needed else 0.0
+    _fill_runs(arr, bad, float(fallback), bool(edge_nearest))
 
 
 @nb.njit(cache=True, nogil=True)
-def _fill_runs(arr, bad, fallback):  # pragma: no cover - compiled
+def _fill_runs(arr, bad, fallback, edge_nearest):  # pragma: no cover - compiled
     # Why compiled: one scan of the mask finds the runs and fills them, where numpy needed a
     # diff of the whole plane and two full-plane nonzero() calls (~30 ms at 2k^2).  The
     # arithmetic is numpy's: (v_r - v_l) in the array's precision, times t in float64.
@@ -88,8 +96,13 @@ def _fill_runs(arr, bad, fallback):  # pragma: no cover - compiled
             left = s - 1
             right = x
             if left < 0 or right >= nx:
+                v = fallback
+                if edge_nearest and right < nx:
+                    v = arr[y, right]
+                elif edge_nearest and left >= 0:
+                    v = arr[y, left]
                 for c in range(s, right):
-                    arr[y, c] = fallback
+                    arr[y, c] = v
             else:
                 vl = arr[y, left]
                 dv = arr[y, right] - vl
@@ -108,27 +121,26 @@ def interpolate_over_plane(exposure: Exposure, plane: str = "NO_DATA", fallback_
         return out
     if bad.all():
         return out
-    if use_fallback_at_edge:
-        # evaluated only if a run touches the border, and before anything is written (the
-        # medians of a 4k coadd cost more than the interpolation of a few gaps)
-        def fb():
-            return fallback_value(out.image, ~bad, fallback_type, user_value, negative_allowed)
+    # evaluated only if some run needs it, and before anything is written (the medians of a 4k
+    # coadd cost more than the interpolation of a few gaps)
+    def fb():
+        return fallback_value(out.image, ~bad, fallback_type, user_value, negative_allowed)
 
-        def fb_var():
-            val = median_masked(out.variance, bad)
-            return 0.0 if np.isnan(val) else val
-    else:  # runs at the edge stay NaN
-        fb = fb_var = np.nan
+    def fb_var():
+        val = median_masked(out.variance, bad)
+        return 0.0 if np.isnan(val) else val
+
+    nearest = not use_fallback_at_edge
     if transpose:
         # columns: work on transposed copies and write them back
         img, var = np.ascontiguousarray(out.image.T), np.ascontiguousarray(out.variance.T)
-        _interp_rows_into(img, bad.T, fb)
-        _interp_rows_into(var, bad.T, fb_var)
+        _interp_rows_into(img, bad.T, fb, nearest)
+        _interp_rows_into(var, bad.T, fb_var, nearest)
         out.image[...] = img.T
         out.variance[...] = var.T
     else:
-        _interp_rows_into(out.image, bad, fb)
-        _interp_rows_into(out.variance, bad, fb_var)
+        _interp_rows_into(out.image, bad, fb, nearest)
+        _interp_rows_into(out.variance, bad, fb_var, nearest)
     out.set_plane("INTRP", bad)
     return out
 
