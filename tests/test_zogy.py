@@ -432,3 +432,26 @@ def test_astrometric_noise_term_absorbs_a_misregistration():
     # the term is zero where the images are flat: away from sources Scorr is unchanged
     flat = sci.variance[30:-30, 30:-30] < 1.05 * np.median(sci.variance)
     np.testing.assert_allclose(with_ast[flat].std(), plain[flat].std(), rtol=0.02)
+
+
+def test_catalog_photometry_and_positions_of_transients():
+    """The catalog's PSF flux (S / F_S at the sub-pixel peak) recovers the injected fluxes and
+    its error describes the scatter; positions are sub-pixel.  Pooled over three pairs (~85
+    transients of S/N 5-40): the median flux ratio is within 2 % of 1 (its error is ~0.7 %),
+    the pulls have mean within 0.35 and std within 0.25 of 1 (3 sigma for 85 values)."""
+    ratios, pulls, offsets = [], [], []
+    for seed in (2, 3, 4):
+        p = simulate_pair(size=512, seed=seed, source_noise=False)
+        cat = zogy(p.science, p.reference).catalog
+        assert cat["x"].dtype.kind == "f"
+        for t in p.truth["transients"]:
+            d = np.hypot(cat["x"] - t["x"], cat["y"] - t["y"])
+            i = int(np.argmin(d))
+            if d[i] <= 2:
+                ratios.append(cat["flux"][i] / t["flux"])
+                pulls.append((cat["flux"][i] - t["flux"]) / cat["flux_err"][i])
+                offsets.append(d[i])
+    assert len(ratios) >= 80
+    assert abs(np.median(ratios) - 1) < 0.02
+    assert abs(np.mean(pulls)) < 0.35 and abs(np.std(pulls) - 1) < 0.25
+    assert np.median(offsets) < 0.25

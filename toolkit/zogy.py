@@ -1351,12 +1351,36 @@ class _GridPsf(Psf):
         return {"type": "ImagePsf", "array": self.compute_kernel_image()}
 
 
+def _parabolic_peak(S: np.ndarray, px: int, py: int, sign: int) -> tuple[float, float, float]:
+    """Sub-pixel offsets and value of the extremum of ``S`` near pixel (px, py): a parabola
+    through the pixel and its two neighbours along each axis (offsets within +-0.5 px; none at
+    the image edge or where the pixel is not an extremum along that axis)."""
+    ny, nx = S.shape
+    b = float(S[py, px])
+    value, offsets = b, []
+    for a_idx, c_idx, inside in (((py, px - 1), (py, px + 1), 0 < px < nx - 1), ((py - 1, px), (py + 1, px), 0 < py < ny - 1)):
+        d = 0.0
+        if inside:
+            a, c = float(S[a_idx]), float(S[c_idx])
+            curv = sign * (a - 2.0 * b + c)
+            if curv < 0 and np.isfinite(a + c):
+                d = float(np.clip(0.5 * (a - c) / (a - 2.0 * b + c), -0.5, 0.5))
+                value += -0.25 * (a - c) * d
+        offsets.append(d)
+    return offsets[0], offsets[1], value
+
+
 def transient_catalog(result: ZogyResult, threshold: float = 5.0, min_pixels: int = 1):
     """Catalog of |Scorr| >= ``threshold`` detections (both signs) as an astropy Table.
 
-    Columns: x, y (parent pixels of the |Scorr| peak), ra, dec (with a WCS), scorr (peak value),
-    flux and flux_err (PSF photometry from the score: S / F_S and 1 / sqrt(F_S) scaled by the
-    local sqrt(V_S / F_S) — the paper's optimal estimator), sign, npix.
+    Columns: x, y (parent pixels: the |Scorr| peak pixel refined to sub-pixel precision by a
+    parabola through S and its neighbours along each axis), ra, dec (with a WCS), scorr (value
+    at the peak pixel), flux and flux_err (PSF photometry from the score, the paper's optimal
+    estimator: S / F_S at the refined peak, and sqrt(V_S) / F_S), sign, npix.
+
+    S is the image matched-filtered by the transient's PSF, so its maximum is F_S times the
+    flux only at the transient's true position; read at the nearest pixel it is low by up to
+    ~3 % for a source between pixels (a few-pixel PSF), which the parabolic peak removes.
     """
     from astropy.table import Table
 
@@ -1382,8 +1406,9 @@ def transient_catalog(result: ZogyResult, threshold: float = 5.0, min_pixels: in
                 continue
             py, px = divmod(int(flat[k]), sc.shape[1])
             fs = result.F_S[py, px]
-            rows.append((px + result.diff.xy0[0], py + result.diff.xy0[1], float(sc[py, px]), S[py, px] / fs, np.sqrt(VS[py, px]) / fs, sign, int(npix[labels[k]])))
-    t = Table(rows=rows, names=("x", "y", "scorr", "flux", "flux_err", "sign", "npix"), dtype=(int, int, float, float, float, int, int))
+            dx, dy, peak = _parabolic_peak(S, px, py, sign)
+            rows.append((px + dx + result.diff.xy0[0], py + dy + result.diff.xy0[1], float(sc[py, px]), peak / fs, np.sqrt(VS[py, px]) / fs, sign, int(npix[labels[k]])))
+    t = Table(rows=rows, names=("x", "y", "scorr", "flux", "flux_err", "sign", "npix"), dtype=(float, float, float, float, float, int, int))
     wcs = result.diff.wcs
     if wcs is not None and len(t):
         ra, dec = wcs.pixel_to_world_values(np.asarray(t["x"], float), np.asarray(t["y"], float))
