@@ -215,7 +215,8 @@ class CompareWarpPipeline:
     progress : callable(stage, fraction), optional
     bright_objects : astropy Table, optional
         Bright-object regions painted on the coadd when ``doMaskBrightObjects`` is set (LSST's
-        ``brightObjectMask`` input; see :func:`toolkit.interp.mask_bright_objects`).
+        ``brightObjectMask`` input; see :func:`toolkit.interp.mask_bright_objects`).  An input
+        like the warps: after replacing it, call :meth:`invalidate`.
     """
 
     def __init__(self, direct_warps: Sequence[Exposure], psf_matched_warps: Sequence[Exposure | None] | None = None, config: CompareWarpConfig | None = None, model_psf=None, progress: Callable[[str, float], None] | None = None, bright_objects: Any = None) -> None:
