@@ -170,11 +170,12 @@ def mask_bright_objects(exposure: Exposure, table, plane: str = "BRIGHT_OBJECT")
         scale = _plate_scale_arcsec(exposure.wcs, (x0 + (nx - 1) / 2.0, y0 + (ny - 1) / 2.0))
     sel = np.zeros((ny, nx), bool)
 
-    def paint(ys: slice, xs: slice, stamp) -> None:
-        # the part of a shape (rows ys, columns xs in parent pixels) inside the image
+    def paint(ys: slice, xs: slice, stamp: np.ndarray | None = None) -> None:
+        # the part inside the image of a shape over rows ys and columns xs (parent pixels):
+        # the whole box, or where ``stamp`` is set
         ya, yb, xa, xb = max(ys.start, y0), min(ys.stop, y0 + ny), max(xs.start, x0), min(xs.stop, x0 + nx)
         if ya < yb and xa < xb:
-            part = stamp if stamp is True else stamp[ya - ys.start : yb - ys.start, xa - xs.start : xb - xs.start]
+            part = True if stamp is None else stamp[ya - ys.start : yb - ys.start, xa - xs.start : xb - xs.start]
             sel[ya - y0 : yb - y0, xa - x0 : xb - x0] |= part
 
     for row in table:
@@ -206,7 +207,7 @@ def mask_bright_objects(exposure: Exposure, table, plane: str = "BRIGHT_OBJECT")
             w, h = size("width"), size("height")
             xa, xb = int(cx - 0.5 * w), int(cx + 0.5 * w)
             ya, yb = int(cy - 0.5 * h), int(cy + 0.5 * h)
-            paint(slice(ya, yb + 1), slice(xa, xb + 1), True)
+            paint(slice(ya, yb + 1), slice(xa, xb + 1))
         elif kind == "circle":
             r = int(size("radius"))
             paint(slice(cy - r, cy + r + 1), slice(cx - r, cx + r + 1), circular_stencil(r))
