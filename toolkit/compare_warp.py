@@ -496,16 +496,17 @@ class CompareWarpPipeline:
                 return [None] * len(diffs)
             from .streaks import find_streaks
 
-            out = []
-            for i, d in enumerate(diffs):
+            def one(i):
+                d = diffs[i]
                 if d is None:
-                    out.append(np.zeros(shape, bool))
-                    continue
+                    return np.zeros(shape, bool)
                 det = np.zeros(shape, bool)
                 det.ravel()[cand["candidates"][i][0]] = True
                 sigma = d.psf.determinant_radius(d.bbox.center)
-                out.append(find_streaks(det, self.config.maskStreaks, grow=int(self.config.growStreakFp * sigma)))
-            return out
+                return find_streaks(det, self.config.maskStreaks, grow=int(self.config.growStreakFp * sigma))
+
+            # epochs side by side: the Hough transform (most of the time) releases the GIL
+            return map_epochs(one, range(len(diffs)), self._progress_for("streaks"))
 
         return self._stage("streaks", key, run)
 
