@@ -698,3 +698,21 @@ def test_pipeline_instrument_overrides_come_first_as_in_pipetask(tmp_path, monke
     child.write_text(f"description: c\ninstrument: lsst.obs.subaru.HyperSuprimeCam\nimports:\n  - {pipe}\n")
     with pytest.raises(ConfigError, match="only one instrument"):
         config_from_file(child, CompareWarpConfig)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("imports: 5\n", "an imports entry must be a location"),
+    ("imports:\n  - {include: [x]}\n", "an imports entry must be a location"),
+    ("imports:\n  - {location: other.yaml, rename: [1, 2]}\n", "'rename' must map labels"),
+    ("imports:\n  - {location: other.yaml, include: 5}\n", "'include' must be a label or a list"),
+    ("subsets: 7\ntasks:\n  x: a.B\n", "'subsets' must be a mapping"),
+    ("tasks: [a, b]\n", "'tasks' must be a mapping"),
+    ("tasks:\n  x:\n    config: {maxNumEpochs: 3}\n", "task 'x' has no 'class'"),
+    ("instrument: [a, b]\ntasks:\n  x: a.B\n", "only one top-level instrument"),
+])
+def test_malformed_pipelines_get_named_errors(text, match, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "other.yaml").write_text("description: o\ntasks:\n  y: lsst.drp.tasks.assemble_coadd.CompareWarpAssembleCoaddTask\n")
+    (tmp_path / "p.yaml").write_text("description: p\n" + text)
+    with pytest.raises(ConfigError, match=match):
+        config_from_file(tmp_path / "p.yaml", CompareWarpConfig)

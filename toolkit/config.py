@@ -682,7 +682,10 @@ def _resolve_pipeline(data: dict, path: Path | None, seen: tuple) -> tuple[dict,
     if "inherits" in data:
         raise ConfigError(f"{where}the 'inherits' key is not supported (pipetask refuses it too): use 'imports'")
     own_subsets = {}
-    for name, v in (data.get("subsets") or {}).items():
+    raw_subsets = data.get("subsets") or {}
+    if not isinstance(raw_subsets, dict):
+        raise ConfigError(f"{where}pipeline 'subsets' must be a mapping of name -> labels")
+    for name, v in raw_subsets.items():
         members = v.get("subset", []) if isinstance(v, dict) else v
         own_subsets[str(name)] = {str(m) for m in ([members] if isinstance(members, str) else members or [])}
     imports = data.get("imports") or []
@@ -702,9 +705,14 @@ def _resolve_pipeline(data: dict, path: Path | None, seen: tuple) -> tuple[dict,
         include, exclude = imp.get("include"), imp.get("exclude")
         include = [include] if isinstance(include, str) else include
         exclude = [exclude] if isinstance(exclude, str) else exclude
+        for key, val in (("include", include), ("exclude", exclude)):
+            if val is not None and not (isinstance(val, list) and all(isinstance(v, str) for v in val)):
+                raise ConfigError(f"{where}imports {loc!r}: '{key}' must be a label or a list of labels, got {val!r}")
         if include and exclude:
             raise ConfigError(f"{where}imports {loc!r}: both 'include' and 'exclude' given (pipetask refuses that too)")
         rename = imp.get("rename") or {}
+        if not isinstance(rename, dict):
+            raise ConfigError(f"{where}imports {loc!r}: 'rename' must map labels to new labels, got {rename!r}")
         if len(set(rename.values())) != len(rename) or set(rename.values()) & set(rename):
             raise ConfigError(f"{where}imports {loc!r}: 'rename' must map distinct labels to distinct new labels")
         sub, sub_path = _pipeline_document(str(loc), where)
