@@ -88,6 +88,10 @@ def test_bright_object_masks_follow_lsst_set_bright_object_masks():
         mask_bright_objects(exp, Table(rows=[("box", 10.0, 10.0, 3.0, 3.0, 30.0)], names=("type", "x", "y", "width", "height", "angle")))
     with pytest.raises(InputError, match="WCS"):
         mask_bright_objects(Exposure(np.zeros((8, 8), np.float32), np.ones((8, 8), np.float32)), circle)
+    with pytest.raises(InputError, match="row 0: its centre is not finite"):
+        mask_bright_objects(exp, Table(rows=[("circle", np.nan, 3.0, 2.0)], names=("type", "x", "y", "radius")))
+    with pytest.raises(InputError, match="row 0: radius must be finite and >= 0"):
+        mask_bright_objects(exp, Table(rows=[("circle", 3.0, 3.0, -2.0)], names=("type", "x", "y", "radius")))
 
 
 def test_interpolate_over_plane_options():

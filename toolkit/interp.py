@@ -188,6 +188,8 @@ def mask_bright_objects(exposure: Exposure, table, plane: str = "BRIGHT_OBJECT")
             fx, fy = float(row["x"]), float(row["y"])
         else:
             raise InputError("bright-object rows need ra/dec (with a WCS) or x/y")
+        if not (np.isfinite(fx) and np.isfinite(fy)):
+            raise InputError(f"bright-object row {row.index}: its centre is not finite ({fx}, {fy})")
         # lsst.geom.Point2I(Point2D): the nearest pixel, ties up
         cx, cy = int(np.floor(fx + 0.5)), int(np.floor(fy + 0.5))
 
@@ -195,10 +197,14 @@ def mask_bright_objects(exposure: Exposure, table, plane: str = "BRIGHT_OBJECT")
             if f"{name}_arcsec" in cols:
                 if scale is None:
                     raise InputError(f"{name}_arcsec needs a WCS for the plate scale")
-                return float(row[f"{name}_arcsec"]) / scale
-            if name in cols:
-                return float(row[name])
-            raise InputError(f"bright-object row lacks {name!r} (pixels) or {name}_arcsec")
+                v = float(row[f"{name}_arcsec"]) / scale
+            elif name in cols:
+                v = float(row[name])
+            else:
+                raise InputError(f"bright-object row lacks {name!r} (pixels) or {name}_arcsec")
+            if not (np.isfinite(v) and v >= 0):
+                raise InputError(f"bright-object row {row.index}: {name} must be finite and >= 0, got {v}")
+            return v
 
         kind = str(row["type"]).lower()
         if kind == "box":
