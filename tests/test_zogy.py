@@ -142,6 +142,15 @@ def test_grid_better_for_varying_psf():
             vals.append(np.sqrt(np.mean(r.scorr[iy - 5:iy + 6, ix - 5:ix + 6] ** 2)))
         return np.mean(vals)
     assert resid(b) < resid(a)
+    # the difference image's PSF follows the cells: at a position it is that cell's P_D (and
+    # the score's its P_S), so it broadens with the science PSF across the image
+    left, right = b.cells[0], b.cells[-1]
+    for res_psf, key in ((b.diff.psf, "P_D"), (b.score.psf, "P_S")):
+        for cell in (left, right):
+            at = res_psf.compute_kernel_image(cell["inner"].center)
+            np.testing.assert_allclose(at, cell[key] / cell[key].sum(), atol=1e-12)
+    widths = [b.diff.psf.determinant_radius(c["inner"].center) for c in (left, right)]
+    assert widths[1] > widths[0] + 0.5  # FWHM grows by 0.006 px per px: ~3 px across the image
 
 
 def test_bad_inputs_named():
@@ -208,7 +217,7 @@ def _lsst_calculate_fourier_diffim(N1, N2, V1, V2, k1, k2, F1, F2, var1, var2):
 
 
 @pytest.mark.parametrize("shape", [(180, 200), (540, 600)])
-@pytest.mark.parametrize("varying", [True, False])
+@pytest.mark.parametrize("varying", ["both", "none", "science"])
 @pytest.mark.parametrize("stamps", ["truncated", "well-sampled"])
 def test_fast_cell_equals_lsst_formulas(varying, stamps, shape, monkeypatch):
     """Truncated 25-px stamps of sigma 3.3/2.2 Gaussians (LSST's test) whiten into long-tailed
@@ -230,8 +239,9 @@ def test_fast_cell_equals_lsst_formulas(varying, stamps, shape, monkeypatch):
     g2 = GaussianPsf(s2, size=size - 4).compute_kernel_image()
     k2 = ImagePsf(np.roll(g2, 1, axis=1) * 0.3 + g2 * 0.7).compute_kernel_image()
     N1, N2 = rng.normal(0, 10, shape), rng.normal(0, 7, shape)
-    V1 = 100 + 50 * rng.random(shape) if varying else np.full(shape, 100.0)
-    V2 = np.full(shape, 49.0) if not varying else 49 + 20 * rng.random(shape)
+    # variance planes: both varying, both constant (padding only or a flat sky), or one of each
+    V1 = 100 + 50 * rng.random(shape) if varying != "none" else np.full(shape, 100.0)
+    V2 = 49 + 20 * rng.random(shape) if varying == "both" else np.full(shape, 49.0)
     F1, F2, var1, var2 = 1.3, 0.8, 100.0, 49.0
     ref = _lsst_calculate_fourier_diffim(N1, N2, V1, V2, k1, k2, F1, F2, var1, var2)
     ker = _cell_kernels(k1, k2, F1, F2, var1, var2, shape, True, np.float64)
@@ -243,11 +253,11 @@ def test_fast_cell_equals_lsst_formulas(varying, stamps, shape, monkeypatch):
     for key, mine in (("P_D", ker.pd), ("P_S", ker.ps)):
         want = _crop_normalize(ref[key], k1.shape)
         np.testing.assert_allclose(_crop_normalize(mine, k1.shape), want, atol=1e-10 * np.abs(want).max(), rtol=0, err_msg=key)
-    if varying:
+    if varying != "none":
         assert (len(ker.boxed) == 4) == (stamps == "well-sampled")
     # the fused in-place pass takes the cells with both planes varying, a coarse grid and
     # compact kernels; the rest go the unfused way
-    assert bool(fused) == (varying and ker.coarse > 1 and len(ker.boxed) == 4)
+    assert bool(fused) == (varying == "both" and ker.coarse > 1 and len(ker.boxed) == 4)
     for key in ("D", "VD", "S", "VS"):
         # c2 = F1 P1 / den is a ratio of two spectra at their rounding level near Nyquist, so
         # any two FFT implementations differ by ~1e-8 of D's scale there; nothing more is allowed
