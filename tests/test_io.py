@@ -9,7 +9,13 @@ from toolkit.io import read_exposure, read_plain_fits, write_exposure
 from toolkit.sim import make_wcs
 
 
-@pytest.mark.parametrize("psf", [GaussianPsf(1.7), DoubleGaussianPsf(7.7), ImagePsf(np.outer([1, 2, 1], [1, 3, 1]))])
+def _varying_psf():
+    from toolkit.psf import VaryingGaussianPsf
+
+    return VaryingGaussianPsf(2.0, 0.01, -0.005, (20.0, 20.0))
+
+
+@pytest.mark.parametrize("psf", [GaussianPsf(1.7), DoubleGaussianPsf(7.7), ImagePsf(np.outer([1, 2, 1], [1, 3, 1])), _varying_psf()])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_round_trip_is_lossless(tmp_path, psf, dtype):
     rng = np.random.default_rng(1)
