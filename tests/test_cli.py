@@ -80,6 +80,17 @@ def test_cli_coadd_and_zogy_equal_the_api(tmp_path):
     np.testing.assert_array_equal(got.mask, api.coadd.mask)
     assert got.get_plane("BRIGHT_OBJECT").sum() == 10 * 6  # LSST's box: int(x - w/2) .. int(x + w/2) inclusive
     assert main(["coadd", str(tmp_path / "sim"), "--bright-objects", str(tmp_path / "nothere.ecsv"), "--out", str(tmp_path / "bx")]) == 2
+    # the plain AssembleCoadd task, MEANCLIP by its class default, with an override
+    from toolkit.coadd import assemble_coadd
+    from toolkit.config import AssembleCoaddConfig
+
+    assert main(["coadd", str(tmp_path / "sim"), "--task", "assemble", "-c", "sigmaClip=2.5", "--out", str(tmp_path / "as")]) == 0
+    acfg = AssembleCoaddConfig()
+    acfg.sigmaClip = 2.5
+    want = assemble_coadd(direct, acfg)
+    got = read_exposure(tmp_path / "as" / "coadd.fits")
+    np.testing.assert_array_equal(got.image, want.coadd.image)
+    np.testing.assert_array_equal(got.mask, want.coadd.mask)
 
     assert main(["simulate", "--kind", "pair", "--size", "96", "--seed", "2", "--out", str(tmp_path / "pair")]) == 0
     zc = ZogyConfig()
