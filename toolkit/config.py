@@ -185,7 +185,7 @@ class LsstConfig(param.Parameterized):
         """Apply the override file ``filename`` to this config, in place (pex ``Config.load``);
         ``root`` is the name the file gives the config."""
         p = Path(filename)
-        if not p.is_file():
+        if not p.exists():
             raise ConfigError(f"config file not found: {p}")
         self._apply_pex(_config_text(p), p.absolute(), (p.resolve(),), root=root)
 
@@ -1247,10 +1247,10 @@ def preset(name: str) -> LsstConfig:
 
 def load_pex_override(path: str | Path, cls: type[LsstConfig] = CompareWarpConfig, base: LsstConfig | None = None) -> LsstConfig:
     """Read a pipetask override file (never executed) into a config of class ``cls``."""
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"config file not found: {p}")
-    return cls.from_pex_override(_config_text(p), base=base, path=p)
+    cfg = cls() if base is None else base.copy()
+    cfg.load(path)
+    cfg.validate()
+    return cfg
 
 
 def config_from_file(path: str | Path, cls: type[LsstConfig], label: str | None = None) -> LsstConfig:
