@@ -192,10 +192,15 @@ def simulate_stack(
     fwhm_range : (float, float)
         Per-epoch PSF FWHM (pixels) is uniform in this range.
     star_density, galaxy_density : float
-        Sources per pixel.  At LSST's 0.2"/px the defaults are ~30 000 stars/deg^2 brighter
-        than 2e3 nJy (22.6 mag AB; a field at moderate Galactic latitude, dense enough that a
-        256^2 patch has stars to measure) and ~49 000 galaxies/deg^2 brighter than 1e3 nJy
-        (23.9 mag), close to observed i-band galaxy counts.
+        Sources per pixel.  At LSST's 0.2"/px (3.24e8 px per deg^2) the defaults are ~97 000
+        stars/deg^2 brighter than 2e3 nJy (22.6 mag AB: a crowded low-latitude field, tens of
+        times the few thousand of a high-latitude one, chosen so that a 256^2 patch has stars to
+        measure) and ~49 000 galaxies/deg^2 brighter than 1e3 nJy (23.9 mag), close to observed
+        i-band galaxy counts.  The star density sets how much of the sky CompareWarp protects
+        (``doPreserveContainedBySource``): ~18-20 % of a 512^2 patch at the default, since the
+        300-sigma template threshold is read against the PSF-matched variance planes, which
+        leave out the correlation PSF matching gives the noise (as afw's do), so that nearly
+        every star brighter than ~2e3 nJy is protected in a 10-epoch template.
     galaxy_flux_range : (float, float)
         Galaxy fluxes (nJy) follow dN/dF ~ F^-2 between these limits (counts rising 0.4 dex per
         magnitude), so bright galaxies are as rare as they are on the sky.
