@@ -30,6 +30,21 @@ def test_weighted_mean_and_variance():
     assert (r.n_image == 3).all()
 
 
+def test_given_weights_checked_and_zero_leaves_a_warp_out():
+    from toolkit import InputError
+
+    stack = const_stack([1.0, 2.0, 4.0], [1.0, 2.0, 4.0])
+    cfg = AssembleCoaddConfig(statistic="MEAN", doInterp=False)
+    w = np.array([1.0, 0.0, 0.25])
+    r = assemble_coadd(stack, cfg, weights=w)
+    np.testing.assert_allclose(r.coadd.image, (1.0 + 0.25 * 4.0) / 1.25, rtol=1e-14)
+    assert set(r.skipped) == {1} and (r.n_image == 2).all()
+    assert w[1] == 0.0 and r.weights is not w  # the caller's array is neither kept nor edited
+    for bad, match in (([1.0, 1.0], "3 numbers"), ([[1.0, 1.0, 1.0]], "shape"), ([1.0, np.nan, 1.0], "warp 1: nan"), ([1.0, 1.0, -2.0], "warp 2: -2.0"), (["a", 1, 1], "3 numbers")):
+        with pytest.raises(InputError, match=match):
+            assemble_coadd(stack, cfg, weights=bad)
+
+
 def test_meanclip_worked_example():
     x = np.array([1.0, 10.0, 10.0, 20.0]).reshape(4, 1)
     ones = np.ones_like(x)

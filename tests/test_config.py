@@ -3,6 +3,7 @@ lsst.pex.config loader), YAML round trip, and safe import of override files."""
 
 import ast
 
+import numpy as np
 import pytest
 
 from toolkit.config import (
@@ -186,18 +187,45 @@ def test_single_change_is_one_line():
 
 def test_out_of_range_and_wrong_type_refused():
     cfg = CompareWarpConfig()
-    with pytest.raises(ValueError, match="spatialThreshold.*at most 1"):
+    # an assignment param refuses is a ConfigError (a ValueError) naming the field and the rule
+    with pytest.raises(ConfigError, match="spatialThreshold.*at most 1"):
         cfg.spatialThreshold = 1.5
-    with pytest.raises(ValueError, match="thresholdValue"):
+    with pytest.raises(ConfigError, match="thresholdValue"):
         cfg.detect.thresholdValue = -1.0
-    with pytest.raises(ValueError, match="statistic"):
+    with pytest.raises(ConfigError, match="statistic"):
         cfg.statistic = "BOGUS"
-    with pytest.raises(ValueError, match="clipIter"):
+    with pytest.raises(ConfigError, match="clipIter"):
         cfg.clipIter = "two"
+    assert cfg.spatialThreshold == 0.5 and cfg.statistic == "MEAN"  # refused values leave no trace
     with pytest.raises(ConfigError, match="maxFractionEpochsLow"):
         CompareWarpConfig.from_pex_override("config.maxFractionEpochsLow = 3.0\n")
     with pytest.raises(ConfigError, match="unknown config field 'notAField'"):
         CompareWarpConfig.from_pex_override("config.notAField = 1\n")
+
+
+def test_engines_take_a_config_a_mapping_or_none_and_name_anything_else():
+    from toolkit.config import as_config
+    from toolkit.sim import simulate_pair
+    from toolkit.zogy import zogy
+
+    cfg = as_config({"spatialThreshold": 0.3, "detect.minPixels": 6, "detectTemplate": {"thresholdValue": 200.0}}, CompareWarpConfig)
+    assert (cfg.spatialThreshold, cfg.detect.minPixels, cfg.detectTemplate.thresholdValue) == (0.3, 6, 200.0)
+    assert cfg.maxNumEpochs == CompareWarpConfig().maxNumEpochs
+    same = ZogyConfig()
+    assert as_config(same, ZogyConfig) is same and as_config(None, ZogyConfig) == ZogyConfig()
+    with pytest.raises(ConfigError, match="unknown config field 'notAField'"):
+        as_config({"notAField": 1}, ZogyConfig)
+    with pytest.raises(ConfigError, match="at most 1"):
+        as_config({"spatialThreshold": 2.0}, CompareWarpConfig)
+    pair = simulate_pair(size=64, seed=3, n_transients=0)
+    with pytest.raises(ConfigError, match="must be a ZogyConfig .* got list"):
+        zogy(pair.science, pair.reference, config=[("doSpatialGrid", True)])
+    with pytest.raises(ConfigError, match="must be a ZogyConfig .* got CompareWarpConfig"):
+        zogy(pair.science, pair.reference, config=CompareWarpConfig())
+    a = zogy(pair.science, pair.reference, config={"correctBackground": True})
+    b = zogy(pair.science, pair.reference, config=ZogyConfig(correctBackground=True))
+    c = zogy(pair.science, pair.reference)
+    assert np.array_equal(a.diff.image, b.diff.image) and not np.array_equal(a.diff.image, c.diff.image)
 
 
 def test_validate_rules_named():

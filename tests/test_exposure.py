@@ -116,3 +116,41 @@ def test_big_endian_planes_as_astropy_reads_them(tmp_path):
     x, m = planes[0][0], (rng.random((n, n)) < 0.1).astype(">i4")
     assert meanclip_masked(x, m, 1, 3.0, 3) == meanclip_masked(x.astype(np.float32), m.astype(np.int32), 1, 3.0, 3)
     np.testing.assert_array_equal(or_box(m, 2), or_box(m.astype(np.int32), 2))
+
+
+@pytest.mark.parametrize("copy", [True, False])
+def test_masked_array_pixels_become_nan_and_no_data(copy):
+    """np.asarray drops a masked array's mask; the Exposure keeps it as NO_DATA (NaN pixels),
+    and neither the caller's data nor its mask is touched."""
+    data = np.arange(20, dtype=np.float32).reshape(4, 5)
+    img = np.ma.masked_array(data, mask=np.zeros((4, 5), bool))
+    img.mask[1, 2] = True
+    var = np.ma.masked_array(np.full((4, 5), 2.0, np.float32), mask=np.zeros((4, 5), bool))
+    var.mask[3, 0] = True
+    user_mask = np.zeros((4, 5), np.int32)
+    e = Exposure(img, var, user_mask, copy=copy)
+    bad = np.zeros((4, 5), bool)
+    bad[1, 2] = bad[3, 0] = True
+    assert np.array_equal(e.get_plane("NO_DATA"), bad)
+    assert np.isnan(e.image[bad]).all() and np.isnan(e.variance[bad]).all()
+    assert np.array_equal(e.image[~bad], data[~bad])
+    assert np.array_equal(e.variance[~bad], np.full((4, 5), 2.0)[~bad])
+    # the caller's arrays are unchanged
+    assert np.array_equal(data, np.arange(20, dtype=np.float32).reshape(4, 5))
+    assert not np.isnan(var.data).any() and not user_mask.any()
+    # a masked array with nothing masked is a plain array
+    plain = Exposure(np.ma.masked_array(data), var.data)
+    assert not plain.get_plane("NO_DATA").any() and np.array_equal(plain.image, data)
+
+
+def test_mask_planes_from_names_and_bad_planes():
+    planes = MaskPlanes(["BAD", "SAT", "NO_DATA"])
+    assert dict(planes) == {"BAD": 0, "SAT": 1, "NO_DATA": 2}
+    with pytest.raises(InputError, match="given twice"):
+        MaskPlanes(["BAD", "BAD"])
+    with pytest.raises(InputError, match="need an order"):
+        MaskPlanes({"BAD", "SAT"})
+    with pytest.raises(InputError, match="mapping name -> bit"):
+        MaskPlanes("BAD")
+    with pytest.raises(InputError, match="bits must be"):
+        MaskPlanes({"BAD": 40})

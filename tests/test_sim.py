@@ -91,3 +91,36 @@ def test_saturated_star_count():
     assert (none["flux"] >= 1.5e6).sum() <= 1  # P(F > 1.5e6) ~ fmin / 1.5e6 per star
     with pytest.raises(InputError, match="n_saturated_stars"):
         simulate_stack(n_saturated_stars=-1, **kw)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(n_epochs="3"), "n_epochs"),
+        (dict(n_epochs=2.5), "n_epochs"),
+        (dict(star_density=-1e-4), "star_density"),
+        (dict(cosmic_ray_density=float("nan")), "cosmic_ray_density"),
+        (dict(fwhm_range=(5.0, 2.0)), "fwhm_range"),
+        (dict(fwhm_range=(0.0, 2.0)), r"fwhm_range\[0\]"),
+        (dict(fwhm_range=3.0), "fwhm_range"),
+        (dict(variable_fraction=1.5), "variable_fraction"),
+        (dict(size="big"), "size"),
+        (dict(size=(64, 64, 3)), "size"),
+        (dict(n_trails=-1), "n_trails"),
+    ],
+)
+def test_simulate_stack_names_bad_parameters(kwargs, name):
+    from toolkit import InputError
+    from toolkit.sim import simulate_stack
+
+    with pytest.raises(InputError, match=name):
+        simulate_stack(**{"size": 64, **kwargs})
+
+
+@pytest.mark.parametrize("kwargs, name", [(dict(science_fwhm=0.0), "science_fwhm"), (dict(reference_sky_sigma=-1.0), "reference_sky_sigma"), (dict(transient_snr_range=(10, 5)), "transient_snr_range"), (dict(n_transients=1.5), "n_transients"), (dict(science_fwhm_gradient=(np.nan, 0)), "science_fwhm_gradient")])
+def test_simulate_pair_names_bad_parameters(kwargs, name):
+    from toolkit import InputError
+    from toolkit.sim import simulate_pair
+
+    with pytest.raises(InputError, match=name):
+        simulate_pair(**{"size": 64, **kwargs})

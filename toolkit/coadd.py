@@ -27,7 +27,7 @@ from typing import Any
 import numba as nb
 import numpy as np
 
-from .config import AssembleCoaddConfig
+from .config import AssembleCoaddConfig, as_config
 from .errors import ConfigError, InputError
 from .exposure import Exposure
 from .interp import interpolate_over_plane, mask_bright_objects
@@ -245,7 +245,9 @@ def assemble_coadd(
     bright_objects : astropy Table, optional
         Used when ``config.doMaskBrightObjects``.
     weights : array, optional
-        Precomputed weights (skips the MEANCLIP of each variance plane).
+        Precomputed weights, one per warp, finite and >= 0 (skips the MEANCLIP of each
+        variance plane); a warp of weight 0 is left out, as LSST leaves out one whose weight
+        cannot be computed.
     lsst_online_quirk : bool
         Reproduce LSST's online-mean ``isfinite(mask)`` bug.
     progress : callable(stage, fraction), optional
@@ -258,7 +260,7 @@ def assemble_coadd(
         Keep ``raw`` (the stack before processResults) in the result, so that it can be a ``base``.
     """
     t0 = time.perf_counter()
-    config = AssembleCoaddConfig() if config is None else config
+    config = as_config(config, AssembleCoaddConfig)
     config.validate()
     if config.statistic not in ("MEAN", "MEDIAN", "MEANCLIP"):
         raise ConfigError(f"statistic={config.statistic!r} is valid in LSST but not implemented in diffstack (MEAN, MEDIAN, MEANCLIP)")
@@ -275,8 +277,16 @@ def assemble_coadd(
     if weights is None:
         weights, skipped = compute_weights(warps, config)
     else:
-        weights = np.asarray(weights, float)
-        skipped = {i: "weight is zero" for i in range(n) if not weights[i] > 0}
+        try:
+            weights = np.array(weights, dtype=float)  # a copy: the caller's array is not kept
+        except (TypeError, ValueError):
+            raise InputError(f"weights must be {n} numbers, one per warp, got {weights!r}") from None
+        if weights.shape != (n,):
+            raise InputError(f"weights must be {n} numbers, one per warp, got shape {weights.shape}")
+        bad_w = [i for i in range(n) if not (np.isfinite(weights[i]) and weights[i] >= 0)]
+        if bad_w:
+            raise InputError(f"weights must be finite and >= 0 (0 leaves a warp out), got {', '.join(f'warp {i}: {weights[i]}' for i in bad_w)}")
+        skipped = {i: "weight is zero" for i in range(n) if weights[i] == 0}
     timings["weights"] = time.perf_counter() - t0
     used = [i for i in range(n) if i not in skipped]
     if not used:

@@ -37,7 +37,7 @@ import numba as nb
 import numpy as np
 
 from .coadd import CoaddResult, assemble_coadd, compute_weights
-from .config import CompareWarpConfig
+from .config import CompareWarpConfig, as_config
 from .detection import binned_background, footprint_pixels, grow_radius, smooth_for_detection, threshold_footprints
 from .errors import InputError
 from .exposure import Exposure
@@ -226,7 +226,7 @@ class CompareWarpPipeline:
         if psf_matched_warps is not None and len(psf_matched_warps) != len(self.direct_warps):
             raise InputError(f"{len(psf_matched_warps)} PSF-matched warps for {len(self.direct_warps)} direct warps")
         self._given_matched = None if psf_matched_warps is None else list(psf_matched_warps)
-        self.config = CompareWarpConfig() if config is None else config
+        self.config = as_config(config, CompareWarpConfig)
         self.model_psf = DoubleGaussianPsf(7.7) if model_psf is None else model_psf
         self.progress = progress
         self.bright_objects = bright_objects

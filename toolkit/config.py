@@ -24,6 +24,7 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -75,6 +76,16 @@ class LsstConfig(param.Parameterized):
         super().__init__(**flat)
         for k, v in nested.items():
             getattr(self, k).update_from_dict(v)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # param checks a value as it is assigned and raises ValueError; a ConfigError (itself a
+        # ValueError) says it is the config that refused it, as every other config check does
+        try:
+            super().__setattr__(name, value)
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     # ------------------------------------------------------------------ introspection
     def field_names(self) -> list[str]:
@@ -1223,6 +1234,24 @@ PRESETS = {
     "decam": (_decam, "DECam DRP production overrides"),
     "zogy": (ZogyConfig, "LSST ZogyConfig defaults (last version)"),
 }
+
+
+def as_config(config: Any, cls: type[LsstConfig], what: str = "config") -> LsstConfig:
+    """``config`` as a ``cls``: a new default one for None, the object itself when it is one,
+    or a new one with the fields of a mapping set (dotted names such as ``"detect.minPixels"``
+    allowed).  Anything else is a :class:`ConfigError` naming what was given."""
+    if config is None:
+        return cls()
+    if isinstance(config, cls):
+        return config
+    if isinstance(config, Mapping):
+        cfg = cls()
+        for key, value in config.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"{what}: field names must be strings, got {key!r}")
+            cfg.set_dotted(key, value)
+        return cfg
+    raise ConfigError(f"{what} must be a {cls.__name__} (or a mapping of its fields), got {type(config).__name__}")
 
 
 def _config_text(p: Path, what: str = "config file") -> str:

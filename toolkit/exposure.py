@@ -44,7 +44,8 @@ class Exposure:
     Parameters
     ----------
     image : array_like, float32 or float64, shape (ny, nx)
-        Pixel values.
+        Pixel values.  A numpy masked array's masked pixels (of the image or the variance)
+        become NaN in both planes and NO_DATA in the mask, as a warp marks pixels it lacks.
     variance : array_like, optional
         Per-pixel variance, same shape (cast to the image dtype); defaults to ones.
     mask : array_like of int, optional
@@ -80,6 +81,19 @@ class Exposure:
         metadata: Mapping[str, Any] | None = None,
         copy: bool = True,
     ) -> None:
+        # numpy masked arrays: np.asarray would silently keep the values under the mask, so
+        # masked pixels become NaN (in copies) and NO_DATA, as a warp marks pixels it lacks
+        masked = None
+        for plane in (image, variance):
+            if np.ma.isMaskedArray(plane) and np.ma.getmaskarray(plane).any():
+                m = np.ma.getmaskarray(plane)
+                masked = m if masked is None or masked.shape != m.shape else masked | m
+        if masked is not None:
+            copy = True  # masked pixels are written: every plane must be the Exposure's own
+        if np.ma.isMaskedArray(image):
+            image = np.ma.getdata(image)
+        if np.ma.isMaskedArray(variance):
+            variance = np.ma.getdata(variance)
         image = _as_float_image("image", image, copy)
         if variance is None:
             variance = np.ones_like(image)
@@ -121,6 +135,12 @@ class Exposure:
         self.variance: np.ndarray = variance
         self.mask: np.ndarray = mask
         self.mask_planes: MaskPlanes = MaskPlanes(mask_planes)
+        if masked is not None:
+            if masked.shape != image.shape:
+                raise InputError(f"masked-array mask shape {masked.shape} does not match image shape {image.shape}")
+            self.image[masked] = np.nan
+            self.variance[masked] = np.nan
+            self.set_plane("NO_DATA", masked)
         self.psf = psf
         self.photo_calib: float = photo_calib
         self.wcs = wcs

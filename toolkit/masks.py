@@ -7,7 +7,7 @@ one per exposure, and the stacking code remaps masks when inputs disagree.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numba as nb
 import numpy as np
@@ -48,12 +48,23 @@ class MaskPlanes(dict):
 
     Parameters
     ----------
-    planes : mapping, optional
-        Initial planes; defaults to :data:`DEFAULT_MASK_PLANES`.
+    planes : mapping or sequence of str, optional
+        Initial planes (``name -> bit``, or names given bits 0, 1, ... in order); defaults to
+        :data:`DEFAULT_MASK_PLANES`.
     """
 
-    def __init__(self, planes: Mapping[str, int] | None = None) -> None:
-        super().__init__(DEFAULT_MASK_PLANES if planes is None else planes)
+    def __init__(self, planes: Mapping[str, int] | Sequence[str] | None = None) -> None:
+        if planes is None:
+            planes = DEFAULT_MASK_PLANES
+        elif not isinstance(planes, Mapping):
+            if isinstance(planes, (str, bytes)) or not isinstance(planes, (Sequence, set, frozenset)):
+                raise InputError(f"mask planes must be a mapping name -> bit or a sequence of names, got {type(planes).__name__}")
+            if isinstance(planes, (set, frozenset)):
+                raise InputError("mask planes given as names need an order (a list or tuple), not a set")
+            if len(set(planes)) != len(planes):
+                raise InputError(f"a mask plane name is given twice: {list(planes)}")
+            planes = {name: bit for bit, name in enumerate(planes)}
+        super().__init__(planes)
         bits = list(self.values())
         for name, bit in self.items():
             if not isinstance(name, str) or not name:

@@ -23,7 +23,7 @@ import numpy as np
 import param
 
 from .compare_warp import CompareWarpPipeline
-from .config import CompareWarpConfig, LsstConfig, ZogyConfig
+from .config import CompareWarpConfig, LsstConfig, ZogyConfig, as_config
 from .errors import InputError
 from .exposure import Exposure
 
@@ -125,7 +125,7 @@ class CompareWarpModel(_StagedModel):
         if not direct_warps:
             raise InputError("CompareWarpModel needs at least one warp")
         self.param.epoch.bounds = (0, len(direct_warps) - 1)
-        self.config = CompareWarpConfig() if config is None else config
+        self.config = as_config(config, CompareWarpConfig)
         self.pipeline = CompareWarpPipeline(direct_warps, psf_matched_warps, config=self.config.copy())
         self._watchers = watch_config(self.config, self.request_update)
         self.param.watch(self.request_update, ["epoch"])
@@ -180,7 +180,7 @@ class ZogyModel(_StagedModel):
     def __init__(self, science: Exposure, template: Exposure, config: ZogyConfig | None = None, background: bool = False, deliver=None, compute: bool = True, **params: Any) -> None:
         super().__init__(background=background, deliver=deliver, **params)
         self.science, self.template = science, template
-        self.config = ZogyConfig() if config is None else config
+        self.config = as_config(config, ZogyConfig)
         self._watchers = watch_config(self.config, self.request_update)
         if compute:
             self.request_update()

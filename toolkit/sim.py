@@ -32,6 +32,48 @@ __all__ = ["simulate_stack", "simulate_pair", "SimulatedStack", "SimulatedPair",
 _SAT_COUNTS = 60000.0
 
 
+def _number(name: str, value: Any, low: float | None = 0.0, high: float | None = None, strict: bool = False, integer: bool = False) -> Any:
+    """``value`` checked as a finite number (an integer if ``integer``) within ``[low, high]``
+    (``low`` excluded when ``strict``): a named InputError instead of numpy's deep errors."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok:
+        v = float(value)
+        ok = np.isfinite(v) and (low is None or (v > low if strict else v >= low)) and (high is None or v <= high)
+    if not ok:
+        kind = "an integer" if integer else "a finite number"
+        bounds = []
+        if low is not None:
+            bounds.append(f"{'>' if strict else '>='} {low:g}")
+        if high is not None:
+            bounds.append(f"<= {high:g}")
+        raise InputError(f"{name} must be {kind}{' ' + ' and '.join(bounds) if bounds else ''}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _interval(name: str, value: Any, low: float = 0.0, strict: bool = False) -> tuple[float, float]:
+    """A ``(min, max)`` pair of numbers above ``low`` with min <= max."""
+    try:
+        a, b = value
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a (min, max) pair, got {value!r}") from None
+    a, b = _number(f"{name}[0]", a, low, strict=strict), _number(f"{name}[1]", b, low, strict=strict)
+    if a > b:
+        raise InputError(f"{name} must be (min, max) with min <= max, got {value!r}")
+    return a, b
+
+
+def _size(value: Any, minimum: int, what: str) -> tuple[int, int]:
+    pair = (value, value) if np.isscalar(value) else tuple(value) if isinstance(value, (tuple, list)) else None
+    if pair is None or len(pair) != 2:
+        raise InputError(f"{what} must be an integer or (ny, nx), got {value!r}")
+    ny, nx = (_number(f"{what}", v, None, integer=True) for v in pair)
+    if ny < minimum or nx < minimum:
+        raise InputError(f"{what} must be at least {minimum} pixels, got {(ny, nx)}")
+    return ny, nx
+
+
 def make_wcs(shape: tuple[int, int], ra: float = 150.0, dec: float = 2.2, scale_arcsec: float = 0.2) -> WCS:
     """A TAN WCS centred on the image (parent frame, 0-based pixels)."""
     w = WCS(naxis=2)
@@ -233,11 +275,19 @@ def simulate_stack(
     keep_truth_images : bool
         Keep the per-epoch truth cubes (memory: ~3 N ny nx floats).
     """
-    if n_epochs < 1:
-        raise InputError(f"n_epochs must be >= 1, got {n_epochs}")
-    ny, nx = (size, size) if np.isscalar(size) else tuple(size)
-    if ny < 32 or nx < 32:
-        raise InputError(f"size must be at least 32 pixels, got {(ny, nx)}")
+    n_epochs = _number("n_epochs", n_epochs, 1, integer=True)
+    ny, nx = _size(size, 32, "size")
+    fwhm_range = _interval("fwhm_range", fwhm_range, strict=True)
+    sky_counts = _interval("sky_counts", sky_counts)
+    throughput_range = _interval("throughput_range", throughput_range, strict=True)
+    for name, value in (("star_density", star_density), ("galaxy_density", galaxy_density), ("cosmic_ray_density", cosmic_ray_density), ("read_noise", read_noise)):
+        _number(name, value)
+    for name, value in (("variable_fraction", variable_fraction), ("chip_gap_fraction", chip_gap_fraction)):
+        _number(name, value, 0.0, 1.0)
+    for name, value in (("n_trails", n_trails), ("bad_columns", bad_columns)):
+        _number(name, value, integer=True)
+    if psf_matched:
+        _number("target_fwhm", target_fwhm, strict=True)
     rng = np.random.default_rng(seed)
     area = ny * nx
     wcs = make_wcs((ny, nx))
@@ -456,9 +506,18 @@ def simulate_pair(
     ``science_fwhm_gradient`` (d FWHM / d x, d FWHM / d y per pixel) makes the science PSF vary
     across the field (for grid mode).
     """
-    ny, nx = (size, size) if np.isscalar(size) else tuple(size)
-    if ny < 64 or nx < 64:
-        raise InputError(f"pair size must be at least 64 pixels, got {(ny, nx)}")
+    ny, nx = _size(size, 64, "pair size")
+    for name, value in (("science_fwhm", science_fwhm), ("reference_fwhm", reference_fwhm), ("science_sky_sigma", science_sky_sigma), ("reference_sky_sigma", reference_sky_sigma), ("science_calib", science_calib), ("reference_calib", reference_calib)):
+        _number(name, value, strict=True)
+    _number("star_density", star_density)
+    _number("n_transients", n_transients, integer=True)
+    _interval("transient_snr_range", transient_snr_range, strict=True)
+    try:
+        gx_, gy_ = (float(v) for v in science_fwhm_gradient)
+    except (TypeError, ValueError):
+        raise InputError(f"science_fwhm_gradient must be (d FWHM/dx, d FWHM/dy), got {science_fwhm_gradient!r}") from None
+    if not (np.isfinite(gx_) and np.isfinite(gy_)):
+        raise InputError(f"science_fwhm_gradient must be finite, got {science_fwhm_gradient!r}")
     rng = np.random.default_rng(seed)
     wcs = make_wcs((ny, nx))
     n_stars = max(1, rng.poisson(star_density * ny * nx))

@@ -28,7 +28,7 @@ import numba as nb
 import numpy as np
 import scipy.fft as sfft
 
-from .config import ZogyConfig
+from .config import ZogyConfig, as_config
 from .detection import footprint_pixels
 from .errors import InputError
 from .exposure import Exposure
@@ -381,7 +381,7 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
     everything in float64 and cast the results back to exposure1's dtype.
     """
     t0 = time.perf_counter()
-    cfg = ZogyConfig() if config is None else config
+    cfg = as_config(config, ZogyConfig)
     cfg.validate()
     finite_planes = _check_inputs(science, template)
     timings: dict[str, float] = {}
