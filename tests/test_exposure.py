@@ -25,6 +25,10 @@ def test_construction_validates_shapes_and_dtypes():
         Exposure(img, mask=np.zeros((10, 12), np.float32))
     with pytest.raises(InputError, match="photo_calib"):
         Exposure(img, photo_calib=-1)
+    with pytest.raises(InputError, match="wcs must be an astropy.wcs.WCS"):
+        Exposure(img, wcs="RA---TAN")
+    with pytest.raises(InputError, match="metadata must be a mapping"):
+        Exposure(img, metadata=[("BUNIT", "nJy")])
 
 
 def test_inputs_not_modified_and_copied():

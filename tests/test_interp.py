@@ -137,3 +137,24 @@ def test_interpolate_over_plane_options():
 
     cols = interpolate_over_plane(Exposure(img.T.copy(), var.T.copy(), exp.mask.T.copy(), exp.mask_planes), transpose=True)
     np.testing.assert_array_equal(cols.image.T, out.image)
+
+
+def test_interpolate_over_plane_names_bad_arguments():
+    """A typo in the plane or the fallback type is an error, not a silent no-op; a plane LSST
+    registers that these inputs lack (STREAK here) selects nothing, as in config lists."""
+    import pytest
+
+    from toolkit.errors import ConfigError
+    from toolkit.exposure import Exposure
+    from toolkit.interp import interpolate_over_plane
+
+    exp = Exposure(np.ones((4, 6), np.float32))
+    exp.set_plane("NO_DATA", np.eye(4, 6, dtype=bool))
+    with pytest.raises(ConfigError, match="unknown mask plane 'NODATA'"):
+        interpolate_over_plane(exp, "NODATA")
+    with pytest.raises(ConfigError, match="fallbackValueType must be one of"):
+        interpolate_over_plane(exp, fallback_type="MODE")
+    with pytest.raises(ConfigError, match="fallbackUserValue must be finite"):
+        interpolate_over_plane(exp, fallback_type="USER", user_value=np.nan)
+    same = interpolate_over_plane(exp, "STREAK")
+    assert not same.get_plane("INTRP").any() and np.array_equal(same.image, exp.image)

@@ -87,6 +87,21 @@ def test_bad_files(tmp_path):
     fits.writeto(tmp_path / "small.fits", np.zeros((3, 3)))
     with pytest.raises(InputError, match="shape"):
         read_plain_fits(tmp_path / "plain.fits", variance=tmp_path / "small.fits")
+    # a file cut short (a copy that died half way): astropy reads data lazily and failed later
+    # with a bare reshape error; the reader names the file
+    whole = tmp_path / "whole.fits"
+    write_exposure(Exposure(np.ones((64, 64), np.float32)), whole)
+    cut = tmp_path / "cut.fits"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(FitsReadError, match="cut.fits is not a readable FITS"):
+        read_exposure(cut)
+    with pytest.raises(FitsReadError, match="cut.fits"):
+        read_plain_fits(cut)
+    from toolkit.io import read_mask_fits
+
+    fits.writeto(tmp_path / "float_mask.fits", np.full((4, 4), 0.5, np.float32))
+    with pytest.raises(FitsReadError, match="integer bits"):
+        read_mask_fits(tmp_path / "float_mask.fits")
 
 
 def test_degenerate_cube_reads_as_its_plane(tmp_path):

@@ -44,6 +44,16 @@ def test_bad_psfs():
         ImagePsf(np.array([[np.nan, 1], [1, 1]]))
     with pytest.raises(InputError, match="sigma"):
         GaussianPsf(0)
+    with pytest.raises(InputError, match="gradients and ref must be finite"):
+        VaryingGaussianPsf(2.0, np.nan)
+    with pytest.raises(InputError, match="position must be finite"):
+        VaryingGaussianPsf(2.0, 0.001).compute_kernel_image((np.nan, 3.0))
+    from toolkit.psf_matching import fft_convolve
+
+    with pytest.raises(InputError, match="kernel must be a non-empty 2-D"):
+        fft_convolve(np.ones((8, 8)), np.ones(3))
+    with pytest.raises(InputError, match="kernel has NaN"):
+        fft_convolve(np.ones((8, 8)), np.full((3, 3), np.nan))
 
 
 def test_or_box_is_the_bitwise_or_over_the_window():

@@ -142,6 +142,9 @@ def test_photometric_scales_recover_a_throughput_change():
     scaled = apply_scales([a, b], s)
     assert scaled[1].variance[0, 0] == pytest.approx(0.64 * 100 * s[1] ** 2, rel=1e-6)
     assert b.variance[0, 0] == pytest.approx(64.0)  # input untouched
+    for bad in (2, -1, 0.5):
+        with pytest.raises(InputError, match="reference must be the index of one of the 2 exposures"):
+            photometric_scales([a, b], reference=bad)
 
 
 def test_noise_correlation_factor_white_and_correlated():

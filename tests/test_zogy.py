@@ -465,3 +465,16 @@ def test_catalog_photometry_and_positions_of_transients():
     assert abs(np.median(ratios) - 1) < 0.02
     assert abs(np.mean(pulls)) < 0.35 and abs(np.std(pulls) - 1) < 0.25
     assert np.median(offsets) < 0.25
+
+
+def test_transient_catalog_threshold_checked():
+    from toolkit.sim import simulate_pair
+    from toolkit.zogy import transient_catalog
+
+    pair = simulate_pair(size=64, seed=2, n_transients=1)
+    res = zogy(pair.science, pair.reference)
+    for bad in (0.0, -5.0, np.nan, "5"):
+        with pytest.raises(InputError, match="threshold must be a finite number > 0"):
+            transient_catalog(res, threshold=bad)
+    with pytest.raises(InputError, match="min_pixels"):
+        transient_catalog(res, min_pixels=0)

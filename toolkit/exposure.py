@@ -131,6 +131,15 @@ class Exposure:
             raise InputError(f"xy0 must be two integers (x0, y0), got {xy0!r}")
         if psf is not None and not hasattr(psf, "compute_kernel_image"):
             raise InputError(f"psf must be a toolkit.psf.Psf, got {type(psf).__name__}")
+        if wcs is not None:
+            from astropy.wcs import WCS
+
+            if not isinstance(wcs, WCS):
+                raise InputError(f"wcs must be an astropy.wcs.WCS (of the parent pixel frame) or None, got {type(wcs).__name__}")
+            if wcs.pixel_n_dim != 2:
+                raise InputError(f"wcs must have 2 pixel axes, got {wcs.pixel_n_dim}")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise InputError(f"metadata must be a mapping (like a FITS header), got {type(metadata).__name__}")
         self.image: np.ndarray = image
         self.variance: np.ndarray = variance
         self.mask: np.ndarray = mask

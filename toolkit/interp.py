@@ -20,10 +20,15 @@ from collections.abc import Callable
 import numba as nb
 import numpy as np
 
+from .errors import ConfigError
 from .exposure import Exposure
 from .stats import meanclip_scalar, median_masked
 
 __all__ = ["interpolate_over_plane", "mask_bright_objects", "fallback_value"]
+
+
+#: InterpImageConfig.fallbackValueType choices
+FALLBACK_TYPES = ("MEAN", "MEDIAN", "MEANCLIP", "USER")
 
 
 def fallback_value(image: np.ndarray, good: np.ndarray, kind: str = "MEDIAN", user_value: float = 0.0, allow_negative: bool = False) -> float:
@@ -113,6 +118,12 @@ def _fill_runs(arr, bad, fallback, edge_nearest):  # pragma: no cover - compiled
 def interpolate_over_plane(exposure: Exposure, plane: str = "NO_DATA", fallback_type: str = "MEDIAN", user_value: float = 0.0, negative_allowed: bool = False, use_fallback_at_edge: bool = True, transpose: bool = False, in_place: bool = False) -> Exposure:
     """Return a copy of ``exposure`` (or, with ``in_place``, the exposure itself) with pixels in
     ``plane`` interpolated; INTRP set there."""
+    if fallback_type not in FALLBACK_TYPES:
+        raise ConfigError(f"fallbackValueType must be one of {', '.join(FALLBACK_TYPES)}, got {fallback_type!r}")
+    if not np.isfinite(float(user_value)):
+        raise ConfigError(f"fallbackUserValue must be finite, got {user_value!r}")
+    # a plane LSST registers but these inputs lack selects nothing; any other name is a typo
+    exposure.mask_planes.bitmask([plane], strict=False, field="interpolate_over_plane plane")
     out = exposure if in_place else exposure.copy()
     if plane not in out.mask_planes:
         return out

@@ -180,7 +180,10 @@ def _open_fits(path: str | os.PathLike) -> fits.HDUList:
     try:
         hdul = fits.open(path, memmap=False)
         hdul.verify("silentfix")
-        _ = [h.header for h in hdul]
+        # every HDU's data is read here, where a failure is named: astropy reads lazily, and a
+        # truncated file would otherwise fail later as a bare reshape ValueError
+        for h in hdul:
+            _ = h.header, h.data
         return hdul
     except FitsReadError:
         raise
@@ -377,6 +380,9 @@ def read_mask_fits(path: str | os.PathLike) -> tuple[np.ndarray, MaskPlanes]:
     with _open_fits(path) as hdul:
         for h in hdul:
             if h.data is not None and np.ndim(h.data) == 2:
+                data = np.asarray(h.data)
+                if data.dtype.kind not in "iub":
+                    raise FitsReadError(f"{path}: a mask must hold integer bits, found {data.dtype} data")
                 planes = {k[3:]: int(v) for k, v in h.header.items() if k.startswith("MP_")}
-                return np.asarray(h.data).astype(np.int32), MaskPlanes(dict(sorted(planes.items(), key=lambda kv: kv[1])) or None)
+                return data.astype(np.int32), MaskPlanes(dict(sorted(planes.items(), key=lambda kv: kv[1])) or None)
     raise FitsReadError(f"{path} holds no mask image")

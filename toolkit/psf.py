@@ -288,14 +288,18 @@ class VaryingGaussianPsf(Psf):
     ) -> None:
         self.sigma0, self.dsigma_dx, self.dsigma_dy = float(sigma0), float(dsigma_dx), float(dsigma_dy)
         self.ref = (float(ref[0]), float(ref[1]))
-        if self.sigma0 <= 0:
-            raise InputError("VaryingGaussianPsf sigma0 must be > 0")
+        if not (np.isfinite(self.sigma0) and self.sigma0 > 0):
+            raise InputError(f"VaryingGaussianPsf sigma0 must be finite and > 0, got {sigma0!r}")
+        if not all(np.isfinite(v) for v in (self.dsigma_dx, self.dsigma_dy, *self.ref)):
+            raise InputError(f"VaryingGaussianPsf gradients and ref must be finite, got {(dsigma_dx, dsigma_dy)} and {tuple(ref)}")
         self.size = _odd(size if size is not None else max(5, 2 * int(np.ceil(4 * sigma0 * 1.5)) + 1))
 
     def sigma_at(self, position: Sequence[float] | None) -> float:
         if position is None:
             return self.sigma0
         s = self.sigma0 + self.dsigma_dx * (position[0] - self.ref[0]) + self.dsigma_dy * (position[1] - self.ref[1])
+        if not np.isfinite(s):
+            raise InputError(f"VaryingGaussianPsf: the position must be finite, got {tuple(position)}")
         if s <= 0:
             raise InputError(f"VaryingGaussianPsf sigma is non-positive at {tuple(position)}")
         return s

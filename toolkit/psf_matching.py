@@ -266,6 +266,12 @@ def fft_convolve(image: np.ndarray, kernel: np.ndarray, workers: int | None = -1
     uses two cores through ``workers`` and allocates one work plane (see
     :func:`_convolve_loaded`).
     """
+    image, kernel = np.asarray(image), np.asarray(kernel)
+    for name, a in (("image", image), ("kernel", kernel)):
+        if a.ndim != 2 or a.dtype.kind not in "fiu" or a.size == 0:
+            raise InputError(f"fft_convolve: the {name} must be a non-empty 2-D real array, got shape {a.shape} and dtype {a.dtype}")
+    if not np.isfinite(kernel).all():
+        raise InputError("fft_convolve: the kernel has NaN or infinite values")
     dtype = np.float32 if image.dtype == np.float32 else np.float64
     cell = _conv_shape(image.shape, kernel.shape)
     buf = _scratch_buffer(cell, dtype)

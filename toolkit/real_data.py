@@ -449,6 +449,8 @@ def photometric_scales(exposures: Sequence[Exposure], reference: int = 0, radius
     if names is not None and len(names) != len(exposures):
         raise InputError(f"{len(names)} names for {len(exposures)} exposures")
     label = (lambda i: str(names[i])) if names is not None else (lambda i: f"exposure {i}")
+    if not (isinstance(reference, (int, np.integer)) and 0 <= reference < len(exposures)):
+        raise InputError(f"reference must be the index of one of the {len(exposures)} exposures (0..{len(exposures) - 1}), got {reference!r}")
     ref = exposures[reference]
     shapes = {e.shape for e in exposures}
     if len(shapes) != 1:

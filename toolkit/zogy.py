@@ -1387,6 +1387,10 @@ def transient_catalog(result: ZogyResult, threshold: float = 5.0, min_pixels: in
     sc = result.scorr
     if sc is None:
         raise InputError("the result has no Scorr (calculate_score=False)")
+    if not (isinstance(threshold, (int, float, np.integer, np.floating)) and np.isfinite(threshold) and threshold > 0):
+        raise InputError(f"transient_catalog threshold must be a finite number > 0 (|Scorr| units), got {threshold!r}")
+    if not (isinstance(min_pixels, (int, np.integer)) and min_pixels >= 1):
+        raise InputError(f"transient_catalog min_pixels must be an integer >= 1, got {min_pixels!r}")
     S = result.score.image
     VS = result.score.variance
     rows = []
