@@ -43,6 +43,12 @@ def test_bad_input_one_line_error(tmp_path, capsys):
         assert main(["zogy", sci, tmpl, "--config", cfg, "--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and re.search(match, err[0]), err
+    # an --out that is a file (or below one) is named before any work, for every command
+    for argv in (["zogy", sci, tmpl, "--out", sci], ["coadd", sci, "--out", sci + "/sub"], ["simulate", "--out", tmpl]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert re.search(r"--out .*\.fits exists and is not a directory", err[-1]), err
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_coadd_and_zogy_equal_the_api(tmp_path):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Sequence
 
 
@@ -28,8 +27,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from .io import write_exposure, write_hdul
     from .sim import simulate_pair, simulate_stack
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from .cli_engine import output_dir
+
+    out = output_dir(args.out, create=True)
     if args.kind == "stack":
         _progress(f"simulating {args.epochs} warps of {args.size}^2 (seed {args.seed})")
         sim = simulate_stack(n_epochs=args.epochs, size=args.size, seed=args.seed)

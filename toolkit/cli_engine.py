@@ -142,18 +142,35 @@ def _fits_files(items: list[str], pattern: str) -> list[Path]:
     return files
 
 
+def output_dir(path: str | Path, create: bool = False) -> Path:
+    """The ``--out`` folder: checked before any work (a file of that name, or a parent that is a
+    file, is named) and made when ``create``."""
+    out = Path(path)
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise InputError(f"--out {out}: {p} exists and is not a directory")
+            break
+    if create:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"--out {out}: cannot create the directory ({exc.strerror})") from None
+    return out
+
+
 def _cmd_coadd(args: argparse.Namespace, progress: Callable) -> int:
     from .coadd import assemble_coadd
     from .compare_warp import CompareWarpPipeline
 
+    output_dir(args.out)
     direct_files = _fits_files(args.warps, args.pattern)
     progress(f"reading {len(direct_files)} warps")
     direct = [read_input(f, progress, psf_size=args.psf_size) for f in direct_files]
     scales = None
     if args.scale_fluxes:
         direct, scales = scale_fluxes(direct, [str(f) for f in direct_files], progress)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(args.out, create=True)
     bright = None
     if args.bright_objects:
         from astropy.table import Table
@@ -205,14 +222,14 @@ def _cmd_zogy(args: argparse.Namespace, progress: Callable) -> int:
     from .zogy import transient_catalog, zogy
 
     cfg = load_config(args.config, ZogyConfig, args.override)
+    output_dir(args.out)
     # both files are checked (readable FITS, which layout) before any work on either
     layout = {role: is_afw_layout(getattr(args, role)) for role in ("science", "template")}
     sci, tmpl = (read_input(getattr(args, role), progress, getattr(args, f"{role}_psf"), getattr(args, f"{role}_noise"), args.noise_kind, role=role, psf_size=args.psf_size, afw_layout=layout[role]) for role in ("science", "template"))
     if args.scale_fluxes:
         sci, tmpl = scale_fluxes([sci, tmpl], [args.science, args.template], progress)[0]
     res = zogy(sci, tmpl, cfg, calculate_score=True, progress=progress)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(args.out, create=True)
     write_exposure(res.diff, out / "diff.fits")
     write_exposure(res.score, out / "score.fits")
     write_hdul(fits.HDUList([fits.PrimaryHDU(res.scorr.astype(np.float32))]), out / "scorr.fits")
