@@ -40,6 +40,7 @@ class PexDetect(pex.Config):
     doTempLocalBackground = pex.Field(dtype=bool, default=True, doc="d")
     reEstimateBackground = pex.Field(dtype=bool, default=True, doc="d")
     nSigmaForKernel = pex.Field(dtype=float, default=7.0, doc="d")
+    statsMask = pex.ListField(dtype=str, default=["BAD", "SAT", "EDGE", "NO_DATA"], doc="d")
 
 
 class PexScaleVar(pex.Config):

@@ -108,3 +108,63 @@ def test_score_image_thresholding_without_variance():
         assert n == nw > 0
         np.testing.assert_array_equal(labels, want.ravel()[flat])
         assert np.count_nonzero(want) == flat.size
+
+
+def test_threshold_types_follow_make_threshold():
+    """SourceDetectionTask.makeThreshold: pixel_stdev per pixel; stdev = value x STDEVCLIP of the
+    image outside statsMask; variance = the same over every finite pixel (afw's Threshold);
+    value = absolute.  The clipped std is afw's (median/IQR start, 3 x 3-sigma iterations)."""
+    import pytest
+
+    from toolkit.detection import threshold_for
+    from toolkit.errors import ConfigError
+
+    rng = np.random.default_rng(11)
+    img = rng.normal(0.0, 2.0, (300, 300)).astype(np.float32)
+    var = np.full(img.shape, 9.0, np.float32)
+    bad = np.zeros(img.shape, bool)
+    bad[:, :100] = True
+    img[:, :100] *= 10.0  # a noisy strip the statsMask leaves out
+
+    def afw_stdevclip(v):
+        v = v[np.isfinite(v)].astype(np.float64)
+        q25, med, q75 = np.percentile(v, [25, 50, 75])
+        c, hw = med, 3.0 * 0.741301109 * (q75 - q25)
+        for i in range(3):
+            sel = v[(v >= c - hw) & (v <= c + hw)]
+            c, s = sel.mean(), sel.std(ddof=1)
+            hw = 3.0 * s
+        return s
+
+    v, t = threshold_for(img, var, 5.0, "pixel_stdev")
+    assert v is var and t == 5.0
+    v, t = threshold_for(img, var, 5.0, "stdev", bad)
+    assert v is None and t == pytest.approx(5.0 * afw_stdevclip(img[~bad]), rel=1e-6)
+    assert t == pytest.approx(5.0 * 2.0 * 0.985, rel=0.02)  # the clean part's noise, clipped
+    v, t_all = threshold_for(img, var, 5.0, "variance", bad)
+    assert v is None and t_all == pytest.approx(5.0 * afw_stdevclip(img), rel=1e-6) and t_all > 1.1 * t
+    assert threshold_for(img, var, 5.0, "value") == (None, 5.0)
+    with pytest.raises(ConfigError, match="thresholdType"):
+        threshold_for(img, var, 5.0, "sigma")
+
+
+def test_compare_warp_honours_detect_template_threshold_type():
+    """detectTemplate.thresholdType='value' protects exactly the 8-connected runs of the smoothed
+    template at or above the value (grown), not the pixel_stdev default's footprints."""
+    from toolkit.compare_warp import CompareWarpPipeline
+    from toolkit.config import CompareWarpConfig
+    from toolkit.detection import grow_radius, smooth_for_detection, threshold_footprints
+    from toolkit.sim import simulate_stack
+
+    st = simulate_stack(seed=3, size=128, n_epochs=4)
+    cfg = CompareWarpConfig()
+    cfg.detectTemplate.thresholdType = "value"
+    cfg.detectTemplate.thresholdValue = 5.0
+    p = CompareWarpPipeline(st.direct_warps, st.psf_matched_warps, config=cfg)
+    t = p.template
+    sigma = t.psf.determinant_radius(t.bbox.center)
+    simg, _ = smooth_for_detection(t.image, t.variance, sigma, 7.0, edge_nan=True)
+    want, n = threshold_footprints(simg, None, 5.0, "positive", 1, grow_radius(2.4, sigma))
+    assert n > 0 and np.array_equal(p.protected_footprints > 0, want > 0)
+    default = CompareWarpPipeline(st.direct_warps, st.psf_matched_warps).protected_footprints
+    assert not np.array_equal(default > 0, want > 0)

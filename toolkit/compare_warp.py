@@ -38,12 +38,12 @@ import numpy as np
 
 from .coadd import CoaddResult, assemble_coadd, compute_weights
 from .config import CompareWarpConfig, as_config
-from .detection import binned_background, footprint_pixels, grow_radius, smooth_for_detection, threshold_footprints
+from .detection import binned_background, footprint_pixels, grow_radius, smooth_for_detection, threshold_for, threshold_footprints
 from .errors import InputError
 from .exposure import Exposure
 from .psf import DoubleGaussianPsf
 from .parallel import map_epochs, n_threads, worker_scratch
-from .psf_matching import match_to_psf
+from .psf_matching import match_to_psf, or_box
 from .stats import median_masked, quantiles_masked
 
 __all__ = ["CompareWarpPipeline", "compare_warp_coadd", "CompareWarpResult", "WarpDiffs", "CandidateImages", "scale_variance", "STAGES"]
@@ -379,7 +379,14 @@ class CompareWarpPipeline:
             # background only modifies LSST's clone of the template after detection.  Seeds are
             # looked for only where the whole smoothing kernel lies on the image (edge_nan).
             simg, svar = smooth_for_detection(tmpl.image, tmpl.variance, sigma, d.nSigmaForKernel, edge_nan=True)
-            lab, _ = threshold_footprints(simg, svar, d.thresholdValue, "positive", d.minPixels, grow_radius(d.nSigmaToGrow, sigma), d.includeThresholdMultiplier)
+            stats_bad = None
+            if d.thresholdType == "stdev":
+                # afw's convolution ORs the mask over the kernel: the statistics skip that region
+                h = (int(d.nSigmaForKernel * sigma + 0.5) // 2 * 2 + 1) // 2
+                bits = np.int32(tmpl.mask_planes.bitmask(d.statsMask, strict=False, field="detectTemplate.statsMask"))
+                stats_bad = or_box(tmpl.mask & bits, h) != 0
+            var, thr = threshold_for(simg, svar, d.thresholdValue, d.thresholdType, stats_bad)
+            lab, _ = threshold_footprints(simg, var, thr, "positive", d.minPixels, grow_radius(d.nSigmaToGrow, sigma), d.includeThresholdMultiplier)
             return lab
 
         return self._stage("protected", key, run)
@@ -439,7 +446,11 @@ class CompareWarpPipeline:
                 with lock:  # summed as epochs finish, not held until all have
                     nodata = _nodata_and_count(d.image, d.mask, bad, n_image)
                 sigma = d.psf.determinant_radius(d.bbox.center)
-                flat, lv, n = footprint_pixels(d.image, d.variance, c.detect.thresholdValue, c.detect.thresholdPolarity, c.detect.minPixels, grow_radius(c.detect.nSigmaToGrow, sigma), c.detect.includeThresholdMultiplier)
+                stats_bad = None
+                if c.detect.thresholdType == "stdev":
+                    stats_bad = (d.mask & np.int32(d.mask_planes.bitmask(c.detect.statsMask, strict=False, field="detect.statsMask"))) != 0
+                var, thr = threshold_for(d.image, d.variance, c.detect.thresholdValue, c.detect.thresholdType, stats_bad)
+                flat, lv, n = footprint_pixels(d.image, var, thr, c.detect.thresholdPolarity, c.detect.minPixels, grow_radius(c.detect.nSigmaToGrow, sigma), c.detect.includeThresholdMultiplier)
                 if n and c.doPrefilterArtifacts:
                     pb = np.int32(d.mask_planes.bitmask(c.prefilterArtifactsMaskPlanes, strict=False, field="prefilterArtifactsMaskPlanes"))
                     good = ((d.mask.ravel()[flat] & pb) == 0).astype(float)

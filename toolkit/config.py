@@ -494,6 +494,9 @@ class LsstConfig(param.Parameterized):
             if st.op == "load":
                 self._load_pex_file(st, where, path, seen)
                 continue
+            if st.op == "assert_type":
+                self._check_asserted_class(st, where)
+                continue
             dotted = self._pex_target(st, where)
             if dotted is None:
                 continue
@@ -512,6 +515,17 @@ class LsstConfig(param.Parameterized):
                     self.set_dotted(dotted, _list_op(self.get_dotted(dotted), st.op, st.value, dotted))
             except ConfigError as exc:
                 raise ConfigError(f"{where}{_at(st)}{exc}") from None
+
+    def _check_asserted_class(self, st: "PexStatement", where: str) -> None:
+        """A dump's ``assert type(config) is <class>``: the class must be this config's (or the
+        sub-config's it is loaded into), by diffstack's name or LSST's; pex_config would stop
+        with an AssertionError otherwise."""
+        obj = self.get_dotted(st.target) if st.target else self
+        name = st.value.rsplit(".", 1)[-1]
+        known = {n for n, c in CONFIG_CLASSES.items() if c is type(obj)} | {type(obj).__name__}
+        if name not in known:
+            lsst = sorted(known - {type(obj).__name__}) or [type(obj).__name__]
+            raise ConfigError(f"{where}{_at(st)}the file is a saved {st.value} (its 'assert type(config) is ...'), not a {lsst[0]}{' for config.' + st.target if st.target else ''}: pex_config would stop here with an AssertionError")
 
     def _pex_target(self, st: "PexStatement", where: str) -> str | None:
         """The dotted field a statement sets (None: nothing to do); subclasses map LSST's
@@ -880,9 +894,32 @@ def parse_pex_override(text: str, root: str = "config") -> list[PexStatement]:
             out.append(PexStatement(node.lineno, _config_target(node.target, node.lineno, root), _literal_value(node.value, node.lineno, node.target, root), "extend"))
         elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Attribute):
             out.append(_call_statement(node.value, node.lineno, root))
+        elif isinstance(node, ast.Assert):
+            out.append(PexStatement(node.lineno, "", _asserted_class(node, root), "assert_type"))
         else:
             raise ConfigError(f"line {node.lineno}: only assignments to config.<field>, list methods, retarget and config.load are read; found {type(node).__name__}")
     return out
+
+
+def _dotted_name(node: ast.AST) -> str | None:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    return ".".join([node.id] + parts[::-1]) if isinstance(node, ast.Name) else None
+
+
+def _asserted_class(node: ast.Assert, root: str = "config") -> str:
+    """The class a pex_config dump asserts its config to be: ``assert type(config) is
+    lsst.x.YConfig, "..."`` (``==`` in older dumps), the line ``Config.save`` writes first."""
+    t = node.test
+    if (isinstance(t, ast.Compare) and len(t.ops) == 1 and isinstance(t.ops[0], (ast.Is, ast.Eq))
+            and isinstance(t.left, ast.Call) and isinstance(t.left.func, ast.Name) and t.left.func.id == "type"
+            and len(t.left.args) == 1 and isinstance(t.left.args[0], ast.Name) and t.left.args[0].id == root and not t.left.keywords):
+        name = _dotted_name(t.comparators[0])
+        if name is not None:
+            return name
+    raise ConfigError(f"line {node.lineno}: the only assert read is pex_config's 'assert type({root}) is <ConfigClass>'")
 
 
 def _config_target(t: ast.AST, lineno: int, root: str = "config") -> str:
@@ -990,6 +1027,7 @@ class DetectionConfig(LsstConfig):
     doTempLocalBackground = param.Boolean(True, doc="Subtract a temporary local background from the smoothed image after thresholding, to re-detect the peaks inside each footprint (LSST updatePeaks); footprints are unchanged, so it has no effect on CompareWarp.")
     reEstimateBackground = param.Boolean(True, doc="Re-estimate the background after detection (modifies only LSST's clone of the template; no effect on the footprints).")
     nSigmaForKernel = param.Number(7.0, bounds=(0, None), inclusive_bounds=(False, True), doc="Smoothing-kernel full width in PSF sigmas.")
+    statsMask = param.List(["BAD", "SAT", "EDGE", "NO_DATA"], item_type=str, doc="Mask planes left out of the image's clipped standard deviation (thresholdType='stdev' only).")
 
 
 class ScaleVarianceConfig(LsstConfig):

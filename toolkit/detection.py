@@ -13,7 +13,7 @@ import numba as nb
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["circular_stencil", "threshold_footprints", "footprint_pixels", "grow_radius", "grow_mask", "binned_background", "smooth_for_detection"]
+__all__ = ["circular_stencil", "threshold_for", "threshold_footprints", "footprint_pixels", "grow_radius", "grow_mask", "binned_background", "smooth_for_detection"]
 
 _EIGHT = np.ones((3, 3), bool)
 
@@ -65,6 +65,37 @@ def grow_mask(sel: np.ndarray, r: int, labels: np.ndarray | None = None) -> np.n
         sub[r:-r, r:-r] = sel[y0:y1, x0:x1]
         out[y0:y1, x0:x1] |= ndimage.binary_dilation(sub, structure=st)[r:-r, r:-r]
     return out
+
+
+THRESHOLD_TYPES = ("pixel_stdev", "stdev", "variance", "value")
+
+
+def threshold_for(image: np.ndarray, variance: np.ndarray, threshold: float, threshold_type: str = "pixel_stdev", stats_bad: np.ndarray | None = None) -> tuple[np.ndarray | None, float]:
+    """``(variance or None, threshold)`` for :func:`footprint_pixels`, by LSST's
+    ``SourceDetectionTask.makeThreshold`` and afw's ``Threshold`` types:
+
+    * ``pixel_stdev``: ``threshold`` times each pixel's ``sqrt(variance)``;
+    * ``stdev``: ``threshold`` times the STDEVCLIP (3 sigma, 3 iterations) of the (smoothed)
+      image's finite pixels outside ``stats_bad`` (the ``statsMask`` planes);
+    * ``variance``: the same with every finite pixel (afw's ``Threshold::getValue(image)``
+      takes the image's STDEVCLIP, unmasked, and uses its square root of the square);
+    * ``value``: ``threshold`` itself, in image units.
+    """
+    from .errors import ConfigError
+    from .stats import stdevclip_masked
+
+    if threshold_type == "pixel_stdev":
+        return variance, threshold
+    if threshold_type == "value":
+        return None, threshold
+    if threshold_type not in THRESHOLD_TYPES:
+        raise ConfigError(f"thresholdType must be one of {', '.join(THRESHOLD_TYPES)}, got {threshold_type!r}")
+    bad = stats_bad if (threshold_type == "stdev" and stats_bad is not None) else None
+    sd = stdevclip_masked(image, None if bad is None else bad.astype(np.int32), 1 if bad is not None else 0)
+    if not (np.isfinite(sd) and sd > 0):
+        # afw raises for a non-positive standard deviation too
+        raise ValueError(f"thresholdType={threshold_type!r}: the image's clipped standard deviation is {sd}; cannot set a threshold")
+    return None, threshold * sd
 
 
 def threshold_footprints(image: np.ndarray, variance: np.ndarray, threshold: float, polarity: str = "both", min_pixels: int = 1, grow: int = 0, include_multiplier: float = 1.0) -> tuple[np.ndarray, int]:

@@ -295,7 +295,7 @@ def _hist_lo32(u, mask, bad, use_mask, slot, hist):  # pragma: no cover - compil
 
 
 @nb.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})  # NaN/inf rules kept
-def _clip_passes_masked(x, mask, bad, use_mask, center, iqr_hw, n_sigma, n_iter, scale):  # pragma: no cover - compiled
+def _clip_passes_masked(x, mask, bad, use_mask, center, iqr_hw, n_sigma, n_iter, scale, want_std=False):  # pragma: no cover - compiled
     # afw's clip iterations over the usable pixels (finite, no bad mask bit): select within
     # +-hw of the centre (inclusive, float64), then the mean and the (n-1) variance of the
     # selection.  One pass per iteration: the squares are summed about the current centre, which
@@ -332,6 +332,12 @@ def _clip_passes_masked(x, mask, bad, use_mask, center, iqr_hw, n_sigma, n_iter,
             var = (sdd - nk * md * md) / (nk - 1) if nk > 1 else 0.0
             center = c + md
         hw = iqr_hw if nk <= 1 else n_sigma * np.sqrt(max(var, 0.0))
+    if want_std:
+        # afw STDEVCLIP: the (n-1) standard deviation of the last iteration's selection
+        if nk <= 1:
+            return np.nan
+        md = sd / nk
+        return np.sqrt(max((sdd - nk * md * md) / (nk - 1), 0.0))
     return c + sd / nk if nk > 0 else np.nan
 
 
@@ -461,3 +467,19 @@ def meanclip_masked(x: np.ndarray, mask: np.ndarray | None = None, bad_bits: int
     iqr_hw = n_sigma * IQR_TO_SIGMA * (q75 - q25)
     sc = x.dtype.type(1.0 if scale is None else scale)
     return float(_clip_passes_masked(x, m, bad, use, float(med), float(iqr_hw), float(n_sigma), int(n_iter), sc))
+
+
+def stdevclip_masked(x: np.ndarray, mask: np.ndarray | None = None, bad_bits: int = 0, n_sigma: float = 3.0, n_iter: int = 3) -> float:
+    """afw STDEVCLIP of the usable pixels of a plane (finite, none of ``bad_bits`` in ``mask``):
+    the same clip iterations as :func:`meanclip_masked` (median and IQR first, then the clipped
+    mean and standard deviation), returning the last selection's standard deviation; NaN when
+    fewer than two pixels are usable.  ``SourceDetectionTask`` takes it of the smoothed image for
+    ``thresholdType="stdev"`` (afw StatisticsControl defaults: 3 sigma, 3 iterations)."""
+    qs = (0.25, 0.5, 0.75)
+    n, value, passes = _masked_order_statistics(x, mask, bad_bits, _quantile_ranks(qs))
+    q25, med, q75 = _interpolated(n, value, qs, None, np.asarray(x).dtype)
+    if not np.isfinite(med):
+        return float("nan")
+    x, m, bad, use = passes if passes is not None else _usable_args(x, mask, bad_bits)
+    iqr_hw = n_sigma * IQR_TO_SIGMA * (q75 - q25)
+    return float(_clip_passes_masked(x, m, bad, use, float(med), float(iqr_hw), float(n_sigma), int(n_iter), x.dtype.type(1.0), True))
