@@ -745,3 +745,73 @@ def test_malformed_pipelines_get_named_errors(text, match, tmp_path, monkeypatch
     (tmp_path / "p.yaml").write_text("description: p\n" + text)
     with pytest.raises(ConfigError, match=match):
         config_from_file(tmp_path / "p.yaml", CompareWarpConfig)
+
+
+_SAVED = '''import lsst.drp.tasks.assemble_coadd
+assert type(config) is lsst.drp.tasks.assemble_coadd.CompareWarpAssembleCoaddConfig, f"config is of type {type(config).__module__}.{type(config).__name__} instead of lsst.drp.tasks.assemble_coadd.CompareWarpAssembleCoaddConfig"
+
+import lsst.meas.algorithms.detection
+# Flag to enable/disable saving of log output for a task, enabled by default.
+config.saveLogOutput=True
+config.select.maxEllipResidual=0.007
+config.select.minNPsfStarPerBand={'u': 6.0, 'g': 15.0, 'fallback': 6.0}
+config.badMaskPlanes=['NO_DATA', 'BAD', 'SAT', 'SUSPECT']
+config.subregionSize=[10000, 100]
+config.interpImage.modelPsf.size=None
+config.interpImage.transpose=0
+config.connections.inputWarps='direct_warp'
+config.assembleStaticSkyModel.saveLogOutput=True
+config.assembleStaticSkyModel.calcErrorFromInputVariance=False
+config.assembleStaticSkyModel.interpImage.transpose=1
+config.detect.thresholdValue=5.0
+config.detect.adjustBackground=0.0
+config.detect.background.binSize=128
+config.detect.doTempWideBackground=False
+config.detect.nPeaksMaxSimple=1
+config.detect.statsMask=['BAD', 'SAT', 'EDGE', 'NO_DATA']
+config.detect.excludeMaskPlanes=[]
+config.detectTemplate.thresholdValue=50.0
+config.maskStreaks.invSigma=0.1
+config.scaleWarpVariance.background.binSize=32
+config.maxNumEpochs=3
+'''
+
+
+def test_a_saved_pex_config_dump_loads(tmp_path):
+    """What Config.save / pipetask --save-config writes: imports, the class assert, and every
+    LSST field, including many diffstack does not model.  Fields with no effect here are named
+    in one warning; a non-default value of one diffstack does not implement gets its own; a dump
+    of another class is refused as pex_config's assert refuses it."""
+    import warnings
+
+    p = tmp_path / "compareWarp_config.py"
+    p.write_text(_SAVED)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = config_from_file(p, CompareWarpConfig)
+    msgs = [str(w.message) for w in caught]
+    assert len(msgs) == 1 and "10 LSST fields with no effect in diffstack ignored" in msgs[0], msgs
+    assert "config.select.*" in msgs[0] and "config.detect.background.*" in msgs[0] and "config.maskStreaks.invSigma" in msgs[0]
+    assert cfg.badMaskPlanes == ["NO_DATA", "BAD", "SAT", "SUSPECT"] and cfg.subregionSize == (10000, 100)
+    assert cfg.interpImage.transpose is False and cfg.assembleStaticSkyModel.interpImage.transpose is True
+    assert not cfg.assembleStaticSkyModel.calcErrorFromInputVariance and cfg.maxNumEpochs == 3
+    assert (cfg.detect.thresholdValue, cfg.detectTemplate.thresholdValue) == (5.0, 50.0)
+    # an LSST field diffstack does not implement, set away from LSST's default
+    p.write_text(_SAVED.replace("config.detect.doTempWideBackground=False", "config.detect.doTempWideBackground=True"))
+    with pytest.warns(UserWarning, match=r"line 20: config.detect.doTempWideBackground = True is not implemented in diffstack: it runs as LSST's default, False"):
+        config_from_file(p, CompareWarpConfig)
+    # the class assert
+    with pytest.raises(ConfigError, match=r"line 2: the file is a saved lsst.drp.tasks.assemble_coadd.CompareWarpAssembleCoaddConfig .*not a ZogyConfig"):
+        config_from_file(tmp_path / "compareWarp_config.py", ZogyConfig)
+    sub = tmp_path / "detect.py"
+    sub.write_text("import lsst.meas.algorithms.detection\nassert type(config) == lsst.meas.algorithms.detection.SourceDetectionConfig, 'wrong'\nconfig.minPixels=7\n")
+    cfg = CompareWarpConfig()
+    cfg.detect.load(str(sub))
+    assert cfg.detect.minPixels == 7
+    with pytest.raises(ConfigError, match="not a CompareWarpAssembleCoaddConfig"):
+        CompareWarpConfig().load(str(sub))
+    with pytest.raises(ConfigError, match="only assert read"):
+        CompareWarpConfig().loadFromString("assert config.maxNumEpochs == 2\n")
+    # a typo is still an error, not a field with no effect
+    with pytest.raises(ConfigError, match="unknown config field 'detect.nPeaksMaxSimpel'"):
+        CompareWarpConfig().loadFromString("config.detect.nPeaksMaxSimpel = 1\n")

@@ -69,6 +69,13 @@ class LsstConfig(param.Parameterized):
 
     _diffstack_only: tuple[str, ...] = ()
     _pex_names: dict[str, str] = {}
+    #: LSST fields and groups of this config with no effect on what diffstack computes; a saved
+    #: pex_config dump sets them all (PipelineTaskConfig's log switch, butler connections)
+    _lsst_no_effect: frozenset[str] = frozenset({"saveLogOutput", "connections"})
+    #: LSST fields diffstack does not implement, with LSST's default (what runs here)
+    _lsst_unimplemented: dict[str, Any] = {}
+    #: switches that LSST declares as Field[int] (saved as 0/1), held here as booleans
+    _lsst_int_fields: frozenset[str] = frozenset()
 
     def __init__(self, **params: Any) -> None:
         nested = {k: v for k, v in params.items() if isinstance(v, dict) and isinstance(self.param[k], param.ClassSelector) if k in self.param}
@@ -127,6 +134,10 @@ class LsstConfig(param.Parameterized):
                 if isinstance(p, param.Number) and not isinstance(p, param.Integer) and isinstance(v, int) and not isinstance(v, bool):
                     # pex_config's float fields take an int as that float (thresholdValue = 6)
                     v = float(v)
+                if isinstance(p, param.Boolean) and k in type(self)._lsst_int_fields and isinstance(v, int) and not isinstance(v, bool) and v in (0, 1):
+                    # an LSST Field[int] used as a switch (InterpImageConfig.transpose): saved
+                    # configs write it as 0 or 1
+                    v = bool(v)
                 if isinstance(p, param.NumericTuple) and isinstance(v, list):
                     v = tuple(v)
                 if isinstance(p, param.List) and isinstance(v, tuple):
@@ -486,6 +497,26 @@ class LsstConfig(param.Parameterized):
         self._apply_statements(statements, where, path, seen, prefix)
 
     def _apply_statements(self, statements: list["PexStatement"], where: str, path: Path | None, seen: tuple, prefix: str = "") -> None:
+        # LSST fields with no effect here are collected over the whole read (files it loads
+        # included) and named in one warning: a saved pex_config dump holds dozens of them
+        outer = getattr(self, "_no_effect_seen", None) is None
+        if outer:
+            object.__setattr__(self, "_no_effect_seen", [])
+        try:
+            self._apply_statements_inner(statements, where, path, seen, prefix)
+        finally:
+            if outer:
+                seen_fields = self._no_effect_seen
+                object.__setattr__(self, "_no_effect_seen", None)
+                if len(seen_fields) == 1:
+                    w, st = seen_fields[0]
+                    warnings.warn(f"{w}{_at(st)}LSST field config.{st.target} has no effect in diffstack; ignored", stacklevel=4)
+                elif seen_fields:
+                    names = list(dict.fromkeys(_no_effect_name(st.target) for _, st in seen_fields))
+                    shown = ", ".join(f"config.{n}" for n in names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+                    warnings.warn(f"{where}{len(seen_fields)} LSST fields with no effect in diffstack ignored: {shown}", stacklevel=4)
+
+    def _apply_statements_inner(self, statements: list["PexStatement"], where: str, path: Path | None, seen: tuple, prefix: str = "") -> None:
         rename = {v: k for k, v in self._pex_names.items()}
         for st in statements:
             if prefix:
@@ -501,13 +532,21 @@ class LsstConfig(param.Parameterized):
             if dotted is None:
                 continue
             parts = dotted.split(".")
-            groups = parts if st.op == "retarget" else parts[:-1]
-            if any(part in _IGNORED_LSST_GROUPS for part in groups) or (st.op != "retarget" and parts[-1] in _IGNORED_LSST_FIELDS):
-                warnings.warn(f"{where}{_at(st)}LSST field config.{st.target} has no effect in diffstack; ignored", stacklevel=4)
+            dotted = ".".join([rename.get(parts[0], parts[0])] + parts[1:])
+            kind = self._unmodeled(dotted.split("."))
+            if kind is not None and kind[0] == "none":
+                self._no_effect_seen.append((where, st))
                 continue
             if st.op == "retarget":
                 raise ConfigError(f"{where}{_at(st)}config.{st.target}.retarget(...): diffstack implements only LSST's default subtask there")
-            dotted = ".".join([rename.get(parts[0], parts[0])] + parts[1:])
+            if kind is not None:
+                # an LSST field diffstack does not implement: at LSST's default it changes
+                # nothing (that is what runs here); any other value is named
+                default = kind[1]
+                value = st.value if st.op == "set" else _list_op(default, st.op, st.value, dotted)
+                if not _same(value, default):
+                    warnings.warn(f"{where}{_at(st)}config.{st.target} = {value!r} is not implemented in diffstack: it runs as LSST's default, {default!r}", stacklevel=4)
+                continue
             try:
                 if st.op == "set":
                     self.set_dotted(dotted, st.value)
@@ -515,6 +554,28 @@ class LsstConfig(param.Parameterized):
                     self.set_dotted(dotted, _list_op(self.get_dotted(dotted), st.op, st.value, dotted))
             except ConfigError as exc:
                 raise ConfigError(f"{where}{_at(st)}{exc}") from None
+
+    def _unmodeled(self, parts: list[str]) -> tuple[str, Any] | None:
+        """How an LSST field that is not a diffstack field is treated: ``("none", None)`` for
+        one with no effect here (logging, butler connections, subtasks diffstack does not run,
+        peak finding), ``("default", d)`` for one diffstack does not implement, whose LSST
+        default ``d`` is what runs here; None for a diffstack field (or an unknown name, which
+        setting it then reports)."""
+        obj: LsstConfig = self
+        for i, name in enumerate(parts):
+            if name in obj.param and name != "name":
+                sub = getattr(obj, name)
+                if isinstance(sub, LsstConfig) and i < len(parts) - 1:
+                    obj = sub
+                    continue
+                return None
+            if name in type(obj)._lsst_no_effect:
+                return ("none", None)
+            rest = ".".join(parts[i:])
+            if rest in type(obj)._lsst_unimplemented:
+                return ("default", type(obj)._lsst_unimplemented[rest])
+            return None
+        return None
 
     def _check_asserted_class(self, st: "PexStatement", where: str) -> None:
         """A dump's ``assert type(config) is <class>``: the class must be this config's (or the
@@ -785,10 +846,17 @@ def _resolve_pipeline(data: dict, path: Path | None, seen: tuple) -> tuple[dict,
     return tasks, params, subsets, instrument
 
 
-_IGNORED_LSST_GROUPS = {"connections", "select", "inputRecorder", "inputMapper", "scaleZeroPoint"}
-#: LSST fields with no effect here: deprecated and ignored by LSST too (includeCalibVar), or the
-#: deprecated zero-point rescaling (diffstack's inputs are on one flux scale already)
-_IGNORED_LSST_FIELDS: set[str] = {"includeCalibVar", "doScaleZeroPoint"}
+def _no_effect_name(target: str) -> str:
+    """A no-effect field's name as listed in the warning: a group stands for its fields."""
+    parts = target.split(".")
+    for i, p in enumerate(parts):
+        if p in _GROUP_NAMES:
+            return ".".join(parts[: i + 1]) + ".*"
+    return target
+
+
+#: LSST groups (sub-configs) whose fields are all listed as one in the no-effect warning
+_GROUP_NAMES = {"connections", "select", "inputRecorder", "inputMapper", "scaleZeroPoint", "modelPsf", "background", "tempLocalBackground", "tempWideBackground"}
 
 
 def _at(st: "PexStatement") -> str:
@@ -998,6 +1066,10 @@ def _load_path(node: ast.AST, lineno: int) -> str:
 class InterpImageConfig(LsstConfig):
     """``InterpImageTask`` (interpolation over NO_DATA after stacking)."""
 
+    # the model PSF feeds LSST's PSF-weighted interpolation, which diffstack replaces (see interp)
+    _lsst_no_effect = LsstConfig._lsst_no_effect | {"modelPsf"}
+    _lsst_int_fields = frozenset({"transpose"})
+
     useFallbackValueAtEdge = param.Boolean(True, doc="Use a fallback value at the image edges instead of extrapolating.")
     fallbackValueType = param.Selector(objects=["MEAN", "MEDIAN", "MEANCLIP", "USER"], default="MEDIAN", doc="Statistic of the image used as the edge fallback.")
     fallbackUserValue = param.Number(0.0, doc="Fallback value when fallbackValueType is USER.")
@@ -1014,6 +1086,11 @@ class CoaddPsfConfig(LsstConfig):
 
 class DetectionConfig(LsstConfig):
     """The ``SourceDetectionTask`` fields CompareWarp's detection uses."""
+
+    # background re-estimation and the temporary local background change LSST's copy of the
+    # image and the peaks, not the footprints; adjustBackground only feeds that re-estimation
+    _lsst_no_effect = LsstConfig._lsst_no_effect | {"adjustBackground", "doApplyFlatBackgroundRatio", "background", "tempLocalBackground", "tempWideBackground", "nPeaksMaxSimple"}
+    _lsst_unimplemented = {"doTempWideBackground": False, "excludeMaskPlanes": []}
 
     thresholdValue = param.Number(5.0, bounds=(0, None), inclusive_bounds=(False, True), doc="Detection threshold, in units of thresholdType.")
     thresholdType = param.Selector(objects=["variance", "stdev", "value", "pixel_stdev"], default="pixel_stdev", doc="How the threshold is interpreted; pixel_stdev = per-pixel sqrt(variance).")
@@ -1033,12 +1110,19 @@ class DetectionConfig(LsstConfig):
 class ScaleVarianceConfig(LsstConfig):
     """``ScaleVarianceTask``: rescale the variance plane to match the pixel scatter."""
 
+    # the temporary background subtracted before the factor is measured: LSST's settings for it
+    _lsst_unimplemented = {f"background.{k}": v for k, v in {"binSize": 32, "binSizeX": 0, "binSizeY": 0, "useApprox": False, "statisticsProperty": "MEANCLIP", "algorithm": "AKIMA_SPLINE", "undersampleStyle": "REDUCE_INTERP_ORDER", "isNanSafe": False, "approxOrderX": 6, "approxOrderY": -1, "weighting": True, "doApplyFlatBackgroundRatio": False, "ignoredPixelMask": ["DETECTED", "DETECTED_NEGATIVE", "BAD", "SAT", "NO_DATA", "INTRP"]}.items()}
+
     maskPlanes = param.List(["DETECTED", "DETECTED_NEGATIVE", "BAD", "SAT", "NO_DATA", "INTRP"], item_type=str, doc="Pixels with these planes are ignored.")
     limit = param.Number(10.0, bounds=(0, None), inclusive_bounds=(False, True), doc="Largest acceptable variance factor.")
 
 
 class MaskStreaksConfig(LsstConfig):
     """``MaskStreaksTask`` fields diffstack's Hough streak finder uses (others are LSST-only)."""
+
+    # LSST's line-profile fit (kernel heights, Moffat width, chi^2 iterations, its own mask
+    # planes) has no counterpart in diffstack's Hough finder (see toolkit.streaks)
+    _lsst_no_effect = LsstConfig._lsst_no_effect | {"minimumKernelHeight", "clusterMinimumDeviation", "delta", "nSigma", "invSigma", "footprintThreshold", "dChi2Tolerance", "maxFitIter", "detectedMaskPlane", "streaksMaskPlane", "badMaskPlanes", "maxStreakWidth"}
 
     absMinimumKernelHeight = param.Number(5.0, bounds=(0, None), doc="Minimum streak length scale (pixels).")
     clusterMinimumSize = param.Integer(50, bounds=(1, None), doc="Minimum number of edge pixels supporting a line.")
@@ -1051,6 +1135,10 @@ class MaskStreaksConfig(LsstConfig):
 # ====================================================================== AssembleCoadd
 class AssembleCoaddConfig(LsstConfig):
     """LSST ``AssembleCoaddConfig`` (after ``setDefaults``)."""
+
+    # visit selection, input records, the HealSparse input map and zero-point rescaling (the
+    # inputs here are already on one flux scale); includeCalibVar is deprecated and ignored by LSST
+    _lsst_no_effect = LsstConfig._lsst_no_effect | {"select", "inputRecorder", "inputMapper", "scaleZeroPoint", "includeCalibVar", "doScaleZeroPoint"}
 
     _diffstack_only = ()
     _lsst_tasks = ("AssembleCoaddTask",)
