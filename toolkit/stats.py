@@ -458,6 +458,12 @@ def meanclip_masked(x: np.ndarray, mask: np.ndarray | None = None, bad_bits: int
     ``scale``: the MEANCLIP of ``x * scale`` (product in x's precision; it must stay finite),
     bit-identical to making that plane first (see :func:`quantiles_masked`).
     """
+    return _clipped_masked(x, mask, bad_bits, n_sigma, n_iter, scale, want_std=False)
+
+
+def _clipped_masked(x, mask, bad_bits, n_sigma, n_iter, scale, want_std: bool) -> float:
+    """afw's clipped statistics of the usable pixels: median and IQR, then the clip passes;
+    the clipped mean, or (``want_std``) the last selection's standard deviation."""
     qs = (0.25, 0.5, 0.75)
     n, value, passes = _masked_order_statistics(x, mask, bad_bits, _quantile_ranks(qs))
     q25, med, q75 = _interpolated(n, value, qs, scale, np.asarray(x).dtype)
@@ -466,7 +472,7 @@ def meanclip_masked(x: np.ndarray, mask: np.ndarray | None = None, bad_bits: int
     x, m, bad, use = passes if passes is not None else _usable_args(x, mask, bad_bits)
     iqr_hw = n_sigma * IQR_TO_SIGMA * (q75 - q25)
     sc = x.dtype.type(1.0 if scale is None else scale)
-    return float(_clip_passes_masked(x, m, bad, use, float(med), float(iqr_hw), float(n_sigma), int(n_iter), sc))
+    return float(_clip_passes_masked(x, m, bad, use, float(med), float(iqr_hw), float(n_sigma), int(n_iter), sc, want_std))
 
 
 def stdevclip_masked(x: np.ndarray, mask: np.ndarray | None = None, bad_bits: int = 0, n_sigma: float = 3.0, n_iter: int = 3) -> float:
@@ -475,11 +481,4 @@ def stdevclip_masked(x: np.ndarray, mask: np.ndarray | None = None, bad_bits: in
     mean and standard deviation), returning the last selection's standard deviation; NaN when
     fewer than two pixels are usable.  ``SourceDetectionTask`` takes it of the smoothed image for
     ``thresholdType="stdev"`` (afw StatisticsControl defaults: 3 sigma, 3 iterations)."""
-    qs = (0.25, 0.5, 0.75)
-    n, value, passes = _masked_order_statistics(x, mask, bad_bits, _quantile_ranks(qs))
-    q25, med, q75 = _interpolated(n, value, qs, None, np.asarray(x).dtype)
-    if not np.isfinite(med):
-        return float("nan")
-    x, m, bad, use = passes if passes is not None else _usable_args(x, mask, bad_bits)
-    iqr_hw = n_sigma * IQR_TO_SIGMA * (q75 - q25)
-    return float(_clip_passes_masked(x, m, bad, use, float(med), float(iqr_hw), float(n_sigma), int(n_iter), x.dtype.type(1.0), True))
+    return _clipped_masked(x, mask, bad_bits, n_sigma, n_iter, None, want_std=True)
