@@ -38,7 +38,7 @@ import numpy as np
 
 from .coadd import CoaddResult, assemble_coadd, compute_weights
 from .config import CompareWarpConfig, as_config
-from .detection import binned_background, footprint_pixels, grow_radius, smooth_for_detection, threshold_for, threshold_footprints
+from .detection import binned_background, footprint_pixels, grow_radius, smooth_for_detection, smoothing_kernel_width, threshold_for, threshold_footprints
 from .errors import InputError
 from .exposure import Exposure
 from .psf import DoubleGaussianPsf
@@ -382,7 +382,7 @@ class CompareWarpPipeline:
             stats_bad = None
             if d.thresholdType == "stdev":
                 # afw's convolution ORs the mask over the kernel: the statistics skip that region
-                h = (int(d.nSigmaForKernel * sigma + 0.5) // 2 * 2 + 1) // 2
+                h = smoothing_kernel_width(sigma, d.nSigmaForKernel) // 2
                 bits = np.int32(tmpl.mask_planes.bitmask(d.statsMask, strict=False, field="detectTemplate.statsMask"))
                 stats_bad = or_box(tmpl.mask & bits, h) != 0
             var, thr = threshold_for(simg, svar, d.thresholdValue, d.thresholdType, stats_bad)

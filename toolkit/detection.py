@@ -13,7 +13,9 @@ import numba as nb
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["circular_stencil", "threshold_for", "threshold_footprints", "footprint_pixels", "grow_radius", "grow_mask", "binned_background", "smooth_for_detection"]
+from .errors import ConfigError, InputError
+
+__all__ = ["circular_stencil", "threshold_for", "threshold_footprints", "footprint_pixels", "grow_radius", "grow_mask", "binned_background", "smooth_for_detection", "smoothing_kernel_width"]
 
 _EIGHT = np.ones((3, 3), bool)
 
@@ -81,7 +83,6 @@ def threshold_for(image: np.ndarray, variance: np.ndarray, threshold: float, thr
       takes the image's STDEVCLIP, unmasked, and uses its square root of the square);
     * ``value``: ``threshold`` itself, in image units.
     """
-    from .errors import ConfigError
     from .stats import stdevclip_masked
 
     if threshold_type == "pixel_stdev":
@@ -94,7 +95,7 @@ def threshold_for(image: np.ndarray, variance: np.ndarray, threshold: float, thr
     sd = stdevclip_masked(image, None if bad is None else bad.astype(np.int32), 1 if bad is not None else 0)
     if not (np.isfinite(sd) and sd > 0):
         # afw raises for a non-positive standard deviation too
-        raise ValueError(f"thresholdType={threshold_type!r}: the image's clipped standard deviation is {sd}; cannot set a threshold")
+        raise InputError(f"thresholdType={threshold_type!r}: the image's clipped standard deviation is {sd}; cannot set a threshold")
     return None, threshold * sd
 
 
@@ -420,6 +421,12 @@ def _centre_positions(n: int, nb: int, bin_size: int) -> np.ndarray:
     return np.clip(np.interp(np.arange(n), centres, np.arange(nb)), 0, nb - 1)
 
 
+def smoothing_kernel_width(sigma: float, n_sigma_for_kernel: float = 7.0) -> int:
+    """Odd full width of LSST's detection smoothing kernel: ``nSigmaForKernel * sigma`` rounded,
+    then up to odd (``SourceDetectionTask.calculateKernelSize``)."""
+    return (int(n_sigma_for_kernel * sigma + 0.5) // 2) * 2 + 1
+
+
 def smooth_for_detection(image: np.ndarray, variance: np.ndarray, sigma: float, n_sigma_for_kernel: float = 7.0, edge_nan: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Convolve with a Gaussian of ``sigma`` (odd width ``(int(7 sigma + 0.5)//2)*2+1``), the
     variance with the squared kernel, as LSST's detection smoothing does.
@@ -431,7 +438,7 @@ def smooth_for_detection(image: np.ndarray, variance: np.ndarray, sigma: float, 
     """
     from .psf_matching import fft_convolve
 
-    w = (int(n_sigma_for_kernel * sigma + 0.5) // 2) * 2 + 1
+    w = smoothing_kernel_width(sigma, n_sigma_for_kernel)
     x = np.arange(w) - w // 2
     g = np.exp(-0.5 * (x / sigma) ** 2)
     k = np.outer(g, g)
