@@ -86,3 +86,92 @@ def test_pipeline_masks_streaks_only_in_trail_epochs():
             assert m[on_trail].mean() > 0.9
         else:
             assert not m.any(), e
+
+
+def test_streak_stage_reuses_its_hough_transforms(monkeypatch):
+    """The streak stage follows the protected footprints and growStreakFp, but the Hough
+    transforms (its cost) run again only when the candidates or maskStreaks change."""
+    import toolkit.streaks
+    from toolkit.compare_warp import CompareWarpPipeline
+    from toolkit.sim import simulate_stack
+
+    calls = []
+    real = toolkit.streaks.find_streaks
+    monkeypatch.setattr(toolkit.streaks, "find_streaks", lambda *a, **k: calls.append(1) or real(*a, **k))
+    stack = simulate_stack(seed=2, size=256, n_epochs=6)
+    cfg = CompareWarpConfig()
+    cfg.doFilterMorphological = True
+    p = CompareWarpPipeline(stack.direct_warps, stack.psf_matched_warps, config=cfg)
+    first = [m.copy() for m in p._streaks()[1]]
+    assert len(calls) == 6 and p.run_counts["streaks"] == 1
+    p.config.growStreakFp = 2.0
+    smaller = p._streaks()[1]
+    p.config.set_dotted("detectTemplate.thresholdValue", 50.0)
+    p._streaks()
+    assert len(calls) == 6 and p.run_counts["streaks"] == 3
+    assert any(m.any() for m in first)
+    assert all((s <= f).all() for s, f in zip(smaller, first)) and sum(s.sum() for s in smaller) < sum(f.sum() for f in first)
+    p.config.set_dotted("maskStreaks.clusterMinimumSize", 60)
+    p._streaks()
+    assert len(calls) == 12
+
+
+def _stencil_grow(sel: np.ndarray, r: int) -> np.ndarray:
+    """Reference dilation: afw's circular stencil swept over every pixel."""
+    from scipy import ndimage
+
+    from toolkit.detection import circular_stencil
+
+    return ndimage.binary_dilation(sel, structure=circular_stencil(r)) if r > 0 else sel.copy()
+
+
+def test_streak_clip_mask_drops_streaks_inside_one_template_footprint():
+    """LSST (since 2025-10) keeps a streak lying wholly inside one protected template footprint;
+    the split into streaks is afw's SpanSet.split, 4-connected: a piece touching a protected
+    streak only at a corner is a streak of its own and does not stop the other's protection."""
+    from toolkit.compare_warp import streak_clip_mask
+    from toolkit.psf import GaussianPsf
+
+    shape = (80, 120)
+    prot = np.zeros(shape, np.int32)
+    prot[5:16, 2:50] = 1
+    prot[5:16, 50:60] = 2  # touches footprint 1: a streak over both is in neither
+    streaks = np.zeros(shape, bool)
+    streaks[10, 5:40] = True  # A: inside footprint 1
+    streaks[11, 40:70] = True  # D: touches A at a corner only, runs out of the footprints
+    streaks[60, 10:100] = True  # B: outside every footprint
+    streaks[13, 45:55] = True  # E: over footprints 1 and 2, contained in neither alone
+    psf = GaussianPsf(2.0)
+    r = int(2.0 * psf.determinant_radius())
+    assert r == 3
+    got = streak_clip_mask(streaks, psf, 2.0, prot)
+    a = np.zeros(shape, bool)
+    a[10, 5:40] = True
+    np.testing.assert_array_equal(got, _stencil_grow(streaks & ~a, r))
+    # with doPreserveContainedBySource off (no footprints) nothing is dropped
+    np.testing.assert_array_equal(streak_clip_mask(streaks, psf, 2.0, None), _stencil_grow(streaks, r))
+    # 8-connected, A and D would be one streak, not contained: the split rule decides A's fate
+    from scipy import ndimage
+
+    assert ndimage.label(streaks, structure=np.ones((3, 3)))[1] == 3 and ndimage.label(streaks)[1] == 4
+
+
+def test_streak_clip_mask_grows_each_streak_by_the_psf_at_its_centroid():
+    """Each streak is grown by int(growStreakFp x determinant radius) of the PSF at its own
+    centroid, in parent coordinates (xy0 added), not one radius for the whole warp."""
+    from toolkit.compare_warp import streak_clip_mask
+    from toolkit.psf import VaryingGaussianPsf
+
+    shape = (100, 200)
+    psf = VaryingGaussianPsf(1.5, dsigma_dx=0.01, ref=(1000.0, 0.0))
+    xy0 = (1000, 500)
+    streaks = np.zeros(shape, bool)
+    streaks[20, 5:45] = True  # centroid x = 1024
+    streaks[70, 150:190] = True  # centroid x = 1169.5
+    radii = [int(2.0 * psf.determinant_radius((xc, yc))) for xc, yc in ((1024.0, 520.0), (1169.5, 570.0))]
+    assert radii[0] < radii[1]
+    got = streak_clip_mask(streaks, psf, 2.0, None, xy0)
+    left, right = streaks.copy(), streaks.copy()
+    left[:, 100:] = False
+    right[:, :100] = False
+    np.testing.assert_array_equal(got, _stencil_grow(left, radii[0]) | _stencil_grow(right, radii[1]))

@@ -8,7 +8,9 @@ Stages (reference §3) and what each depends on:
 ``protected``      template + ``doPreserveContainedBySource``, ``detectTemplate.*``
 ``warp_diffs``     template + ``doScaleWarpVariance``, ``scaleWarpVariance.*``
 ``candidates``     warp diffs + ``detect.*``, prefilter fields, ``badMaskPlanes``
-``streaks``        candidates + ``doFilterMorphological``, ``maskStreaks.*``, ``growStreakFp``
+``streaks``        candidates, protected + ``doFilterMorphological``, ``maskStreaks.*``,
+                   ``growStreakFp`` (the Hough transforms are kept while only protected or
+                   ``growStreakFp`` change)
 ``filter``         candidates, protected, streaks + ``maxNumEpochs``, ``maxFractionEpochs*``,
                    ``spatialThreshold``
 ``weights``        direct warps + ``badMaskPlanes``, ``sigmaClip``, ``clipIter``
@@ -35,10 +37,11 @@ from typing import Any
 
 import numba as nb
 import numpy as np
+from scipy import ndimage
 
 from .coadd import CoaddResult, assemble_coadd, compute_weights
 from .config import CompareWarpConfig, as_config
-from .detection import binned_background, footprint_pixels, grow_radius, smooth_for_detection, smoothing_kernel_width, threshold_for, threshold_footprints
+from .detection import binned_background, grow_mask, footprint_pixels, grow_radius, smooth_for_detection, smoothing_kernel_width, threshold_for, threshold_footprints
 from .errors import InputError
 from .exposure import Exposure
 from .psf import DoubleGaussianPsf
@@ -46,7 +49,7 @@ from .parallel import map_epochs, n_threads, worker_scratch
 from .psf_matching import match_to_psf, or_box
 from .stats import median_masked, quantiles_masked
 
-__all__ = ["CompareWarpPipeline", "compare_warp_coadd", "CompareWarpResult", "WarpDiffs", "CandidateImages", "scale_variance", "STAGES"]
+__all__ = ["CompareWarpPipeline", "compare_warp_coadd", "CompareWarpResult", "WarpDiffs", "CandidateImages", "scale_variance", "streak_clip_mask", "STAGES"]
 
 log = logging.getLogger("diffstack.compare_warp")
 
@@ -235,6 +238,8 @@ class CompareWarpPipeline:
         self._last_coadd: tuple[str, list[np.ndarray], CoaddResult] | None = None
         # (candidates + protected key, per-epoch inputs of the filter rule), see _filter_inputs
         self._filter_inputs_cache: tuple[str, list] | None = None
+        # (candidates + maskStreaks key, per-epoch STREAK pixels before growth), see _raw_streaks
+        self._raw_streaks_cache: tuple[str, list] | None = None
         self.run_counts = {s: 0 for s in STAGES}
         self.timings: dict[str, float] = {}
         self._local = threading.local()  # per thread: progress reports held for the caller
@@ -277,6 +282,7 @@ class CompareWarpPipeline:
         self._cache.clear()
         self._last_coadd = None
         self._filter_inputs_cache = None
+        self._raw_streaks_cache = None
 
     def _beside(self, pool: ThreadPoolExecutor, compute: Callable[[], Any]) -> Callable[[], Any]:
         """Start ``compute`` (a stage) in ``pool``; the returned function waits for it and then
@@ -499,27 +505,42 @@ class CompareWarpPipeline:
     def _streaks(self):
         ck, cand = self._candidates()
         wk, diffs = self._warp_diffs()
-        key = ck + self._cfg("doFilterMorphological", "maskStreaks", "growStreakFp")
+        pk, prot = self._protected()
+        key = ck + pk + self._cfg("doFilterMorphological", "maskStreaks", "growStreakFp", "doPreserveContainedBySource")
 
         def run():
-            shape = self.direct_warps[0].shape
             if not self.config.doFilterMorphological:
                 return [None] * len(diffs)
-            from .streaks import find_streaks
-
-            def one(i):
-                d = diffs[i]
-                if d is None:
-                    return np.zeros(shape, bool)
-                det = np.zeros(shape, bool)
-                det.ravel()[cand["candidates"][i][0]] = True
-                sigma = d.psf.determinant_radius(d.bbox.center)
-                return find_streaks(det, self.config.maskStreaks, grow=int(self.config.growStreakFp * sigma))
-
-            # epochs side by side: the Hough transform (most of the time) releases the GIL
-            return map_epochs(one, range(len(diffs)), self._progress_for("streaks"))
+            found = self._raw_streaks(ck, cand, diffs)
+            preserve = prot if self.config.doPreserveContainedBySource else None
+            xy0 = self.direct_warps[0].xy0
+            return [None if diffs._pm[i] is None else streak_clip_mask(found[i], diffs._pm[i].psf, self.config.growStreakFp, preserve, xy0) for i in range(len(diffs))]
 
         return self._stage("streaks", key, run)
+
+    def _raw_streaks(self, ck: str, cand: dict, diffs: WarpDiffs) -> list[np.ndarray]:
+        """MaskStreaksTask's STREAK pixels per epoch, before the split, the protection test and
+        the growth: the Hough transforms are most of the streak stage's time and depend only on
+        the candidates and ``maskStreaks``, so a change of ``detectTemplate`` or
+        ``growStreakFp`` reuses them."""
+        key = ck + self._cfg("maskStreaks")
+        if self._raw_streaks_cache is not None and self._raw_streaks_cache[0] == key:
+            return self._raw_streaks_cache[1]
+        from .streaks import find_streaks
+
+        shape = self.direct_warps[0].shape
+
+        def one(i):
+            if diffs._pm[i] is None:
+                return np.zeros(shape, bool)
+            det = np.zeros(shape, bool)
+            det.ravel()[cand["candidates"][i][0]] = True
+            return find_streaks(det, self.config.maskStreaks)
+
+        # epochs side by side: the Hough transform (most of the time) releases the GIL
+        found = map_epochs(one, range(len(diffs)), self._progress_for("streaks"))
+        self._raw_streaks_cache = (key, found)
+        return found
 
     def _filter(self):
         ck, cand = self._candidates()
@@ -677,6 +698,43 @@ def _contained_in_one_footprint(t: np.ndarray, lv: np.ndarray, n: int) -> np.nda
     rep[lv] = t  # any pixel of the label will do
     differs = np.bincount(lv, weights=(t != rep[lv]), minlength=n + 1)
     return (differs == 0) & (rep > 0)
+
+
+def streak_clip_mask(streaks: np.ndarray, psf, grow_fp: float, protected: np.ndarray | None = None, xy0: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """What findArtifacts clips for one epoch's STREAK pixels (reference §3.3, step 6).
+
+    The pixels are split into connected streaks as afw's ``SpanSet.split`` splits them: spans
+    in adjacent rows join when their x ranges overlap, i.e. 4-connectivity (unlike footprint
+    detection's 8).  A streak lying entirely inside one protected template footprint
+    (``protected``, a label image; None when doPreserveContainedBySource is off) is dropped,
+    as LSST does since 2025-10; every other streak is dilated with the circular stencil by
+    ``int(grow_fp * r)``, r the PSF's determinant radius at the streak's centroid (parent
+    pixel coordinates, hence ``xy0``), so a spatially varying PSF grows each streak by its own
+    width.
+    """
+    labels, n = ndimage.label(streaks)
+    out = np.zeros(streaks.shape, bool)
+    if n == 0:
+        return out
+    flat = np.flatnonzero(labels)
+    lv = labels.ravel()[flat]
+    keep = np.ones(n + 1, bool)
+    if protected is not None and protected.any():
+        keep &= ~_contained_in_one_footprint(protected.ravel()[flat], lv, n)
+    area = np.bincount(lv, minlength=n + 1)
+    ys, xs = np.divmod(flat, streaks.shape[1])
+    cx = np.bincount(lv, weights=xs, minlength=n + 1) / np.maximum(area, 1) + xy0[0]
+    cy = np.bincount(lv, weights=ys, minlength=n + 1) / np.maximum(area, 1) + xy0[1]
+    radius = np.zeros(n + 1, np.int64)
+    for k in np.nonzero(keep[1:])[0] + 1:
+        radius[k] = int(grow_fp * psf.determinant_radius((cx[k], cy[k])))
+    # dilation distributes over a union: one growth per distinct radius is exact
+    for r in np.unique(radius[1:][keep[1:]]):
+        sel = np.zeros(streaks.shape, bool)
+        pick = keep[lv] & (radius[lv] == r)
+        sel.ravel()[flat[pick]] = True
+        out |= grow_mask(sel, int(r))
+    return out
 
 
 def _plain(v: Any) -> Any:
