@@ -168,3 +168,40 @@ def test_compare_warp_honours_detect_template_threshold_type():
     assert n > 0 and np.array_equal(p.protected_footprints > 0, want > 0)
     default = CompareWarpPipeline(st.direct_warps, st.psf_matched_warps).protected_footprints
     assert not np.array_equal(default > 0, want > 0)
+
+
+def test_protected_stdev_threshold_ignores_the_template_mask():
+    """findArtifacts clears every template mask plane before detectTemplate runs, so a 'stdev'
+    threshold takes the clipped scatter of all finite smoothed pixels: a BAD, very noisy strip
+    of the template counts, and lowers the protection, as in LSST."""
+    from toolkit.compare_warp import CompareWarpPipeline
+    from toolkit.config import CompareWarpConfig
+    from toolkit.detection import grow_radius, smooth_for_detection, threshold_for, threshold_footprints
+    from toolkit.sim import simulate_stack
+
+    st = simulate_stack(seed=3, size=128, n_epochs=4)
+    rng = np.random.default_rng(5)
+    pm = []
+    for w in st.psf_matched_warps:
+        w = w.copy()
+        noise = np.nanmedian(np.sqrt(w.variance))
+        w.image[:, 40:90] += (300 * noise * rng.standard_normal((128, 50))).astype(w.dtype)
+        strip = np.zeros(w.shape, bool)
+        strip[:, 40:90] = True
+        w.set_plane("BAD", strip)
+        pm.append(w)
+    cfg = CompareWarpConfig()
+    cfg.detectTemplate.thresholdType = "stdev"
+    cfg.detectTemplate.thresholdValue = 5.0
+    p = CompareWarpPipeline(st.direct_warps, pm, config=cfg)
+    t = p.template
+    assert "BAD" in cfg.detectTemplate.statsMask and (t.mask & t.bitmask("BAD")).any()
+    sigma = t.psf.determinant_radius(t.bbox.center)
+    simg, svar = smooth_for_detection(t.image, t.variance, sigma, 7.0, edge_nan=True)
+    grow = grow_radius(2.4, sigma)
+    _, thr = threshold_for(simg, svar, 5.0, "stdev", None)
+    want, n = threshold_footprints(simg, None, thr, "positive", 1, grow)
+    assert n > 0 and np.array_equal(p.protected_footprints > 0, want > 0)
+    # honouring statsMask on the template's own mask would give a much lower threshold
+    _, thr_masked = threshold_for(simg, svar, 5.0, "stdev", (t.mask & t.bitmask("BAD")) != 0)
+    assert thr_masked < 0.5 * thr

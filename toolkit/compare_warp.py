@@ -41,12 +41,12 @@ from scipy import ndimage
 
 from .coadd import CoaddResult, assemble_coadd, compute_weights
 from .config import CompareWarpConfig, as_config
-from .detection import binned_background, grow_mask, footprint_pixels, grow_radius, smooth_for_detection, smoothing_kernel_width, threshold_for, threshold_footprints
+from .detection import binned_background, footprint_pixels, grow_mask, grow_radius, smooth_for_detection, threshold_for, threshold_footprints
 from .errors import InputError
 from .exposure import Exposure
 from .psf import DoubleGaussianPsf
 from .parallel import map_epochs, n_threads, worker_scratch
-from .psf_matching import match_to_psf, or_box
+from .psf_matching import match_to_psf
 from .stats import median_masked, quantiles_masked
 
 __all__ = ["CompareWarpPipeline", "compare_warp_coadd", "CompareWarpResult", "WarpDiffs", "CandidateImages", "scale_variance", "streak_clip_mask", "STAGES"]
@@ -384,14 +384,11 @@ class CompareWarpPipeline:
             # updatePeaks, and leaves the footprints as they are), and the re-estimated
             # background only modifies LSST's clone of the template after detection.  Seeds are
             # looked for only where the whole smoothing kernel lies on the image (edge_nan).
+            # findArtifacts clears every mask plane of the template before this detection
+            # (clearAllMaskPlanes), so detectTemplate.statsMask selects nothing: a 'stdev'
+            # threshold takes the clipped scatter of every finite smoothed pixel
             simg, svar = smooth_for_detection(tmpl.image, tmpl.variance, sigma, d.nSigmaForKernel, edge_nan=True)
-            stats_bad = None
-            if d.thresholdType == "stdev":
-                # afw's convolution ORs the mask over the kernel: the statistics skip that region
-                h = smoothing_kernel_width(sigma, d.nSigmaForKernel) // 2
-                bits = np.int32(tmpl.mask_planes.bitmask(d.statsMask, strict=False, field="detectTemplate.statsMask"))
-                stats_bad = or_box(tmpl.mask & bits, h) != 0
-            var, thr = threshold_for(simg, svar, d.thresholdValue, d.thresholdType, stats_bad)
+            var, thr = threshold_for(simg, svar, d.thresholdValue, d.thresholdType, None)
             lab, _ = threshold_footprints(simg, var, thr, "positive", d.minPixels, grow_radius(d.nSigmaToGrow, sigma), d.includeThresholdMultiplier)
             return lab
 
