@@ -5,7 +5,7 @@ import pytest
 
 from toolkit import Exposure, GaussianPsf, DoubleGaussianPsf
 from toolkit.coadd import assemble_coadd
-from toolkit.compare_warp import CompareWarpPipeline
+from toolkit.compare_warp import CompareWarpPipeline, ProtectedFootprints
 from toolkit.config import AssembleCoaddConfig, CompareWarpConfig
 
 
@@ -56,7 +56,7 @@ def test_candidate_inside_protected_footprint_is_kept():
     p = CompareWarpPipeline(direct, matched, CompareWarpConfig(doScaleWarpVariance=False))
     prot = np.zeros((64, 64), np.int32)
     prot[20:45, 20:45] = 1
-    p._stage("protected", p._template()[0] + p._cfg("doPreserveContainedBySource", "detectTemplate"), lambda: prot)
+    p._stage("protected", p._template()[0] + p._cfg("doPreserveContainedBySource", "detectTemplate"), lambda: ProtectedFootprints(prot))
     assert not p.artifact_masks[0]["CLIPPED"][30:35, 30:35].any()
 
 
@@ -497,3 +497,74 @@ def test_bright_object_masks_reach_the_compare_warp_coadd(small_stack):
     assert coadd.get_plane("BRIGHT_OBJECT").sum() == 113  # afw's circle of radius 6
     plain = CompareWarpPipeline(direct, matched, bright_objects=table).coadd
     assert "BRIGHT_OBJECT" not in plain.mask_planes or not plain.get_plane("BRIGHT_OBJECT").any()
+
+
+def test_protected_footprints_follow_detect_template_growth_fields():
+    """detectTemplate.isotropicGrow / combinedGrow / returnOriginalFootprints reach the
+    protected footprints as SourceDetectionTask.finalizeFootprints applies them; with
+    combinedGrow=False a candidate must lie inside one separately grown footprint."""
+    from toolkit.detection import footprint_pixels, grow_radius, smooth_for_detection, threshold_for
+    from toolkit.sim import simulate_stack
+
+    st = simulate_stack(seed=3, size=128, n_epochs=4)
+    cfg = CompareWarpConfig()
+    cfg.detectTemplate.thresholdValue = 20.0
+    p = CompareWarpPipeline(st.direct_warps, st.psf_matched_warps, config=cfg)
+    t = p.template
+    sigma = t.psf.determinant_radius(t.bbox.center)
+    simg, svar = smooth_for_detection(t.image, t.variance, sigma, 7.0, edge_nan=True)
+    var, thr = threshold_for(simg, svar, 20.0, "pixel_stdev")
+    r = grow_radius(2.4, sigma)
+    default = p.protected
+    assert default.overlapping is None and r >= 2
+    for field, value, kwargs in (("isotropicGrow", False, dict(grow=r, isotropic=False)), ("returnOriginalFootprints", True, dict(grow=0))):
+        setattr(p.config.detectTemplate, field, value)
+        flat, lv, n = footprint_pixels(simg, var, thr, "positive", 1, kwargs.pop("grow"), **kwargs)
+        want = np.zeros(t.shape, np.int32)
+        want.ravel()[flat] = lv
+        np.testing.assert_array_equal(p.protected_footprints, want, err_msg=field)
+        assert not np.array_equal(p.protected_footprints > 0, default.labels > 0), field
+        setattr(p.config.detectTemplate, field, not value)
+    p.config.detectTemplate.combinedGrow = False
+    sep = p.protected
+    flat, lv, n = footprint_pixels(simg, var, thr, "positive", 1, r, combined=False)
+    assert sep.overlapping is not None and sep.overlapping[2] == n and np.array_equal(sep.overlapping[0], flat)
+    assert flat.size > np.unique(flat).size  # some grown footprints overlap
+    # the union is the combined footprints' union; containment differs where they overlap
+    np.testing.assert_array_equal(sep.labels > 0, default.labels > 0)
+    u, c = np.unique(flat, return_counts=True)
+    dup = u[c > 1]
+    # a 1-pixel region in an overlap is inside each footprint there; a region over two
+    # footprints' private pixels (merged into one by combinedGrow) is inside neither
+    one = sep.contains(dup[:1], np.array([1]), 1)
+    assert one[1]
+    k1, k2 = lv[flat == dup[0]][:2]
+    a = flat[lv == k1][~np.isin(flat[lv == k1], flat[lv == k2])][:1]
+    b = flat[lv == k2][~np.isin(flat[lv == k2], flat[lv == k1])][:1]
+    both = np.concatenate([a, b])
+    assert not sep.contains(both, np.array([1, 1]), 1)[1]
+    assert default.contains(both, np.array([1, 1]), 1)[1]
+
+
+def test_candidates_follow_detect_growth_fields():
+    """detect.isotropicGrow=False grows candidates with the Manhattan stencil and
+    detect.returnOriginalFootprints=True leaves them ungrown (SourceDetectionTask)."""
+    from toolkit.detection import footprint_pixels, grow_radius
+    from toolkit.sim import simulate_stack
+
+    st = simulate_stack(seed=4, size=128, n_epochs=4)
+    cfg = CompareWarpConfig()
+    cfg.detect.nSigmaToGrow = 1.0
+    cfg.doPrefilterArtifacts = False  # compared with the detections themselves
+    p = CompareWarpPipeline(st.direct_warps, st.psf_matched_warps, config=cfg)
+    d = p.warp_diffs[0]
+    r = grow_radius(1.0, d.psf.determinant_radius(d.bbox.center))
+    assert r >= 3
+    circle = p.candidate_image(0)
+    for field, value, grow, iso in (("isotropicGrow", False, r, False), ("returnOriginalFootprints", True, 0, True)):
+        setattr(p.config.detect, field, value)
+        flat, lv, n = footprint_pixels(d.image, d.variance, 7.5, "both", 4, grow, isotropic=iso)
+        got = p.candidate_image(0)
+        np.testing.assert_array_equal(np.flatnonzero(got), flat, err_msg=field)
+        assert np.count_nonzero(got) < np.count_nonzero(circle), field
+        setattr(p.config.detect, field, not value)

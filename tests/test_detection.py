@@ -9,10 +9,17 @@ from toolkit.detection import circular_stencil, footprint_pixels, grow_mask, thr
 EIGHT = np.ones((3, 3), bool)
 
 
-def reference(image, variance, threshold, polarity, min_pixels, grow, include=1.0):
+def manhattan_stencil(r):
+    """afw's Stencil.MANHATTAN (isotropicGrow=False): |dx| + |dy| <= r."""
+    y, x = np.mgrid[-r : r + 1, -r : r + 1]
+    return np.abs(x) + np.abs(y) <= r
+
+
+def reference(image, variance, threshold, polarity, min_pixels, grow, include=1.0, isotropic=True, combined=True):
     """SourceDetectionTask's rules written the obvious way: full-plane labels and dilations;
     a component is kept if it has ``min_pixels`` pixels and one reaching ``include`` times the
-    threshold (afw's includeThresholdMultiplier)."""
+    threshold (afw's includeThresholdMultiplier).  ``combined=False`` returns the list of
+    separately grown footprints (boolean planes) instead of a label image."""
     with np.errstate(invalid="ignore"):
         sig = np.sqrt(variance)
         seeds = []
@@ -21,6 +28,7 @@ def reference(image, variance, threshold, polarity, min_pixels, grow, include=1.
         if polarity in ("negative", "both"):
             seeds.append((-image >= threshold * sig, -image >= threshold * include * sig))
     out = np.zeros(image.shape, bool)
+    separate = []
     for s, high in seeds:
         lab, n = ndimage.label(s, structure=EIGHT)
         sizes = np.bincount(lab.ravel(), minlength=n + 1)
@@ -28,10 +36,16 @@ def reference(image, variance, threshold, polarity, min_pixels, grow, include=1.
         if include > 1.0:
             keep &= np.bincount(lab[high], minlength=n + 1) > 0
         keep[0] = False
+        stencil = circular_stencil(grow) if isotropic else manhattan_stencil(grow)
+        if not combined:
+            separate += [ndimage.binary_dilation(lab == k, structure=stencil) if grow > 0 else lab == k for k in np.nonzero(keep)[0]]
+            continue
         sel = keep[lab]
         if grow > 0 and sel.any():
-            sel = ndimage.binary_dilation(sel, structure=circular_stencil(grow))
+            sel = ndimage.binary_dilation(sel, structure=stencil)
         out |= sel
+    if not combined:
+        return separate
     lab, n = ndimage.label(out, structure=EIGHT)
     return lab.astype(np.int32), n
 
@@ -59,6 +73,34 @@ def test_footprints_equal_the_ndimage_reference_on_random_fields():
         flat, labels, n = footprint_pixels(img, var, t, polarity, mp, grow, include)
         assert n == n_want and np.all(np.diff(flat) > 0)
         np.testing.assert_array_equal(labels, want.ravel()[flat])
+
+
+def test_manhattan_and_separate_growth_equal_the_reference():
+    """isotropicGrow=False grows with afw's Manhattan stencil; combinedGrow=False grows each
+    footprint on its own (overlaps kept, nothing merged), listed footprint by footprint."""
+    rng = np.random.default_rng(12)
+    n_overlap = 0
+    for trial in range(60):
+        ny, nx = (int(v) for v in rng.integers(5, 60, 2))
+        img = ndimage.gaussian_filter(rng.standard_normal((ny, nx)), rng.uniform(0, 1.5)) * 3
+        var = rng.uniform(0.1, 2.0, (ny, nx))
+        t = float(rng.uniform(0.5, 3.0))
+        polarity = ("positive", "negative", "both")[trial % 3]
+        mp, grow = int(rng.integers(1, 4)), int(rng.integers(0, 6))
+        want, n_want = reference(img, var, t, polarity, mp, grow, isotropic=False)
+        flat, labels, n = footprint_pixels(img, var, t, polarity, mp, grow, isotropic=False)
+        assert n == n_want, trial
+        np.testing.assert_array_equal(labels, want.ravel()[flat])
+        assert np.count_nonzero(want) == flat.size
+        sep = reference(img, var, t, polarity, mp, grow, isotropic=trial % 2 == 0, combined=False)
+        flat, labels, n = footprint_pixels(img, var, t, polarity, mp, grow, isotropic=trial % 2 == 0, combined=False)
+        assert n == len(sep), trial
+        for k, fp in enumerate(sep, start=1):
+            np.testing.assert_array_equal(np.sort(flat[labels == k]), np.flatnonzero(fp))
+        n_overlap += flat.size - np.unique(flat).size
+    assert n_overlap > 0  # the trials did exercise overlapping footprints
+    # the Manhattan stencil is not the circular one once r >= 2
+    assert not np.array_equal(manhattan_stencil(3), circular_stencil(3))
 
 
 def test_footprint_edge_cases():

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numba as nb
 import numpy as np
@@ -41,7 +41,7 @@ from scipy import ndimage
 
 from .coadd import CoaddResult, assemble_coadd, compute_weights
 from .config import CompareWarpConfig, as_config
-from .detection import binned_background, footprint_pixels, grow_mask, grow_radius, smooth_for_detection, threshold_for, threshold_footprints
+from .detection import binned_background, footprint_pixels, grow_mask, grow_radius, smooth_for_detection, threshold_for
 from .errors import InputError
 from .exposure import Exposure
 from .psf import DoubleGaussianPsf
@@ -49,7 +49,7 @@ from .parallel import map_epochs, n_threads, worker_scratch
 from .psf_matching import match_to_psf
 from .stats import median_masked, quantiles_masked
 
-__all__ = ["CompareWarpPipeline", "compare_warp_coadd", "CompareWarpResult", "WarpDiffs", "CandidateImages", "scale_variance", "streak_clip_mask", "STAGES"]
+__all__ = ["CompareWarpPipeline", "compare_warp_coadd", "CompareWarpResult", "WarpDiffs", "CandidateImages", "scale_variance", "streak_clip_mask", "ProtectedFootprints", "STAGES"]
 
 log = logging.getLogger("diffstack.compare_warp")
 
@@ -375,7 +375,7 @@ class CompareWarpPipeline:
 
         def run():
             if not self.config.doPreserveContainedBySource:
-                return np.zeros(tmpl.shape, np.int32)
+                return ProtectedFootprints(np.zeros(tmpl.shape, np.int32))
             d = self.config.detectTemplate
             sigma = tmpl.psf.determinant_radius(tmpl.bbox.center) if tmpl.psf is not None else self.model_psf.determinant_radius()
             # detectTemplate's doTempLocalBackground and reEstimateBackground change nothing here:
@@ -389,15 +389,27 @@ class CompareWarpPipeline:
             # threshold takes the clipped scatter of every finite smoothed pixel
             simg, svar = smooth_for_detection(tmpl.image, tmpl.variance, sigma, d.nSigmaForKernel, edge_nan=True)
             var, thr = threshold_for(simg, svar, d.thresholdValue, d.thresholdType, None)
-            lab, _ = threshold_footprints(simg, var, thr, "positive", d.minPixels, grow_radius(d.nSigmaToGrow, sigma), d.includeThresholdMultiplier)
-            return lab
+            # finalizeFootprints: returnOriginalFootprints keeps the ungrown footprints;
+            # combinedGrow=False grows each on its own, so grown footprints may overlap
+            grow = 0 if d.returnOriginalFootprints else grow_radius(d.nSigmaToGrow, sigma)
+            combined = d.combinedGrow or grow == 0
+            flat, lv, n = footprint_pixels(simg, var, thr, "positive", d.minPixels, grow, d.includeThresholdMultiplier, isotropic=d.isotropicGrow, combined=combined)
+            lab = np.zeros(tmpl.shape, np.int32)
+            lab.ravel()[flat] = lv
+            return ProtectedFootprints(lab, None if combined else (flat, lv, n))
 
         return self._stage("protected", key, run)
 
     @property
-    def protected_footprints(self) -> np.ndarray:
-        """Label image of the protected (template) footprints (0 = none)."""
+    def protected(self) -> "ProtectedFootprints":
+        """The protected footprints with their containment test (:class:`ProtectedFootprints`)."""
         return self._protected()[1]
+
+    @property
+    def protected_footprints(self) -> np.ndarray:
+        """Label image of the protected (template) footprints (0 = none; where footprints
+        overlap, with ``detectTemplate.combinedGrow=False``, the later one's label)."""
+        return self._protected()[1].labels
 
     def _warp_diffs(self):
         pk, pm = self._psf_matched()
@@ -453,7 +465,11 @@ class CompareWarpPipeline:
                 if c.detect.thresholdType == "stdev":
                     stats_bad = (d.mask & np.int32(d.mask_planes.bitmask(c.detect.statsMask, strict=False, field="detect.statsMask"))) != 0
                 var, thr = threshold_for(d.image, d.variance, c.detect.thresholdValue, c.detect.thresholdType, stats_bad)
-                flat, lv, n = footprint_pixels(d.image, var, thr, c.detect.thresholdPolarity, c.detect.minPixels, grow_radius(c.detect.nSigmaToGrow, sigma), c.detect.includeThresholdMultiplier)
+                # combinedGrow is moot here: findArtifacts merges the positive footprints with
+                # the negative ones, which unions and relabels them whether or not they were
+                # grown together
+                grow = 0 if c.detect.returnOriginalFootprints else grow_radius(c.detect.nSigmaToGrow, sigma)
+                flat, lv, n = footprint_pixels(d.image, var, thr, c.detect.thresholdPolarity, c.detect.minPixels, grow, c.detect.includeThresholdMultiplier, isotropic=c.detect.isotropicGrow)
                 if n and c.doPrefilterArtifacts:
                     pb = np.int32(d.mask_planes.bitmask(c.prefilterArtifactsMaskPlanes, strict=False, field="prefilterArtifactsMaskPlanes"))
                     good = ((d.mask.ravel()[flat] & pb) == 0).astype(float)
@@ -580,7 +596,7 @@ class CompareWarpPipeline:
 
         return self._stage("filter", key, run)
 
-    def _filter_inputs(self, key: str, cand: dict, prot: np.ndarray) -> list:
+    def _filter_inputs(self, key: str, cand: dict, prot: "ProtectedFootprints") -> list:
         """Per epoch what filterArtifacts reads that no filter parameter changes: each
         candidate's area and mean nImage, the epoch count under its pixels, and whether it lies
         inside one protected footprint (None when there are none).  Kept while the candidates
@@ -589,8 +605,6 @@ class CompareWarpPipeline:
             return self._filter_inputs_cache[1]
         count = cand["epoch_count"].ravel()
         nimg = cand["n_image"].ravel()
-        pflat = prot.ravel()
-        has_prot = bool(pflat.any())
 
         def one(i):
             flat, lv, n = cand["candidates"][i]
@@ -598,8 +612,7 @@ class CompareWarpPipeline:
                 return None
             area = np.bincount(lv, minlength=n + 1).astype(float)
             nbar = np.bincount(lv, weights=nimg[flat], minlength=n + 1) / np.maximum(area, 1)
-            contained = _contained_in_one_footprint(pflat[flat], lv, n) if has_prot else None
-            return area, nbar, count[flat], contained
+            return area, nbar, count[flat], prot.contains(flat, lv, n)
 
         data = map_epochs(one, range(len(cand["candidates"])))
         self._filter_inputs_cache = (key, data)
@@ -697,13 +710,56 @@ def _contained_in_one_footprint(t: np.ndarray, lv: np.ndarray, n: int) -> np.nda
     return (differs == 0) & (rep > 0)
 
 
-def streak_clip_mask(streaks: np.ndarray, psf, grow_fp: float, protected: np.ndarray | None = None, xy0: tuple[int, int] = (0, 0)) -> np.ndarray:
+class ProtectedFootprints(NamedTuple):
+    """The protected template footprints (doPreserveContainedBySource).
+
+    ``labels`` is their label image (0 = none).  With ``detectTemplate.combinedGrow=False``
+    grown footprints may overlap, which a label image cannot hold: ``overlapping`` then has
+    them as ``(flat indices, labels, n)``, a pixel once per footprint covering it.
+    """
+
+    labels: np.ndarray
+    overlapping: tuple[np.ndarray, np.ndarray, int] | None = None
+
+    def contains(self, flat: np.ndarray, lv: np.ndarray, n: int) -> np.ndarray | None:
+        """Per label 0..n of a set of regions (pixel ``flat`` indices, labels ``lv``): True when
+        every pixel of the region lies in one and the same footprint, afw's
+        ``footprint.spans.contains`` for some footprint.  None when there are no footprints."""
+        if self.overlapping is None:
+            t = self.labels.ravel()[flat]
+            return _contained_in_one_footprint(t, lv, n) if self.labels.any() else None
+        fflat, flab, nf = self.overlapping
+        if nf == 0:
+            return None
+        # every (region, footprint) pair at each region pixel; contained when a pair's count
+        # is the region's area (a footprint lists a pixel once)
+        order = np.argsort(fflat, kind="stable")
+        sf, sl = fflat[order], flab[order]
+        lo = np.searchsorted(sf, flat, "left")
+        cnt = np.searchsorted(sf, flat, "right") - lo
+        total = int(cnt.sum())
+        out = np.zeros(n + 1, bool)
+        if total == 0:
+            return out
+        starts = np.cumsum(cnt) - cnt
+        idx = np.arange(total) - np.repeat(starts, cnt) + np.repeat(lo, cnt)
+        key = np.repeat(lv.astype(np.int64), cnt) * (nf + 1) + sl[idx]
+        pairs, counts = np.unique(key, return_counts=True)
+        region = pairs // (nf + 1)
+        area = np.bincount(lv, minlength=n + 1)
+        out[region[counts == area[region]]] = True
+        out[0] = False
+        return out
+
+
+def streak_clip_mask(streaks: np.ndarray, psf, grow_fp: float, protected: "np.ndarray | ProtectedFootprints | None" = None, xy0: tuple[int, int] = (0, 0)) -> np.ndarray:
     """What findArtifacts clips for one epoch's STREAK pixels (reference §3.3, step 6).
 
     The pixels are split into connected streaks as afw's ``SpanSet.split`` splits them: spans
     in adjacent rows join when their x ranges overlap, i.e. 4-connectivity (unlike footprint
     detection's 8).  A streak lying entirely inside one protected template footprint
-    (``protected``, a label image; None when doPreserveContainedBySource is off) is dropped,
+    (``protected``, a label image or :class:`ProtectedFootprints`; None when
+    doPreserveContainedBySource is off) is dropped,
     as LSST does since 2025-10; every other streak is dilated with the circular stencil by
     ``int(grow_fp * r)``, r the PSF's determinant radius at the streak's centroid (parent
     pixel coordinates, hence ``xy0``), so a spatially varying PSF grows each streak by its own
@@ -716,8 +772,12 @@ def streak_clip_mask(streaks: np.ndarray, psf, grow_fp: float, protected: np.nda
     flat = np.flatnonzero(labels)
     lv = labels.ravel()[flat]
     keep = np.ones(n + 1, bool)
-    if protected is not None and protected.any():
-        keep &= ~_contained_in_one_footprint(protected.ravel()[flat], lv, n)
+    if protected is not None:
+        if not isinstance(protected, ProtectedFootprints):
+            protected = ProtectedFootprints(np.asarray(protected))
+        contained = protected.contains(flat, lv, n)
+        if contained is not None:
+            keep &= ~contained
     area = np.bincount(lv, minlength=n + 1)
     ys, xs = np.divmod(flat, streaks.shape[1])
     cx = np.bincount(lv, weights=xs, minlength=n + 1) / np.maximum(area, 1) + xy0[0]

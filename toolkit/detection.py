@@ -2,9 +2,10 @@
 
 Thresholding in per-pixel sigma (``pixel_stdev``, inclusive), 8-connected labelling of row
 runs (afw's footprint rule; the numbering of ``scipy.ndimage.label`` with a 3x3 structure,
-against which the tests check it), ``minPixels`` applied before growth, isotropic growth with afw's circular stencil (half-width
-``int(sqrt(r^2 - dy^2))`` per row), and the union-and-relabel of ``combinedGrow`` and of the
-positive/negative merge.
+against which the tests check it), ``minPixels`` applied before growth, isotropic growth with
+afw's circular stencil (half-width ``int(sqrt(r^2 - dy^2))`` per row; ``isotropicGrow=False``:
+the Manhattan stencil), and the union-and-relabel of ``combinedGrow`` and of the
+positive/negative merge (``combinedGrow=False``: footprints grown one by one, overlaps kept).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def threshold_footprints(image: np.ndarray, variance: np.ndarray, threshold: flo
     return lab, n
 
 
-def footprint_pixels(image: np.ndarray, variance: np.ndarray | None, threshold: float, polarity: str = "both", min_pixels: int = 1, grow: int = 0, include_multiplier: float = 1.0) -> tuple[np.ndarray, np.ndarray, int]:
+def footprint_pixels(image: np.ndarray, variance: np.ndarray | None, threshold: float, polarity: str = "both", min_pixels: int = 1, grow: int = 0, include_multiplier: float = 1.0, isotropic: bool = True, combined: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
     """:func:`threshold_footprints` as ``(flat indices, labels, n)`` of the footprint pixels,
     the indices ascending: no label image is made.  ``variance=None`` thresholds an image that
     is in sigma units already (a score image) at ``threshold``.
@@ -117,9 +118,15 @@ def footprint_pixels(image: np.ndarray, variance: np.ndarray | None, threshold: 
     ``min_pixels`` pixels dropped, and so are those none of whose pixels reaches
     ``include_multiplier * threshold`` sigma (afw's ``includeThresholdMultiplier``: a footprint
     extends to the threshold but needs a pixel that high to be kept), the rest grown by afw's
-    circular stencil of radius ``grow``
-    (clipped at the image edge); the union of both polarities is labelled again, 1..n in raster
-    order of each footprint's first pixel (``scipy.ndimage.label``'s numbering).
+    circular stencil of radius ``grow`` (``isotropic=False``, ``isotropicGrow``: its Manhattan
+    stencil, ``|dx| + |dy| <= grow``), clipped at the image edge; the union of both polarities
+    is labelled again, 1..n in raster order of each footprint's first pixel
+    (``scipy.ndimage.label``'s numbering).
+
+    ``combined=False`` is ``combinedGrow=False``: each footprint is grown on its own and not
+    merged with those its growth reaches, so footprints may overlap.  The result then lists
+    each footprint's pixels in turn (positive footprints first, each in raster order of its
+    first pixel): a pixel appears once per footprint that covers it.
 
     Why compiled: footprints cover a few per cent of a warp, so everything runs on row runs
     (afw's own footprint representation) after one thresholding pass: ~10x less work than
@@ -143,7 +150,7 @@ def footprint_pixels(image: np.ndarray, variance: np.ndarray | None, threshold: 
     img = np.ascontiguousarray(img, dtype)
     if not include_multiplier > 0:
         raise ValueError(f"includeThresholdMultiplier must be > 0, got {include_multiplier}")
-    flat, labels, n = _footprint_pixels(img, var, dtype.type(threshold), polarity != "negative", polarity != "positive", int(min_pixels), max(int(grow), 0), dtype.type(threshold * include_multiplier))
+    flat, labels, n = _footprint_pixels(img, var, dtype.type(threshold), polarity != "negative", polarity != "positive", int(min_pixels), max(int(grow), 0), dtype.type(threshold * include_multiplier), bool(isotropic), bool(combined))
     return flat, labels, int(n)
 
 
@@ -248,7 +255,7 @@ def _sorted_merged(runs, n):  # pragma: no cover - compiled
 
 
 @nb.njit(cache=True, nogil=True)
-def _footprint_pixels(img, var, thr, want_pos, want_neg, min_pixels, r, thr_include):  # pragma: no cover - compiled
+def _footprint_pixels(img, var, thr, want_pos, want_neg, min_pixels, r, thr_include, isotropic, combined):  # pragma: no cover - compiled
     ny, nx = img.shape
     unit = var.shape[0] == 1 and var.shape[1] == 1 and (ny > 1 or nx > 1)  # a 1x1 variance: sigma units
     pos = np.empty((1024, 3), np.int64)
@@ -290,12 +297,17 @@ def _footprint_pixels(img, var, thr, want_pos, want_neg, min_pixels, r, thr_incl
                 pos, npos, p0 = _run_edge(pos, npos, p0, y, x)
             if k & 2:
                 neg, nneg, q0 = _run_edge(neg, nneg, q0, y, x)
-    # half-widths of afw's circular stencil per row offset
+    # half-widths per row offset of afw's circular stencil, or of its Manhattan one
+    # (isotropicGrow=False)
     half = np.empty(2 * r + 1, np.int64)
     for dy in range(-r, r + 1):
-        half[dy + r] = int(np.sqrt(np.float64(r * r - dy * dy)))
+        half[dy + r] = int(np.sqrt(np.float64(r * r - dy * dy))) if isotropic else r - abs(dy)
     grown = np.empty((1024, 3), np.int64)
     ng = 0
+    # combinedGrow=False: each footprint grown on its own (they may overlap), emitted as it is
+    sep = np.empty((1024, 3), np.int64)
+    nsr = 0
+    nsep = 0
     for which in range(2):
         runs = pos if which == 0 else neg
         n = npos if which == 0 else nneg
@@ -320,6 +332,30 @@ def _footprint_pixels(img, var, thr, want_pos, want_neg, min_pixels, r, thr_incl
                     if v >= (thr_include if unit else thr_include * np.sqrt(var[y, x])):
                         good[c] = True
                         break
+        if not combined:
+            order = np.argsort(comp, kind="mergesort")  # runs grouped by footprint, in order
+            t = 0
+            while t < n:
+                c = comp[order[t]]
+                u = t
+                while u < n and comp[order[u]] == c:
+                    u += 1
+                if size[c] >= min_pixels and good[c]:
+                    one = np.empty((16, 3), np.int64)
+                    n1 = 0
+                    for q in range(t, u):
+                        a = order[q]
+                        for dy in range(-r, r + 1):
+                            yy = runs[a, 0] + dy
+                            if 0 <= yy < ny:
+                                one, n1 = _push_run(one, n1, yy, max(runs[a, 1] - half[dy + r], 0), min(runs[a, 2] + half[dy + r], nx - 1))
+                    fp = _sorted_merged(one, n1)
+                    nsep += 1
+                    for b in range(fp.shape[0]):
+                        # the footprint's number rides in the run's row, offset past the image
+                        sep, nsr = _push_run(sep, nsr, nsep * ny + fp[b, 0], fp[b, 1], fp[b, 2])
+                t = u
+            continue
         for a in range(n):
             if size[comp[a]] < min_pixels or not good[comp[a]]:
                 continue
@@ -329,6 +365,20 @@ def _footprint_pixels(img, var, thr, want_pos, want_neg, min_pixels, r, thr_incl
                     continue
                 d = half[dy + r]
                 grown, ng = _push_run(grown, ng, yy, max(runs[a, 1] - d, 0), min(runs[a, 2] + d, nx - 1))
+    if not combined:
+        total = 0
+        for a in range(nsr):
+            total += sep[a, 2] - sep[a, 1] + 1
+        flat = np.empty(total, np.int64)
+        labels = np.empty(total, np.int32)
+        k = 0
+        for a in range(nsr):
+            lab, y = divmod(sep[a, 0], ny)
+            for x in range(sep[a, 1], sep[a, 2] + 1):
+                flat[k] = y * nx + x
+                labels[k] = lab
+                k += 1
+        return flat, labels, nsep
     final = _sorted_merged(grown, ng)
     nf = final.shape[0]
     comp, m = _label_runs(final, nf)

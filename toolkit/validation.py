@@ -118,7 +118,7 @@ def artifact_leftovers(stack: SimulatedStack, pipeline, kind: str = "cosmic_ray"
     kinds = stack.truth["artifact_kind"]
     r = pipeline.coadd_result
     plain = _unclipped_map(pipeline)
-    prot = pipeline.protected_footprints
+    prot = pipeline.protected
     cfg = pipeline.config
     rows = []
     for e in range(art.shape[0]):
@@ -133,7 +133,8 @@ def artifact_leftovers(stack: SimulatedStack, pipeline, kind: str = "cosmic_ray"
         rem_map = contribution(a, r.input_map, r.weights)
         del a
         cand = pipeline.candidate_image(e)
-        cand_boxes = ndimage.find_objects(cand)  # each candidate read within its own box
+        cflat = np.flatnonzero(cand)
+        contained = prot.contains(cflat, cand.ravel()[cflat], int(cand.max()))
         clipped = pipeline.artifact_masks[e]["CLIPPED"]
         pm = pipeline.psf_matched_warps[e]
         for lv, sl in enumerate(ndimage.find_objects(lab), start=1):
@@ -152,9 +153,7 @@ def artifact_leftovers(stack: SimulatedStack, pipeline, kind: str = "cosmic_ray"
             elif clipped[sl][sel].any():
                 reason = "partly clipped"
             else:
-                inside = all(
-                    (p := prot[cand_boxes[lb - 1]][cand[cand_boxes[lb - 1]] == lb]).min() > 0 and (p == p[0]).all() for lb in labels
-                )
+                inside = bool(contained is not None and contained[labels].all())
                 reason = "protected" if inside and cfg.doPreserveContainedBySource else "not transient"
             ys, xs = np.nonzero(sel)
             rows.append((e, float(xs.mean() + sl[1].start), float(ys.mean() + sl[0].start), inj, rem, reason))
