@@ -167,6 +167,18 @@ def _push_run(runs, n, y, x0, x1):  # pragma: no cover - compiled
 
 
 @nb.njit(cache=True, nogil=True)
+def _push_grown(out, n, run, half, ny, nx):  # pragma: no cover - compiled
+    """Push the rows of ``run`` (y, x0, x1) grown by a stencil of per-row half-widths
+    ``half`` (offsets -r..r), clipped to the image."""
+    r = (half.size - 1) // 2
+    for dy in range(-r, r + 1):
+        yy = run[0] + dy
+        if 0 <= yy < ny:
+            out, n = _push_run(out, n, yy, max(run[1] - half[dy + r], 0), min(run[2] + half[dy + r], nx - 1))
+    return out, n
+
+
+@nb.njit(cache=True, nogil=True)
 def _run_edge(runs, n, start, y, x):  # pragma: no cover - compiled
     """A polarity's flag changes at x: a run starts there, or the open one ends at x - 1."""
     if start < 0:
@@ -344,11 +356,7 @@ def _footprint_pixels(img, var, thr, want_pos, want_neg, min_pixels, r, thr_incl
                     one = np.empty((16, 3), np.int64)
                     n1 = 0
                     for q in range(t, u):
-                        a = order[q]
-                        for dy in range(-r, r + 1):
-                            yy = runs[a, 0] + dy
-                            if 0 <= yy < ny:
-                                one, n1 = _push_run(one, n1, yy, max(runs[a, 1] - half[dy + r], 0), min(runs[a, 2] + half[dy + r], nx - 1))
+                        one, n1 = _push_grown(one, n1, runs[order[q]], half, ny, nx)
                     fp = _sorted_merged(one, n1)
                     nsep += 1
                     for b in range(fp.shape[0]):
@@ -359,12 +367,7 @@ def _footprint_pixels(img, var, thr, want_pos, want_neg, min_pixels, r, thr_incl
         for a in range(n):
             if size[comp[a]] < min_pixels or not good[comp[a]]:
                 continue
-            for dy in range(-r, r + 1):
-                yy = runs[a, 0] + dy
-                if yy < 0 or yy >= ny:
-                    continue
-                d = half[dy + r]
-                grown, ng = _push_run(grown, ng, yy, max(runs[a, 1] - d, 0), min(runs[a, 2] + d, nx - 1))
+            grown, ng = _push_grown(grown, ng, runs[a], half, ny, nx)
     if not combined:
         total = 0
         for a in range(nsr):
