@@ -406,6 +406,21 @@ def test_root_spelling_of_old_obs_files_is_refused_as_pex_config_refuses_it(tmp_
         config_from_file(old, CompareWarpConfig)
 
 
+def test_inert_fields_warn_away_from_their_default():
+    """Fields kept for LSST's sake that change nothing here (no profile fit, no background
+    retry loop) are set as read, silently at their defaults, with a warning at other values."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg = CompareWarpConfig.from_pex_override("config.maskStreaks.nSigmaMask=5.0\nconfig.maxDetectTemplateIter=10\n")
+    with pytest.warns(UserWarning, match=r"line 1: config.maskStreaks.nSigmaMask = 3.0 is kept but changes nothing here\. .*no profile fit"):
+        cfg = CompareWarpConfig.from_pex_override("config.maskStreaks.nSigmaMask=3.0\nconfig.spatialThreshold=0.4\n")
+    assert cfg.maskStreaks.nSigmaMask == 3.0 and cfg.spatialThreshold == 0.4
+    with pytest.warns(UserWarning, match=r"config.detectTemplateIterMultiplier = 1.5 is kept but changes nothing here\. .*never retries"):
+        CompareWarpConfig.from_pex_override("config.detectTemplateIterMultiplier=1.5\n")
+
+
 def test_deprecated_lsst_fields_warn():
     with pytest.warns(UserWarning, match="doScaleZeroPoint has no effect"):
         cfg = CompareWarpConfig.from_pex_override("config.doScaleZeroPoint = False\nconfig.maxNumEpochs = 3\n")

@@ -76,6 +76,9 @@ class LsstConfig(param.Parameterized):
     _lsst_unimplemented: dict[str, Any] = {}
     #: switches that LSST declares as Field[int] (saved as 0/1), held here as booleans
     _lsst_int_fields: frozenset[str] = frozenset()
+    #: fields of this config kept for LSST's sake (exported, shown) that change nothing
+    #: diffstack computes: read from a file at a value other than the default, they warn
+    _lsst_inert: frozenset[str] = frozenset()
 
     def __init__(self, **params: Any) -> None:
         nested = {k: v for k, v in params.items() if isinstance(v, dict) and isinstance(self.param[k], param.ClassSelector) if k in self.param}
@@ -554,6 +557,10 @@ class LsstConfig(param.Parameterized):
                     self.set_dotted(dotted, _list_op(self.get_dotted(dotted), st.op, st.value, dotted))
             except ConfigError as exc:
                 raise ConfigError(f"{where}{_at(st)}{exc}") from None
+            owner, _, leaf = dotted.rpartition(".")
+            obj = self.get_dotted(owner) if owner else self
+            if leaf in type(obj)._lsst_inert and not _same(getattr(obj, leaf), obj.param[leaf].default):
+                warnings.warn(f"{where}{_at(st)}config.{st.target} = {getattr(obj, leaf)!r} is kept but changes nothing here. {obj.param[leaf].doc}", stacklevel=4)
 
     def _unmodeled(self, parts: list[str]) -> tuple[str, Any] | None:
         """How an LSST field that is not a diffstack field is treated: ``("none", None)`` for
@@ -1122,6 +1129,7 @@ class MaskStreaksConfig(LsstConfig):
 
     # LSST's line-profile fit (kernel heights, Moffat width, chi^2 iterations, its own mask
     # planes) has no counterpart in diffstack's Hough finder (see toolkit.streaks)
+    _lsst_inert = frozenset({"nSigmaMask", "rhoBinSize"})
     _lsst_no_effect = LsstConfig._lsst_no_effect | {"minimumKernelHeight", "clusterMinimumDeviation", "delta", "nSigma", "invSigma", "footprintThreshold", "dChi2Tolerance", "maxFitIter", "detectedMaskPlane", "streaksMaskPlane", "badMaskPlanes", "maxStreakWidth"}
 
     absMinimumKernelHeight = param.Number(5.0, bounds=(0, None), doc="Minimum streak length scale (pixels).")
@@ -1182,6 +1190,7 @@ class CompareWarpConfig(AssembleCoaddConfig):
     """LSST ``CompareWarpAssembleCoaddConfig`` with current (2026) defaults."""
 
     _lsst_tasks = ("CompareWarpAssembleCoaddTask",)
+    _lsst_inert = frozenset({"detectTemplateIterMultiplier", "maxDetectTemplateIter", "streakMaskName"})
 
     assembleStaticSkyModel = param.ClassSelector(class_=AssembleCoaddConfig, default=None, instantiate=True, doc="Static-sky template AssembleCoadd config.")
     detect = param.ClassSelector(class_=DetectionConfig, default=None, instantiate=True, doc="Artifact-candidate detection on each warpDiff.")
