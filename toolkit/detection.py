@@ -369,35 +369,32 @@ def _footprint_pixels(img, var, thr, want_pos, want_neg, min_pixels, r, thr_incl
                 continue
             grown, ng = _push_grown(grown, ng, runs[a], half, ny, nx)
     if not combined:
-        total = 0
-        for a in range(nsr):
-            total += sep[a, 2] - sep[a, 1] + 1
-        flat = np.empty(total, np.int64)
-        labels = np.empty(total, np.int32)
-        k = 0
-        for a in range(nsr):
-            lab, y = divmod(sep[a, 0], ny)
-            for x in range(sep[a, 1], sep[a, 2] + 1):
-                flat[k] = y * nx + x
-                labels[k] = lab
-                k += 1
+        flat, labels = _run_pixels(sep, nsr, sep[:nsr, 0] // ny, ny, nx)
         return flat, labels, nsep
     final = _sorted_merged(grown, ng)
     nf = final.shape[0]
     comp, m = _label_runs(final, nf)
+    flat, labels = _run_pixels(final, nf, comp + 1, ny, nx)
+    return flat, labels, m
+
+
+@nb.njit(cache=True, nogil=True)
+def _run_pixels(runs, n, labs, ny, nx):  # pragma: no cover - compiled
+    """Flat indices and labels of the pixels of ``n`` row runs, run ``a`` labelled ``labs[a]``;
+    a run's row is read modulo ``ny`` (the one-by-one footprints carry their number above it)."""
     total = 0
-    for a in range(nf):
-        total += final[a, 2] - final[a, 1] + 1
+    for a in range(n):
+        total += runs[a, 2] - runs[a, 1] + 1
     flat = np.empty(total, np.int64)
     labels = np.empty(total, np.int32)
     k = 0
-    for a in range(nf):
-        base = final[a, 0] * nx
-        for x in range(final[a, 1], final[a, 2] + 1):
+    for a in range(n):
+        base = (runs[a, 0] % ny) * nx
+        for x in range(runs[a, 1], runs[a, 2] + 1):
             flat[k] = base + x
-            labels[k] = comp[a] + 1
+            labels[k] = labs[a]
             k += 1
-    return flat, labels, m
+    return flat, labels
 
 
 def binned_background(image: np.ndarray, bad: np.ndarray, bin_size: int, dtype=np.float64) -> np.ndarray:
