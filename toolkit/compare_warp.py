@@ -517,21 +517,20 @@ class CompareWarpPipeline:
 
     def _streaks(self):
         ck, cand = self._candidates()
-        wk, diffs = self._warp_diffs()
         pk, prot = self._protected()
         key = ck + pk + self._cfg("doFilterMorphological", "maskStreaks", "growStreakFp", "doPreserveContainedBySource")
 
         def run():
             if not self.config.doFilterMorphological:
-                return [None] * len(diffs)
-            found = self._raw_streaks(ck, cand, diffs)
+                return [None] * len(cand["candidates"])
+            found = self._raw_streaks(ck, cand)
             preserve = prot if self.config.doPreserveContainedBySource else None
             xy0 = self.direct_warps[0].xy0
-            return [None if diffs._pm[i] is None else streak_clip_mask(found[i], diffs._pm[i].psf, self.config.growStreakFp, preserve, xy0) for i in range(len(diffs))]
+            return [None if w is None else streak_clip_mask(f, w.psf, self.config.growStreakFp, preserve, xy0) for f, w in zip(found, self.psf_matched_warps)]
 
         return self._stage("streaks", key, run)
 
-    def _raw_streaks(self, ck: str, cand: dict, diffs: WarpDiffs) -> list[np.ndarray]:
+    def _raw_streaks(self, ck: str, cand: dict) -> list[np.ndarray]:
         """MaskStreaksTask's STREAK pixels per epoch, before the split, the protection test and
         the growth: the Hough transforms are most of the streak stage's time and depend only on
         the candidates and ``maskStreaks``, so a change of ``detectTemplate`` or
@@ -543,15 +542,14 @@ class CompareWarpPipeline:
 
         shape = self.direct_warps[0].shape
 
-        def one(i):
-            if diffs._pm[i] is None:
-                return np.zeros(shape, bool)
+        def one(found):
+            # a missing PSF-matched warp has no candidates, hence no streaks
             det = np.zeros(shape, bool)
-            det.ravel()[cand["candidates"][i][0]] = True
+            det.ravel()[found[0]] = True
             return find_streaks(det, self.config.maskStreaks)
 
         # epochs side by side: the Hough transform (most of the time) releases the GIL
-        found = map_epochs(one, range(len(diffs)), self._progress_for("streaks"))
+        found = map_epochs(one, cand["candidates"], self._progress_for("streaks"))
         self._raw_streaks_cache = (key, found)
         return found
 
