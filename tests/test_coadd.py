@@ -250,3 +250,28 @@ def test_compiled_alt_mask_gather_equals_apply_alt_masks(polygons):
     if polygons:  # the clearing happened: some NO_DATA pixel lost a BAD bit it had
         b = planes.bitmask(["BAD"])
         assert ((mask & b) != 0)[alt["NO_DATA"]].any() and not ((want & b) != 0)[alt["NO_DATA"]].any()
+
+
+def test_coadd_psf_follows_each_warps_coverage():
+    """A warp covering part of the patch enters the coadd's PSF only there (LSST's CoaddPsf
+    takes the inputs whose CCDs contain the point), with the coadd weights renormalised."""
+    shape = (40, 50)
+    sig = (1.2, 2.0, 2.8)
+    var = (1.0, 2.0, 4.0)
+    warps = []
+    for i, (s, v) in enumerate(zip(sig, var)):
+        w = Exposure(np.zeros(shape), np.full(shape, v), psf=GaussianPsf(s, size=25), xy0=(7, 3), metadata={"BUNIT": "nJy"})
+        if i == 1:  # the second warp has data only in the bottom half
+            w.mask[20:] |= w.mask_planes.bitmask(["NO_DATA"])
+            w.image[20:] = np.nan
+        warps.append(w)
+    r = assemble_coadd(warps, AssembleCoaddConfig(doInterp=False))
+    psf = r.coadd.psf
+    weights = 1 / np.array(var)
+    k = [GaussianPsf(s, size=25).compute_kernel_image() for s in sig]
+    both = sum(wi * ki for wi, ki in zip(weights, k)) / weights.sum()
+    top = (weights[0] * k[0] + weights[2] * k[2]) / (weights[0] + weights[2])
+    np.testing.assert_allclose(psf.compute_kernel_image((7 + 25, 3 + 5)), both, rtol=1e-12)
+    np.testing.assert_allclose(psf.compute_kernel_image((7 + 25, 3 + 30)), top, rtol=1e-12)
+    assert not np.allclose(both, top)  # the two rules are told apart
+    assert r.n_image[5, 25] == 3 and r.n_image[30, 25] == 2

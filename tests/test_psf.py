@@ -96,3 +96,64 @@ def test_in_place_row_transforms_without_pocketfft_binding(shape, workers, monke
     np.testing.assert_array_equal(direct, blocked)
     want = scipy.signal.fftconvolve(img.astype(np.float64), k.astype(np.float64), mode="same")
     np.testing.assert_allclose(direct, want, atol=2e-6 * np.abs(want).max(), rtol=0)
+
+
+def _mean(psfs, weights, n=21):
+    w = np.asarray(weights, float) / np.sum(weights)
+    return sum(wi * p.compute_kernel_image(size=n) for p, wi in zip(psfs, w))
+
+
+def test_coadd_psf_uses_only_the_inputs_covering_the_position():
+    # LSST's CoaddPsf sums the PSFs of the inputs whose CCDs contain the point, renormalised by
+    # their weights; here input 1 has data only in the left half (x < 20) and input 2 nowhere
+    # near the top row
+    a, b, c = GaussianPsf(1.0, size=21), GaussianPsf(2.0, size=21), GaussianPsf(3.0, size=21)
+    shape, nd = (30, 40), 4
+    m0 = np.zeros(shape, np.int32)
+    m1 = np.zeros(shape, np.int32)
+    m1[:, 20:] = nd | 1  # NO_DATA plus an unrelated plane
+    m2 = np.full(shape, 1, np.int32)  # only the unrelated plane: covers everywhere
+    m2[25:] = nd
+    xy0 = (100, 200)
+    cp = CoaddPsf([a, b, c], [1, 2, 3], coverage=[m0, m1, m2], no_data_bits=nd, xy0=xy0)
+    left, right, top = (105, 210), (130, 210), (130, 226)
+    np.testing.assert_allclose(cp.compute_kernel_image(left), _mean([a, b, c], [1, 2, 3]), rtol=1e-12)
+    np.testing.assert_allclose(cp.compute_kernel_image(right), _mean([a, c], [1, 3]), rtol=1e-12)
+    np.testing.assert_allclose(cp.compute_kernel_image(top), a.compute_kernel_image(), rtol=1e-12)
+    assert list(cp.contributors(left)) == [0, 1, 2] and list(cp.contributors(top)) == [0]
+    # a pixel owns [i - 0.5, i + 0.5): x = 119.49 is pixel 19 (covered), 119.5 is pixel 20
+    assert list(cp.contributors((119.49, 210))) == [0, 1, 2]
+    assert list(cp.contributors((119.5, 210))) == [0, 2]
+    # a boolean coverage is the same thing spelled the other way
+    cb = CoaddPsf([a, b, c], [1, 2, 3], coverage=[(m & nd) == 0 for m in (m0, m1, m2)], xy0=xy0)
+    for pos in (left, right, top):
+        np.testing.assert_array_equal(cb.compute_kernel_image(pos), cp.compute_kernel_image(pos))
+    # outside every input (off the frame): all inputs, where LSST would raise
+    np.testing.assert_allclose(cp.compute_kernel_image((0, 0)), _mean([a, b, c], [1, 2, 3]), rtol=1e-12)
+    with pytest.raises(InputError, match="position must be finite"):
+        cp.compute_kernel_image((np.nan, 3))
+    with pytest.raises(InputError, match="one shape"):
+        CoaddPsf([a, b], [1, 1], coverage=[m0, m1[:, :5]], no_data_bits=nd)
+    with pytest.raises(InputError, match="2 arrays for 3"):
+        CoaddPsf([a, b, c], [1, 1, 1], coverage=[m0, m1], no_data_bits=nd)
+
+
+def test_coadd_psf_average_position_follows_lsst():
+    # weight x good pixels x position, as meas_algorithms' computeAveragePosition
+    a, b = GaussianPsf(1.0, size=21), GaussianPsf(2.0, size=21)
+    shape = (10, 40)
+    left = np.zeros(shape, bool)
+    left[:, :10] = True  # centroid x = 4.5, 100 pixels
+    full = np.ones(shape, bool)  # centroid x = 19.5, 400 pixels
+    cp = CoaddPsf([a, b], [3, 1], coverage=[left, full])
+    wa, wb = 0.75 * 100, 0.25 * 400
+    assert cp.average_position == pytest.approx(((wa * 4.5 + wb * 19.5) / (wa + wb), 4.5))
+    # position None is that position: only input b covers x = 13.1, so its PSF alone
+    np.testing.assert_allclose(cp.compute_kernel_image(), b.compute_kernel_image(), rtol=1e-12)
+    # two disjoint corners: their mean falls in the gap between them, so the lower-weight
+    # input is dropped until the position is covered (LSST's loop)
+    c1, c2 = np.zeros(shape, bool), np.zeros(shape, bool)
+    c1[:, :5], c2[:, 35:] = True, True
+    cp2 = CoaddPsf([a, b], [1, 2], coverage=[c1, c2])
+    assert cp2.average_position == pytest.approx((37.0, 4.5))
+    np.testing.assert_allclose(cp2.compute_kernel_image(), b.compute_kernel_image(), rtol=1e-12)

@@ -321,14 +321,46 @@ class VaryingGaussianPsf(Psf):
 class CoaddPsf(Psf):
     """Weighted average of input PSFs (LSST's ``CoaddPsf``), evaluated at any position.
 
+    At a position, only the inputs that cover it contribute, each with its coadd weight, and
+    the sum is divided by the weights of those inputs (``CoaddPsf::doComputeKernelImage``: the
+    ``subsetContaining`` the point).  Without ``coverage`` every input covers everywhere.
+
     Parameters
     ----------
     psfs : sequence of Psf
+        The inputs' PSFs, on the coadd's pixel grid (warps need no resampling, so LSST's
+        ``warpingKernelName`` has no role here).
     weights : sequence of float
         The coadd weights of the inputs (1/mean variance); normalised internally.
+    coverage : sequence of 2-D arrays, optional
+        One per input, all of one shape, on the coadd's grid with its first pixel at ``xy0``:
+        where that input has data.  A boolean array is True there; an integer mask plane array
+        has none of ``no_data_bits`` set there.  LSST tests each CCD's bounding box and valid
+        polygon; a warp's NO_DATA plane is that footprint drawn on the patch.  The arrays are
+        read when the PSF is evaluated, not copied, so a coadd's PSF costs no memory.
+    no_data_bits : int, optional
+        Mask bits that mean "no data" in integer ``coverage`` arrays.
+    xy0 : (int, int), optional
+        Parent position (x, y) of ``coverage[i][0, 0]``.
+
+    Notes
+    -----
+    With ``coverage``, the default position (``position=None``) is LSST's average position: the
+    mean of the inputs' positions weighted by weight x good pixels, with the lowest-weight inputs
+    dropped until some input covers it.  LSST takes each CCD's centre; a warp knows no CCDs, so
+    the centroid of its data area stands in.  Where no input covers a position, LSST raises;
+    here every input contributes, so a grid cell or an image centre over a hole still gets a
+    PSF (those pixels are NO_DATA in the coadd anyway).
     """
 
-    def __init__(self, psfs: Sequence[Psf], weights: Sequence[float]) -> None:
+    def __init__(
+        self,
+        psfs: Sequence[Psf],
+        weights: Sequence[float],
+        coverage: Sequence[np.ndarray] | None = None,
+        no_data_bits: int = 0,
+        xy0: tuple[int, int] = (0, 0),
+    ) -> None:
         if len(psfs) == 0 or len(psfs) != len(weights):
             raise InputError("CoaddPsf needs as many weights as PSFs, and at least one")
         w = np.asarray(weights, dtype=np.float64)
@@ -337,11 +369,84 @@ class CoaddPsf(Psf):
         self.psfs = list(psfs)
         self.weights = w / w.sum()
         self.size = max(p.size for p in self.psfs)
+        self.coverage = None
+        if coverage is not None:
+            cov = [np.asarray(c) for c in coverage]
+            if len(cov) != len(self.psfs):
+                raise InputError(f"CoaddPsf coverage: {len(cov)} arrays for {len(self.psfs)} PSFs")
+            if any(c.ndim != 2 or c.shape != cov[0].shape for c in cov):
+                raise InputError(f"CoaddPsf coverage arrays must be 2-D and of one shape, got {[c.shape for c in cov]}")
+            if any(c.dtype != bool and not np.issubdtype(c.dtype, np.integer) for c in cov):
+                raise InputError("CoaddPsf coverage arrays must be boolean or integer mask planes")
+            self.coverage = cov
+        self.no_data_bits = int(no_data_bits)
+        self.xy0 = (int(xy0[0]), int(xy0[1]))
+        self._average = None
+
+    def _covers(self, i: int, ix: int, iy: int) -> bool:
+        c = self.coverage[i]
+        if not (0 <= iy < c.shape[0] and 0 <= ix < c.shape[1]):
+            return False
+        v = c[iy, ix]
+        return bool(v) if c.dtype == bool else (int(v) & self.no_data_bits) == 0
+
+    def _pixel(self, position: Sequence[float]) -> tuple[int, int]:
+        x, y = float(position[0]), float(position[1])
+        if not (np.isfinite(x) and np.isfinite(y)):
+            raise InputError(f"CoaddPsf: the position must be finite, got {tuple(position)}")
+        # afw's Box2D(bbox).contains: a pixel owns [i - 0.5, i + 0.5)
+        return int(np.floor(x + 0.5)) - self.xy0[0], int(np.floor(y + 0.5)) - self.xy0[1]
+
+    def contributors(self, position: Sequence[float] | None = None) -> np.ndarray:
+        """Indices of the inputs that cover ``position`` (all of them where none does)."""
+        everyone = np.arange(len(self.psfs))
+        if self.coverage is None:
+            return everyone
+        if position is None:
+            position = self.average_position
+        ix, iy = self._pixel(position)
+        inside = np.array([i for i in everyone if self._covers(i, ix, iy)], dtype=int)
+        return inside if inside.size else everyone
+
+    @property
+    def average_position(self) -> tuple[float, float] | None:
+        """LSST's ``getAveragePosition`` (see Notes); None without ``coverage``."""
+        if self.coverage is None:
+            return None
+        if self._average is None:
+            items = []  # (weight x good pixels, x, y) per input
+            for i, c in enumerate(self.coverage):
+                good = c if c.dtype == bool else (c & self.no_data_bits) == 0
+                rows, cols = good.sum(axis=1), good.sum(axis=0)
+                n = float(rows.sum())
+                if n == 0:
+                    continue
+                cx = float(cols @ np.arange(c.shape[1])) / n + self.xy0[0]
+                cy = float(rows @ np.arange(c.shape[0])) / n + self.xy0[1]
+                items.append((self.weights[i] * n, cx, cy))
+            # as computeAveragePosition: drop the lowest weights until some input covers it
+            items.sort(key=lambda t: t[0])
+            pos = None
+            for k in range(len(items)):
+                wsum = sum(t[0] for t in items[k:])
+                pos = (sum(t[0] * t[1] for t in items[k:]) / wsum, sum(t[0] * t[2] for t in items[k:]) / wsum)
+                ix, iy = self._pixel(pos)
+                if any(self._covers(i, ix, iy) for i in range(len(self.psfs))):
+                    break
+            if pos is None:  # no input has any data: the frame's centre
+                ny, nx = self.coverage[0].shape
+                pos = (self.xy0[0] + (nx - 1) / 2.0, self.xy0[1] + (ny - 1) / 2.0)
+            self._average = pos
+        return self._average
 
     def _kernel(self, n, position):
+        if position is None:
+            position = self.average_position
+        use = self.contributors(position)
+        w = self.weights[use] / self.weights[use].sum()
         out = np.zeros((n, n))
-        for p, w in zip(self.psfs, self.weights):
-            out += w * p.compute_kernel_image(position, size=n)
+        for i, wi in zip(use, w):
+            out += wi * self.psfs[i].compute_kernel_image(position, size=n)
         return out
 
     def to_dict(self):
