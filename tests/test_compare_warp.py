@@ -568,3 +568,16 @@ def test_candidates_follow_detect_growth_fields():
         np.testing.assert_array_equal(np.flatnonzero(got), flat, err_msg=field)
         assert np.count_nonzero(got) < np.count_nonzero(circle), field
         setattr(p.config.detect, field, not value)
+
+
+def test_inputs_of_the_wrong_kind_are_named_before_anything_runs():
+    from toolkit.errors import InputError
+
+    w = Exposure(np.zeros((20, 20)), np.ones((20, 20)), psf=GaussianPsf(2.0))
+    with pytest.raises(InputError, match="direct warp 1 is a ndarray, not an Exposure"):
+        CompareWarpPipeline([w, np.zeros((20, 20))])
+    with pytest.raises(InputError, match=r"PSF-matched warp 0 is a str, not an Exposure \(or None"):
+        CompareWarpPipeline([w, w], psf_matched_warps=["a", None])
+    with pytest.raises(InputError, match="2 PSF-matched warps for 1 direct warps"):
+        CompareWarpPipeline([w], psf_matched_warps=[w, w])
+    CompareWarpPipeline([w, w], psf_matched_warps=[w, None])  # None marks a missing one

@@ -173,6 +173,8 @@ def test_bad_inputs_named():
         zogy(sci, Exposure(ref.image, np.zeros_like(ref.variance), psf=ref.psf))
     with pytest.raises(InputError, match="entirely NaN"):
         zogy(Exposure(np.full((64, 64), np.nan), sci.variance, psf=sci.psf), ref)
+    with pytest.raises(InputError, match=r"science image is empty \(shape \(0, 5\)\)"):
+        zogy(Exposure(np.zeros((0, 5)), psf=sci.psf), Exposure(np.zeros((0, 5)), psf=ref.psf))
     # every pixel masked by ignoreMaskPlanes: no noise level to pad and weight with (LSST's
     # NaN mean would have made every output NaN), in whole-image and grid mode alike
     bad = np.full(ref.shape, ref.mask_planes.bitmask(["BAD"]), np.int32)

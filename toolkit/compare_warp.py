@@ -226,8 +226,14 @@ class CompareWarpPipeline:
         if len(direct_warps) == 0:
             raise InputError("CompareWarp needs at least one direct warp")
         self.direct_warps = list(direct_warps)
+        for i, w in enumerate(self.direct_warps):
+            if not isinstance(w, Exposure):
+                raise InputError(f"direct warp {i} is a {type(w).__name__}, not an Exposure")
         if psf_matched_warps is not None and len(psf_matched_warps) != len(self.direct_warps):
             raise InputError(f"{len(psf_matched_warps)} PSF-matched warps for {len(self.direct_warps)} direct warps")
+        for i, w in enumerate(psf_matched_warps or ()):
+            if w is not None and not isinstance(w, Exposure):
+                raise InputError(f"PSF-matched warp {i} is a {type(w).__name__}, not an Exposure (or None for a missing one)")
         self._given_matched = None if psf_matched_warps is None else list(psf_matched_warps)
         self.config = as_config(config, CompareWarpConfig)
         self.model_psf = DoubleGaussianPsf(7.7) if model_psf is None else model_psf

@@ -256,6 +256,8 @@ def _check_inputs(sci: Exposure, ref: Exposure) -> set[int]:
             raise InputError(f"{name} must be an Exposure, got {type(e).__name__}")
         if e.psf is None:
             raise InputError(f"{name} has no PSF")
+        if e.image.size == 0:
+            raise InputError(f"{name} image is empty (shape {e.shape})")
         if not _any_finite(e.image.reshape(-1)):
             raise InputError(f"{name} image is entirely NaN/inf")
         n_finite, n_bad = _count_finite_nonpositive(e.variance.reshape(-1))
