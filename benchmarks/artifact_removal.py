@@ -12,9 +12,11 @@ flux left for each of LSST's reasons (``toolkit.validation.artifact_leftovers``)
 With ``--cr-density``, the stacks get that many cosmic rays per pixel per epoch instead of the
 simulator's default (2.5e-5, about a 90-s DECam exposure; a 30-s LSST visit sees ~3e-6): how
 much of what is left comes from cosmic rays crowding each other and the other artifacts.
+With ``--star-density`` (default 3e-4, a crowded low-latitude field; ~1e-5 at high latitude), how
+much comes from cosmic rays landing on protected template footprints.
 
 Usage: python benchmarks/artifact_removal.py [--size 256] [--seeds 1 2 ... 10] [--saturated 2]
-       [--configs lsst decam ...] [--explain] [--cr-density 2.5e-6]
+       [--configs lsst decam ...] [--explain] [--cr-density 3e-6] [--star-density 1e-5]
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--explain", action="store_true", help="why the cosmic-ray flux left was kept")
     ap.add_argument("--cr-density", type=float, default=None, help="cosmic rays per pixel per epoch (default: the simulator's)")
+    ap.add_argument("--star-density", type=float, default=None, help="stars per pixel (default: the simulator's crowded 3e-4; a high-latitude field has ~1e-5), which sets how much of the sky is protected")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     kinds = ("faint_trail", "bright_trail", "cosmic_ray", "ghost")
@@ -57,6 +60,8 @@ def main() -> None:
         reasons: dict[str, float] = {}
         for seed in args.seeds:
             extra = {} if args.cr_density is None else {"cosmic_ray_density": args.cr_density}
+            if args.star_density is not None:
+                extra["star_density"] = args.star_density
             stack = simulate_stack(seed=seed, size=args.size, n_saturated_stars=args.saturated, **extra)
             cfg = preset(spec) if isinstance(spec, str) else CompareWarpConfig()
             if isinstance(spec, dict):

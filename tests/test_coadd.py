@@ -275,3 +275,15 @@ def test_coadd_psf_follows_each_warps_coverage():
     np.testing.assert_allclose(psf.compute_kernel_image((7 + 25, 3 + 30)), top, rtol=1e-12)
     assert not np.allclose(both, top)  # the two rules are told apart
     assert r.n_image[5, 25] == 3 and r.n_image[30, 25] == 2
+    # a warp with its own plane dictionary (NO_DATA on another bit, the coadd's bit free) is
+    # read with its own bit
+    from toolkit.masks import MaskPlanes
+
+    own = MaskPlanes(["EDGE", "SAT", "BAD", "NO_DATA"])
+    m = np.zeros(shape, np.int32)
+    m[20:] = own.bitmask(["NO_DATA"])
+    warps[1] = Exposure(warps[1].image, warps[1].variance, m, own, psf=warps[1].psf, xy0=(7, 3), metadata={"BUNIT": "nJy"})
+    assert own["NO_DATA"] != warps[0].mask_planes["NO_DATA"]
+    psf2 = assemble_coadd(warps, AssembleCoaddConfig(doInterp=False)).coadd.psf
+    np.testing.assert_allclose(psf2.compute_kernel_image((7 + 25, 3 + 30)), top, rtol=1e-12)
+    np.testing.assert_allclose(psf2.compute_kernel_image((7 + 25, 3 + 5)), both, rtol=1e-12)

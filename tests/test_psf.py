@@ -134,6 +134,12 @@ def test_coadd_psf_uses_only_the_inputs_covering_the_position():
         cp.compute_kernel_image((np.nan, 3))
     with pytest.raises(InputError, match="one shape"):
         CoaddPsf([a, b], [1, 1], coverage=[m0, m1[:, :5]], no_data_bits=nd)
+    with pytest.raises(InputError, match=r"no_data_bits: one value or one per PSF \(2\), got 3"):
+        CoaddPsf([a, b], [1, 1], coverage=[m0, m1], no_data_bits=[4, 4, 4])
+    # per-input bits: in input 2's own dictionary NO_DATA is bit 0 (value 1), which it has
+    # everywhere, so it covers nothing; inputs 0 and 1 are read with bit 2
+    per = CoaddPsf([a, b, c], [1, 2, 3], coverage=[m0, m1, m2], no_data_bits=[nd, nd, 1], xy0=xy0)
+    assert list(per.contributors(left)) == [0, 1] and list(per.contributors(right)) == [0]
     with pytest.raises(InputError, match="2 arrays for 3"):
         CoaddPsf([a, b, c], [1, 1, 1], coverage=[m0, m1], no_data_bits=nd)
 

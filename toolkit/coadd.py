@@ -420,8 +420,10 @@ def assemble_coadd(
     psf = None
     if all(warps[i].psf is not None for i in used):
         # LSST's CoaddPsf takes, at each position, only the inputs whose CCDs cover it; a warp's
-        # NO_DATA plane is that coverage on the patch (read lazily, so no copy is kept)
-        psf = CoaddPsf([warps[i].psf for i in used], weights[used], coverage=[masks[i] for i in used], no_data_bits=int(b["NO_DATA"]), xy0=ref.xy0)
+        # NO_DATA plane is that coverage on the patch (each warp's own mask and bit, read when
+        # the PSF is evaluated: no copy is kept)
+        nd = [int(warps[i].mask_planes.bitmask(["NO_DATA"])) if "NO_DATA" in warps[i].mask_planes else 0 for i in used]
+        psf = CoaddPsf([warps[i].psf for i in used], weights[used], coverage=[warps[i].mask for i in used], no_data_bits=nd, xy0=ref.xy0)
     coadd = Exposure(value, variance, out_mask, planes, psf=psf, photo_calib=1.0, wcs=ref.wcs, xy0=ref.xy0, metadata=meta, copy=False)
     # ---- processResults
     t2 = time.perf_counter()

@@ -338,8 +338,9 @@ class CoaddPsf(Psf):
         has none of ``no_data_bits`` set there.  LSST tests each CCD's bounding box and valid
         polygon; a warp's NO_DATA plane is that footprint drawn on the patch.  The arrays are
         read when the PSF is evaluated, not copied, so a coadd's PSF costs no memory.
-    no_data_bits : int, optional
-        Mask bits that mean "no data" in integer ``coverage`` arrays.
+    no_data_bits : int or sequence of int, optional
+        Mask bits that mean "no data" in integer ``coverage`` arrays (one value for all, or one
+        per input when their plane dictionaries differ).
     xy0 : (int, int), optional
         Parent position (x, y) of ``coverage[i][0, 0]``.
 
@@ -358,7 +359,7 @@ class CoaddPsf(Psf):
         psfs: Sequence[Psf],
         weights: Sequence[float],
         coverage: Sequence[np.ndarray] | None = None,
-        no_data_bits: int = 0,
+        no_data_bits: int | Sequence[int] = 0,
         xy0: tuple[int, int] = (0, 0),
     ) -> None:
         if len(psfs) == 0 or len(psfs) != len(weights):
@@ -379,7 +380,10 @@ class CoaddPsf(Psf):
             if any(c.dtype != bool and not np.issubdtype(c.dtype, np.integer) for c in cov):
                 raise InputError("CoaddPsf coverage arrays must be boolean or integer mask planes")
             self.coverage = cov
-        self.no_data_bits = int(no_data_bits)
+        bits = np.broadcast_to(np.asarray(no_data_bits, dtype=np.int64), (len(self.psfs),)) if np.ndim(no_data_bits) == 0 else np.asarray(no_data_bits, dtype=np.int64)
+        if bits.shape != (len(self.psfs),):
+            raise InputError(f"CoaddPsf no_data_bits: one value or one per PSF ({len(self.psfs)}), got {len(bits)}")
+        self.no_data_bits = [int(b) for b in bits]
         self.xy0 = (int(xy0[0]), int(xy0[1]))
         self._average = None
 
@@ -388,7 +392,7 @@ class CoaddPsf(Psf):
         if not (0 <= iy < c.shape[0] and 0 <= ix < c.shape[1]):
             return False
         v = c[iy, ix]
-        return bool(v) if c.dtype == bool else (int(v) & self.no_data_bits) == 0
+        return bool(v) if c.dtype == bool else (int(v) & self.no_data_bits[i]) == 0
 
     def _pixel(self, position: Sequence[float]) -> tuple[int, int]:
         x, y = float(position[0]), float(position[1])
@@ -416,7 +420,7 @@ class CoaddPsf(Psf):
         if self._average is None:
             items = []  # (weight x good pixels, x, y) per input
             for i, c in enumerate(self.coverage):
-                good = c if c.dtype == bool else (c & self.no_data_bits) == 0
+                good = c if c.dtype == bool else (c & self.no_data_bits[i]) == 0
                 rows, cols = good.sum(axis=1), good.sum(axis=0)
                 n = float(rows.sum())
                 if n == 0:
