@@ -581,3 +581,25 @@ def test_inputs_of_the_wrong_kind_are_named_before_anything_runs():
     with pytest.raises(InputError, match="2 PSF-matched warps for 1 direct warps"):
         CompareWarpPipeline([w], psf_matched_warps=[w, w])
     CompareWarpPipeline([w, w], psf_matched_warps=[w, None])  # None marks a missing one
+
+
+def test_coadd_psf_leaves_out_warps_with_no_data_and_restacks_share_the_coverage(small_stack):
+    direct = small_stack.direct_warps
+    nd = direct[0].mask_planes.bitmask(["NO_DATA"])
+    gaps = [i for i, w in enumerate(direct) if ((w.mask[128] & nd) != 0).any()]
+    assert gaps, "the fixture should have a chip gap crossing row 128"
+    i = gaps[0]
+    x = int(np.flatnonzero(direct[i].mask[128] & nd)[0])
+    p = CompareWarpPipeline(direct, small_stack.psf_matched_warps)
+    psf = p.coadd.psf
+    used = [k for k in range(len(direct)) if k not in p.coadd_result.skipped]
+    at = [used[k] for k in psf.contributors((x, 128))]
+    expect = [k for k in used if (direct[k].mask[128, x] & nd) == 0]
+    assert at == expect and i not in at
+    # the PSF there is the weighted mean of exactly those warps' PSFs
+    w = p.coadd_result.weights[at]
+    ref = sum(wk * direct[k].psf.compute_kernel_image((x, 128), size=psf.size) for wk, k in zip(w / w.sum(), at))
+    np.testing.assert_allclose(psf.compute_kernel_image((x, 128)), ref, rtol=1e-12)
+    # a slider move restacks and keeps the coverage (same warps, same weights)
+    p.config.spatialThreshold = 0.3
+    assert p.coadd.psf is not psf and p.coadd.psf.coverage is psf.coverage

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from toolkit import CoaddPsf, DoubleGaussianPsf, GaussianPsf, ImagePsf, InputError, VaryingGaussianPsf
+from toolkit.psf import InputCoverage
 
 
 def test_kernel_images_normalised_and_centred():
@@ -108,14 +109,15 @@ def test_coadd_psf_uses_only_the_inputs_covering_the_position():
     # their weights; here input 1 has data only in the left half (x < 20) and input 2 nowhere
     # near the top row
     a, b, c = GaussianPsf(1.0, size=21), GaussianPsf(2.0, size=21), GaussianPsf(3.0, size=21)
-    shape, nd = (30, 40), 4
+    shape, nd = (30, 43), 4
     m0 = np.zeros(shape, np.int32)
     m1 = np.zeros(shape, np.int32)
     m1[:, 20:] = nd | 1  # NO_DATA plus an unrelated plane
     m2 = np.full(shape, 1, np.int32)  # only the unrelated plane: covers everywhere
     m2[25:] = nd
     xy0 = (100, 200)
-    cp = CoaddPsf([a, b, c], [1, 2, 3], coverage=[m0, m1, m2], no_data_bits=nd, xy0=xy0)
+    cov = InputCoverage.from_masks([m0, m1, m2], nd, xy0)
+    cp = CoaddPsf([a, b, c], [1, 2, 3], coverage=cov)
     left, right, top = (105, 210), (130, 210), (130, 226)
     np.testing.assert_allclose(cp.compute_kernel_image(left), _mean([a, b, c], [1, 2, 3]), rtol=1e-12)
     np.testing.assert_allclose(cp.compute_kernel_image(right), _mean([a, c], [1, 3]), rtol=1e-12)
@@ -124,7 +126,10 @@ def test_coadd_psf_uses_only_the_inputs_covering_the_position():
     # a pixel owns [i - 0.5, i + 0.5): x = 119.49 is pixel 19 (covered), 119.5 is pixel 20
     assert list(cp.contributors((119.49, 210))) == [0, 1, 2]
     assert list(cp.contributors((119.5, 210))) == [0, 2]
-    # a boolean coverage is the same thing spelled the other way
+    # the packed bits are np.packbits of the covered pixels (43 columns: a partial last byte)
+    for m, p in zip((m0, m1, m2), cov.packed):
+        np.testing.assert_array_equal(np.unpackbits(p, axis=1, count=shape[1]).astype(bool), (m & nd) == 0)
+    # boolean coverage is the same thing spelled the other way
     cb = CoaddPsf([a, b, c], [1, 2, 3], coverage=[(m & nd) == 0 for m in (m0, m1, m2)], xy0=xy0)
     for pos in (left, right, top):
         np.testing.assert_array_equal(cb.compute_kernel_image(pos), cp.compute_kernel_image(pos))
@@ -132,16 +137,18 @@ def test_coadd_psf_uses_only_the_inputs_covering_the_position():
     np.testing.assert_allclose(cp.compute_kernel_image((0, 0)), _mean([a, b, c], [1, 2, 3]), rtol=1e-12)
     with pytest.raises(InputError, match="position must be finite"):
         cp.compute_kernel_image((np.nan, 3))
-    with pytest.raises(InputError, match="one shape"):
-        CoaddPsf([a, b], [1, 1], coverage=[m0, m1[:, :5]], no_data_bits=nd)
-    with pytest.raises(InputError, match=r"no_data_bits: one value or one per PSF \(2\), got 3"):
-        CoaddPsf([a, b], [1, 1], coverage=[m0, m1], no_data_bits=[4, 4, 4])
+    with pytest.raises(InputError, match="of one shape"):
+        InputCoverage.from_masks([m0, m1[:, :5]], nd)
+    with pytest.raises(InputError, match="boolean arrays of one shape"):
+        CoaddPsf([a, b], [1, 1], coverage=[m0, m1])  # integer masks need from_masks and their bits
+    with pytest.raises(InputError, match=r"one value or one per mask \(2\), got 3"):
+        InputCoverage.from_masks([m0, m1], [4, 4, 4])
+    with pytest.raises(InputError, match="2 inputs for 3 PSFs"):
+        CoaddPsf([a, b, c], [1, 1, 1], coverage=cov.subset([0, 1]))
     # per-input bits: in input 2's own dictionary NO_DATA is bit 0 (value 1), which it has
     # everywhere, so it covers nothing; inputs 0 and 1 are read with bit 2
-    per = CoaddPsf([a, b, c], [1, 2, 3], coverage=[m0, m1, m2], no_data_bits=[nd, nd, 1], xy0=xy0)
+    per = CoaddPsf([a, b, c], [1, 2, 3], coverage=InputCoverage.from_masks([m0, m1, m2], [nd, nd, 1], xy0))
     assert list(per.contributors(left)) == [0, 1] and list(per.contributors(right)) == [0]
-    with pytest.raises(InputError, match="2 arrays for 3"):
-        CoaddPsf([a, b, c], [1, 1, 1], coverage=[m0, m1], no_data_bits=nd)
 
 
 def test_coadd_psf_average_position_follows_lsst():

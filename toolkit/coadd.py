@@ -32,7 +32,7 @@ from .errors import ConfigError, InputError
 from .exposure import Exposure
 from .interp import interpolate_over_plane, mask_bright_objects
 from .masks import MaskPlanes, remap_mask
-from .psf import CoaddPsf
+from .psf import CoaddPsf, InputCoverage
 from .parallel import map_epochs
 from .stack_kernel import STAT_CODES, stack_pixels
 from .stats import meanclip_masked
@@ -420,10 +420,15 @@ def assemble_coadd(
     psf = None
     if all(warps[i].psf is not None for i in used):
         # LSST's CoaddPsf takes, at each position, only the inputs whose CCDs cover it; a warp's
-        # NO_DATA plane is that coverage on the patch (each warp's own mask and bit, read when
-        # the PSF is evaluated: no copy is kept)
-        nd = [int(warps[i].mask_planes.bitmask(["NO_DATA"])) if "NO_DATA" in warps[i].mask_planes else 0 for i in used]
-        psf = CoaddPsf([warps[i].psf for i in used], weights[used], coverage=[warps[i].mask for i in used], no_data_bits=nd, xy0=ref.xy0)
+        # NO_DATA plane (its own bit) is that coverage on the patch, packed to a bit per pixel.
+        # A restack (``base``) has the same warps and weights, so it shares base's coverage
+        prev = base.coadd.psf if base is not None else None
+        if isinstance(prev, CoaddPsf) and prev.coverage is not None and len(prev.coverage) == len(used):
+            cov = prev.coverage
+        else:
+            nd = [int(warps[i].mask_planes.bitmask(["NO_DATA"])) if "NO_DATA" in warps[i].mask_planes else 0 for i in used]
+            cov = InputCoverage.from_masks([warps[i].mask for i in used], nd, ref.xy0)
+        psf = CoaddPsf([warps[i].psf for i in used], weights[used], coverage=cov)
     coadd = Exposure(value, variance, out_mask, planes, psf=psf, photo_calib=1.0, wcs=ref.wcs, xy0=ref.xy0, metadata=meta, copy=False)
     # ---- processResults
     t2 = time.perf_counter()

@@ -22,6 +22,7 @@ __all__ = [
     "ImagePsf",
     "VaryingGaussianPsf",
     "CoaddPsf",
+    "InputCoverage",
     "adaptive_moments",
     "determinant_radius",
     "model_psf",
@@ -318,6 +319,87 @@ class VaryingGaussianPsf(Psf):
         }
 
 
+class InputCoverage:
+    """Where each input of a coadd has data, one bit per pixel, on the coadd's pixel grid.
+
+    LSST's ``CoaddPsf`` keeps each input CCD's bounding box and valid polygon; a warp's NO_DATA
+    plane is that footprint drawn on the patch.  Bits are packed along x (``np.packbits``), so
+    30 inputs of 2048^2 take 15 MB, an eighth of one mask plane each.
+
+    Parameters
+    ----------
+    packed : sequence of 2-D uint8 arrays
+        ``np.packbits(covered, axis=1)`` per input.
+    shape : (ny, nx)
+        The unpacked shape.
+    xy0 : (int, int), optional
+        Parent position (x, y) of pixel [0, 0].
+    """
+
+    def __init__(self, packed: Sequence[np.ndarray], shape: tuple[int, int], xy0: tuple[int, int] = (0, 0)) -> None:
+        ny, nx = (int(v) for v in shape)
+        self.packed = [np.asarray(p, dtype=np.uint8) for p in packed]
+        if any(p.shape != (ny, (nx + 7) // 8) for p in self.packed):
+            raise InputError(f"InputCoverage: packed arrays must have shape {(ny, (nx + 7) // 8)} for {(ny, nx)}, got {[p.shape for p in self.packed]}")
+        self.shape = (ny, nx)
+        self.xy0 = (int(xy0[0]), int(xy0[1]))
+
+    @classmethod
+    def from_boolean(cls, covered: Sequence[np.ndarray], xy0: tuple[int, int] = (0, 0)) -> "InputCoverage":
+        """From 2-D boolean arrays (True where the input has data), all of one shape."""
+        arrs = [np.asarray(c) for c in covered]
+        if not arrs or any(a.ndim != 2 or a.dtype != bool or a.shape != arrs[0].shape for a in arrs):
+            raise InputError(f"InputCoverage.from_boolean needs 2-D boolean arrays of one shape, got {[(a.dtype.name, a.shape) for a in arrs]}")
+        return cls([np.packbits(a, axis=1) for a in arrs], arrs[0].shape, xy0)
+
+    @classmethod
+    def from_masks(cls, masks: Sequence[np.ndarray], no_data_bits: int | Sequence[int], xy0: tuple[int, int] = (0, 0)) -> "InputCoverage":
+        """From integer mask planes: an input has data where none of its ``no_data_bits`` is set
+        (one value for all, or one per mask when their plane dictionaries differ)."""
+        from .parallel import map_epochs
+
+        arrs = [np.asarray(m) for m in masks]
+        if not arrs or any(a.ndim != 2 or not np.issubdtype(a.dtype, np.integer) or a.shape != arrs[0].shape for a in arrs):
+            raise InputError(f"InputCoverage.from_masks needs 2-D integer masks of one shape, got {[(a.dtype.name, a.shape) for a in arrs]}")
+        bits = [int(no_data_bits)] * len(arrs) if np.ndim(no_data_bits) == 0 else [int(b) for b in no_data_bits]  # type: ignore[union-attr]
+        if len(bits) != len(arrs):
+            raise InputError(f"InputCoverage.from_masks: no_data_bits needs one value or one per mask ({len(arrs)}), got {len(bits)}")
+        # numpy's bitwise pass and packbits release the GIL: the inputs are packed side by side
+        packed = map_epochs(lambda ab: np.packbits((ab[0] & ab[0].dtype.type(ab[1])) == 0, axis=1), list(zip(arrs, bits)))
+        return cls(packed, arrs[0].shape, xy0)
+
+    def __len__(self) -> int:
+        return len(self.packed)
+
+    def subset(self, indices: Sequence[int]) -> "InputCoverage":
+        """The coverage of the inputs ``indices`` (the arrays are shared, not copied)."""
+        return InputCoverage([self.packed[i] for i in indices], self.shape, self.xy0)
+
+    def pixel(self, position: Sequence[float]) -> tuple[int, int]:
+        """Array (x, y) of the pixel holding parent ``position``: afw's ``Box2D(bbox).contains``
+        gives a pixel [i - 0.5, i + 0.5)."""
+        x, y = float(position[0]), float(position[1])
+        if not (np.isfinite(x) and np.isfinite(y)):
+            raise InputError(f"the position must be finite, got {tuple(position)}")
+        return int(np.floor(x + 0.5)) - self.xy0[0], int(np.floor(y + 0.5)) - self.xy0[1]
+
+    def covers(self, i: int, position: Sequence[float]) -> bool:
+        """Whether input ``i`` has data at parent ``position``."""
+        ix, iy = self.pixel(position)
+        if not (0 <= iy < self.shape[0] and 0 <= ix < self.shape[1]):
+            return False
+        return bool((self.packed[i][iy, ix >> 3] >> (7 - (ix & 7))) & 1)
+
+    def centroid(self, i: int) -> tuple[float, float, int]:
+        """Parent (x, y) centroid of input ``i``'s data and its pixel count (NaN, NaN, 0 if none)."""
+        good = np.unpackbits(self.packed[i], axis=1, count=self.shape[1])
+        rows, cols = good.sum(axis=1, dtype=np.int64), good.sum(axis=0, dtype=np.int64)
+        n = int(rows.sum())
+        if n == 0:
+            return float("nan"), float("nan"), 0
+        return float(cols @ np.arange(self.shape[1])) / n + self.xy0[0], float(rows @ np.arange(self.shape[0])) / n + self.xy0[1], n
+
+
 class CoaddPsf(Psf):
     """Weighted average of input PSFs (LSST's ``CoaddPsf``), evaluated at any position.
 
@@ -332,17 +414,12 @@ class CoaddPsf(Psf):
         ``warpingKernelName`` has no role here).
     weights : sequence of float
         The coadd weights of the inputs (1/mean variance); normalised internally.
-    coverage : sequence of 2-D arrays, optional
-        One per input, all of one shape, on the coadd's grid with its first pixel at ``xy0``:
-        where that input has data.  A boolean array is True there; an integer mask plane array
-        has none of ``no_data_bits`` set there.  LSST tests each CCD's bounding box and valid
-        polygon; a warp's NO_DATA plane is that footprint drawn on the patch.  The arrays are
-        read when the PSF is evaluated, not copied, so a coadd's PSF costs no memory.
-    no_data_bits : int or sequence of int, optional
-        Mask bits that mean "no data" in integer ``coverage`` arrays (one value for all, or one
-        per input when their plane dictionaries differ).
+    coverage : InputCoverage or sequence of 2-D boolean arrays, optional
+        Where each input has data (see :class:`InputCoverage`; boolean arrays are True there
+        and start at ``xy0``).  :func:`toolkit.coadd.assemble_coadd` gives each coadd's PSF the
+        coverage of the warps' NO_DATA planes.
     xy0 : (int, int), optional
-        Parent position (x, y) of ``coverage[i][0, 0]``.
+        Parent position (x, y) of pixel [0, 0] of boolean ``coverage`` arrays.
 
     Notes
     -----
@@ -354,14 +431,7 @@ class CoaddPsf(Psf):
     PSF (those pixels are NO_DATA in the coadd anyway).
     """
 
-    def __init__(
-        self,
-        psfs: Sequence[Psf],
-        weights: Sequence[float],
-        coverage: Sequence[np.ndarray] | None = None,
-        no_data_bits: int | Sequence[int] = 0,
-        xy0: tuple[int, int] = (0, 0),
-    ) -> None:
+    def __init__(self, psfs: Sequence[Psf], weights: Sequence[float], coverage: InputCoverage | Sequence[np.ndarray] | None = None, xy0: tuple[int, int] = (0, 0)) -> None:
         if len(psfs) == 0 or len(psfs) != len(weights):
             raise InputError("CoaddPsf needs as many weights as PSFs, and at least one")
         w = np.asarray(weights, dtype=np.float64)
@@ -370,36 +440,12 @@ class CoaddPsf(Psf):
         self.psfs = list(psfs)
         self.weights = w / w.sum()
         self.size = max(p.size for p in self.psfs)
-        self.coverage = None
-        if coverage is not None:
-            cov = [np.asarray(c) for c in coverage]
-            if len(cov) != len(self.psfs):
-                raise InputError(f"CoaddPsf coverage: {len(cov)} arrays for {len(self.psfs)} PSFs")
-            if any(c.ndim != 2 or c.shape != cov[0].shape for c in cov):
-                raise InputError(f"CoaddPsf coverage arrays must be 2-D and of one shape, got {[c.shape for c in cov]}")
-            if any(c.dtype != bool and not np.issubdtype(c.dtype, np.integer) for c in cov):
-                raise InputError("CoaddPsf coverage arrays must be boolean or integer mask planes")
-            self.coverage = cov
-        bits = np.broadcast_to(np.asarray(no_data_bits, dtype=np.int64), (len(self.psfs),)) if np.ndim(no_data_bits) == 0 else np.asarray(no_data_bits, dtype=np.int64)
-        if bits.shape != (len(self.psfs),):
-            raise InputError(f"CoaddPsf no_data_bits: one value or one per PSF ({len(self.psfs)}), got {len(bits)}")
-        self.no_data_bits = [int(b) for b in bits]
-        self.xy0 = (int(xy0[0]), int(xy0[1]))
+        if coverage is not None and not isinstance(coverage, InputCoverage):
+            coverage = InputCoverage.from_boolean(coverage, xy0)
+        if coverage is not None and len(coverage) != len(self.psfs):
+            raise InputError(f"CoaddPsf coverage: {len(coverage)} inputs for {len(self.psfs)} PSFs")
+        self.coverage = coverage
         self._average = None
-
-    def _covers(self, i: int, ix: int, iy: int) -> bool:
-        c = self.coverage[i]
-        if not (0 <= iy < c.shape[0] and 0 <= ix < c.shape[1]):
-            return False
-        v = c[iy, ix]
-        return bool(v) if c.dtype == bool else (int(v) & self.no_data_bits[i]) == 0
-
-    def _pixel(self, position: Sequence[float]) -> tuple[int, int]:
-        x, y = float(position[0]), float(position[1])
-        if not (np.isfinite(x) and np.isfinite(y)):
-            raise InputError(f"CoaddPsf: the position must be finite, got {tuple(position)}")
-        # afw's Box2D(bbox).contains: a pixel owns [i - 0.5, i + 0.5)
-        return int(np.floor(x + 0.5)) - self.xy0[0], int(np.floor(y + 0.5)) - self.xy0[1]
 
     def contributors(self, position: Sequence[float] | None = None) -> np.ndarray:
         """Indices of the inputs that cover ``position`` (all of them where none does)."""
@@ -408,38 +454,32 @@ class CoaddPsf(Psf):
             return everyone
         if position is None:
             position = self.average_position
-        ix, iy = self._pixel(position)
-        inside = np.array([i for i in everyone if self._covers(i, ix, iy)], dtype=int)
+        inside = np.array([i for i in everyone if self.coverage.covers(i, position)], dtype=int)
         return inside if inside.size else everyone
 
     @property
     def average_position(self) -> tuple[float, float] | None:
         """LSST's ``getAveragePosition`` (see Notes); None without ``coverage``."""
-        if self.coverage is None:
+        cov = self.coverage
+        if cov is None:
             return None
         if self._average is None:
-            items = []  # (weight x good pixels, x, y) per input
-            for i, c in enumerate(self.coverage):
-                good = c if c.dtype == bool else (c & self.no_data_bits[i]) == 0
-                rows, cols = good.sum(axis=1), good.sum(axis=0)
-                n = float(rows.sum())
-                if n == 0:
-                    continue
-                cx = float(cols @ np.arange(c.shape[1])) / n + self.xy0[0]
-                cy = float(rows @ np.arange(c.shape[0])) / n + self.xy0[1]
-                items.append((self.weights[i] * n, cx, cy))
+            items = []  # (weight x good pixels, x, y) per input with data
+            for i in range(len(cov)):
+                cx, cy, n = cov.centroid(i)
+                if n:
+                    items.append((self.weights[i] * n, cx, cy))
             # as computeAveragePosition: drop the lowest weights until some input covers it
             items.sort(key=lambda t: t[0])
             pos = None
             for k in range(len(items)):
                 wsum = sum(t[0] for t in items[k:])
                 pos = (sum(t[0] * t[1] for t in items[k:]) / wsum, sum(t[0] * t[2] for t in items[k:]) / wsum)
-                ix, iy = self._pixel(pos)
-                if any(self._covers(i, ix, iy) for i in range(len(self.psfs))):
+                if any(cov.covers(i, pos) for i in range(len(cov))):
                     break
             if pos is None:  # no input has any data: the frame's centre
-                ny, nx = self.coverage[0].shape
-                pos = (self.xy0[0] + (nx - 1) / 2.0, self.xy0[1] + (ny - 1) / 2.0)
+                ny, nx = cov.shape
+                pos = (cov.xy0[0] + (nx - 1) / 2.0, cov.xy0[1] + (ny - 1) / 2.0)
             self._average = pos
         return self._average
 
