@@ -364,9 +364,20 @@ class InputCoverage:
         bits = [int(no_data_bits)] * len(arrs) if np.ndim(no_data_bits) == 0 else [int(b) for b in no_data_bits]  # type: ignore[union-attr]
         if len(bits) != len(arrs):
             raise InputError(f"InputCoverage.from_masks: no_data_bits needs one value or one per mask ({len(arrs)}), got {len(bits)}")
+        ny, nx = arrs[0].shape
+
+        def pack(ab):
+            m, b = ab
+            out = np.empty((ny, (nx + 7) // 8), np.uint8)
+            # in blocks of rows: the whole-plane temporaries (m & b, then == 0) would be 5 bytes
+            # per pixel, more than the coadd's own peak allows at survey scale
+            step = max(1, (1 << 18) // max(nx, 1))
+            for r in range(0, ny, step):
+                out[r : r + step] = np.packbits((m[r : r + step] & m.dtype.type(b)) == 0, axis=1)
+            return out
+
         # numpy's bitwise pass and packbits release the GIL: the inputs are packed side by side
-        packed = map_epochs(lambda ab: np.packbits((ab[0] & ab[0].dtype.type(ab[1])) == 0, axis=1), list(zip(arrs, bits)))
-        return cls(packed, arrs[0].shape, xy0)
+        return cls(map_epochs(pack, list(zip(arrs, bits))), (ny, nx), xy0)
 
     def __len__(self) -> int:
         return len(self.packed)
