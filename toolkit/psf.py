@@ -324,7 +324,7 @@ class InputCoverage:
 
     LSST's ``CoaddPsf`` keeps each input CCD's bounding box and valid polygon; a warp's NO_DATA
     plane is that footprint drawn on the patch.  Bits are packed along x (``np.packbits``), so
-    30 inputs of 2048^2 take 15 MB, an eighth of one mask plane each.
+    30 inputs of 2048^2 take 15 MB (each a 32nd of its int32 mask plane).
 
     Parameters
     ----------
