@@ -157,3 +157,37 @@ def test_reads_lsst_written_layout(tmp_path):
     # the sky WCS is in parent coordinates: the reference pixel (0-based 15, 11 locally)
     c = e.wcs.pixel_to_world(1015.0, 2011.0)
     assert c.ra.deg == pytest.approx(150.0) and c.dec.deg == pytest.approx(2.0)
+
+
+def test_coadd_psf_round_trip_keeps_its_inputs_and_coverage(tmp_path):
+    """A coadd's CoaddPsf is written with its parts (as afw's archive keeps them), so a coadd
+    read back gives the same PSF at every position, not one stamp for the whole patch."""
+    from toolkit.psf import CoaddPsf, InputCoverage
+
+    shape, xy0 = (40, 50), (-7, 12)
+    m = np.zeros((3,) + shape, np.int32)
+    m[1, :, 25:] = 1  # input 1 has no data on the right
+    m[2, 30:] = 1  # input 2 none at the top
+    parts = [GaussianPsf(1.2), _varying_psf(), ImagePsf(np.outer([1, 4, 6, 4, 1], [1, 4, 6, 4, 1]))]
+    cp = CoaddPsf(parts, [0.7, 1.9, 0.4], coverage=InputCoverage.from_masks(list(m), 1, xy0))
+    e = Exposure(np.zeros(shape), np.ones(shape), psf=cp, xy0=xy0)
+    path = write_exposure(e, tmp_path / "coadd.fits")
+    r = read_exposure(path).psf
+    assert isinstance(r, CoaddPsf) and r.average_position == cp.average_position
+    for pos in [(-5, 14), (30, 14), (30, 47), (-5, 47), cp.average_position, None]:
+        assert list(r.contributors(pos)) == list(cp.contributors(pos))
+        np.testing.assert_array_equal(r.compute_kernel_image(pos), cp.compute_kernel_image(pos))
+    # a reader that knows nothing of the parts gets the kernel at the average position, and so
+    # does this one if the parts are gone
+    with fits.open(path) as h:
+        assert [x.name for x in h][4:] == ["PSF", "PSF001", "PSF002", "PSF003", "PSFCOVER"]
+        np.testing.assert_array_equal(h["PSF"].data, cp.compute_kernel_image())
+        fits.HDUList([x.copy() for x in h if x.name != "PSF002"]).writeto(tmp_path / "cut.fits")
+    cut = read_exposure(tmp_path / "cut.fits").psf
+    assert isinstance(cut, ImagePsf)
+    np.testing.assert_array_equal(cut.compute_kernel_image(), cp.compute_kernel_image())
+    # without coverage: the parts, and no PSFCOVER
+    plain = CoaddPsf(parts[:2], [1.0, 3.0])
+    r2 = read_exposure(write_exposure(Exposure(np.zeros(shape), psf=plain), tmp_path / "plain.fits")).psf
+    assert isinstance(r2, CoaddPsf) and r2.coverage is None
+    np.testing.assert_array_equal(r2.compute_kernel_image((3, 4)), plain.compute_kernel_image((3, 4)))

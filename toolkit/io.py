@@ -5,7 +5,10 @@ primary HDU carrying the metadata, then ``IMAGE``, ``MASK`` and ``VARIANCE`` ima
 The mask header lists the plane dictionary as ``MP_<NAME> = bit`` cards, every extension carries
 the WCS and the parent-frame origin (``LTV1/LTV2`` and the ``A`` alternate WCS, ``CRVAL1A``), and
 the PSF kernel goes in an extra ``PSF`` extension whose header records the model, so that a
-round trip restores the PSF object exactly.  Writes go to a temporary file in the target directory
+round trip restores the PSF object exactly.  A coadd's :class:`~toolkit.psf.CoaddPsf` keeps its
+parts, as afw's archive does: the ``PSF`` extension holds its kernel at the average position
+(what a reader that knows nothing else uses), ``PSF001``, ``PSF002``, ... the inputs' PSFs and
+``PSFCOVER`` their coverage bits.  Writes go to a temporary file in the target directory
 and are renamed into place, so a crash never leaves a half-written file.
 
 :func:`read_plain_fits` reads images from other tools: one image HDU plus optional separate
@@ -29,7 +32,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 from .errors import FitsReadError, InputError
 from .exposure import Exposure
 from .masks import MaskPlanes
-from .psf import Psf, psf_from_dict, ImagePsf
+from .psf import CoaddPsf, ImagePsf, InputCoverage, Psf, psf_from_dict
 
 __all__ = ["write_exposure", "read_exposure", "is_afw_layout", "read_plain_fits", "atomic_write", "write_hdul", "read_mask_fits"]
 
@@ -147,14 +150,14 @@ def write_exposure(exposure: Exposure, path: str | os.PathLike, overwrite: bool 
     var = fits.ImageHDU(exposure.variance, header=wcs_hdr.copy(), name="VARIANCE")
     hdus = [primary, img, msk, var]
     if exposure.psf is not None:
-        hdus.append(_psf_hdu(exposure.psf))
+        hdus.extend(_psf_hdus(exposure.psf))
     return write_hdul(fits.HDUList(hdus), path)
 
 
-def _psf_hdu(psf: Psf) -> fits.ImageHDU:
-    desc = psf.to_dict()
+def _psf_hdu(psf: Psf, name: str = "PSF", desc: dict[str, Any] | None = None) -> fits.ImageHDU:
+    desc = psf.to_dict() if desc is None else desc
     kernel = psf.compute_kernel_image() if desc["type"] != "ImagePsf" else desc["array"]
-    hdu = fits.ImageHDU(np.asarray(kernel, dtype=np.float64), name="PSF")
+    hdu = fits.ImageHDU(np.asarray(kernel, dtype=np.float64), name=name)
     params = {k: v for k, v in desc.items() if k != "array"}
     text = json.dumps(params)
     for i in range(0, len(text), 60):
@@ -163,9 +166,36 @@ def _psf_hdu(psf: Psf) -> fits.ImageHDU:
     return hdu
 
 
-def _psf_from_hdu(hdu: fits.ImageHDU) -> Psf:
+def _psf_hdus(psf: Psf) -> list[fits.ImageHDU]:
+    """The ``PSF`` extension, and for a CoaddPsf its inputs' PSFs and coverage."""
+    if not isinstance(psf, CoaddPsf):
+        return [_psf_hdu(psf)]
+    cov = psf.coverage
+    desc = {"type": "CoaddPsf", "weights": [float(w) for w in psf.input_weights], "coverage": cov is not None}
+    if cov is not None:
+        desc.update(shape=list(cov.shape), xy0=list(cov.xy0))
+    # the main extension's data is the kernel at the average position, so a reader that does
+    # not know CoaddPsf still gets the coadd's PSF (an ImagePsf), as before
+    hdus = [_psf_hdu(psf, desc=desc)]
+    hdus.extend(_psf_hdu(p, name=f"PSF{i + 1:03d}") for i, p in enumerate(psf.psfs))
+    if cov is not None:
+        hdus.append(fits.ImageHDU(np.stack(cov.packed), name="PSFCOVER"))
+    return hdus
+
+
+def _psf_from_hdu(hdu: fits.ImageHDU, hdul: fits.HDUList | None = None) -> Psf:
     chunks = [v for k, v in hdu.header.items() if k.startswith("PSFM") and k[4:].isdigit()]
     desc = json.loads("".join(chunks)) if chunks else {"type": "ImagePsf"}
+    if desc.get("type") == "CoaddPsf":
+        names = [h.name for h in hdul] if hdul is not None else []
+        parts = [f"PSF{i + 1:03d}" for i in range(len(desc.get("weights", [])))]
+        if parts and all(p in names for p in parts) and (not desc.get("coverage") or "PSFCOVER" in names):
+            cov = None
+            if desc.get("coverage"):
+                cube = np.asarray(hdul["PSFCOVER"].data, dtype=np.uint8)
+                cov = InputCoverage(list(cube), tuple(desc["shape"]), tuple(desc["xy0"]))
+            return CoaddPsf([_psf_from_hdu(hdul[p]) for p in parts], desc["weights"], coverage=cov)
+        desc = {"type": "ImagePsf"}  # the parts are missing: the kernel stored with it
     if desc.get("type") == "ImagePsf":
         return ImagePsf(np.asarray(hdu.data, dtype=np.float64), normalize=False)
     return psf_from_dict(desc)
@@ -253,7 +283,7 @@ def read_exposure(path: str | os.PathLike) -> Exposure:
             planes = {k[3:]: int(v) for k, v in mhdu.header.items() if k.startswith("MP_")}
             # afw sorts MP_ cards alphabetically; restore bit order for a readable dictionary
             planes = dict(sorted(planes.items(), key=lambda kv: kv[1])) or None
-        psf = _psf_from_hdu(hdul["PSF"]) if "PSF" in names else None
+        psf = _psf_from_hdu(hdul["PSF"], hdul) if "PSF" in names else None
         xy0 = _xy0(img_hdu.header)
         wcs = _read_wcs(img_hdu.header)
         if wcs is not None:

@@ -449,6 +449,7 @@ class CoaddPsf(Psf):
         if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
             raise InputError("CoaddPsf weights must be finite, >= 0 and not all zero")
         self.psfs = list(psfs)
+        self.input_weights = w  # as given (what toolkit.io writes, so a round trip is exact)
         self.weights = w / w.sum()
         self.size = max(p.size for p in self.psfs)
         if coverage is not None and not isinstance(coverage, InputCoverage):
@@ -505,7 +506,7 @@ class CoaddPsf(Psf):
         return out
 
     def to_dict(self):
-        # Stored as the kernel image; a CoaddPsf reads back as an ImagePsf (see io docs).
+        # As a dictionary, its kernel image at the average position (toolkit.io keeps the parts)
         return {"type": "ImagePsf", "array": self.compute_kernel_image()}
 
 
