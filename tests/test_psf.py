@@ -170,3 +170,14 @@ def test_coadd_psf_average_position_follows_lsst():
     cp2 = CoaddPsf([a, b], [1, 2], coverage=[c1, c2])
     assert cp2.average_position == pytest.approx((37.0, 4.5))
     np.testing.assert_allclose(cp2.compute_kernel_image(), b.compute_kernel_image(), rtol=1e-12)
+
+
+def test_input_coverage_centroid_from_packed_bytes_matches_the_pixels():
+    rng = np.random.default_rng(7)
+    for shape in [(37, 53), (8, 8), (5, 1)]:  # widths with and without a partial last byte
+        b = rng.random(shape) < 0.6
+        c = InputCoverage.from_boolean([b, np.zeros(shape, bool)], (3, -4))
+        ys, xs = np.nonzero(b)
+        assert c.centroid(0) == pytest.approx((xs.mean() + 3, ys.mean() - 4, xs.size), rel=1e-14)
+        x, y, n = c.centroid(1)
+        assert n == 0 and np.isnan(x) and np.isnan(y)

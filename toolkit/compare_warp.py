@@ -383,7 +383,9 @@ class CompareWarpPipeline:
             if not self.config.doPreserveContainedBySource:
                 return ProtectedFootprints(np.zeros(tmpl.shape, np.int32))
             d = self.config.detectTemplate
-            sigma = tmpl.psf.determinant_radius(tmpl.bbox.center) if tmpl.psf is not None else self.model_psf.determinant_radius()
+            # SourceDetectionTask reads the PSF's width at the PSF's average position (for the
+            # template's CoaddPsf, LSST's weighted mean of its inputs' positions)
+            sigma = tmpl.psf.determinant_radius() if tmpl.psf is not None else self.model_psf.determinant_radius()
             # detectTemplate's doTempLocalBackground and reEstimateBackground change nothing here:
             # SourceDetectionTask thresholds the smoothed image *before* the temporary local
             # background is subtracted (that only re-detects the peaks inside each footprint,

@@ -403,12 +403,21 @@ class InputCoverage:
 
     def centroid(self, i: int) -> tuple[float, float, int]:
         """Parent (x, y) centroid of input ``i``'s data and its pixel count (NaN, NaN, 0 if none)."""
-        good = np.unpackbits(self.packed[i], axis=1, count=self.shape[1])
-        rows, cols = good.sum(axis=1, dtype=np.int64), good.sum(axis=0, dtype=np.int64)
-        n = int(rows.sum())
+        # straight from the packed bytes (no unpacked plane): per byte value, how many bits are
+        # set and the sum of their offsets in the byte (bit 7 = first pixel, as np.packbits)
+        p = self.packed[i]
+        per_row = _POPCOUNT[p].sum(axis=1, dtype=np.int64)
+        n = int(per_row.sum())
         if n == 0:
             return float("nan"), float("nan"), 0
-        return float(cols @ np.arange(self.shape[1])) / n + self.xy0[0], float(rows @ np.arange(self.shape[0])) / n + self.xy0[1], n
+        per_byte = _POPCOUNT[p].sum(axis=0, dtype=np.int64)
+        sum_x = float(per_byte @ (8 * np.arange(p.shape[1]))) + float(_OFFSET_SUM[p].sum(dtype=np.int64))
+        return sum_x / n + self.xy0[0], float(per_row @ np.arange(p.shape[0])) / n + self.xy0[1], n
+
+
+_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1)  # [value, offset in byte]
+_POPCOUNT = _BITS.sum(axis=1).astype(np.uint8)
+_OFFSET_SUM = (_BITS * np.arange(8)).sum(axis=1).astype(np.uint16)
 
 
 class CoaddPsf(Psf):
