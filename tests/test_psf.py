@@ -144,7 +144,7 @@ def test_coadd_psf_uses_only_the_inputs_covering_the_position():
     with pytest.raises(InputError, match=r"one value or one per mask \(2\), got 3"):
         InputCoverage.from_masks([m0, m1], [4, 4, 4])
     with pytest.raises(InputError, match="2 inputs for 3 PSFs"):
-        CoaddPsf([a, b, c], [1, 1, 1], coverage=cov.subset([0, 1]))
+        CoaddPsf([a, b, c], [1, 1, 1], coverage=InputCoverage.from_masks([m0, m1], nd, xy0))
     # per-input bits: in input 2's own dictionary NO_DATA is bit 0 (value 1), which it has
     # everywhere, so it covers nothing; inputs 0 and 1 are read with bit 2
     per = CoaddPsf([a, b, c], [1, 2, 3], coverage=InputCoverage.from_masks([m0, m1, m2], [nd, nd, 1], xy0))

@@ -382,24 +382,17 @@ class InputCoverage:
     def __len__(self) -> int:
         return len(self.packed)
 
-    def subset(self, indices: Sequence[int]) -> "InputCoverage":
-        """The coverage of the inputs ``indices`` (the arrays are shared, not copied)."""
-        return InputCoverage([self.packed[i] for i in indices], self.shape, self.xy0)
-
-    def pixel(self, position: Sequence[float]) -> tuple[int, int]:
-        """Array (x, y) of the pixel holding parent ``position``: afw's ``Box2D(bbox).contains``
-        gives a pixel [i - 0.5, i + 0.5)."""
+    def covering(self, position: Sequence[float]) -> np.ndarray:
+        """Indices of the inputs with data at parent ``position`` (afw's ``Box2D(bbox).contains``:
+        a pixel owns [i - 0.5, i + 0.5)); none off the frame."""
         x, y = float(position[0]), float(position[1])
         if not (np.isfinite(x) and np.isfinite(y)):
             raise InputError(f"the position must be finite, got {tuple(position)}")
-        return int(np.floor(x + 0.5)) - self.xy0[0], int(np.floor(y + 0.5)) - self.xy0[1]
-
-    def covers(self, i: int, position: Sequence[float]) -> bool:
-        """Whether input ``i`` has data at parent ``position``."""
-        ix, iy = self.pixel(position)
+        ix, iy = int(np.floor(x + 0.5)) - self.xy0[0], int(np.floor(y + 0.5)) - self.xy0[1]
         if not (0 <= iy < self.shape[0] and 0 <= ix < self.shape[1]):
-            return False
-        return bool((self.packed[i][iy, ix >> 3] >> (7 - (ix & 7))) & 1)
+            return np.zeros(0, dtype=int)
+        bit = np.uint8(0x80 >> (ix & 7))
+        return np.array([i for i, p in enumerate(self.packed) if p[iy, ix >> 3] & bit], dtype=int)
 
     def centroid(self, i: int) -> tuple[float, float, int]:
         """Parent (x, y) centroid of input ``i``'s data and its pixel count (NaN, NaN, 0 if none)."""
@@ -475,7 +468,7 @@ class CoaddPsf(Psf):
             return everyone
         if position is None:
             position = self.average_position
-        inside = np.array([i for i in everyone if self.coverage.covers(i, position)], dtype=int)
+        inside = self.coverage.covering(position)
         return inside if inside.size else everyone
 
     @property
@@ -496,7 +489,7 @@ class CoaddPsf(Psf):
             for k in range(len(items)):
                 wsum = sum(t[0] for t in items[k:])
                 pos = (sum(t[0] * t[1] for t in items[k:]) / wsum, sum(t[0] * t[2] for t in items[k:]) / wsum)
-                if any(cov.covers(i, pos) for i in range(len(cov))):
+                if cov.covering(pos).size:
                     break
             if pos is None:  # no input has any data: the frame's centre
                 ny, nx = cov.shape
