@@ -426,7 +426,7 @@ def assemble_coadd(
         if isinstance(prev, CoaddPsf) and prev.coverage is not None and len(prev.coverage) == len(used):
             cov = prev.coverage
         else:
-            nd = [int(warps[i].mask_planes.bitmask(["NO_DATA"])) if "NO_DATA" in warps[i].mask_planes else 0 for i in used]
+            nd = [int(warps[i].mask_planes.bitmask(["NO_DATA"], strict=False)) for i in used]  # 0 without the plane
             cov = InputCoverage.from_masks([warps[i].mask for i in used], nd, ref.xy0)
         psf = CoaddPsf([warps[i].psf for i in used], weights[used], coverage=cov)
     coadd = Exposure(value, variance, out_mask, planes, psf=psf, photo_calib=1.0, wcs=ref.wcs, xy0=ref.xy0, metadata=meta, copy=False)
