@@ -399,11 +399,12 @@ class InputCoverage:
         # straight from the packed bytes (no unpacked plane): per byte value, how many bits are
         # set and the sum of their offsets in the byte (bit 7 = first pixel, as np.packbits)
         p = self.packed[i]
-        per_row = _POPCOUNT[p].sum(axis=1, dtype=np.int64)
+        counts = _POPCOUNT[p]
+        per_row = counts.sum(axis=1, dtype=np.int64)
         n = int(per_row.sum())
         if n == 0:
             return float("nan"), float("nan"), 0
-        per_byte = _POPCOUNT[p].sum(axis=0, dtype=np.int64)
+        per_byte = counts.sum(axis=0, dtype=np.int64)
         sum_x = float(per_byte @ (8 * np.arange(p.shape[1]))) + float(_OFFSET_SUM[p].sum(dtype=np.int64))
         return sum_x / n + self.xy0[0], float(per_row @ np.arange(p.shape[0])) / n + self.xy0[1], n
 
