@@ -480,3 +480,69 @@ def test_transient_catalog_threshold_checked():
             transient_catalog(res, threshold=bad)
     with pytest.raises(InputError, match="min_pixels"):
         transient_catalog(res, min_pixels=0)
+
+
+def _moffat_stamp(n, fwhm, beta, ellipticity=0.0, angle=0.0):
+    """A unit-sum Moffat stamp from astropy's model (independent of toolkit.sim's renderer)."""
+    from astropy.modeling.functional_models import Moffat2D
+
+    alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
+    y, x = np.mgrid[:n, :n] - n // 2
+    c, s = np.cos(angle), np.sin(angle)
+    u, v = c * x + s * y, -s * x + c * y
+    # an elliptical Moffat: the circular model evaluated on stretched coordinates
+    k = Moffat2D(1.0, 0.0, 0.0, alpha, beta)(u * np.sqrt(1 + ellipticity), v * np.sqrt(1 - ellipticity))
+    return k / k.sum()
+
+
+def test_independent_pair_non_square_moffat_float64():
+    """A pair built here, not by toolkit.sim: non-square float64 images, Moffat PSFs (an
+    elliptical one for the science image), unequal noise, the same stars in both, transients
+    on whole pixels.  Scorr must be a unit Gaussian off the sources, stars must vanish from it,
+    and each transient's Scorr must match the paper's S/N a * sqrt(F_S) computed here from the
+    two PSF spectra."""
+    from scipy.signal import fftconvolve
+
+    rng = np.random.default_rng(2026)
+    ny, nx = 480, 640
+    pn = _moffat_stamp(41, 4.6, 2.5, ellipticity=0.15, angle=0.5)
+    pr = _moffat_stamp(41, 3.0, 3.5)
+    var_n, var_r = 60.0, 15.0
+    stars = np.zeros((ny, nx))
+    sy, sx = rng.integers(30, ny - 30, 40), rng.integers(30, nx - 30, 40)
+    stars[sy, sx] = rng.uniform(2e3, 4e4, 40)
+    # F_S (paper, F_n = F_r = 1) as a pixel-space sum: Parseval's 1/N on the spectra's sum
+    pn_hat, pr_hat = (np.abs(np.fft.fft2(k, s=(256, 256))) ** 2 for k in (pn, pr))
+    f_s = np.sum(pn_hat * pr_hat / (var_n * pr_hat + var_r * pn_hat)) / 256**2
+    tr = np.zeros((ny, nx))
+    ty, tx = rng.integers(40, ny - 40, 25), rng.integers(40, nx - 40, 25)
+    keep = [i for i in range(25) if np.all(np.hypot(ty[:i] - ty[i], tx[:i] - tx[i]) > 20) and np.all(np.hypot(sy - ty[i], sx - tx[i]) > 20)]
+    ty, tx = ty[keep], tx[keep]
+    snr = rng.uniform(15, 40, ty.size)
+    tr[ty, tx] = snr / np.sqrt(f_s)
+    noise_n, noise_r = rng.normal(0, np.sqrt(var_n), (ny, nx)), rng.normal(0, np.sqrt(var_r), (ny, nx))
+
+    def pair(with_sources):
+        n_img = noise_n + (fftconvolve(stars + tr, pn, mode="same") if with_sources else 0)
+        r_img = noise_r + (fftconvolve(stars, pr, mode="same") if with_sources else 0)
+        return (Exposure(n_img, np.full((ny, nx), var_n), psf=ImagePsf(pn)),
+                Exposure(r_img, np.full((ny, nx), var_r), psf=ImagePsf(pr)))
+
+    # the noise alone: Scorr is correlated over P_S's area (~60 px^2), so its std estimated from
+    # 3e5 pixels scatters by ~1/sqrt(2 * 3e5 / 60) = 0.01: 0.04 is four times that
+    r0 = zogy(*pair(False))
+    assert r0.scorr.dtype == np.float64
+    assert np.std(r0.scorr) == pytest.approx(1.0, abs=0.04)
+    assert (np.abs(r0.scorr) >= 5).sum() <= 10  # a unit Gaussian expects ~0.2 such pixels
+    r = zogy(*pair(True))
+    ratio = r.scorr[ty, tx] / snr
+    # each ratio scatters by 1/snr <= 0.07 (unit noise on Scorr): the median of ~20 by ~0.02
+    assert np.median(ratio) == pytest.approx(1.0, abs=0.04)
+    away = np.ones((ny, nx), bool)
+    for y, x in zip(ty, tx):
+        away[y - 15:y + 16, x - 15:x + 16] = False
+    assert np.abs(r.scorr[away]).max() < 5.5  # the stars are subtracted (their cores reach 1e3 sigma)
+    cat = r.catalog
+    found = [np.min(np.hypot(cat["x"] - x, cat["y"] - y)) <= 1.5 for y, x in zip(ty, tx)]
+    assert all(found)
+    assert len(cat) == ty.size
