@@ -59,6 +59,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``diffstack`` argument parser: ``simulate`` here, ``coadd``/``zogy``/``config`` from
+    :mod:`toolkit.cli_engine`."""
     p = argparse.ArgumentParser(prog="diffstack", description="CompareWarp coadds and ZOGY subtraction, headless.")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("simulate", help="write a simulated stack or pair as FITS plus truth catalogs")
@@ -78,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``diffstack`` command line; returns the exit status (2 for bad input, with a
+    one-line error on stderr instead of a traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -20,6 +20,7 @@ from .config import PRESETS, AssembleCoaddConfig, CompareWarpConfig, LsstConfig,
 from .errors import ConfigError, InputError
 from .exposure import Exposure
 from .io import is_afw_layout, read_exposure, write_exposure, write_hdul
+from .masks import MaskPlanes
 
 __all__ = ["add_subcommands", "load_config", "read_input", "scale_fluxes", "write_mask_image"]
 
@@ -56,7 +57,7 @@ def _load_config(spec: str | None, cls: type[LsstConfig]) -> LsstConfig:
     return cfg
 
 
-def write_mask_image(mask: np.ndarray, planes, path: Path) -> None:
+def write_mask_image(mask: np.ndarray, planes: MaskPlanes, path: Path) -> None:
     """A mask-only FITS (int32 plus ``MP_<plane>`` bit cards), readable by :func:`toolkit.io.read_mask_fits`."""
     hdr = fits.Header()
     for name, bit in planes.items():
@@ -277,7 +278,7 @@ def _cmd_config(args: argparse.Namespace, progress: Callable) -> int:
     return 0
 
 
-def add_subcommands(sub, progress: Callable) -> None:
+def add_subcommands(sub: argparse._SubParsersAction, progress: Callable[[str], None]) -> None:
     """Register ``coadd``, ``zogy`` and ``config`` on the ``diffstack`` subparsers."""
     c = sub.add_parser("coadd", help="CompareWarp (or plain AssembleCoadd) coadd of warp FITS files")
     c.add_argument("warps", nargs="+", help="direct-warp FITS files or directories (afw layout, or plain images whose variance and PSF are then estimated)")

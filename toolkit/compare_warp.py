@@ -44,7 +44,7 @@ from .config import CompareWarpConfig, as_config
 from .detection import binned_background, footprint_pixels, grow_mask, grow_radius, smooth_for_detection, threshold_for
 from .errors import InputError
 from .exposure import Exposure
-from .psf import DoubleGaussianPsf
+from .psf import DoubleGaussianPsf, Psf
 from .parallel import map_epochs, n_threads, worker_scratch
 from .psf_matching import match_to_psf
 from .stats import median_masked, quantiles_masked
@@ -758,7 +758,7 @@ class ProtectedFootprints(NamedTuple):
         return out
 
 
-def streak_clip_mask(streaks: np.ndarray, psf, grow_fp: float, protected: "np.ndarray | ProtectedFootprints | None" = None, xy0: tuple[int, int] = (0, 0)) -> np.ndarray:
+def streak_clip_mask(streaks: np.ndarray, psf: Psf, grow_fp: float, protected: "np.ndarray | ProtectedFootprints | None" = None, xy0: tuple[int, int] = (0, 0)) -> np.ndarray:
     """What findArtifacts clips for one epoch's STREAK pixels (reference §3.3, step 6).
 
     The pixels are split into connected streaks as afw's ``SpanSet.split`` splits them: spans
@@ -815,6 +815,6 @@ _ASSEMBLE_FIELDS = {
 }
 
 
-def compare_warp_coadd(direct_warps: Sequence[Exposure], psf_matched_warps: Sequence[Exposure | None] | None = None, config: CompareWarpConfig | None = None, progress=None, bright_objects: Any = None) -> CompareWarpResult:
+def compare_warp_coadd(direct_warps: Sequence[Exposure], psf_matched_warps: Sequence[Exposure | None] | None = None, config: CompareWarpConfig | None = None, progress: Callable[[str, float], None] | None = None, bright_objects: Any = None) -> CompareWarpResult:
     """One-call CompareWarp: build the pipeline and run every stage."""
     return CompareWarpPipeline(direct_warps, psf_matched_warps, config, progress=progress, bright_objects=bright_objects).run()

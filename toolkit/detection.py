@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 
 from .errors import ConfigError, InputError
@@ -32,6 +33,7 @@ def circular_stencil(r: int) -> np.ndarray:
 
 
 def grow_radius(n_sigma: float, psf_sigma: float) -> int:
+    """SourceDetectionTask's growth radius in pixels, ``int(nSigmaToGrow * sigma_PSF + 0.5)``."""
     return int(n_sigma * psf_sigma + 0.5)
 
 
@@ -397,7 +399,7 @@ def _run_pixels(runs, n, labs, ny, nx):  # pragma: no cover - compiled
     return flat, labels
 
 
-def binned_background(image: np.ndarray, bad: np.ndarray, bin_size: int, dtype=np.float64) -> np.ndarray:
+def binned_background(image: np.ndarray, bad: np.ndarray, bin_size: int, dtype: npt.DTypeLike = np.float64) -> np.ndarray:
     """Smooth background: median per ``bin_size`` block of good pixels, bilinearly interpolated
     between block centres (clamped at the outer ones), returned in ``dtype``.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy as _copy
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from .errors import InputError
 from .geom import Box
 from .masks import MaskPlanes, any_bits
 from .stats import native
+
+if TYPE_CHECKING:  # astropy.nddata is imported only when converting
+    from astropy.nddata import CCDData
 
 __all__ = ["Exposure"]
 
@@ -239,7 +242,7 @@ class Exposure:
         )
 
     # ------------------------------------------------------------------ astropy interop
-    def to_ccddata(self):
+    def to_ccddata(self) -> CCDData:
         """Convert to :class:`astropy.nddata.CCDData` (variance as ``VarianceUncertainty``).
 
         The mask plane dictionary and xy0 go into ``meta`` (``MP_<NAME>``, ``LTV1/2``), so
@@ -267,7 +270,7 @@ class Exposure:
         return ccd
 
     @classmethod
-    def from_ccddata(cls, ccd, psf: Any = None) -> "Exposure":
+    def from_ccddata(cls, ccd: CCDData, psf: Any = None) -> "Exposure":
         """Build from :class:`astropy.nddata.CCDData` (any uncertainty type; a boolean mask becomes BAD)."""
         from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertainty
 

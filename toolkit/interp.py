@@ -16,6 +16,7 @@ plane is interpolated the same way, INTRP is set, NO_DATA is kept.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numba as nb
 import numpy as np
@@ -23,6 +24,9 @@ import numpy as np
 from .errors import ConfigError
 from .exposure import Exposure
 from .stats import meanclip_scalar, median_masked
+
+if TYPE_CHECKING:
+    from astropy.table import Table
 
 __all__ = ["interpolate_over_plane", "mask_bright_objects", "fallback_value"]
 
@@ -156,7 +160,7 @@ def interpolate_over_plane(exposure: Exposure, plane: str = "NO_DATA", fallback_
     return out
 
 
-def mask_bright_objects(exposure: Exposure, table, plane: str = "BRIGHT_OBJECT") -> None:
+def mask_bright_objects(exposure: Exposure, table: Table, plane: str = "BRIGHT_OBJECT") -> None:
     """Paint ``plane`` over boxes/circles from an astropy Table (in place on ``exposure``), with
     LSST's ``setBrightObjectMasks`` rules.
 

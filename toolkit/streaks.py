@@ -21,7 +21,12 @@ the field collected a thousand detected pixels from separate sources.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from .config import MaskStreaksConfig
 
 __all__ = ["find_streaks"]
 
@@ -93,7 +98,7 @@ def _core_half_width(offsets: np.ndarray, along: np.ndarray, run: int) -> float:
     return float(max(abs(i + lo), abs(j + lo))) + 0.5
 
 
-def find_streaks(detected: np.ndarray, config, grow: int = 0) -> np.ndarray:
+def find_streaks(detected: np.ndarray, config: MaskStreaksConfig, grow: int = 0) -> np.ndarray:
     """Boolean streak mask from a boolean detection mask.
 
     For each Hough line supported by at least ``clusterMinimumSize`` detected pixels within

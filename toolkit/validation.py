@@ -10,13 +10,18 @@ mean would have used (no CLIPPED) gives the removed fraction exactly, which a di
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
 
 from .coadd import assemble_coadd
 from .sim import ARTIFACT_KINDS, SimulatedStack
+
+if TYPE_CHECKING:
+    from astropy.table import Table
+
+    from .compare_warp import CompareWarpPipeline
 
 __all__ = ["artifact_driven_clips", "artifact_leftovers", "artifact_removal", "contribution", "star_flux_errors"]
 
@@ -47,7 +52,7 @@ def _unclipped_map(pipeline) -> np.ndarray:
     return _map_with_clipped(pipeline, None)
 
 
-def artifact_driven_clips(stack: SimulatedStack, pipeline) -> list[np.ndarray]:
+def artifact_driven_clips(stack: SimulatedStack, pipeline: CompareWarpPipeline) -> list[np.ndarray]:
     """Per epoch, the parts of the CLIPPED mask that an injected artifact caused: the
     8-connected clipped regions that hold at least one of that epoch's artifact pixels.
 
@@ -66,7 +71,7 @@ def artifact_driven_clips(stack: SimulatedStack, pipeline) -> list[np.ndarray]:
     return out
 
 
-def artifact_removal(stack: SimulatedStack, pipeline) -> dict[str, dict[str, float]]:
+def artifact_removal(stack: SimulatedStack, pipeline: CompareWarpPipeline) -> dict[str, dict[str, float]]:
     """Fraction of each artifact kind's flux removed from the CompareWarp coadd.
 
     Returns ``{kind: {"injected", "remaining", "removed_fraction", "n_pixels"}}`` where
@@ -90,7 +95,7 @@ def artifact_removal(stack: SimulatedStack, pipeline) -> dict[str, dict[str, flo
     return out
 
 
-def artifact_leftovers(stack: SimulatedStack, pipeline, kind: str = "cosmic_ray", min_fraction: float = 1e-3):
+def artifact_leftovers(stack: SimulatedStack, pipeline: CompareWarpPipeline, kind: str = "cosmic_ray", min_fraction: float = 1e-3) -> Table:
     """Why each artifact of ``kind`` that CompareWarp left (partly) in the coadd was kept.
 
     One row per artifact (an 8-connected group of that kind's pixels in one epoch) with more
@@ -163,7 +168,7 @@ def artifact_leftovers(stack: SimulatedStack, pipeline, kind: str = "cosmic_ray"
     return Table(rows=rows, names=names)
 
 
-def star_flux_errors(stack: SimulatedStack, pipeline, radius: float = 2.0, min_snr: float = 50.0, artifact_margin: int = 12, intended_clips: bool = True) -> dict[str, Any]:
+def star_flux_errors(stack: SimulatedStack, pipeline: CompareWarpPipeline, radius: float = 2.0, min_snr: float = 50.0, artifact_margin: int = 12, intended_clips: bool = True) -> dict[str, Any]:
     """Relative aperture-flux errors of the CompareWarp coadd at non-saturated stars.
 
     The reference is the noiseless per-epoch sky stacked with the input map that has only the

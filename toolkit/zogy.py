@@ -22,7 +22,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numba as nb
 import numpy as np
@@ -37,6 +37,9 @@ from .psf import ImagePsf, Psf
 from .parallel import map_band_halves, map_row_halves
 from .psf_matching import _conv_buffer, _embed_origin, _fft_cols, _fft_cols_into, _irfft2, _irfft2_into, _rows_in_place
 from .stats import clipped_std_ratio, meanclip_masked
+
+if TYPE_CHECKING:  # astropy.table is imported where a catalog is made (import time)
+    from astropy.table import Table
 
 __all__ = [
     "zogy", "ZogyResult", "generate_grid", "split_border", "estimate_matching_kernel_size",
@@ -129,7 +132,7 @@ def pixel_space_square(x_hat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return sfft.rfft2(k * k, workers=-1)
 
 
-def estimate_matching_kernel_size(psf1: Psf, psf2: Psf, position=None) -> int:
+def estimate_matching_kernel_size(psf1: Psf, psf2: Psf, position: tuple[float, float] | None = None) -> int:
     """max(10 * max determinant radius, PSF stamp sizes), truncated to int as LSST's Extent2I."""
     s1 = psf1.determinant_radius(position)
     s2 = psf2.determinant_radius(position)
@@ -287,6 +290,8 @@ def _psf_centroid(k: np.ndarray) -> np.ndarray:
 
 
 def check_centroids(k1: np.ndarray, k2: np.ndarray, max_dist: float) -> None:
+    """LSST's ``checkCentroids``: raise :class:`InputError` if the two PSF stamps' centroids
+    (relative to their centre pixels) are more than ``max_dist`` pixels apart."""
     d = _psf_centroid(k1) - _psf_centroid(k2)
     if float(d @ d) > max_dist**2:
         raise InputError(f"PSF centroids differ by {np.hypot(*d):.3f} px > maxPsfCentroidDist={max_dist} (off-centre PSF?)")
@@ -1372,7 +1377,7 @@ def _parabolic_peak(S: np.ndarray, px: int, py: int, sign: int) -> tuple[float, 
     return offsets[0], offsets[1], value
 
 
-def transient_catalog(result: ZogyResult, threshold: float = 5.0, min_pixels: int = 1):
+def transient_catalog(result: ZogyResult, threshold: float = 5.0, min_pixels: int = 1) -> Table:
     """Catalog of |Scorr| >= ``threshold`` detections (both signs) as an astropy Table.
 
     Columns: x, y (parent pixels: the |Scorr| peak pixel refined to sub-pixel precision by a

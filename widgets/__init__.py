@@ -10,10 +10,15 @@ One-line entry points for notebooks::
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from .display import block_factor, limits, reduce_block, stretch_uint8
 from .explorers import CompareWarpExplorer, DisplaySettings, PipelineExplorer, ZogyExplorer, load_bokehjs
+
+if TYPE_CHECKING:
+    from toolkit import Exposure
+    from toolkit.config import CompareWarpConfig, ZogyConfig
 
 __all__ = [
     "explore", "explore_pair", "explore_pipeline", "CompareWarpExplorer", "ZogyExplorer", "PipelineExplorer",
@@ -31,7 +36,7 @@ def _warps(stack: Any):
     return list(stack), None
 
 
-def explore(stack: Any = None, psf_matched_warps=None, config=None, background: bool = False) -> CompareWarpExplorer:
+def explore(stack: Any = None, psf_matched_warps: Sequence[Exposure | None] | None = None, config: CompareWarpConfig | None = None, background: bool = False) -> CompareWarpExplorer:
     """CompareWarp explorer of ``stack`` (a SimulatedStack, or a list of direct-warp Exposures).
 
     With no argument a 10-epoch 256^2 stack is simulated.  ``background=True`` recomputes on a
@@ -47,7 +52,7 @@ def explore(stack: Any = None, psf_matched_warps=None, config=None, background: 
     return CompareWarpExplorer(model)
 
 
-def explore_pair(science=None, reference=None, config=None) -> ZogyExplorer:
+def explore_pair(science: Exposure | None = None, reference: Exposure | None = None, config: ZogyConfig | None = None) -> ZogyExplorer:
     """ZOGY explorer of ``science - reference`` (simulated with transients when omitted)."""
     from toolkit.models import ZogyModel
 
@@ -60,7 +65,7 @@ def explore_pair(science=None, reference=None, config=None) -> ZogyExplorer:
     return ZogyExplorer(ZogyModel(science, reference, config))
 
 
-def explore_pipeline(stack: Any = None, science=None) -> PipelineExplorer:
+def explore_pipeline(stack: Any = None, science: Exposure | None = None) -> PipelineExplorer:
     """CompareWarp-coadd ``stack`` into a template, then ZOGY one epoch (or ``science``) against it."""
     from toolkit.models import PipelineModel
 

@@ -7,10 +7,13 @@ Sliders use ``continuous_update=False``: the value is sent when the handle is re
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as ipw
 import param
+
+if TYPE_CHECKING:
+    from toolkit.config import LsstConfig
 
 __all__ = ["widget_for", "config_controls"]
 
@@ -75,7 +78,7 @@ def widget_for(obj: param.Parameterized, name: str, label: str | None = None) ->
     return w
 
 
-def config_controls(config, title: str = "config") -> ipw.Accordion:
+def config_controls(config: LsstConfig, title: str = "config") -> ipw.Accordion:
     """Accordion of the config's fields, grouped as LSST groups them (top level, then each subtask)."""
     groups: list[tuple[str, list[ipw.Widget]]] = []
 

@@ -4,15 +4,20 @@ unit Gaussian.  Same screen-resolution reductions and uint8 stretches as the exp
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .display import block_factor, limits, reduce_block, stretch_uint8
 
+if TYPE_CHECKING:
+    from bokeh.models import GridPlot
+    from bokeh.plotting import figure
+
 __all__ = ["image_grid", "show_images", "scorr_histogram"]
 
 
-def image_grid(images: Mapping[str, np.ndarray], ncols: int = 3, width: int = 260, symmetric: tuple[str, ...] = (), interval: str = "zscale", stretch: str = "linear", max_pixels: int = 512, marks: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None):
+def image_grid(images: Mapping[str, np.ndarray], ncols: int = 3, width: int = 260, symmetric: tuple[str, ...] = (), interval: str = "zscale", stretch: str = "linear", max_pixels: int = 512, marks: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> GridPlot:
     """A Bokeh grid of image panels with shared ranges.
 
     Parameters
@@ -70,7 +75,7 @@ def show_images(images: Mapping[str, np.ndarray], **kwargs) -> None:
     show(image_grid(images, **kwargs))
 
 
-def scorr_histogram(values: np.ndarray, bins: int = 80, width: int = 420, title: str = "Scorr"):
+def scorr_histogram(values: np.ndarray, bins: int = 80, width: int = 420, title: str = "Scorr") -> figure:
     """Histogram (log counts) of ``values`` with the unit Gaussian expected for the same count."""
     from bokeh.plotting import figure
     from scipy import stats
