@@ -351,6 +351,7 @@ class CompareWarpPipeline:
 
     @property
     def psf_matched_warps(self) -> list[Exposure | None]:
+        """The PSF-matched warps, as given or made from the direct warps (None: missing)."""
         return self._psf_matched()[1]
 
     def _template(self):
@@ -373,6 +374,7 @@ class CompareWarpPipeline:
 
     @property
     def template(self) -> Exposure:
+        """The static-sky template (``assembleStaticSkyModel`` on the PSF-matched warps)."""
         return self._template()[1]
 
     def _protected(self):
@@ -512,6 +514,7 @@ class CompareWarpPipeline:
 
     @property
     def epoch_count(self) -> np.ndarray:
+        """How many epochs have an artifact candidate at each pixel (LSST's epochCountImage)."""
         return self._candidates()[1]["epoch_count"]
 
     @property
@@ -666,10 +669,12 @@ class CompareWarpPipeline:
 
     @property
     def coadd_result(self) -> CoaddResult:
+        """The final stack with its nImage, input map, weights and timings."""
         return self._coadd()[1]
 
     @property
     def coadd(self) -> Exposure:
+        """The artifact-rejected coadd (CLIPPED epochs left out pixel by pixel)."""
         return self.coadd_result.coadd
 
     def run(self) -> CompareWarpResult:
