@@ -191,3 +191,64 @@ def test_coadd_psf_round_trip_keeps_its_inputs_and_coverage(tmp_path):
     r2 = read_exposure(write_exposure(Exposure(np.zeros(shape), psf=plain), tmp_path / "plain.fits")).psf
     assert isinstance(r2, CoaddPsf) and r2.coverage is None
     np.testing.assert_array_equal(r2.compute_kernel_image((3, 4)), plain.compute_kernel_image((3, 4)))
+
+
+class _UserPsf:
+    """Stand-ins for a user's own PSF models: one with no description, one with its own."""
+
+    @staticmethod
+    def classes():
+        from toolkit.psf import Psf
+
+        class Undescribed(Psf):
+            size = 15
+
+            def _kernel(self, n, position):
+                y, x = np.mgrid[:n, :n] - n // 2
+                return np.exp(-(x**2 + 2 * y**2) / 8.0)
+
+        class SelfDescribed(Undescribed):
+            def to_dict(self):
+                return {"type": "MyModel", "width": 2.0}
+
+        return Undescribed, SelfDescribed
+
+
+@pytest.mark.parametrize("kind", [0, 1])
+def test_user_psf_models_are_written_as_their_kernel_and_read_back(tmp_path, kind):
+    """A PSF class diffstack does not know cannot be rebuilt from a file: it is written as its
+    kernel image (with a warning that says so) rather than failing to write, or writing a file
+    that fails to read; inside a CoaddPsf, the same for that input."""
+    from toolkit.psf import CoaddPsf
+
+    user = _UserPsf.classes()[kind]()
+    with pytest.warns(UserWarning, match=f"{type(user).__name__} is not a PSF model diffstack's files can keep"):
+        path = write_exposure(Exposure(np.zeros((20, 24)), psf=user), tmp_path / "u.fits")
+    r = read_exposure(path).psf
+    assert isinstance(r, ImagePsf)
+    np.testing.assert_allclose(r.compute_kernel_image(), user.compute_kernel_image(), rtol=1e-15, atol=0)  # renormalised once more
+    with fits.open(path) as h:
+        assert h["PSF"].header["PSFTYPE"] == "ImagePsf" and type(user).__name__ in h["PSF"].header["PSFM0000"]
+    cp = CoaddPsf([GaussianPsf(1.5), user], [1.0, 2.0])
+    with pytest.warns(UserWarning, match="PSF002"):
+        path = write_exposure(Exposure(np.zeros((20, 24)), psf=cp), tmp_path / "c.fits")
+    rc = read_exposure(path).psf
+    assert isinstance(rc, CoaddPsf) and isinstance(rc.psfs[1], ImagePsf)
+    np.testing.assert_allclose(rc.compute_kernel_image((3, 4)), cp.compute_kernel_image((3, 4)), rtol=0, atol=1e-15)
+
+
+def test_unknown_or_garbled_psf_description_reads_as_the_stored_kernel(tmp_path):
+    """A file whose PSF names a model this diffstack does not know (a newer version's) or whose
+    description cards are damaged still reads: the stored kernel image is the PSF."""
+    path = write_exposure(Exposure(np.zeros((20, 24)), psf=GaussianPsf(1.5)), tmp_path / "g.fits")
+    for cards, match in (({"PSFTYPE": "FuturePsf", "PSFM0000": '{"type": "FuturePsf", "a": 1}'}, "'FuturePsf' is unknown"),
+                         ({"PSFM0000": '{"type": "Gaussi'}, "not valid JSON")):
+        with fits.open(path) as h:
+            hdul = fits.HDUList([x.copy() for x in h])
+        for k, v in cards.items():
+            hdul["PSF"].header[k] = v
+        hdul.writeto(tmp_path / "x.fits", overwrite=True)
+        with pytest.warns(UserWarning, match=match):
+            r = read_exposure(tmp_path / "x.fits").psf
+        assert isinstance(r, ImagePsf)
+        np.testing.assert_array_equal(r.compute_kernel_image(), GaussianPsf(1.5).compute_kernel_image())

@@ -32,7 +32,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 from .errors import FitsReadError, InputError
 from .exposure import Exposure
 from .masks import MaskPlanes
-from .psf import CoaddPsf, ImagePsf, InputCoverage, Psf, psf_from_dict
+from .psf import STORED_TYPES, CoaddPsf, ImagePsf, InputCoverage, Psf, psf_from_dict
 
 __all__ = ["write_exposure", "read_exposure", "is_afw_layout", "read_plain_fits", "atomic_write", "write_hdul", "read_mask_fits"]
 
@@ -156,6 +156,14 @@ def write_exposure(exposure: Exposure, path: str | os.PathLike, overwrite: bool 
 
 def _psf_hdu(psf: Psf, name: str = "PSF", desc: dict[str, Any] | None = None) -> fits.ImageHDU:
     desc = psf.to_dict() if desc is None else desc
+    if desc.get("model") or desc.get("type") not in STORED_TYPES | {"CoaddPsf"}:
+        # a user's own PSF class: no reader could rebuild it, so the file keeps what any
+        # reader can use, its kernel image (a file that could not be read back is worse)
+        warnings.warn(
+            f"{name}: {type(psf).__name__} is not a PSF model diffstack's files can keep; it is written as its "
+            "kernel image at its default position and reads back as an ImagePsf", stacklevel=4,
+        )
+        desc = {"type": "ImagePsf", "array": psf.compute_kernel_image(), "model": type(psf).__name__}
     kernel = psf.compute_kernel_image() if desc["type"] != "ImagePsf" else desc["array"]
     hdu = fits.ImageHDU(np.asarray(kernel, dtype=np.float64), name=name)
     params = {k: v for k, v in desc.items() if k != "array"}
@@ -185,7 +193,15 @@ def _psf_hdus(psf: Psf) -> list[fits.ImageHDU]:
 
 def _psf_from_hdu(hdu: fits.ImageHDU, hdul: fits.HDUList | None = None) -> Psf:
     chunks = [v for k, v in hdu.header.items() if k.startswith("PSFM") and k[4:].isdigit()]
-    desc = json.loads("".join(chunks)) if chunks else {"type": "ImagePsf"}
+    try:
+        desc = json.loads("".join(chunks)) if chunks else {"type": "ImagePsf"}
+    except ValueError:
+        desc = None
+    if not isinstance(desc, dict) or desc.get("type") not in STORED_TYPES | {"CoaddPsf"}:
+        # e.g. a file from a newer diffstack: the kernel image stored with it still serves
+        what = f"PSF model {desc.get('type')!r} is unknown to this diffstack" if isinstance(desc, dict) else "the PSF description (PSFM cards) is not valid JSON"
+        warnings.warn(f"{hdu.name}: {what}; read as its stored kernel image", stacklevel=3)
+        desc = {"type": "ImagePsf"}
     if desc.get("type") == "CoaddPsf":
         names = [h.name for h in hdul] if hdul is not None else []
         parts = [f"PSF{i + 1:03d}" for i in range(len(desc.get("weights", [])))]

@@ -121,8 +121,14 @@ class Psf:
         """Adaptive-moment determinant radius (pixels) of the kernel image at ``position``."""
         return determinant_radius(self.compute_kernel_image(position))
 
-    def to_dict(self) -> dict[str, Any]:  # pragma: no cover
-        raise NotImplementedError
+    def to_dict(self) -> dict[str, Any]:
+        """Description from which :func:`psf_from_dict` rebuilds the PSF (what a FITS file keeps).
+
+        diffstack's own models describe themselves.  Any other subclass (a user's own model)
+        is described by its kernel image at its default position, with its class name under
+        ``"model"``: it comes back as an :class:`ImagePsf`.
+        """
+        return {"type": "ImagePsf", "array": self.compute_kernel_image(), "model": type(self).__name__}
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
@@ -513,10 +519,14 @@ class CoaddPsf(Psf):
         return {"type": "ImagePsf", "array": self.compute_kernel_image()}
 
 
+#: the ``to_dict`` types :func:`psf_from_dict` rebuilds
+STORED_TYPES = frozenset({"GaussianPsf", "DoubleGaussianPsf", "ImagePsf", "VaryingGaussianPsf"})
+
+
 def psf_from_dict(d: dict[str, Any]) -> Psf:
-    """Inverse of ``Psf.to_dict``."""
+    """Inverse of ``Psf.to_dict`` (for the types in :data:`STORED_TYPES`)."""
     kind = d.get("type")
-    args = {k: v for k, v in d.items() if k != "type"}
+    args = {k: v for k, v in d.items() if k not in ("type", "model")}
     if kind == "GaussianPsf":
         return GaussianPsf(**args)
     if kind == "DoubleGaussianPsf":
