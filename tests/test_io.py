@@ -230,7 +230,7 @@ def test_user_psf_models_are_written_as_their_kernel_and_read_back(tmp_path, kin
     with fits.open(path) as h:
         assert h["PSF"].header["PSFTYPE"] == "ImagePsf" and type(user).__name__ in h["PSF"].header["PSFM0000"]
     cp = CoaddPsf([GaussianPsf(1.5), user], [1.0, 2.0])
-    with pytest.warns(UserWarning, match="PSF002"):
+    with pytest.warns(UserWarning, match=f"coadd PSF's inputs: {type(user).__name__} is not"):
         path = write_exposure(Exposure(np.zeros((20, 24)), psf=cp), tmp_path / "c.fits")
     rc = read_exposure(path).psf
     assert isinstance(rc, CoaddPsf) and isinstance(rc.psfs[1], ImagePsf)

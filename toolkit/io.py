@@ -156,13 +156,9 @@ def write_exposure(exposure: Exposure, path: str | os.PathLike, overwrite: bool 
 
 def _psf_hdu(psf: Psf, name: str = "PSF", desc: dict[str, Any] | None = None) -> fits.ImageHDU:
     desc = psf.to_dict() if desc is None else desc
-    if desc.get("model") or desc.get("type") not in STORED_TYPES | {"CoaddPsf"}:
+    if not _storable(desc):
         # a user's own PSF class: no reader could rebuild it, so the file keeps what any
         # reader can use, its kernel image (a file that could not be read back is worse)
-        warnings.warn(
-            f"{name}: {type(psf).__name__} is not a PSF model diffstack's files can keep; it is written as its "
-            "kernel image at its default position and reads back as an ImagePsf", stacklevel=4,
-        )
         desc = {"type": "ImagePsf", "array": psf.compute_kernel_image(), "model": type(psf).__name__}
     kernel = psf.compute_kernel_image() if desc["type"] != "ImagePsf" else desc["array"]
     hdu = fits.ImageHDU(np.asarray(kernel, dtype=np.float64), name=name)
@@ -174,8 +170,20 @@ def _psf_hdu(psf: Psf, name: str = "PSF", desc: dict[str, Any] | None = None) ->
     return hdu
 
 
+def _storable(desc: dict[str, Any]) -> bool:
+    return not desc.get("model") and desc.get("type") in STORED_TYPES | {"CoaddPsf"}
+
+
 def _psf_hdus(psf: Psf) -> list[fits.ImageHDU]:
     """The ``PSF`` extension, and for a CoaddPsf its inputs' PSFs and coverage."""
+    parts = psf.psfs if isinstance(psf, CoaddPsf) else [psf]
+    user = sorted({type(p).__name__ for p in parts if not _storable(p.to_dict())})
+    if user:
+        where = "the PSF" if not isinstance(psf, CoaddPsf) else "the coadd PSF's inputs"
+        warnings.warn(
+            f"{where}: {', '.join(user)} is not a PSF model diffstack's files can keep; written as its "
+            "kernel image at its default position, it reads back as an ImagePsf", stacklevel=3,
+        )
     if not isinstance(psf, CoaddPsf):
         return [_psf_hdu(psf)]
     cov = psf.coverage
