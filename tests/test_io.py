@@ -252,3 +252,27 @@ def test_unknown_or_garbled_psf_description_reads_as_the_stored_kernel(tmp_path)
             r = read_exposure(tmp_path / "x.fits").psf
         assert isinstance(r, ImagePsf)
         np.testing.assert_array_equal(r.compute_kernel_image(), GaussianPsf(1.5).compute_kernel_image())
+
+
+def test_sip_distortion_and_awkward_metadata_round_trip(tmp_path):
+    """A WCS with SIP distortion maps the same parent pixel to the same sky position after a
+    round trip with xy0 != 0 (astropy keeps SIP's own copy of CRPIX, which must move with it),
+    and metadata FITS cards cannot hold (non-ASCII text, control characters, NaN) comes back
+    intact instead of failing the write."""
+    from astropy.wcs import Sip
+
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"]
+    w.wcs.crval, w.wcs.crpix, w.wcs.cdelt = [150.0, 2.0], [40.0, 30.0], [-5e-5, 5e-5]
+    a, b = np.zeros((4, 4)), np.zeros((4, 4))
+    a[2, 0], a[0, 3], b[0, 2] = 2e-6, 1e-8, -3e-6  # 0.02" to 0.3" of distortion across the image
+    w.sip = Sip(a, b, None, None, w.wcs.crpix)
+    meta = {"BUNIT": "nJy", "OBSERVER": "Ånders", "NOTE": "two\nlines", "SKYLEVEL": float("nan"), "ZP": float("inf")}
+    e = Exposure(np.zeros((60, 80), np.float32), wcs=w, xy0=(1000, -400), metadata=meta)
+    r = read_exposure(write_exposure(e, tmp_path / "sip.fits"))
+    assert r.wcs.sip is not None
+    for px, py in [(1000, -400), (1079, -341), (1040.5, -370.25)]:
+        sep = e.wcs.pixel_to_world(px, py).separation(r.wcs.pixel_to_world(px, py)).arcsec
+        assert sep < 1e-6, (px, py, sep)
+    assert r.metadata["OBSERVER"] == "Ånders" and r.metadata["NOTE"] == "two\nlines"
+    assert np.isnan(r.metadata["SKYLEVEL"]) and r.metadata["ZP"] == float("inf")
