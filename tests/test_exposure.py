@@ -158,3 +158,39 @@ def test_mask_planes_from_names_and_bad_planes():
         MaskPlanes("BAD")
     with pytest.raises(InputError, match="bits must be"):
         MaskPlanes({"BAD": 40})
+
+
+def test_ccddata_wcs_maps_array_pixels(tmp_path):
+    """CCDData's WCS maps its array pixels (what astropy, photutils and ``ccd.write`` assume),
+    so with xy0 != 0 it is the Exposure's parent-frame WCS moved by -xy0, SIP included; the
+    way back restores the parent frame."""
+    from astropy.wcs import Sip
+
+    from toolkit.sim import make_wcs
+
+    e = make()
+    w = make_wcs(e.shape)
+    w.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"]
+    a = np.zeros((3, 3))
+    a[2, 0] = 3e-5
+    w.sip = Sip(a, np.zeros((3, 3)), None, None, w.wcs.crpix)
+    e.wcs = w
+    ccd = e.to_ccddata()
+    x0, y0 = e.xy0
+    for ix, iy in [(0, 0), (29, 19), (7, 11)]:
+        assert ccd.wcs.pixel_to_world(ix, iy).separation(e.wcs.pixel_to_world(ix + x0, iy + y0)).arcsec < 1e-6
+    ccd.write(tmp_path / "c.fits")  # astropy's own writer and reader: array pixels too
+    again = CCDData.read(tmp_path / "c.fits")
+    assert again.wcs.pixel_to_world(7, 11).separation(e.wcs.pixel_to_world(7 + x0, 11 + y0)).arcsec < 1e-6
+    back = Exposure.from_ccddata(ccd)
+    assert back.xy0 == e.xy0
+    assert back.wcs.pixel_to_world(17, 7).separation(e.wcs.pixel_to_world(17, 7)).arcsec < 1e-6
+    # and through astropy's FITS writer and reader: planes, xy0, calibration and metadata
+    # that FITS cards cannot hold all come back
+    e.set_plane("CR", e.image > 1.5)
+    e.metadata.update({"BUNIT": "nJy", "OBSERVER": "Ånders", "lower_key": {"a": [1, 2]}})
+    e.to_ccddata().write(tmp_path / "d.fits")
+    r = Exposure.from_ccddata(CCDData.read(tmp_path / "d.fits"))  # (astropy writes the boolean mask, not our bit flags)
+    assert r.xy0 == e.xy0 and dict(r.mask_planes) == dict(e.mask_planes)
+    assert r.metadata["OBSERVER"] == "Ånders" and r.metadata["lower_key"] == {"a": [1, 2]}
+    assert r.wcs.pixel_to_world(17, 7).separation(e.wcs.pixel_to_world(17, 7)).arcsec < 1e-6

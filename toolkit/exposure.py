@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import InputError
-from .geom import Box
+from .geom import Box, shifted_wcs
 from .masks import MaskPlanes, any_bits
 from .stats import native
 
@@ -246,14 +246,20 @@ class Exposure:
         """Convert to :class:`astropy.nddata.CCDData` (variance as ``VarianceUncertainty``).
 
         The mask plane dictionary and xy0 go into ``meta`` (``MP_<NAME>``, ``LTV1/2``), so
-        :meth:`from_ccddata` can restore them.
+        :meth:`from_ccddata` can restore them.  The WCS maps the CCDData's array pixels (as
+        astropy, photutils and a written FITS file read it), not the parent frame.
         """
         from astropy import units as u
         from astropy.nddata import CCDData, VarianceUncertainty
 
-        meta = dict(self.metadata)
+        from .io import _metadata_cards
+
+        # a FITS header, not a dict: CCDData.write copies a Header as it is, but converts a
+        # dict key by key and fails on long keys with non-string values (MP_NO_DATA = 8);
+        # metadata FITS cards cannot hold travels as JSON, as write_exposure keeps it
+        meta = _metadata_cards(self.metadata)
         for name, bit in self.mask_planes.items():
-            meta[f"MP_{name}"] = bit
+            meta[f"HIERARCH MP_{name}"] = bit
         meta["LTV1"], meta["LTV2"] = -self.xy0[0], -self.xy0[1]
         meta["PHOTOCAL"] = self.photo_calib
         unit = u.Unit(str(self.metadata.get("BUNIT", "adu")), parse_strict="silent")
@@ -262,7 +268,7 @@ class Exposure:
             uncertainty=VarianceUncertainty(self.variance.copy()),
             mask=self.mask != 0,
             flags=self.mask.copy(),
-            wcs=self.wcs,
+            wcs=None if self.wcs is None else shifted_wcs(self.wcs, -self.xy0[0], -self.xy0[1]),
             meta=meta,
             unit=unit,
         )
@@ -289,7 +295,11 @@ class Exposure:
                 variance = (1.0 / np.asarray(unc.array, dtype=np.float64)).astype(data.dtype)
         else:
             raise InputError(f"unsupported CCDData uncertainty type {type(unc).__name__}")
-        meta = dict(ccd.meta or {})
+        from .io import _metadata_from_header
+
+        # a FITS header (to_ccddata's, or CCDData.read's) or a plain dict from another tool;
+        # JSON-carried metadata (DSMETA cards) is decoded either way
+        meta = _metadata_from_header(ccd.meta or {})
         planes = {k[3:]: int(v) for k, v in meta.items() if str(k).upper().startswith("MP_")}
         xy0 = (-int(meta.get("LTV1", 0)), -int(meta.get("LTV2", 0)))
         photo_calib = float(meta.get("PHOTOCAL", 1.0))
@@ -302,7 +312,9 @@ class Exposure:
         mp = MaskPlanes(planes or None)
         if mask is not None and np.asarray(mask).dtype == bool:
             mask = np.where(mask, np.int32(1 << mp.bit("BAD")), np.int32(0))
-        return cls(data, variance, mask, mp, psf=psf, photo_calib=photo_calib, wcs=ccd.wcs, xy0=xy0, metadata=meta)
+        # CCDData's WCS maps array pixels; an Exposure's maps the parent frame
+        wcs = None if ccd.wcs is None else shifted_wcs(ccd.wcs, *xy0)
+        return cls(data, variance, mask, mp, psf=psf, photo_calib=photo_calib, wcs=wcs, xy0=xy0, metadata=meta)
 
     def __repr__(self) -> str:
         return (

@@ -1,4 +1,5 @@
-"""Integer pixel boxes in the parent frame, the equivalent of LSST's ``Box2I``.
+"""Integer pixel boxes in the parent frame, the equivalent of LSST's ``Box2I``, and moving a
+WCS between the parent frame and array pixels.
 
 Coordinates follow LSST: ``x`` is the column, ``y`` the row, and a box covers the pixels
 ``x0 <= x < x0 + width`` and ``y0 <= y < y0 + height``.  Array slices are ``[y, x]``.
@@ -7,10 +8,34 @@ Coordinates follow LSST: ``x`` is the column, ``y`` the row, and a box covers th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from .errors import InputError
 
-__all__ = ["Box"]
+if TYPE_CHECKING:
+    from astropy.wcs import WCS
+
+__all__ = ["Box", "shifted_wcs"]
+
+
+def shifted_wcs(wcs: WCS, dx: float, dy: float) -> WCS:
+    """A copy of ``wcs`` for pixel coordinates shifted by ``(dx, dy)``.
+
+    An Exposure's WCS maps parent-frame pixels; FITS files and ``CCDData`` map array pixels,
+    which are the parent ones less ``xy0``: ``shifted_wcs(w, -x0, -y0)`` goes one way and
+    ``shifted_wcs(w, x0, y0)`` back.  CRPIX moves, and so does the SIP distortion's own
+    reference pixel: astropy keeps a copy of CRPIX in ``wcs.sip`` (the polynomials are in
+    offsets from it), which moving ``wcs.wcs.crpix`` alone would leave behind.
+    """
+    from astropy.wcs import Sip
+
+    w = wcs.deepcopy()
+    w.wcs.crpix = w.wcs.crpix + np.array([dx, dy], dtype=float)
+    if w.sip is not None:
+        w.sip = Sip(w.sip.a, w.sip.b, w.sip.ap, w.sip.bp, w.wcs.crpix)
+    return w
 
 
 @dataclass(frozen=True)

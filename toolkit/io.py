@@ -27,10 +27,11 @@ from typing import Any
 
 import numpy as np
 from astropy.io import fits
-from astropy.wcs import WCS, FITSFixedWarning, Sip
+from astropy.wcs import WCS, FITSFixedWarning
 
 from .errors import FitsReadError, InputError
 from .exposure import Exposure
+from .geom import shifted_wcs
 from .masks import MaskPlanes
 from .psf import STORED_TYPES, CoaddPsf, ImagePsf, InputCoverage, Psf, psf_from_dict
 
@@ -62,26 +63,12 @@ def write_hdul(hdul: fits.HDUList, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: hdul.writeto(tmp, overwrite=True))
 
 
-def _shifted_wcs(wcs: WCS, dx: float, dy: float) -> WCS:
-    """A copy of ``wcs`` for pixel coordinates shifted by ``(dx, dy)``.
-
-    CRPIX moves, and so does the SIP distortion's own reference pixel: astropy keeps a copy
-    of CRPIX in ``wcs.sip`` (the polynomials are in offsets from it), which shifting
-    ``wcs.wcs.crpix`` alone leaves behind.
-    """
-    w = wcs.deepcopy()
-    w.wcs.crpix = w.wcs.crpix + np.array([dx, dy], dtype=float)
-    if w.sip is not None:
-        w.sip = Sip(w.sip.a, w.sip.b, w.sip.ap, w.sip.bp, w.wcs.crpix)
-    return w
-
-
 def _wcs_header(exposure: Exposure) -> fits.Header:
     hdr = fits.Header()
     x0, y0 = exposure.xy0
     if exposure.wcs is not None:
         # diffstack's WCS maps parent-frame pixels; a FITS WCS maps array pixels, so shift CRPIX
-        hdr.update(_shifted_wcs(exposure.wcs, -x0, -y0).to_header(relax=True))
+        hdr.update(shifted_wcs(exposure.wcs, -x0, -y0).to_header(relax=True))
     hdr["LTV1"] = (-x0, "minus parent-frame x0 of pixel [0,0]")
     hdr["LTV2"] = (-y0, "minus parent-frame y0 of pixel [0,0]")
     hdr["CRPIX1A"], hdr["CRPIX2A"] = 1.0, 1.0
@@ -326,7 +313,7 @@ def read_exposure(path: str | os.PathLike) -> Exposure:
         xy0 = _xy0(img_hdu.header)
         wcs = _read_wcs(img_hdu.header)
         if wcs is not None:
-            wcs = _shifted_wcs(wcs, *xy0)
+            wcs = shifted_wcs(wcs, *xy0)
         primary = hdul[0].header
         meta = _metadata_from_header(primary)
         if "BUNIT" not in meta and "BUNIT" in img_hdu.header:
