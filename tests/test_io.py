@@ -6,6 +6,7 @@ from astropy.wcs import WCS
 
 from toolkit import DoubleGaussianPsf, Exposure, FitsReadError, GaussianPsf, ImagePsf, InputError
 from toolkit.io import read_exposure, read_plain_fits, write_exposure
+from toolkit.psf import Psf
 from toolkit.sim import make_wcs
 
 
@@ -193,35 +194,31 @@ def test_coadd_psf_round_trip_keeps_its_inputs_and_coverage(tmp_path):
     np.testing.assert_array_equal(r2.compute_kernel_image((3, 4)), plain.compute_kernel_image((3, 4)))
 
 
-class _UserPsf:
-    """Stand-ins for a user's own PSF models: one with no description, one with its own."""
+class _Undescribed(Psf):
+    """A user's own PSF model with no description of itself."""
 
-    @staticmethod
-    def classes():
-        from toolkit.psf import Psf
+    size = 15
 
-        class Undescribed(Psf):
-            size = 15
-
-            def _kernel(self, n, position):
-                y, x = np.mgrid[:n, :n] - n // 2
-                return np.exp(-(x**2 + 2 * y**2) / 8.0)
-
-        class SelfDescribed(Undescribed):
-            def to_dict(self):
-                return {"type": "MyModel", "width": 2.0}
-
-        return Undescribed, SelfDescribed
+    def _kernel(self, n, position):
+        y, x = np.mgrid[:n, :n] - n // 2
+        return np.exp(-(x**2 + 2 * y**2) / 8.0)
 
 
-@pytest.mark.parametrize("kind", [0, 1])
-def test_user_psf_models_are_written_as_their_kernel_and_read_back(tmp_path, kind):
+class _SelfDescribed(_Undescribed):
+    """One that describes itself, as a type no diffstack reader knows."""
+
+    def to_dict(self):
+        return {"type": "MyModel", "width": 2.0}
+
+
+@pytest.mark.parametrize("cls", [_Undescribed, _SelfDescribed])
+def test_user_psf_models_are_written_as_their_kernel_and_read_back(tmp_path, cls):
     """A PSF class diffstack does not know cannot be rebuilt from a file: it is written as its
     kernel image (with a warning that says so) rather than failing to write, or writing a file
     that fails to read; inside a CoaddPsf, the same for that input."""
     from toolkit.psf import CoaddPsf
 
-    user = _UserPsf.classes()[kind]()
+    user = cls()
     with pytest.warns(UserWarning, match=f"{type(user).__name__} is not a PSF model diffstack's files can keep"):
         path = write_exposure(Exposure(np.zeros((20, 24)), psf=user), tmp_path / "u.fits")
     r = read_exposure(path).psf

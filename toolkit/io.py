@@ -37,6 +37,8 @@ from .psf import STORED_TYPES, CoaddPsf, ImagePsf, InputCoverage, Psf, psf_from_
 
 __all__ = ["write_exposure", "read_exposure", "is_afw_layout", "read_plain_fits", "atomic_write", "write_hdul", "read_mask_fits"]
 
+#: the PSF descriptions a file's ``PSF`` extensions hold (a CoaddPsf's parts follow it)
+_FILE_PSF_TYPES = STORED_TYPES | {"CoaddPsf"}
 _RESERVED = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "EXTNAME", "PCOUNT", "GCOUNT", "XTENSION", "BZERO", "BSCALE"}
 
 
@@ -173,13 +175,14 @@ def _psf_hdu(psf: Psf, name: str = "PSF", desc: dict[str, Any] | None = None) ->
 
 
 def _storable(desc: dict[str, Any]) -> bool:
-    return not desc.get("model") and desc.get("type") in STORED_TYPES | {"CoaddPsf"}
+    return not desc.get("model") and desc.get("type") in _FILE_PSF_TYPES
 
 
 def _psf_hdus(psf: Psf) -> list[fits.ImageHDU]:
     """The ``PSF`` extension, and for a CoaddPsf its inputs' PSFs and coverage."""
     parts = psf.psfs if isinstance(psf, CoaddPsf) else [psf]
-    user = sorted({type(p).__name__ for p in parts if not _storable(p.to_dict())})
+    descs = [p.to_dict() for p in parts]  # once each: a user's class describes itself by its kernel
+    user = sorted({type(p).__name__ for p, d in zip(parts, descs) if not _storable(d)})
     if user:
         where = "the PSF" if not isinstance(psf, CoaddPsf) else "the coadd PSF's inputs"
         warnings.warn(
@@ -187,7 +190,7 @@ def _psf_hdus(psf: Psf) -> list[fits.ImageHDU]:
             "kernel image at its default position, it reads back as an ImagePsf", stacklevel=3,
         )
     if not isinstance(psf, CoaddPsf):
-        return [_psf_hdu(psf)]
+        return [_psf_hdu(psf, desc=descs[0])]
     cov = psf.coverage
     desc = {"type": "CoaddPsf", "weights": [float(w) for w in psf.input_weights], "coverage": cov is not None}
     if cov is not None:
@@ -195,7 +198,7 @@ def _psf_hdus(psf: Psf) -> list[fits.ImageHDU]:
     # the main extension's data is the kernel at the average position, so a reader that does
     # not know CoaddPsf still gets the coadd's PSF (an ImagePsf), as before
     hdus = [_psf_hdu(psf, desc=desc)]
-    hdus.extend(_psf_hdu(p, name=f"PSF{i + 1:03d}") for i, p in enumerate(psf.psfs))
+    hdus.extend(_psf_hdu(p, name=f"PSF{i + 1:03d}", desc=d) for i, (p, d) in enumerate(zip(parts, descs)))
     if cov is not None:
         hdus.append(fits.ImageHDU(np.stack(cov.packed), name="PSFCOVER"))
     return hdus
@@ -207,7 +210,7 @@ def _psf_from_hdu(hdu: fits.ImageHDU, hdul: fits.HDUList | None = None) -> Psf:
         desc = json.loads("".join(chunks)) if chunks else {"type": "ImagePsf"}
     except ValueError:
         desc = None
-    if not isinstance(desc, dict) or desc.get("type") not in STORED_TYPES | {"CoaddPsf"}:
+    if not isinstance(desc, dict) or desc.get("type") not in _FILE_PSF_TYPES:
         # e.g. a file from a newer diffstack: the kernel image stored with it still serves
         what = f"PSF model {desc.get('type')!r} is unknown to this diffstack" if isinstance(desc, dict) else "the PSF description (PSFM cards) is not valid JSON"
         warnings.warn(f"{hdu.name}: {what}; read as its stored kernel image", stacklevel=3)
