@@ -160,9 +160,10 @@ def write_exposure(exposure: Exposure, path: str | os.PathLike, overwrite: bool 
 
 def _psf_hdu(psf: Psf, name: str = "PSF", desc: dict[str, Any] | None = None) -> fits.ImageHDU:
     desc = psf.to_dict() if desc is None else desc
-    if not _storable(desc):
-        # a user's own PSF class: no reader could rebuild it, so the file keeps what any
-        # reader can use, its kernel image (a file that could not be read back is worse)
+    if desc.get("type") not in _FILE_PSF_TYPES:
+        # a user's PSF class describing itself as a type no reader knows: the file keeps what
+        # any reader can use, its kernel image (a file that could not be read back is worse).
+        # One that does not describe itself already comes as its kernel (Psf.to_dict)
         desc = {"type": "ImagePsf", "array": psf.compute_kernel_image(), "model": type(psf).__name__}
     kernel = psf.compute_kernel_image() if desc["type"] != "ImagePsf" else desc["array"]
     hdu = fits.ImageHDU(np.asarray(kernel, dtype=np.float64), name=name)
@@ -174,15 +175,16 @@ def _psf_hdu(psf: Psf, name: str = "PSF", desc: dict[str, Any] | None = None) ->
     return hdu
 
 
-def _storable(desc: dict[str, Any]) -> bool:
-    return not desc.get("model") and desc.get("type") in _FILE_PSF_TYPES
+def _kept_as_kernel(desc: dict[str, Any]) -> bool:
+    """Whether a PSF with this description is written as its kernel image (a user's class)."""
+    return bool(desc.get("model")) or desc.get("type") not in _FILE_PSF_TYPES
 
 
 def _psf_hdus(psf: Psf) -> list[fits.ImageHDU]:
     """The ``PSF`` extension, and for a CoaddPsf its inputs' PSFs and coverage."""
     parts = psf.psfs if isinstance(psf, CoaddPsf) else [psf]
     descs = [p.to_dict() for p in parts]  # once each: a user's class describes itself by its kernel
-    user = sorted({type(p).__name__ for p, d in zip(parts, descs) if not _storable(d)})
+    user = sorted({type(p).__name__ for p, d in zip(parts, descs) if _kept_as_kernel(d)})
     if user:
         where = "the PSF" if not isinstance(psf, CoaddPsf) else "the coadd PSF's inputs"
         warnings.warn(

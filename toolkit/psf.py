@@ -519,21 +519,20 @@ class CoaddPsf(Psf):
         return {"type": "ImagePsf", "array": self.compute_kernel_image()}
 
 
+#: how :func:`psf_from_dict` rebuilds each ``to_dict`` type from the description's other keys
+_BUILDERS: dict[str, Any] = {
+    "GaussianPsf": lambda a: GaussianPsf(**a),
+    "DoubleGaussianPsf": lambda a: DoubleGaussianPsf(**a),
+    "ImagePsf": lambda a: ImagePsf(a["array"], normalize=False),
+    "VaryingGaussianPsf": lambda a: VaryingGaussianPsf(**{**a, "ref": tuple(a["ref"])}),
+}
 #: the ``to_dict`` types :func:`psf_from_dict` rebuilds
-STORED_TYPES = frozenset({"GaussianPsf", "DoubleGaussianPsf", "ImagePsf", "VaryingGaussianPsf"})
+STORED_TYPES = frozenset(_BUILDERS)
 
 
 def psf_from_dict(d: dict[str, Any]) -> Psf:
     """Inverse of ``Psf.to_dict`` (for the types in :data:`STORED_TYPES`)."""
     kind = d.get("type")
-    args = {k: v for k, v in d.items() if k not in ("type", "model")}
-    if kind == "GaussianPsf":
-        return GaussianPsf(**args)
-    if kind == "DoubleGaussianPsf":
-        return DoubleGaussianPsf(**args)
-    if kind == "ImagePsf":
-        return ImagePsf(args["array"], normalize=False)
-    if kind == "VaryingGaussianPsf":
-        args["ref"] = tuple(args["ref"])
-        return VaryingGaussianPsf(**args)
-    raise InputError(f"unknown PSF type {kind!r}")
+    if kind not in _BUILDERS:
+        raise InputError(f"unknown PSF type {kind!r}")
+    return _BUILDERS[kind]({k: v for k, v in d.items() if k not in ("type", "model")})
