@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from toolkit.cli import main
 from toolkit.io import read_exposure
@@ -299,3 +300,56 @@ def test_cli_afw_file_without_a_readable_psf(tmp_path, capsys):
     # the template has its own PSF: the option is refused for it
     assert main(["zogy", str(tmp_path / "sci.fits"), str(tmp_path / "ref.fits"), "--template-psf", str(tmp_path / "psf.fits"), "--out", str(tmp_path / "c")]) == 2
     assert "plain FITS images" in capsys.readouterr().err
+
+
+def test_cli_zogy_noise_correlation(tmp_path, capsys):
+    """``--noise-correlation``: resampled images' noise is correlated, so their per-pixel variance
+    planes make Scorr too wide; ``auto`` scales both planes by the factor measured from the pair
+    (the same arrays as the API recipe of notebooks 04/05) and brings std(Scorr) back to ~1; a
+    given factor is applied as given; a bad one is refused by name."""
+    from astropy.io import fits
+    from scipy import ndimage
+
+    from toolkit.exposure import Exposure
+    from toolkit.io import write_exposure
+    from toolkit.psf import GaussianPsf
+    from toolkit.real_data import noise_correlation_factor
+    from toolkit.zogy import zogy
+
+    rng = np.random.default_rng(12)
+    exps = []
+    for sigma_psf in (2.2, 1.6):
+        # smoothed by a 0.8-px Gaussian, with its true per-pixel variance: on the PSF scale the
+        # noise has ~7x the variance those planes predict
+        n = ndimage.gaussian_filter(rng.normal(0, 10.0, (320, 320)), 0.8).astype(np.float32)
+        exps.append(Exposure(n, np.full(n.shape, n.var(), np.float32), psf=GaussianPsf(sigma_psf, size=25)))
+    for e, name in zip(exps, ("sci", "tmpl")):
+        write_exposure(e, tmp_path / f"{name}.fits")
+    base = ["zogy", str(tmp_path / "sci.fits"), str(tmp_path / "tmpl.fits")]
+
+    assert main(base + ["--out", str(tmp_path / "plain")]) == 0
+    assert main(base + ["--noise-correlation", "auto", "--out", str(tmp_path / "auto")]) == 0
+    f = noise_correlation_factor(exps)
+    assert f"noise correlation factor {f:.3f}" in capsys.readouterr().err
+    scaled = [e.copy() for e in exps]
+    for e in scaled:
+        e.variance = e.variance * np.float32(f)
+    api = zogy(*scaled)
+    got = fits.getdata(tmp_path / "auto" / "scorr.fits")
+    np.testing.assert_array_equal(got, api.scorr.astype(np.float32))
+    inner = (slice(30, -30),) * 2
+    plain = fits.getdata(tmp_path / "plain" / "scorr.fits")[inner].std()
+    # over 8 seeds the factor was 6.7-7.4 and the corrected std(Scorr) 0.991-1.005 (260^2 pixels
+    # correlated over ~60 px^2 give ~0.5 % scatter); 0.03 is 6 sigma
+    assert plain > 2.0
+    assert abs(got[inner].std() - 1.0) < 0.03
+    # both planes x f scale Scorr by exactly 1/sqrt(f) (the kernels and padding noise scale with it)
+    assert abs(plain / got[inner].std() - np.sqrt(f)) < 1e-3
+
+    assert main(base + ["--noise-correlation", "1.5", "--out", str(tmp_path / "given")]) == 0
+    given = fits.getdata(tmp_path / "given" / "scorr.fits")[inner]
+    assert abs(plain / given.std() - np.sqrt(1.5)) < 1e-3
+    for bad in ("0", "-2", "inf", "lots"):
+        with pytest.raises(SystemExit):
+            main(base + ["--noise-correlation", bad, "--out", str(tmp_path / "bad")])
+        assert "--noise-correlation" in capsys.readouterr().err
