@@ -273,3 +273,88 @@ def test_sip_distortion_and_awkward_metadata_round_trip(tmp_path):
         assert sep < 1e-6, (px, py, sep)
     assert r.metadata["OBSERVER"] == "Ånders" and r.metadata["NOTE"] == "two\nlines"
     assert np.isnan(r.metadata["SKYLEVEL"]) and r.metadata["ZP"] == float("inf")
+
+
+def _afw_archive_file(path, calibs, photocalib_id=3, extra_primary=None, versions=None, constant=None):
+    """A file laid out as afw writes an Exposure with an archive: the planes, then (AR_HDU, 1-based)
+    an ARCHIVE_INDEX table and ARCHIVE_DATA tables.  Data catalog 1 holds a stand-in PSF object
+    (id 1); catalog 2 holds PhotoCalib records, one per entry of ``calibs`` (ids 2, 3, ...: two
+    objects of one schema share a table, as afw's OutputArchive merges them), with afw's packed
+    ``flags`` bit column named by TFLAG1."""
+    img = np.full((20, 30), 5.0, np.float32)
+    n = len(calibs)
+    ids = [1] + [2 + i for i in range(n)]
+    index = fits.BinTableHDU.from_columns([
+        fits.Column(name="id", format="J", array=ids),
+        fits.Column(name="cat.archive", format="J", array=[1] + [2] * n),
+        fits.Column(name="cat.persistable", format="J", array=[0] * (n + 1)),
+        fits.Column(name="row0", format="J", array=[0] + list(range(n))),
+        fits.Column(name="nrows", format="J", array=[1] * (n + 1)),
+        fits.Column(name="name", format="64A", array=["PiffPsf"] + ["PhotoCalib"] * n),
+        fits.Column(name="module", format="64A", array=["lsst.meas.extensions.piff"] + ["lsst.afw.image"] * n),
+    ])
+    index.header["EXTTYPE"], index.header["EXTNAME"], index.header["AR_CATN"], index.header["AR_NCAT"] = "ARCHIVE_INDEX", "ARCHIVE_INDEX", 0, 3
+    psf_cat = fits.BinTableHDU.from_columns([fits.Column(name="piff", format="10B", array=np.zeros((1, 10), np.uint8))])
+    psf_cat.header.update({"EXTTYPE": "ARCHIVE_DATA", "AR_CATN": 1, "EXTNAME": "PiffPsf"})
+    const = constant if constant is not None else [True] * n
+    pc = fits.BinTableHDU.from_columns([
+        fits.Column(name="flags", format="1X", array=np.array(const, bool).reshape(n, 1)),
+        fits.Column(name="calibrationMean", format="D", array=calibs),
+        fits.Column(name="calibrationErr", format="D", array=[0.01] * n),
+        fits.Column(name="field", format="J", array=[0] * n),
+        fits.Column(name="version", format="J", array=versions if versions is not None else [1] * n),
+    ])
+    pc.header.update({"EXTTYPE": "ARCHIVE_DATA", "AR_CATN": 2, "EXTNAME": "PhotoCalib", "TFLAG1": "isConstant"})
+    primary = fits.PrimaryHDU()
+    # cfitsio writes afw's long keys as HIERARCH cards
+    primary.header.update({"AR_HDU": 5, "PSF_ID": 1, "HIERARCH PHOTOCALIB_ID": photocalib_id, "VISIT": 1234, "EXP_ID": 77})
+    primary.header.update(extra_primary or {})
+    planes = [fits.ImageHDU(a, name=nm) for a, nm in ((img, "IMAGE"), (np.zeros(img.shape, np.int32), "MASK"), (img * 0 + 4, "VARIANCE"))]
+    fits.HDUList([primary, *planes, index, psf_cat, pc]).writeto(path)
+    return path
+
+
+def test_afw_archive_photo_calib_is_read(tmp_path, recwarn):
+    """A calexp keeps its calibration (nJy per ADU) in the archive: read_exposure finds the
+    PhotoCalib that PHOTOCALIB_ID names (the second record of a shared table here), drops the
+    archive pointers from the metadata (a file diffstack writes has no archive for afw to follow)
+    and keeps the rest; a round trip keeps the calibration.  Files from before PhotoCalib carry
+    FLUXMAG0 (calibration = AB reference flux / FLUXMAG0).  What cannot be read is named in a
+    warning and taken as 1."""
+    import warnings
+
+    e = read_exposure(_afw_archive_file(tmp_path / "calexp.fits", [0.25, 0.0631]))
+    assert e.photo_calib == 0.0631
+    assert not recwarn.list
+    assert "AR_HDU" not in e.metadata and "PSF_ID" not in e.metadata and "PHOTOCALIB_ID" not in e.metadata
+    assert e.metadata["VISIT"] == 1234 and e.metadata["EXP_ID"] == 77  # 77 is no archive id
+    write_exposure(e, tmp_path / "back.fits")
+    back = read_exposure(tmp_path / "back.fits")
+    assert back.photo_calib == 0.0631 and "AR_HDU" not in fits.getheader(tmp_path / "back.fits")
+    assert read_exposure(_afw_archive_file(tmp_path / "first.fits", [0.25, 0.0631], photocalib_id=2)).photo_calib == 0.25
+
+    # a spatially varying calibration: its mean, with a warning that says so
+    with pytest.warns(UserWarning, match="varies over the image"):
+        assert read_exposure(_afw_archive_file(tmp_path / "vary.fits", [0.5], photocalib_id=2, constant=[False])).photo_calib == 0.5
+
+    # old files: FLUXMAG0 in the primary header, no archive entry
+    old = _afw_archive_file(tmp_path / "old.fits", [0.5], photocalib_id=0, extra_primary={"FLUXMAG0": 3.630780547701e9})
+    e = read_exposure(old)
+    assert e.photo_calib == pytest.approx(1000.0, rel=1e-12) and "FLUXMAG0" not in e.metadata
+
+    # what afw itself would refuse, or an id that is not a PhotoCalib: a warning and 1
+    for name, kwargs, match in (
+        ("v0.fits", dict(calibs=[0.5], photocalib_id=2, versions=[0]), "version 0"),
+        ("psf.fits", dict(calibs=[0.5], photocalib_id=1), "not a PhotoCalib"),
+        ("none.fits", dict(calibs=[0.5], photocalib_id=9), "0 index entries"),
+        ("neg.fits", dict(calibs=[-2.0], photocalib_id=2), "calibrationMean"),
+    ):
+        with pytest.warns(UserWarning, match=match):
+            assert read_exposure(_afw_archive_file(tmp_path / name, **kwargs)).photo_calib == 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # diffstack's own files: PHOTOCAL wins and user metadata named like afw's stays
+        mine = Exposure(np.zeros((8, 8), np.float32), np.ones((8, 8), np.float32), photo_calib=2.5, metadata={"FLUXMAG0": 1e10, "AR_HDU": 3})
+        write_exposure(mine, tmp_path / "mine.fits")
+        got = read_exposure(tmp_path / "mine.fits")
+    assert got.photo_calib == 2.5 and got.metadata["FLUXMAG0"] == 1e10 and got.metadata["AR_HDU"] == 3

@@ -274,6 +274,102 @@ def _xy0(hdr: fits.Header) -> tuple[int, int]:
     return -int(hdr.get("LTV1", 0)), -int(hdr.get("LTV2", 0))
 
 
+#: the AB magnitude zero point's flux in nJy (``lsst.utils`` referenceFlux), which afw's
+#: ``FLUXMAG0`` (image units of a 0-mag source) divides to give the calibration
+_REFERENCE_FLUX_NJY = 1e23 * 10 ** (48.6 / -2.5) * 1e9
+
+
+def _afw_photo_calib(hdul: fits.HDUList, path: Any) -> float | None:
+    """The photometric calibration (nJy per image unit) that a file written by LSST's afw holds,
+    or None when it holds none that can be read.
+
+    afw keeps it as a ``PhotoCalib`` object in the file's archive or, in files from before
+    PhotoCalib, as the primary header's ``FLUXMAG0``.  In the archive, ``AR_HDU`` (1-based) is the archive index table,
+    ``PHOTOCALIB_ID`` the object's id there, and its entry points (``cat.archive``, 1-based
+    after the index; ``row0``, ``nrows``) at the row holding ``calibrationMean``.  A spatially
+    varying calibration (``isConstant`` false) is replaced by its mean, with a warning: diffstack
+    holds one number per exposure.  Anything unexpected gives a warning and None, never a guess.
+    """
+    primary = hdul[0].header
+    pid, ar = primary.get("PHOTOCALIB_ID", 0), primary.get("AR_HDU")
+    if not pid or ar is None:
+        if "FLUXMAG0" not in primary:
+            return None
+        try:
+            fm0 = float(primary["FLUXMAG0"])
+        except (TypeError, ValueError):
+            fm0 = float("nan")
+        if np.isfinite(fm0) and fm0 > 0:
+            return _REFERENCE_FLUX_NJY / fm0
+        warnings.warn(f"{path}: FLUXMAG0 = {primary['FLUXMAG0']!r} is not a positive number; the photometric calibration is taken as 1", UserWarning, stacklevel=3)
+        return None
+
+    def give_up(why: str) -> None:
+        warnings.warn(f"{path}: cannot read the PhotoCalib in its afw archive ({why}); the photometric calibration is taken as 1", UserWarning, stacklevel=4)
+
+    try:
+        index_hdu = hdul[int(ar) - 1]
+        if index_hdu.header.get("EXTTYPE") != "ARCHIVE_INDEX" or not isinstance(index_hdu, fits.BinTableHDU):
+            return give_up(f"HDU {ar} (AR_HDU) is not an ARCHIVE_INDEX table")
+        index = index_hdu.data
+        names = {n.lower(): n for n in index.names}
+        cat_col = names.get("cat.archive") or names.get("cat_archive")
+        if cat_col is None or "id" not in names or "row0" not in names or "nrows" not in names:
+            return give_up(f"its index lacks the id/cat.archive/row0/nrows columns (has {list(index.names)})")
+        rows = index[index[names["id"]] == int(pid)]
+        if len(rows) != 1:
+            return give_up(f"{len(rows)} index entries for PHOTOCALIB_ID {pid}")
+        entry = rows[0]
+        if "name" in names and str(entry[names["name"]]).strip() != "PhotoCalib":
+            return give_up(f"object {pid} is a {str(entry[names['name']]).strip()!r}, not a PhotoCalib")
+        data_hdu = hdul[int(ar) - 1 + int(entry[cat_col])]
+        r0, nr = int(entry[names["row0"]]), int(entry[names["nrows"]])
+        if data_hdu.header.get("EXTTYPE") != "ARCHIVE_DATA" or not isinstance(data_hdu, fits.BinTableHDU) or nr < 1 or r0 + nr > len(data_hdu.data):
+            return give_up(f"its entry does not point at rows of an ARCHIVE_DATA table (catalog {entry[cat_col]}, rows {r0}..{r0 + nr})")
+        record = data_hdu.data[r0]
+        cols = set(data_hdu.data.names)
+        if "calibrationMean" not in cols:
+            return give_up(f"its catalog has no calibrationMean column (has {sorted(cols)})")
+        version = int(record["version"]) if "version" in cols else 0
+        if version < 1:
+            return give_up(f"PhotoCalib version {version}: version 0 was in maggies, which afw itself refuses")
+        mean = float(record["calibrationMean"])
+        # afw packs Flag fields into one bit column, named bit by bit in TFLAGn cards
+        flag_names = [data_hdu.header.get(f"TFLAG{i}") for i in range(1, 65)]
+        constant = True
+        if "isConstant" in flag_names and "flags" in {c.lower() for c in cols}:
+            flags_col = next(c for c in cols if c.lower() == "flags")
+            constant = bool(np.asarray(record[flags_col]).ravel()[flag_names.index("isConstant")])
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        return give_up(f"{type(exc).__name__}: {exc}")
+    if not (np.isfinite(mean) and mean > 0):
+        return give_up(f"calibrationMean = {mean}")
+    if not constant:
+        warnings.warn(f"{path}: its PhotoCalib varies over the image; diffstack uses its mean, {mean:.6g} nJy per image unit (LSST's calibrateImage multiplies by the varying field)", UserWarning, stacklevel=3)
+    return mean
+
+
+def _afw_archive_keys(hdul: fits.HDUList) -> set[str]:
+    """Primary-header cards that point into an afw archive (``AR_HDU`` and the ``<COMPONENT>_ID``
+    cards whose value is an id in its index) and afw's ``FLUXMAG0`` pair: they describe this
+    file's own tables, so they are not metadata to carry into files diffstack writes, which
+    have no archive (afw would follow them to HDUs that are not there)."""
+    primary = hdul[0].header
+    keys = {k for k in ("FLUXMAG0", "FLUXMAG0ERR") if k in primary}
+    ar = primary.get("AR_HDU")
+    if ar is None:
+        return keys
+    keys.add("AR_HDU")
+    try:
+        ids = {int(v) for v in hdul[int(ar) - 1].data["id"]}
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        ids = set()
+    for key, value in primary.items():
+        if key.endswith("_ID") and isinstance(value, int) and not isinstance(value, bool) and value in ids:
+            keys.add(key)
+    return keys
+
+
 def is_afw_layout(path: str | os.PathLike) -> bool:
     """Whether a FITS file holds an Exposure in the afw layout (an ``IMAGE`` extension, as
     :func:`write_exposure` writes), rather than a plain image.  Reads the headers only.
@@ -289,6 +385,12 @@ def is_afw_layout(path: str | os.PathLike) -> bool:
 
 def read_exposure(path: str | os.PathLike) -> Exposure:
     """Read an Exposure written by :func:`write_exposure` (or any afw-layout FITS file).
+
+    A file written by LSST's afw keeps its photometric calibration in its archive (or, if old,
+    as ``FLUXMAG0``): it is read from there (see :func:`_afw_photo_calib`), so that ZOGY's
+    ``scaleByCalibration`` puts a calexp in ADU and a coadd in nJy on one scale, as LSST does.
+    Its PSF model (Piff, PSFEx, CoaddPsf) lives in archive tables diffstack cannot evaluate, so
+    such a file reads with ``psf=None``.
 
     Raises
     ------
@@ -321,9 +423,14 @@ def read_exposure(path: str | os.PathLike) -> Exposure:
             wcs = shifted_wcs(wcs, *xy0)
         primary = hdul[0].header
         meta = _metadata_from_header(primary)
+        if "PHOTOCAL" in primary:  # diffstack's own files
+            photo_calib = float(primary["PHOTOCAL"])
+        else:  # a file written by LSST keeps its calibration as afw does
+            photo_calib = _afw_photo_calib(hdul, path) or 1.0
+            for key in _afw_archive_keys(hdul):
+                meta.pop(key, None)
         if "BUNIT" not in meta and "BUNIT" in img_hdu.header:
             meta["BUNIT"] = img_hdu.header["BUNIT"]  # afw writes it with the image, not the primary
-        photo_calib = float(primary.get("PHOTOCAL", 1.0))
         return Exposure(
             image,
             variance,
