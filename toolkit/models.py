@@ -196,11 +196,11 @@ class ZogyModel(_StagedModel):
         return self.config.copy(), self.science, self.template
 
     def _compute(self, snap) -> dict[str, Any]:
-        from .zogy import transient_catalog, zogy
+        from .zogy import zogy
 
         cfg, sci, tmpl = snap
         res = zogy(sci, tmpl, cfg)
-        cat = transient_catalog(res, cfg.transientThreshold, cfg.transientMinPixels)
+        cat = res.catalog  # made by zogy with cfg's transientThreshold and transientMinPixels
         return {"diff": res.diff, "score": res.score, "scorr": res.scorr, "catalog": cat, "result": res, "science": sci, "template": tmpl}
 
 
