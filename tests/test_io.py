@@ -275,10 +275,10 @@ def test_sip_distortion_and_awkward_metadata_round_trip(tmp_path):
     assert np.isnan(r.metadata["SKYLEVEL"]) and r.metadata["ZP"] == float("inf")
 
 
-def _afw_archive_file(path, calibs, photocalib_id=3, extra_primary=None, versions=None, constant=None):
+def _afw_archive_file(path, calibs, photocalib_id=3, extra_primary=None, versions=None, constant=None, psf=("PiffPsf", {"piff": ("10B", np.zeros((1, 10), np.uint8))})):
     """A file laid out as afw writes an Exposure with an archive: the planes, then (AR_HDU, 1-based)
     an ARCHIVE_INDEX table and ARCHIVE_DATA tables.  Data catalog 1 holds a stand-in PSF object
-    (id 1); catalog 2 holds PhotoCalib records, one per entry of ``calibs`` (ids 2, 3, ...: two
+    (id 1; ``psf``: its class name and columns); catalog 2 holds PhotoCalib records, one per entry of ``calibs`` (ids 2, 3, ...: two
     objects of one schema share a table, as afw's OutputArchive merges them), with afw's packed
     ``flags`` bit column named by TFLAG1."""
     img = np.full((20, 30), 5.0, np.float32)
@@ -290,12 +290,12 @@ def _afw_archive_file(path, calibs, photocalib_id=3, extra_primary=None, version
         fits.Column(name="cat.persistable", format="J", array=[0] * (n + 1)),
         fits.Column(name="row0", format="J", array=[0] + list(range(n))),
         fits.Column(name="nrows", format="J", array=[1] * (n + 1)),
-        fits.Column(name="name", format="64A", array=["PiffPsf"] + ["PhotoCalib"] * n),
-        fits.Column(name="module", format="64A", array=["lsst.meas.extensions.piff"] + ["lsst.afw.image"] * n),
+        fits.Column(name="name", format="64A", array=[psf[0]] + ["PhotoCalib"] * n),
+        fits.Column(name="module", format="64A", array=["lsst.meas.algorithms"] + ["lsst.afw.image"] * n),
     ])
     index.header["EXTTYPE"], index.header["EXTNAME"], index.header["AR_CATN"], index.header["AR_NCAT"] = "ARCHIVE_INDEX", "ARCHIVE_INDEX", 0, 3
-    psf_cat = fits.BinTableHDU.from_columns([fits.Column(name="piff", format="10B", array=np.zeros((1, 10), np.uint8))])
-    psf_cat.header.update({"EXTTYPE": "ARCHIVE_DATA", "AR_CATN": 1, "EXTNAME": "PiffPsf"})
+    psf_cat = fits.BinTableHDU.from_columns([fits.Column(name=k, format=f, array=np.atleast_1d(a)) for k, (f, a) in psf[1].items()])
+    psf_cat.header.update({"EXTTYPE": "ARCHIVE_DATA", "AR_CATN": 1, "EXTNAME": psf[0]})
     const = constant if constant is not None else [True] * n
     pc = fits.BinTableHDU.from_columns([
         fits.Column(name="flags", format="1X", array=np.array(const, bool).reshape(n, 1)),
@@ -346,7 +346,7 @@ def test_afw_archive_photo_calib_is_read(tmp_path, recwarn):
     for name, kwargs, match in (
         ("v0.fits", dict(calibs=[0.5], photocalib_id=2, versions=[0]), "version 0"),
         ("psf.fits", dict(calibs=[0.5], photocalib_id=1), "not a PhotoCalib"),
-        ("none.fits", dict(calibs=[0.5], photocalib_id=9), "0 index entries"),
+        ("none.fits", dict(calibs=[0.5], photocalib_id=9), "no index entry for PHOTOCALIB_ID 9"),
         ("neg.fits", dict(calibs=[-2.0], photocalib_id=2), "calibrationMean"),
     ):
         with pytest.warns(UserWarning, match=match):
@@ -358,3 +358,29 @@ def test_afw_archive_photo_calib_is_read(tmp_path, recwarn):
         write_exposure(mine, tmp_path / "mine.fits")
         got = read_exposure(tmp_path / "mine.fits")
     assert got.photo_calib == 2.5 and got.metadata["FLUXMAG0"] == 1e10 and got.metadata["AR_HDU"] == 3
+
+
+def test_afw_archive_analytic_psfs_are_read(tmp_path):
+    """LSST's PSF-matched warps carry their model PSF, a DoubleGaussianPsf, in the archive (and
+    simple simulations a GaussianPsf): read_exposure rebuilds them (afw's sigma1, sigma2, b and
+    realisation size; b is the wing's central amplitude over the core's, as LSST's
+    GaussianPsfFactory sets it), so CompareWarp and ZOGY get the exact model.  A measured model
+    (Piff) reads as no PSF, silently: the CLI then says it measures one."""
+    import warnings
+
+    from toolkit.psf import DoubleGaussianPsf, GaussianPsf
+
+    dg = ("DoubleGaussianPsf", {"dimensions_x": ("J", 23), "dimensions_y": ("J", 23), "sigma1": ("D", 7.7 / 2.3548), "sigma2": ("D", 2.5 * 7.7 / 2.3548), "b": ("D", 0.1)})
+    e = read_exposure(_afw_archive_file(tmp_path / "pm.fits", [1.0], photocalib_id=2, psf=dg))
+    want = DoubleGaussianPsf(7.7, size=23)  # LSST's modelPsf for PSF-matched warps
+    assert isinstance(e.psf, DoubleGaussianPsf) and e.psf.size == 23
+    np.testing.assert_allclose(e.psf.compute_kernel_image(), want.compute_kernel_image(), rtol=1e-13, atol=1e-17)
+    g = ("GaussianPsf", {"dimensions_x": ("J", 15), "dimensions_y": ("J", 15), "sigma": ("D", 1.8)})
+    e = read_exposure(_afw_archive_file(tmp_path / "g.fits", [1.0], photocalib_id=2, psf=g))
+    np.testing.assert_array_equal(e.psf.compute_kernel_image(), GaussianPsf(1.8, size=15).compute_kernel_image())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_exposure(_afw_archive_file(tmp_path / "piff.fits", [1.0], photocalib_id=2)).psf is None
+    # a written copy keeps the model as diffstack's own PSF extension
+    write_exposure(read_exposure(tmp_path / "pm.fits"), tmp_path / "back.fits")
+    assert isinstance(read_exposure(tmp_path / "back.fits").psf, DoubleGaussianPsf)

@@ -279,20 +279,59 @@ def _xy0(hdr: fits.Header) -> tuple[int, int]:
 _REFERENCE_FLUX_NJY = 1e23 * 10 ** (48.6 / -2.5) * 1e9
 
 
+def _afw_archive_record(hdul: fits.HDUList, id_key: str, path: Any, what: str) -> tuple[str, Any, fits.BinTableHDU] | None:
+    """The archive object that the primary header's ``id_key`` names, in a file written by
+    LSST's afw: ``(class name, its first record, the table holding it)``, or None when the
+    file has no such object.
+
+    afw's layout: ``AR_HDU`` (1-based) is the ``ARCHIVE_INDEX`` table; the object's entry (its
+    ``id``) gives its class ``name`` and where its records are: ``cat.archive`` (the data table,
+    1-based after the index) and ``row0``/``nrows`` in it.  A file that names an object it does
+    not hold, or whose tables are not laid out so, gives a warning naming ``what`` was not read
+    and None, never a guess.
+    """
+    primary = hdul[0].header
+    oid, ar = primary.get(id_key, 0), primary.get("AR_HDU")
+    if not oid or ar is None:
+        return None
+
+    def give_up(why: str) -> None:
+        warnings.warn(f"{path}: cannot read the {what} in its afw archive ({why})", UserWarning, stacklevel=4)
+
+    try:
+        index_hdu = hdul[int(ar) - 1]
+        if index_hdu.header.get("EXTTYPE") != "ARCHIVE_INDEX" or not isinstance(index_hdu, fits.BinTableHDU):
+            return give_up(f"HDU {ar} (AR_HDU) is not an ARCHIVE_INDEX table")
+        index = index_hdu.data
+        names = {n.lower(): n for n in index.names}
+        cat_col = names.get("cat.archive") or names.get("cat_archive")
+        if cat_col is None or not {"id", "row0", "nrows", "name"} <= set(names):
+            return give_up(f"its index lacks the id/name/cat.archive/row0/nrows columns (has {list(index.names)})")
+        rows = index[index[names["id"]] == int(oid)]
+        if len(rows) == 0:
+            return give_up(f"no index entry for {id_key} {oid}")
+        entry = rows[0]  # an object's first catalog holds its own record
+        name = str(entry[names["name"]]).strip()
+        data_hdu = hdul[int(ar) - 1 + int(entry[cat_col])]
+        r0, nr = int(entry[names["row0"]]), int(entry[names["nrows"]])
+        if data_hdu.header.get("EXTTYPE") != "ARCHIVE_DATA" or not isinstance(data_hdu, fits.BinTableHDU) or nr < 1 or r0 + nr > len(data_hdu.data):
+            return give_up(f"its entry does not point at rows of an ARCHIVE_DATA table (catalog {entry[cat_col]}, rows {r0}..{r0 + nr})")
+        return name, data_hdu.data[r0], data_hdu
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        return give_up(f"{type(exc).__name__}: {exc}")
+
+
 def _afw_photo_calib(hdul: fits.HDUList, path: Any) -> float | None:
     """The photometric calibration (nJy per image unit) that a file written by LSST's afw holds,
     or None when it holds none that can be read.
 
-    afw keeps it as a ``PhotoCalib`` object in the file's archive or, in files from before
-    PhotoCalib, as the primary header's ``FLUXMAG0``.  In the archive, ``AR_HDU`` (1-based) is the archive index table,
-    ``PHOTOCALIB_ID`` the object's id there, and its entry points (``cat.archive``, 1-based
-    after the index; ``row0``, ``nrows``) at the row holding ``calibrationMean``.  A spatially
-    varying calibration (``isConstant`` false) is replaced by its mean, with a warning: diffstack
-    holds one number per exposure.  Anything unexpected gives a warning and None, never a guess.
+    afw keeps it as a ``PhotoCalib`` object in the file's archive (``PHOTOCALIB_ID``, see
+    :func:`_afw_archive_record`; its ``calibrationMean``) or, in files from before PhotoCalib,
+    as the primary header's ``FLUXMAG0``.  A spatially varying calibration (``isConstant``
+    false) is replaced by its mean, with a warning: diffstack holds one number per exposure.
     """
     primary = hdul[0].header
-    pid, ar = primary.get("PHOTOCALIB_ID", 0), primary.get("AR_HDU")
-    if not pid or ar is None:
+    if not primary.get("PHOTOCALIB_ID", 0) or "AR_HDU" not in primary:
         if "FLUXMAG0" not in primary:
             return None
         try:
@@ -303,50 +342,64 @@ def _afw_photo_calib(hdul: fits.HDUList, path: Any) -> float | None:
             return _REFERENCE_FLUX_NJY / fm0
         warnings.warn(f"{path}: FLUXMAG0 = {primary['FLUXMAG0']!r} is not a positive number; the photometric calibration is taken as 1", UserWarning, stacklevel=3)
         return None
+    what = "PhotoCalib (the photometric calibration is taken as 1)"
+    found = _afw_archive_record(hdul, "PHOTOCALIB_ID", path, what)
+    if found is None:
+        return None
+    name, record, table = found
 
     def give_up(why: str) -> None:
-        warnings.warn(f"{path}: cannot read the PhotoCalib in its afw archive ({why}); the photometric calibration is taken as 1", UserWarning, stacklevel=4)
+        warnings.warn(f"{path}: cannot read the {what} in its afw archive ({why})", UserWarning, stacklevel=3)
 
-    try:
-        index_hdu = hdul[int(ar) - 1]
-        if index_hdu.header.get("EXTTYPE") != "ARCHIVE_INDEX" or not isinstance(index_hdu, fits.BinTableHDU):
-            return give_up(f"HDU {ar} (AR_HDU) is not an ARCHIVE_INDEX table")
-        index = index_hdu.data
-        names = {n.lower(): n for n in index.names}
-        cat_col = names.get("cat.archive") or names.get("cat_archive")
-        if cat_col is None or "id" not in names or "row0" not in names or "nrows" not in names:
-            return give_up(f"its index lacks the id/cat.archive/row0/nrows columns (has {list(index.names)})")
-        rows = index[index[names["id"]] == int(pid)]
-        if len(rows) != 1:
-            return give_up(f"{len(rows)} index entries for PHOTOCALIB_ID {pid}")
-        entry = rows[0]
-        if "name" in names and str(entry[names["name"]]).strip() != "PhotoCalib":
-            return give_up(f"object {pid} is a {str(entry[names['name']]).strip()!r}, not a PhotoCalib")
-        data_hdu = hdul[int(ar) - 1 + int(entry[cat_col])]
-        r0, nr = int(entry[names["row0"]]), int(entry[names["nrows"]])
-        if data_hdu.header.get("EXTTYPE") != "ARCHIVE_DATA" or not isinstance(data_hdu, fits.BinTableHDU) or nr < 1 or r0 + nr > len(data_hdu.data):
-            return give_up(f"its entry does not point at rows of an ARCHIVE_DATA table (catalog {entry[cat_col]}, rows {r0}..{r0 + nr})")
-        record = data_hdu.data[r0]
-        cols = set(data_hdu.data.names)
-        if "calibrationMean" not in cols:
-            return give_up(f"its catalog has no calibrationMean column (has {sorted(cols)})")
-        version = int(record["version"]) if "version" in cols else 0
-        if version < 1:
-            return give_up(f"PhotoCalib version {version}: version 0 was in maggies, which afw itself refuses")
-        mean = float(record["calibrationMean"])
-        # afw packs Flag fields into one bit column, named bit by bit in TFLAGn cards
-        flag_names = [data_hdu.header.get(f"TFLAG{i}") for i in range(1, 65)]
-        constant = True
-        if "isConstant" in flag_names and "flags" in {c.lower() for c in cols}:
-            flags_col = next(c for c in cols if c.lower() == "flags")
-            constant = bool(np.asarray(record[flags_col]).ravel()[flag_names.index("isConstant")])
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
-        return give_up(f"{type(exc).__name__}: {exc}")
+    cols = set(table.data.names)
+    if name != "PhotoCalib":
+        return give_up(f"PHOTOCALIB_ID names a {name!r}, not a PhotoCalib")
+    if "calibrationMean" not in cols:
+        return give_up(f"its catalog has no calibrationMean column (has {sorted(cols)})")
+    version = int(record["version"]) if "version" in cols else 0
+    if version < 1:
+        return give_up(f"PhotoCalib version {version}: version 0 was in maggies, which afw itself refuses")
+    mean = float(record["calibrationMean"])
     if not (np.isfinite(mean) and mean > 0):
         return give_up(f"calibrationMean = {mean}")
-    if not constant:
+    # afw packs Flag fields into one bit column, named bit by bit in TFLAGn cards
+    flag_names = [table.header.get(f"TFLAG{i}") for i in range(1, 65)]
+    flags_col = next((c for c in cols if c.lower() == "flags"), None)
+    if "isConstant" in flag_names and flags_col is not None and not bool(np.asarray(record[flags_col]).ravel()[flag_names.index("isConstant")]):
         warnings.warn(f"{path}: its PhotoCalib varies over the image; diffstack uses its mean, {mean:.6g} nJy per image unit (LSST's calibrateImage multiplies by the varying field)", UserWarning, stacklevel=3)
     return mean
+
+
+def _afw_psf(hdul: fits.HDUList, path: Any) -> Psf | None:
+    """The PSF of a file written by LSST's afw when its archive holds an analytic model diffstack
+    has (``GaussianPsf``; ``DoubleGaussianPsf``, the PSF-matched warps' model PSF), else None:
+    measured models (Piff, PSFEx) and CoaddPsf/WarpedPsf need LSST's code to evaluate."""
+    from .psf import DoubleGaussianPsf, GaussianPsf
+
+    found = _afw_archive_record(hdul, "PSF_ID", path, "PSF")
+    if found is None:
+        return None
+    name, record, table = found
+    if name not in ("GaussianPsf", "DoubleGaussianPsf"):
+        return None
+    cols = {c.lower().replace(".", "_"): c for c in table.data.names}
+    try:
+        w, h = int(record[cols["dimensions_x"]]), int(record[cols["dimensions_y"]])
+        if name == "GaussianPsf":
+            sigma = float(record[cols["sigma"]])
+            psf: Psf = GaussianPsf(sigma, size=max(w, h))
+        else:
+            s1, s2, b = (float(record[cols[k]]) for k in ("sigma1", "sigma2", "b"))
+            if b == 0.0 and s2 == 0.0:
+                s2 = 1.0  # afw's own guard against 0/0 at the centre
+            # LSST's b is the wing's central amplitude relative to the core's, as wing_amplitude
+            psf = DoubleGaussianPsf(s1 * 2.3548, wing_fwhm_factor=s2 / s1, wing_amplitude=b, size=max(w, h))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, InputError) as exc:
+        warnings.warn(f"{path}: cannot read the {name} in its afw archive ({type(exc).__name__}: {exc}); no PSF", UserWarning, stacklevel=3)
+        return None
+    if w != h or w % 2 == 0:
+        warnings.warn(f"{path}: its {name} is realised on {w}x{h} pixels; diffstack's is {psf.size}x{psf.size}, centred alike", UserWarning, stacklevel=3)
+    return psf
 
 
 def _afw_archive_keys(hdul: fits.HDUList) -> set[str]:
@@ -389,8 +442,9 @@ def read_exposure(path: str | os.PathLike) -> Exposure:
     A file written by LSST's afw keeps its photometric calibration in its archive (or, if old,
     as ``FLUXMAG0``): it is read from there (see :func:`_afw_photo_calib`), so that ZOGY's
     ``scaleByCalibration`` puts a calexp in ADU and a coadd in nJy on one scale, as LSST does.
-    Its PSF model (Piff, PSFEx, CoaddPsf) lives in archive tables diffstack cannot evaluate, so
-    such a file reads with ``psf=None``.
+    Its PSF is read from the archive when it is an analytic model diffstack has (GaussianPsf,
+    or the DoubleGaussianPsf of LSST's PSF-matched warps); a measured model (Piff, PSFEx) or a
+    CoaddPsf needs LSST's code, so such a file reads with ``psf=None``.
 
     Raises
     ------
@@ -416,14 +470,15 @@ def read_exposure(path: str | os.PathLike) -> Exposure:
             planes = {k[3:]: int(v) for k, v in mhdu.header.items() if k.startswith("MP_")}
             # afw sorts MP_ cards alphabetically; restore bit order for a readable dictionary
             planes = dict(sorted(planes.items(), key=lambda kv: kv[1])) or None
-        psf = _psf_from_hdu(hdul["PSF"], hdul) if "PSF" in names else None
+        primary = hdul[0].header
+        lsst_file = "PHOTOCAL" not in primary  # diffstack's files carry PHOTOCAL
+        psf = _psf_from_hdu(hdul["PSF"], hdul) if "PSF" in names else (_afw_psf(hdul, path) if lsst_file else None)
         xy0 = _xy0(img_hdu.header)
         wcs = _read_wcs(img_hdu.header)
         if wcs is not None:
             wcs = shifted_wcs(wcs, *xy0)
-        primary = hdul[0].header
         meta = _metadata_from_header(primary)
-        if "PHOTOCAL" in primary:  # diffstack's own files
+        if not lsst_file:
             photo_calib = float(primary["PHOTOCAL"])
         else:  # a file written by LSST keeps its calibration as afw does
             photo_calib = _afw_photo_calib(hdul, path) or 1.0
