@@ -310,7 +310,9 @@ def _afw_archive_record(hdul: fits.HDUList, id_key: str, path: Any, what: str) -
         rows = index[index[names["id"]] == int(oid)]
         if len(rows) == 0:
             return give_up(f"no index entry for {id_key} {oid}")
-        entry = rows[0]  # an object's first catalog holds its own record
+        # an object's first catalog (cat.persistable 0) holds its own record
+        pers = names.get("cat.persistable") or names.get("cat_persistable")
+        entry = rows[int(np.argmin(rows[pers]))] if pers is not None else rows[0]
         name = str(entry[names["name"]]).strip()
         data_hdu = hdul[int(ar) - 1 + int(entry[cat_col])]
         r0, nr = int(entry[names["row0"]]), int(entry[names["nrows"]])
