@@ -279,6 +279,12 @@ def _xy0(hdr: fits.Header) -> tuple[int, int]:
 _REFERENCE_FLUX_NJY = 1e23 * 10 ** (48.6 / -2.5) * 1e9
 
 
+def _archive_unread(path: Any, what: str, why: str, stacklevel: int) -> None:
+    """Warn that ``what`` in an afw archive could not be read and why; returns None, so a
+    reader can ``return _archive_unread(...)`` where it gives up."""
+    warnings.warn(f"{path}: cannot read the {what} in its afw archive ({why})", UserWarning, stacklevel=stacklevel + 1)
+
+
 def _afw_archive_record(hdul: fits.HDUList, id_key: str, path: Any, what: str) -> tuple[str, Any, fits.BinTableHDU] | None:
     """The archive object that the primary header's ``id_key`` names, in a file written by
     LSST's afw: ``(class name, its first record, the table holding it)``, or None when the
@@ -296,7 +302,7 @@ def _afw_archive_record(hdul: fits.HDUList, id_key: str, path: Any, what: str) -
         return None
 
     def give_up(why: str) -> None:
-        warnings.warn(f"{path}: cannot read the {what} in its afw archive ({why})", UserWarning, stacklevel=4)
+        return _archive_unread(path, what, why, 4)
 
     try:
         index_hdu = hdul[int(ar) - 1]
@@ -351,7 +357,7 @@ def _afw_photo_calib(hdul: fits.HDUList, path: Any) -> float | None:
     name, record, table = found
 
     def give_up(why: str) -> None:
-        warnings.warn(f"{path}: cannot read the {what} in its afw archive ({why})", UserWarning, stacklevel=3)
+        return _archive_unread(path, what, why, 3)
 
     cols = set(table.data.names)
     if name != "PhotoCalib":
