@@ -304,16 +304,15 @@ def test_cli_afw_file_without_a_readable_psf(tmp_path, capsys):
 
 def test_cli_zogy_noise_correlation(tmp_path, capsys):
     """``--noise-correlation``: resampled images' noise is correlated, so their per-pixel variance
-    planes make Scorr too wide; ``auto`` scales both planes by the factor measured from the pair
-    (the same arrays as the API recipe of notebooks 04/05) and brings std(Scorr) back to ~1; a
-    given factor is applied as given; a bad one is refused by name."""
+    planes make Scorr too wide; ``auto`` is ZogyConfig's doMeasureNoiseCorrelation (the same
+    arrays as the API), which brings std(Scorr) back to ~1; a given factor is
+    noiseCorrelationFactor; a bad one is refused by name."""
     from astropy.io import fits
     from scipy import ndimage
 
     from toolkit.exposure import Exposure
     from toolkit.io import write_exposure
     from toolkit.psf import GaussianPsf
-    from toolkit.real_data import noise_correlation_factor
     from toolkit.zogy import zogy
 
     rng = np.random.default_rng(12)
@@ -329,17 +328,14 @@ def test_cli_zogy_noise_correlation(tmp_path, capsys):
 
     assert main(base + ["--out", str(tmp_path / "plain")]) == 0
     assert main(base + ["--noise-correlation", "auto", "--out", str(tmp_path / "auto")]) == 0
-    f = noise_correlation_factor(exps)
-    assert f"noise correlation factor {f:.3f}" in capsys.readouterr().err
-    scaled = [e.copy() for e in exps]
-    for e in scaled:
-        e.variance = e.variance * np.float32(f)
-    api = zogy(*scaled)
+    api = zogy(*exps, {"doMeasureNoiseCorrelation": True})
+    f = api.noise_correlation
+    assert f"noise correlation factor {f:.3f} (measured" in capsys.readouterr().err
     got = fits.getdata(tmp_path / "auto" / "scorr.fits")
     np.testing.assert_array_equal(got, api.scorr.astype(np.float32))
     inner = (slice(30, -30),) * 2
     plain = fits.getdata(tmp_path / "plain" / "scorr.fits")[inner].std()
-    # over 8 seeds the factor was 6.7-7.4 and the corrected std(Scorr) 0.991-1.005 (260^2 pixels
+    # over 8 seeds the factor was 6.7-7.3 and the corrected std(Scorr) 0.989-1.007 (260^2 pixels
     # correlated over ~60 px^2 give ~0.5 % scatter); 0.03 is 6 sigma
     assert plain > 2.0
     assert abs(got[inner].std() - 1.0) < 0.03

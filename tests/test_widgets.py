@@ -103,6 +103,13 @@ def test_zogy_and_pipeline_explorers():
     assert zx.sources["scorr"].data["image"][0].dtype == np.uint8
     zx.model.config.transientThreshold = 1e6  # nothing passes
     assert len(zx.catalog_source.data["x"]) == 0
+    assert "noise correlation" not in zx.status.value
+    # the diffstack-only noise-correlation fields have controls like LSST's, and the status line
+    # names the factor the planes were multiplied by
+    box = [w for w in zx.controls.children[0].children if "ds-ctl-noiseCorrelationFactor" in w._dom_classes]
+    assert len(box) == 1
+    box[0].value = 2.0
+    assert zx.model.config.noiseCorrelationFactor == 2.0 and "variance × 2 (noise correlation)" in zx.status.value
     px = widgets.explore_pipeline(simulate_stack(seed=4, size=96, n_epochs=5))
     v = px.zogy.model.version
     px.model.science_epoch = 2

@@ -22,7 +22,7 @@ from .exposure import Exposure
 from .io import is_afw_layout, read_exposure, write_exposure, write_hdul
 from .masks import MaskPlanes
 
-__all__ = ["add_subcommands", "correct_noise_correlation", "load_config", "noise_correlation_option", "read_input", "scale_fluxes", "write_mask_image"]
+__all__ = ["add_subcommands", "load_config", "noise_correlation_option", "read_input", "scale_fluxes", "write_mask_image"]
 
 _CLASSES = {"compare-warp": CompareWarpConfig, "assemble": AssembleCoaddConfig, "zogy": ZogyConfig}
 
@@ -141,34 +141,6 @@ def noise_correlation_option(text: str) -> str | float:
     return value
 
 
-def correct_noise_correlation(spec: str | float, exposures: list[Exposure], progress: Callable) -> tuple[list[Exposure], float]:
-    """``--noise-correlation``: both variance planes multiplied by one factor, measured from
-    the pair's difference (``"auto"``, :func:`toolkit.real_data.noise_correlation_factor`) or
-    given, as notebooks 04 and 05 do for resampled images.
-
-    Why: a registered (resampled, drizzled) image's variance plane is right pixel by pixel but
-    too small on the PSF scale, where ZOGY's score sums the pixels, so Scorr comes out wider
-    than a unit Gaussian and the catalog fills with noise.  The inputs are not modified.
-    """
-    from .real_data import noise_correlation_factor
-
-    if spec == "auto":
-        try:
-            f = noise_correlation_factor(exposures)
-        except InputError as exc:
-            raise InputError(f"--noise-correlation auto: {exc}") from None
-        progress(f"noise correlation factor {f:.3f} (measured from the pair's difference away from sources); variance planes scaled by it")
-    else:
-        f = float(spec)
-        progress(f"variance planes scaled by the noise correlation factor {f:.3f}")
-    out = []
-    for e in exposures:
-        c = e.copy()
-        c.variance = c.variance * c.variance.dtype.type(f)
-        out.append(c)
-    return out, f
-
-
 def _fits_files(items: list[str], pattern: str) -> list[Path]:
     files: list[Path] = []
     for it in items:
@@ -271,9 +243,15 @@ def _cmd_zogy(args: argparse.Namespace, progress: Callable) -> int:
     sci, tmpl = (read_input(getattr(args, role), progress, getattr(args, f"{role}_psf"), getattr(args, f"{role}_noise"), args.noise_kind, role=role, psf_size=args.psf_size, afw_layout=layout[role]) for role in ("science", "template"))
     if args.scale_fluxes:
         sci, tmpl = scale_fluxes([sci, tmpl], [args.science, args.template], progress)[0]
-    if args.noise_correlation is not None:
-        sci, tmpl = correct_noise_correlation(args.noise_correlation, [sci, tmpl], progress)[0]
+    if args.noise_correlation == "auto":
+        cfg.doMeasureNoiseCorrelation = True
+    elif args.noise_correlation is not None:
+        cfg.doMeasureNoiseCorrelation = False
+        cfg.noiseCorrelationFactor = args.noise_correlation
     res = zogy(sci, tmpl, cfg, calculate_score=True, progress=progress)
+    if res.noise_correlation != 1.0:
+        how = "measured on the pair's Scorr away from sources" if cfg.doMeasureNoiseCorrelation else "as given"
+        progress(f"noise correlation factor {res.noise_correlation:.3f} ({how}): both variance planes were multiplied by it")
     out = output_dir(args.out, create=True)
     write_exposure(res.diff, out / "diff.fits")
     write_exposure(res.score, out / "score.fits")
@@ -349,7 +327,7 @@ def add_subcommands(sub: argparse._SubParsersAction, progress: Callable[[str], N
     z.add_argument("--noise-kind", choices=["sigma", "variance", "inverse_variance"], default="sigma", help="what the noise maps hold")
     z.add_argument("--psf-size", type=int, default=25, help="plain images: PSF stamp size (a larger given stamp is cropped to it; default 25)")
     z.add_argument("--scale-fluxes", action="store_true", help="put the template on the science image's flux scale from their common bright stars (plain images with different zero points)")
-    z.add_argument("--noise-correlation", type=noise_correlation_option, metavar="auto|FACTOR", help="multiply both variance planes by FACTOR, or by the factor measured from the pair's difference ('auto'), before ZOGY: resampled or drizzled images' noise is larger on the PSF scale than their per-pixel variance says (see toolkit.real_data.noise_correlation_factor)")
+    z.add_argument("--noise-correlation", type=noise_correlation_option, metavar="auto|FACTOR", help="multiply both variance planes by FACTOR (config noiseCorrelationFactor), or by the factor that makes the pair's Scorr unit-variance away from sources ('auto', config doMeasureNoiseCorrelation), before ZOGY: resampled or drizzled images' noise is larger on the PSF scale than their per-pixel variance says")
     z.add_argument("--out", required=True, help="output directory")
     z.set_defaults(func=lambda a: _cmd_zogy(a, progress))
 

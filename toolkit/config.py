@@ -1250,7 +1250,7 @@ class ZogyConfig(LsstConfig):
     _diffstack_only = (
         "paddingSeed", "doAstrometricNoise", "astrometricSigmaX", "astrometricSigmaY",
         "doSourceNoise", "doFitFluxRatio", "transientThreshold", "transientMinPixels",
-        "powerOfTwoCells",
+        "powerOfTwoCells", "noiseCorrelationFactor", "doMeasureNoiseCorrelation",
     )
     # diffstack names the scalings by role; LSST applied templateFluxScaling to exposure1 = science
     _pex_names = {"scienceFluxScaling": "templateFluxScaling", "templateFluxScaling": "scienceFluxScaling"}
@@ -1271,6 +1271,8 @@ class ZogyConfig(LsstConfig):
     astrometricSigmaY = param.Number(0.0, bounds=(0, None), doc="Astrometric registration noise sigma_y (pixels).")
     doSourceNoise = param.Boolean(False, doc="Add the paper's source-noise term to the Scorr denominator: each image's Poisson variance (calibration x image / GAIN) through the score kernels. For variance planes that hold the background only; LSST's planes already carry source noise (a warning says so if they do).")
     doFitFluxRatio = param.Boolean(False, doc="Fit F_n/F_r and the noise levels from the images instead of trusting the calibrations/scalings and variance planes: each variance plane is rescaled to its image's measured pixel variance, and F_n/F_r is the slope (with an intercept, outliers rejected) of N (*) P_r against R (*) P_n over bright pixels (F_r = 1).")
+    noiseCorrelationFactor = param.Number(1.0, bounds=(0, None), inclusive_bounds=(False, True), doc="Multiply both variance planes by this factor (after calibration and any flux-ratio fit) before ZOGY: a resampled or drizzled image's noise is correlated, so its variance plane, right pixel by pixel, is too small on the PSF scale where S sums, and Scorr comes out too wide. 1 = off (LSST).")
+    doMeasureNoiseCorrelation = param.Boolean(False, doc="Measure the noise-correlation factor from the pair itself (their difference in common flux units, away from sources and masked pixels; toolkit.real_data.noise_correlation_factor) and use it instead of noiseCorrelationFactor. It matters for registered (resampled) images; white noise measures ~1.")
     transientThreshold = param.Number(5.0, bounds=(0, None), inclusive_bounds=(False, True), doc="|Scorr| threshold of the transient catalog.")
     transientMinPixels = param.Integer(1, bounds=(1, None), doc="Minimum pixels above threshold for a catalog entry.")
 

@@ -38,7 +38,7 @@ from .stats import clipped_std_ratio
 __all__ = [
     "header_gain", "header_saturation", "estimate_background", "estimate_variance",
     "find_psf_stars", "measure_psf", "psf_from_file", "load_image", "photometric_scales", "apply_scales",
-    "noise_correlation_factor",
+    "noise_correlation_factor", "noise_correlation_from",
 ]
 
 
@@ -493,22 +493,73 @@ def apply_scales(exposures: Sequence[Exposure], scales: Sequence[float]) -> list
 
 
 # ---------------------------------------------------------------------- correlated noise
+def _source_free(exposures: Sequence[tuple[Exposure, int]], half: int, edge: int, source_snr: float, grow: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where noise can be measured, as (unusable, good).  ``unusable``: a source (smoothed S/N
+    > ``source_snr`` in any of the images), one of its image's ``bits``, non-finite or variance
+    <= 0 in any plane.  ``good``: not within ``grow + half`` px of an unusable pixel (a
+    source's wings, a kernel's reach) nor within ``edge`` px of the border."""
+    from scipy import ndimage
+
+    bad = np.zeros(exposures[0][0].shape, bool)
+    for e, bits in exposures:
+        bad |= (e.mask & bits) != 0
+        img, var = np.asarray(e.image, float), np.asarray(e.variance, float)
+        with np.errstate(invalid="ignore"):
+            bad |= ~np.isfinite(img) | ~(var > 0) | ~np.isfinite(var)
+    for e, _ in exposures:
+        # S/N is calibration-free (c * image / sqrt(c^2 * variance)), so raw planes do
+        snr = np.where(bad, 0.0, e.image / np.sqrt(np.where(bad, 1.0, np.asarray(e.variance, float))))
+        bad |= ndimage.gaussian_filter(snr, 2) > source_snr
+    near = ndimage.binary_dilation(bad, iterations=grow + half)
+    near[:edge] = near[-edge:] = True
+    near[:, :edge] = near[:, -edge:] = True
+    return bad, ~near
+
+
+def _clipped_variance(z: np.ndarray) -> float:
+    """Variance of Gaussian noise ``z`` with outliers: astropy's 3-sigma clip (median centre,
+    up to 5 iterations) corrected for what the clip takes from the Gaussian itself
+    (:func:`clipped_std_ratio`).  numpy's median and std stand in for astropy's NaN-aware
+    defaults (the values are finite): the same selection, ~2x faster."""
+    from astropy.stats import SigmaClip
+
+    kept = SigmaClip(sigma=3.0, maxiters=5, cenfunc=np.median, stdfunc=np.std)(z, masked=False)
+    return (float(np.std(kept)) / clipped_std_ratio(3.0)) ** 2
+
+
+def noise_correlation_from(scorr: np.ndarray, exposures: Sequence[tuple[Exposure, int]], half: int, edge: int, source_snr: float = 5.0, grow: int = 6, min_fraction: float = 0.05) -> float:
+    """The clipped variance of a ZOGY Scorr over source-free pixels: the factor by which its
+    inputs' variance planes miss the noise as ZOGY's score kernels sum it (1 for honest planes).
+
+    ``exposures``: the (exposure, ignored mask bits) pairs Scorr came from; sources, bad and
+    non-finite pixels are excluded as in :func:`noise_correlation_factor`, plus ``edge`` px at
+    the border (where the padding enters).
+    """
+    good = _source_free(exposures, half, edge, source_snr, grow)[1]
+    if good.mean() < min_fraction:
+        raise InputError(f"only {100 * good.mean():.1f} % of the pixels are away from sources, masks and the edge; need {100 * min_fraction:.0f} % to measure the noise correlation")
+    return _clipped_variance(np.asarray(scorr, float)[good])
+
+
 def noise_correlation_factor(exposures: Sequence[Exposure], source_snr: float = 5.0, grow: int = 6) -> float:
     """How much more variance the noise has on the PSF scale than the per-pixel variance says.
 
     Registered (resampled) images have correlated noise: the variance plane is right pixel by
     pixel but too small for PSF-weighted sums, which is what ZOGY's S (a matched filter)
     computes, so Scorr comes out wider than a unit Gaussian.  This measures the factor from
-    differences of pairs of exposures of the same field (static sources cancel, so faint
-    galaxies do not pose as noise): ``var(d (*) P) / ((V_a + V_b) (*) P^2)`` over pixels away
-    from sources (``source_snr`` in the first image, grown by ``grow`` px) and masked pixels,
-    3-sigma clipped (and corrected for the clipping, :func:`clipped_std_ratio`), median over
-    consecutive pairs.  Multiply a variance plane (e.g. a coadd's,
-    which keeps its inputs' correlation) by it before ZOGY.  Returns 1.0 for white noise.
-    """
-    from astropy.stats import sigma_clipped_stats
-    from scipy import ndimage
+    pairs of images of the same field in the same flux units, cross-convolved so that static
+    sources cancel whatever their PSFs: ``d = a (*) P_b - b (*) P_a`` has the predicted variance
+    ``V_a (*) P_b^2 + V_b (*) P_a^2`` pixel by pixel, and the factor is ``var(d) / prediction``
+    over pixels away from sources (``source_snr`` in either image, grown by ``grow`` px and the
+    PSF radius), masked and non-finite pixels and the image edge, 3-sigma clipped and
+    corrected for the clipping (:func:`_clipped_variance`), median over consecutive pairs.
+    With equal PSFs this is ``var((a - b) (*) P) / ((V_a + V_b) (*) P^2)``.
 
+    Multiply a variance plane (e.g. a coadd's, which keeps its inputs' correlation) by it.  For
+    a ZOGY pair, ``ZogyConfig.doMeasureNoiseCorrelation`` measures the factor on ZOGY's own
+    score filter instead (:func:`noise_correlation_from`), which is the one Scorr needs when
+    the pair's PSFs differ.  Returns ~1 for white noise.
+    """
     from .psf_matching import fft_convolve
 
     if len(exposures) < 2:
@@ -517,23 +568,19 @@ def noise_correlation_factor(exposures: Sequence[Exposure], source_snr: float = 
     for a, b in zip(exposures[0::2], exposures[1::2]):
         if a.shape != b.shape:
             raise InputError(f"exposures must share one pixel grid, got {a.shape} and {b.shape}")
-        if a.psf is None:
+        if a.psf is None or b.psf is None:
             raise InputError("exposures need PSFs to measure the noise correlation")
-        k = a.psf.compute_kernel_image()
-        d = np.asarray(a.image, float) - np.asarray(b.image, float)
-        v = np.asarray(a.variance, float) + np.asarray(b.variance, float)
-        snr = ndimage.gaussian_filter(np.asarray(a.image, float) / np.sqrt(np.asarray(a.variance, float)), 2)
-        bad = (snr > source_snr) | (a.mask != 0) | (b.mask != 0)
-        bad = ndimage.binary_dilation(bad, iterations=grow + k.shape[0] // 2)
-        edge = k.shape[0]
-        bad[:edge] = bad[-edge:] = True
-        bad[:, :edge] = bad[:, -edge:] = True
-        if bad.mean() > 0.95:
+        ka, kb = a.psf.compute_kernel_image(), b.psf.compute_kernel_image()
+        half = max(ka.shape[0], kb.shape[0]) // 2
+        unusable, good = _source_free([(a, -1), (b, -1)], half, 2 * half + 1, source_snr, grow)
+        if good.mean() < 0.05:
             continue
-        f = fft_convolve(np.where(bad, 0.0, d), k)
-        pred = fft_convolve(v, k * k)
-        _, _, std = sigma_clipped_stats((f / np.sqrt(pred))[~bad], sigma=3.0)
-        ratios.append((float(std) / clipped_std_ratio(3.0)) ** 2)
+        # sources, masked and non-finite pixels are zeroed in the images *and* the variance
+        # planes, so the prediction stays exact for pixels whose kernels reach some of them
+        a_img, a_var, b_img, b_var = (np.where(unusable, 0.0, np.asarray(p, float)) for p in (a.image, a.variance, b.image, b.variance))
+        d = fft_convolve(a_img, kb) - fft_convolve(b_img, ka)
+        pred = fft_convolve(a_var, kb * kb) + fft_convolve(b_var, ka * ka)
+        ratios.append(_clipped_variance(d[good] / np.sqrt(pred[good])))
     if not ratios:
         raise InputError("no pair had enough source-free pixels to measure the noise correlation")
     return float(np.median(ratios))

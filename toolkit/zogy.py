@@ -163,6 +163,9 @@ class ZogyResult:
     flux_scalings : (float, float)
         The (F_n, F_r) used: the config's scalings, (1, 1) with ``scaleByCalibration``, or the
         fitted ratio with ``doFitFluxRatio``.
+    noise_correlation : float
+        The factor both variance planes were multiplied by: ``noiseCorrelationFactor``, or the
+        measured one with ``doMeasureNoiseCorrelation`` (1 = none, LSST).
     timings : dict
     """
 
@@ -175,6 +178,7 @@ class ZogyResult:
     catalog: Any = None
     timings: dict[str, float] = field(default_factory=dict)
     flux_scalings: tuple[float, float] = (1.0, 1.0)
+    noise_correlation: float = 1.0
 
 
 # ---------------------------------------------------------------------- preparation
@@ -410,8 +414,15 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
     # option), the product is taken as the plane is copied into its cell: the same float
     # products, without two calibrated 2k^2 planes made first.  ``factors[i]`` is what plane i
     # of [n_img, n_var, r_img, r_var] is still to be multiplied by (1 once it is applied).
+    if cfg.doMeasureNoiseCorrelation:
+        return _zogy_noise_corrected(science, template, cfg, calculate_score, progress)
     lazy = not (cfg.correctBackground or cfg.doFitFluxRatio or cfg.doSourceNoise)
-    planes_in = [(sci.image, cn, "science image"), (sci.variance, cn**2, "science variance"), (ref.image, cr, "template image"), (ref.variance, cr**2, "template variance")]
+    # a given noise-correlation factor rides on the variance planes' calibration product when
+    # nothing else reads them first; otherwise it is applied after the flux-ratio fit (which
+    # rescales the planes to the pixels' own variance) and any measurement
+    noise_corr = cfg.noiseCorrelationFactor
+    vf = noise_corr if lazy else 1.0
+    planes_in = [(sci.image, cn, "science image"), (sci.variance, cn**2 * vf, "science variance"), (ref.image, cr, "template image"), (ref.variance, cr**2 * vf, "template variance")]
     arrays, factors = [], []
     for a, c, name in planes_in:
         a = np.asarray(a, dtype=work)
@@ -506,6 +517,9 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
             unusable |= nonfinite
         f_n = _fit_flux_ratio(n_img, r_img, pn0, pr0, full_variance(1), unusable)
         f_r = 1.0
+    if not lazy and noise_corr != 1.0:
+        n_var, r_var = n_var * work(noise_corr), r_var * work(noise_corr)
+        full_var.clear()
     inner_dims = (max(1, int(border * cfg.gridInnerSize)),) * 2 if cfg.doSpatialGrid else (nx, ny)
     cells = generate_grid(local, (border, border), inner_dims, power_of_two=cfg.powerOfTwoCells, fft_friendly=not cfg.powerOfTwoCells)
     if len(cells) == 1:
@@ -614,9 +628,42 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
         ps_psf = ImagePsf(cell_info[0]["P_S"]) if len(cell_info) == 1 else _GridPsf(cell_info, "P_S")
         score = Exposure(S.astype(out_dtype, copy=False), VS.astype(out_dtype, copy=False), mask.copy(), planes, psf=ps_psf, photo_calib=1.0, wcs=sci.wcs, xy0=sci.xy0, copy=False)
     timings["total"] = time.perf_counter() - t0
-    res = ZogyResult(diff, score, scorr, float(cell_info[0]["F_D"]), FS, cell_info, timings=timings, flux_scalings=(float(f_n), float(f_r)))
+    res = ZogyResult(diff, score, scorr, float(cell_info[0]["F_D"]), FS, cell_info, timings=timings, flux_scalings=(float(f_n), float(f_r)), noise_correlation=float(noise_corr))
     if calculate_score:
         res.catalog = transient_catalog(res, cfg.transientThreshold, cfg.transientMinPixels)
+    return res
+
+
+def _zogy_noise_corrected(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_score: bool, progress) -> ZogyResult:
+    """``doMeasureNoiseCorrelation``: ZOGY once with the planes as given, the factor that makes
+    its Scorr unit-variance away from sources, then ZOGY with both planes times that factor.
+
+    Why Scorr itself: the factor a resampled pair's variance planes miss depends on the filter
+    that sums the noise; Scorr's is ZOGY's own score kernels, so its clipped variance over
+    source-free pixels (:func:`toolkit.real_data.noise_correlation_from`) is the factor that
+    makes Scorr honest, for any mix of the two images' correlations.  The second run is the
+    one ``noiseCorrelationFactor`` set to the measured value gives, bit for bit.
+    """
+    from .real_data import noise_correlation_from
+
+    t0 = time.perf_counter()
+    first_cfg = cfg.copy()
+    first_cfg.doMeasureNoiseCorrelation = False
+    first_cfg.noiseCorrelationFactor = 1.0
+    stage = (lambda name, frac: progress(f"{name} (measuring the noise correlation)", frac)) if progress else None
+    first = zogy(science, template, first_cfg, calculate_score=True, progress=stage)
+    border = estimate_matching_kernel_size(science.psf, template.psf, science.bbox.center)
+    half = max(science.psf.compute_kernel_image().shape[0], template.psf.compute_kernel_image().shape[0]) // 2
+    bad = [e.mask_planes.bitmask(cfg.ignoreMaskPlanes, strict=False, field="ignoreMaskPlanes") for e in (science, template)]
+    try:
+        factor = noise_correlation_from(first.scorr, [(science, bad[0]), (template, bad[1])], half=half, edge=border)
+    except InputError as exc:
+        raise InputError(f"doMeasureNoiseCorrelation: {exc}") from None
+    second_cfg = first_cfg.copy()
+    second_cfg.noiseCorrelationFactor = factor
+    res = zogy(science, template, second_cfg, calculate_score=calculate_score, progress=progress)
+    res.timings["noise_correlation"] = time.perf_counter() - t0 - res.timings["total"]
+    res.timings["total"] = time.perf_counter() - t0
     return res
 
 

@@ -585,7 +585,10 @@ class ZogyExplorer(_PanelExplorer):
     def _set_status(self) -> None:
         m = self.model
         n = len(m.outputs["catalog"]) if m.outputs else 0
-        self.status.value = f"<b>{'⏳ ' if m.busy else ''}{m.status}</b> · version {m.version} · {n} transient candidates"
+        f = m.outputs["result"].noise_correlation if m.outputs else 1.0
+        # the factor the variance planes were multiplied by: measured ones are worth seeing
+        noise = f" · variance × {f:.3g} (noise correlation)" if f != 1.0 else ""
+        self.status.value = f"<b>{'⏳ ' if m.busy else ''}{m.status}</b> · version {m.version} · {n} transient candidates{noise}"
 
 
 class PipelineExplorer:
