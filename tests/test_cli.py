@@ -335,7 +335,7 @@ def test_cli_zogy_noise_correlation(tmp_path, capsys):
     np.testing.assert_array_equal(got, api.scorr.astype(np.float32))
     inner = (slice(30, -30),) * 2
     plain = fits.getdata(tmp_path / "plain" / "scorr.fits")[inner].std()
-    # over 8 seeds the factor was 6.7-7.3 and the corrected std(Scorr) 0.989-1.007 (260^2 pixels
+    # over 8 seeds the factor was 6.7-7.3 and the corrected std(Scorr) 0.990-1.006 (260^2 pixels
     # correlated over ~60 px^2 give ~0.5 % scatter); 0.03 is 6 sigma
     assert plain > 2.0
     assert abs(got[inner].std() - 1.0) < 0.03
