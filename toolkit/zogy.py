@@ -262,7 +262,7 @@ def _check_inputs(sci: Exposure, ref: Exposure) -> set[int]:
         if not isinstance(e, Exposure):
             raise InputError(f"{name} must be an Exposure, got {type(e).__name__}")
         if e.psf is None:
-            raise InputError(f"{name} has no PSF")
+            raise InputError(f"{name} has no PSF: ZOGY needs one for each image (give psf= to the Exposure, e.g. toolkit.real_data.measure_psf(image, variance) for a real image, or toolkit.real_data.psf_from_file)")
         if e.image.size == 0:
             raise InputError(f"{name} image is empty (shape {e.shape})")
         if not _any_finite(e.image.reshape(-1)):
