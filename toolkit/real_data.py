@@ -552,7 +552,9 @@ def noise_correlation_factor(exposures: Sequence[Exposure], source_snr: float = 
     Registered (resampled) images have correlated noise: the variance plane is right pixel by
     pixel but too small for PSF-weighted sums, which is what ZOGY's S (a matched filter)
     computes, so Scorr comes out wider than a unit Gaussian.  This measures the factor from
-    pairs of images of the same field in the same flux units, cross-convolved so that static
+    pairs of images of the same field, each calibrated by its ``photo_calib`` (so a calexp in
+    ADU pairs with a coadd in nJy; images from :func:`load_image` must be put on one scale
+    first, e.g. with :func:`photometric_scales`), cross-convolved so that static
     sources cancel whatever their PSFs: ``d = a (*) P_b - b (*) P_a`` has the predicted variance
     ``V_a (*) P_b^2 + V_b (*) P_a^2`` pixel by pixel, and the factor is ``var(d) / prediction``
     over pixels away from sources (``source_snr`` in either image, grown by ``grow`` px and the
@@ -581,8 +583,11 @@ def noise_correlation_factor(exposures: Sequence[Exposure], source_snr: float = 
         if good.mean() < 0.05:
             continue
         # sources, masked and non-finite pixels are zeroed in the images *and* the variance
-        # planes, so the prediction stays exact for pixels whose kernels reach some of them
-        a_img, a_var, b_img, b_var = (np.where(unusable, 0.0, np.asarray(p, float)) for p in (a.image, a.variance, b.image, b.variance))
+        # planes, so the prediction stays exact for pixels whose kernels reach some of them;
+        # each image is calibrated by its photo_calib (a calexp in ADU beside a coadd in nJy
+        # would leave every static source in the difference)
+        ca, cb = float(a.photo_calib), float(b.photo_calib)
+        a_img, a_var, b_img, b_var = (np.where(unusable, 0.0, np.asarray(p, float) * c) for p, c in ((a.image, ca), (a.variance, ca * ca), (b.image, cb), (b.variance, cb * cb)))
         d = fft_convolve(a_img, kb) - fft_convolve(b_img, ka)
         pred = fft_convolve(a_var, kb * kb) + fft_convolve(b_var, ka * ka)
         ratios.append(_clipped_variance(d[good] / np.sqrt(pred[good])))
