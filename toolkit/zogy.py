@@ -394,6 +394,8 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
     t0 = time.perf_counter()
     cfg = as_config(config, ZogyConfig)
     cfg.validate()
+    if cfg.doMeasureNoiseCorrelation:
+        return _zogy_noise_corrected(science, template, cfg, calculate_score, progress)
     finite_planes = _check_inputs(science, template)
     timings: dict[str, float] = {}
     sci, ref = science, template
@@ -414,12 +416,10 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
     # option), the product is taken as the plane is copied into its cell: the same float
     # products, without two calibrated 2k^2 planes made first.  ``factors[i]`` is what plane i
     # of [n_img, n_var, r_img, r_var] is still to be multiplied by (1 once it is applied).
-    if cfg.doMeasureNoiseCorrelation:
-        return _zogy_noise_corrected(science, template, cfg, calculate_score, progress)
     lazy = not (cfg.correctBackground or cfg.doFitFluxRatio or cfg.doSourceNoise)
     # a given noise-correlation factor rides on the variance planes' calibration product when
     # nothing else reads them first; otherwise it is applied after the flux-ratio fit (which
-    # rescales the planes to the pixels' own variance) and any measurement
+    # rescales the planes to the pixels' own variance)
     noise_corr = cfg.noiseCorrelationFactor
     vf = noise_corr if lazy else 1.0
     planes_in = [(sci.image, cn, "science image"), (sci.variance, cn**2 * vf, "science variance"), (ref.image, cr, "template image"), (ref.variance, cr**2 * vf, "template variance")]
