@@ -33,7 +33,7 @@ from .errors import InputError
 from .exposure import Exposure
 from .masks import MaskPlanes
 from .psf import GaussianPsf, ImagePsf, Psf, adaptive_moments
-from .stats import clipped_std_ratio
+from .stats import clipped_noise, clipped_std_ratio
 
 __all__ = [
     "header_gain", "header_saturation", "estimate_background", "estimate_variance",
@@ -518,17 +518,6 @@ def _source_free(exposures: Sequence[tuple[Exposure, int]], half: int, edge: int
     return bad, ~near
 
 
-def _clipped_variance(z: np.ndarray) -> float:
-    """Variance of Gaussian noise ``z`` with outliers: astropy's 3-sigma clip (median centre,
-    up to 5 iterations) corrected for what the clip takes from the Gaussian itself
-    (:func:`clipped_std_ratio`).  numpy's median and std stand in for astropy's NaN-aware
-    defaults (the values are finite): the same selection, ~2x faster."""
-    from astropy.stats import SigmaClip
-
-    kept = SigmaClip(sigma=3.0, maxiters=5, cenfunc=np.median, stdfunc=np.std)(z, masked=False)
-    return (float(np.std(kept)) / clipped_std_ratio(3.0)) ** 2
-
-
 def noise_correlation_from(scorr: np.ndarray, exposures: Sequence[tuple[Exposure, int]], half: int, edge: int, source_snr: float = 5.0, grow: int = 6, min_fraction: float = 0.05) -> float:
     """The clipped variance of a ZOGY Scorr over source-free pixels: the factor by which its
     inputs' variance planes miss the noise as ZOGY's score kernels sum it (1 for honest planes).
@@ -543,7 +532,7 @@ def noise_correlation_from(scorr: np.ndarray, exposures: Sequence[tuple[Exposure
     # every other pixel in x and y: Scorr is smoothed by the score kernel (wider than the PSF),
     # so neighbours carry nearly the same noise and a quarter of the pixels measures its
     # variance as well, for a quarter of the clipping's sorting
-    return _clipped_variance(np.asarray(scorr, float)[::2, ::2][good[::2, ::2]])
+    return clipped_noise(np.asarray(scorr, float)[::2, ::2][good[::2, ::2]])[2]
 
 
 def noise_correlation_factor(exposures: Sequence[Exposure], source_snr: float = 5.0, grow: int = 6) -> float:
@@ -559,7 +548,7 @@ def noise_correlation_factor(exposures: Sequence[Exposure], source_snr: float = 
     ``V_a (*) P_b^2 + V_b (*) P_a^2`` pixel by pixel, and the factor is ``var(d) / prediction``
     over pixels away from sources (``source_snr`` in either image, grown by ``grow`` px and the
     PSF radius), masked and non-finite pixels and the image edge, 3-sigma clipped and
-    corrected for the clipping (:func:`_clipped_variance`), median over consecutive pairs.
+    corrected for the clipping (:func:`~toolkit.stats.clipped_noise`), median over consecutive pairs.
     With equal PSFs this is ``var((a - b) (*) P) / ((V_a + V_b) (*) P^2)``.
 
     Multiply a variance plane (e.g. a coadd's, which keeps its inputs' correlation) by it.  For
@@ -590,7 +579,7 @@ def noise_correlation_factor(exposures: Sequence[Exposure], source_snr: float = 
         a_img, a_var, b_img, b_var = (np.where(unusable, 0.0, np.asarray(p, float) * c) for p, c in ((a.image, ca), (a.variance, ca * ca), (b.image, cb), (b.variance, cb * cb)))
         d = fft_convolve(a_img, kb) - fft_convolve(b_img, ka)
         pred = fft_convolve(a_var, kb * kb) + fft_convolve(b_var, ka * ka)
-        ratios.append(_clipped_variance(d[good] / np.sqrt(pred[good])))
+        ratios.append(clipped_noise(d[good] / np.sqrt(pred[good]))[2])
     if not ratios:
         raise InputError("no pair had enough source-free pixels to measure the noise correlation")
     return float(np.median(ratios))

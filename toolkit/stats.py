@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["IQR_TO_SIGMA", "StackStats", "clipped_std_ratio", "native", "stack_statistic", "meanclip_scalar", "meanclip_masked", "median_of", "median_masked", "quantiles_of", "quantiles_masked"]
+__all__ = ["IQR_TO_SIGMA", "StackStats", "clipped_noise", "clipped_std_ratio", "native", "stack_statistic", "meanclip_scalar", "meanclip_masked", "median_of", "median_masked", "quantiles_of", "quantiles_masked"]
 
 #: afw's IQR -> sigma factor for a Gaussian
 IQR_TO_SIGMA = 0.741301109252802
@@ -232,6 +232,24 @@ def clipped_std_ratio(sigma: float = 3.0) -> float:
             break
         k = k_new
     return float(s)
+
+
+def clipped_noise(values: np.ndarray, sigma: float = 3.0, maxiters: int = 5) -> tuple[float, float, float]:
+    """(mean, median, variance) of Gaussian noise with outliers (sources, cosmic rays):
+    astropy's iterated ``sigma`` clip about the median (``sigma_clipped_stats``' selection),
+    the survivors' mean and median, and their variance divided by what the clip itself takes
+    from a Gaussian (:func:`clipped_std_ratio`), so that it estimates the noise's variance
+    rather than the clipped sample's.
+
+    ``values`` must be finite.  numpy's median and std stand in for astropy's NaN-aware
+    defaults: the same selection, about twice as fast.
+    """
+    from astropy.stats import SigmaClip
+
+    kept = SigmaClip(sigma=sigma, maxiters=maxiters, cenfunc=np.median, stdfunc=np.std)(np.asarray(values), masked=False)
+    if kept.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    return float(np.mean(kept)), float(np.median(kept)), (float(np.std(kept)) / clipped_std_ratio(sigma)) ** 2
 
 
 def meanclip_scalar(values: np.ndarray, n_sigma: float = 3.0, n_iter: int = 2) -> float:

@@ -36,7 +36,7 @@ from .geom import Box
 from .psf import ImagePsf, Psf
 from .parallel import map_band_halves, map_row_halves
 from .psf_matching import _conv_buffer, _embed_origin, _fft_cols, _fft_cols_into, _irfft2, _irfft2_into, _rows_in_place
-from .stats import clipped_std_ratio, meanclip_masked
+from .stats import clipped_noise, meanclip_masked
 
 if TYPE_CHECKING:  # astropy.table is imported where a catalog is made (import time)
     from astropy.table import Table
@@ -314,7 +314,6 @@ def _image_noise_variance(img: np.ndarray, mask: np.ndarray, bits: int, exclude:
     is crossed by noise alone at ~3e-5 of the pixels, so masking only the positive side does
     not bias the noise (100.1 for a true 100 on pure noise).
     """
-    from astropy.stats import sigma_clipped_stats
     from scipy import ndimage
 
     use = np.isfinite(img) & ((mask & bits) == 0)
@@ -323,16 +322,15 @@ def _image_noise_variance(img: np.ndarray, mask: np.ndarray, bits: int, exclude:
     if use.sum() < 100:
         raise InputError(f"doFitFluxRatio: only {int(use.sum())} usable pixels to measure an image's noise level")
     x = np.asarray(img, dtype=np.float64)  # read only where usable (x[use], x[sky], sky within use)
-    med, _, std = sigma_clipped_stats(x[use], sigma=3.0, maxiters=10)
-    s0 = float(std) / clipped_std_ratio(3.0)
+    level, _, var = clipped_noise(x[use], 3.0, maxiters=10)  # the clipped mean is the sky level
+    s0 = np.sqrt(var)
     sig = max(float(psf_sigma), 0.5)
-    smooth = ndimage.gaussian_filter(np.where(use, x - med, 0.0), sig)
+    smooth = ndimage.gaussian_filter(np.where(use, x - level, 0.0), sig)
     sources = smooth > 4.0 * s0 / np.sqrt(4.0 * np.pi * sig**2)
     grow = int(3.0 * sig + 0.5)
     sky = use & ~ndimage.maximum_filter(sources, size=2 * grow + 1)
     if sky.sum() >= 100:
-        _, _, std = sigma_clipped_stats(x[sky], sigma=3.0, maxiters=10)
-    var = (float(std) / clipped_std_ratio(3.0)) ** 2
+        var = clipped_noise(x[sky], 3.0, maxiters=10)[2]
     if not var > 0:
         raise InputError("doFitFluxRatio: an image has no pixel-to-pixel noise (constant image?)")
     return var
