@@ -384,3 +384,80 @@ def test_afw_archive_analytic_psfs_are_read(tmp_path):
     # a written copy keeps the model as diffstack's own PSF extension
     write_exposure(read_exposure(tmp_path / "pm.fits"), tmp_path / "back.fits")
     assert isinstance(read_exposure(tmp_path / "back.fits").psf, DoubleGaussianPsf)
+
+
+def _afw_psfex_file(path, comp, pixstep, degree, first, second, average, ndim=2, ngroup=1):
+    """A calexp-like file whose archive holds a meas_extensions_psfex ``PsfexPsf`` as afw writes
+    it: two catalogs of one object (id 1), the scalars (cat.persistable 0) and the arrays (1)."""
+    n, h, w = comp.shape
+    ncoeff = n
+    index = fits.BinTableHDU.from_columns([
+        fits.Column(name="id", format="J", array=[1, 1]),
+        fits.Column(name="cat.archive", format="J", array=[1, 2]),
+        fits.Column(name="cat.persistable", format="J", array=[0, 1]),
+        fits.Column(name="row0", format="J", array=[0, 0]),
+        fits.Column(name="nrows", format="J", array=[1, 1]),
+        fits.Column(name="name", format="64A", array=["PsfexPsf", "PsfexPsf"]),
+        fits.Column(name="module", format="64A", array=["lsst.meas.extensions.psfex"] * 2),
+    ])
+    index.header.update({"EXTTYPE": "ARCHIVE_INDEX", "EXTNAME": "ARCHIVE_INDEX", "AR_CATN": 0, "AR_NCAT": 3})
+    scalars = fits.BinTableHDU.from_columns([
+        fits.Column(name="ndim", format="J", array=[ndim]), fits.Column(name="ngroup", format="J", array=[ngroup]),
+        fits.Column(name="ncoeff", format="J", array=[ncoeff]), fits.Column(name="_size_size", format="J", array=[3]),
+        fits.Column(name="_comp_size", format="J", array=[comp.size]), fits.Column(name="_context_size", format="J", array=[2]),
+        fits.Column(name="averagePosition_x", format="D", array=[average[0]]), fits.Column(name="averagePosition_y", format="D", array=[average[1]]),
+        fits.Column(name="_pixstep", format="E", array=[pixstep]),
+    ])
+    scalars.header.update({"EXTTYPE": "ARCHIVE_DATA", "AR_CATN": 1, "EXTNAME": "PsfexPsf"})
+    arrays = fits.BinTableHDU.from_columns([
+        fits.Column(name="group", format=f"{ndim}J", array=np.zeros((1, ndim), np.int32)),
+        fits.Column(name="degree", format=f"{ngroup}J", array=np.full((1, ngroup), degree, np.int32)),
+        fits.Column(name="basis", format=f"{ncoeff}D", array=np.zeros((1, ncoeff))),
+        fits.Column(name="coeff", format=f"{ncoeff}D", array=np.zeros((1, ncoeff))),
+        fits.Column(name="_size", format="3J", array=np.array([[w, h, n]], np.int32)),
+        fits.Column(name="_comp", format=f"{comp.size}E", array=comp.astype(np.float32).reshape(1, -1)),
+        fits.Column(name="_context_first", format="2D", array=np.array([first], float)),
+        fits.Column(name="_context_second", format="2D", array=np.array([second], float)),
+    ])
+    arrays.header.update({"EXTTYPE": "ARCHIVE_DATA", "AR_CATN": 2, "EXTNAME": "PsfexPsf"})
+    img = np.zeros((40, 50), np.float32)
+    primary = fits.PrimaryHDU()
+    primary.header.update({"AR_HDU": 5, "PSF_ID": 1})
+    planes = [fits.ImageHDU(a, name=nm) for a, nm in ((img, "IMAGE"), (np.zeros(img.shape, np.int32), "MASK"), (img + 1, "VARIANCE"))]
+    fits.HDUList([primary, *planes, index, scalars, arrays]).writeto(path)
+    return path
+
+
+def test_afw_archive_psfex_psf_is_read(tmp_path):
+    """A calexp of LSST's PSFEx era carries its measured PsfexPsf in the archive: read_exposure
+    rebuilds it (basis images term-major and row-major, the position polynomial in LSST's
+    0-based pixels, averagePosition as the default position), so its kernel at any position is
+    the model's: here G(2) at the context centre x = 300 and G(2.5) one scale (200 px) to its
+    right, decimated from a half-pixel grid (exact to float32 rounding).  A written copy keeps
+    the model (its basis in PSFBASIS); a model LSST never makes (3 contexts) is named in a
+    warning and read as no PSF."""
+    import warnings
+
+    from toolkit.psf import PsfexPsf
+
+    def gauss(n, step, sigma):
+        c = (np.arange(n) - n // 2) * step
+        g = np.exp(-0.5 * (c[:, None] ** 2 + c[None, :] ** 2) / sigma**2)
+        return g
+
+    g2, g25 = gauss(41, 0.5, 2.0), gauss(41, 0.5, 2.5)
+    comp = np.stack([g2, g25 - g2, np.zeros_like(g2)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        e = read_exposure(_afw_psfex_file(tmp_path / "calexp.fits", comp, 0.5, 1, (300.0, 500.0), (200.0, 1000.0), (350.0, 420.0)))
+    psf = e.psf
+    assert isinstance(psf, PsfexPsf) and psf.size == 21 and psf.origin == 0.0
+    for sigma, x in ((2.0, 300.0), (2.5, 500.0)):
+        want = gauss(21, 1.0, sigma)
+        np.testing.assert_allclose(psf.compute_kernel_image((x, 7.0)), want / want.sum(), atol=2e-8)
+    np.testing.assert_array_equal(psf.compute_kernel_image(), psf.compute_kernel_image((350.0, 420.0)))
+    write_exposure(e, tmp_path / "back.fits")
+    back = read_exposure(tmp_path / "back.fits")
+    assert back.psf == psf and "PSFBASIS" in [h.name for h in fits.open(tmp_path / "back.fits")]
+    with pytest.warns(UserWarning, match=r"cannot read the PSF in its afw archive \(its PsfexPsf has 3 context dimension\(s\) in 1 group\(s\)"):
+        assert read_exposure(_afw_psfex_file(tmp_path / "ctx3.fits", comp, 0.5, 1, (300.0, 500.0), (200.0, 1000.0), (0.0, 0.0), ndim=3)).psf is None

@@ -158,7 +158,9 @@ def write_exposure(exposure: Exposure, path: str | os.PathLike, overwrite: bool 
     return write_hdul(fits.HDUList(hdus), path)
 
 
-def _psf_hdu(psf: Psf, name: str = "PSF", desc: dict[str, Any] | None = None) -> fits.ImageHDU:
+def _psf_hdu(psf: Psf, name: str = "PSF", desc: dict[str, Any] | None = None) -> list[fits.ImageHDU]:
+    """The extension ``name`` holding ``psf``: its kernel image, and its description as JSON in
+    ``PSFM`` cards; a model with basis images (PsfexPsf) keeps them in ``<name>BASIS``."""
     desc = psf.to_dict() if desc is None else desc
     if desc.get("type") not in _FILE_PSF_TYPES:
         # a user's PSF class describing itself as a type no reader knows: the file keeps what
@@ -167,12 +169,15 @@ def _psf_hdu(psf: Psf, name: str = "PSF", desc: dict[str, Any] | None = None) ->
         desc = {"type": "ImagePsf", "array": psf.compute_kernel_image(), "model": type(psf).__name__}
     kernel = psf.compute_kernel_image() if desc["type"] != "ImagePsf" else desc["array"]
     hdu = fits.ImageHDU(np.asarray(kernel, dtype=np.float64), name=name)
-    params = {k: v for k, v in desc.items() if k != "array"}
+    params = {k: v for k, v in desc.items() if k not in ("array", "basis")}
     text = json.dumps(params)
     for i in range(0, len(text), 60):
         hdu.header[f"PSFM{i // 60:04d}"] = text[i : i + 60]
     hdu.header["PSFTYPE"] = desc["type"]
-    return hdu
+    if "basis" not in desc:
+        return [hdu]
+    # a reader that does not know the model still has its kernel image in ``name``
+    return [hdu, fits.ImageHDU(np.asarray(desc["basis"]), name=f"{name}BASIS")]
 
 
 def _kept_as_kernel(desc: dict[str, Any]) -> bool:
@@ -192,15 +197,16 @@ def _psf_hdus(psf: Psf) -> list[fits.ImageHDU]:
             "kernel image at its default position, it reads back as an ImagePsf", stacklevel=3,
         )
     if not isinstance(psf, CoaddPsf):
-        return [_psf_hdu(psf, desc=descs[0])]
+        return _psf_hdu(psf, desc=descs[0])
     cov = psf.coverage
     desc = {"type": "CoaddPsf", "weights": [float(w) for w in psf.input_weights], "coverage": cov is not None}
     if cov is not None:
         desc.update(shape=list(cov.shape), xy0=list(cov.xy0))
     # the main extension's data is the kernel at the average position, so a reader that does
     # not know CoaddPsf still gets the coadd's PSF (an ImagePsf), as before
-    hdus = [_psf_hdu(psf, desc=desc)]
-    hdus.extend(_psf_hdu(p, name=f"PSF{i + 1:03d}", desc=d) for i, (p, d) in enumerate(zip(parts, descs)))
+    hdus = _psf_hdu(psf, desc=desc)
+    for i, (p, d) in enumerate(zip(parts, descs)):
+        hdus.extend(_psf_hdu(p, name=f"PSF{i + 1:03d}", desc=d))
     if cov is not None:
         hdus.append(fits.ImageHDU(np.stack(cov.packed), name="PSFCOVER"))
     return hdus
@@ -225,8 +231,14 @@ def _psf_from_hdu(hdu: fits.ImageHDU, hdul: fits.HDUList | None = None) -> Psf:
             if desc.get("coverage"):
                 cube = np.asarray(hdul["PSFCOVER"].data, dtype=np.uint8)
                 cov = InputCoverage(list(cube), tuple(desc["shape"]), tuple(desc["xy0"]))
-            return CoaddPsf([_psf_from_hdu(hdul[p]) for p in parts], desc["weights"], coverage=cov)
+            return CoaddPsf([_psf_from_hdu(hdul[p], hdul) for p in parts], desc["weights"], coverage=cov)
         desc = {"type": "ImagePsf"}  # the parts are missing: the kernel stored with it
+    if desc.get("type") == "PsfexPsf":
+        basis_name = f"{hdu.name}BASIS"
+        if hdul is not None and basis_name in [h.name for h in hdul]:
+            return psf_from_dict({**desc, "basis": np.asarray(hdul[basis_name].data)})
+        warnings.warn(f"{hdu.name}: its PsfexPsf basis images ({basis_name}) are missing; read as its stored kernel image", stacklevel=3)
+        desc = {"type": "ImagePsf"}
     if desc.get("type") == "ImagePsf":
         return ImagePsf(np.asarray(hdu.data, dtype=np.float64), normalize=False)
     return psf_from_dict(desc)
@@ -285,10 +297,10 @@ def _archive_unread(path: Any, what: str, why: str, stacklevel: int) -> None:
     warnings.warn(f"{path}: cannot read the {what} in its afw archive ({why})", UserWarning, stacklevel=stacklevel + 1)
 
 
-def _afw_archive_record(hdul: fits.HDUList, id_key: str, path: Any, what: str) -> tuple[str, Any, fits.BinTableHDU] | None:
+def _afw_archive_record(hdul: fits.HDUList, id_key: str, path: Any, what: str, catalog: int = 0) -> tuple[str, Any, fits.BinTableHDU] | None:
     """The archive object that the primary header's ``id_key`` names, in a file written by
-    LSST's afw: ``(class name, its first record, the table holding it)``, or None when the
-    file has no such object.
+    LSST's afw: ``(class name, the first record of its catalog number ``catalog``, the table
+    holding it)``, or None when the file has no such object.
 
     afw's layout: ``AR_HDU`` (1-based) is the ``ARCHIVE_INDEX`` table; the object's entry (its
     ``id``) gives its class ``name`` and where its records are: ``cat.archive`` (the data table,
@@ -316,9 +328,18 @@ def _afw_archive_record(hdul: fits.HDUList, id_key: str, path: Any, what: str) -
         rows = index[index[names["id"]] == int(oid)]
         if len(rows) == 0:
             return give_up(f"no index entry for {id_key} {oid}")
-        # an object's first catalog (cat.persistable 0) holds its own record
+        # an object's catalogs are numbered by cat.persistable; the first (0) holds its own
+        # record, and e.g. a PsfexPsf keeps its arrays in a second
         pers = names.get("cat.persistable") or names.get("cat_persistable")
-        entry = rows[int(np.argmin(rows[pers]))] if pers is not None else rows[0]
+        if pers is not None:
+            mine = rows[rows[pers] == catalog]
+            if len(mine) == 0:
+                return give_up(f"no catalog {catalog} for {id_key} {oid}")
+            entry = mine[0]
+        elif catalog < len(rows):
+            entry = rows[catalog]
+        else:
+            return give_up(f"no catalog {catalog} for {id_key} {oid}")
         name = str(entry[names["name"]]).strip()
         data_hdu = hdul[int(ar) - 1 + int(entry[cat_col])]
         r0, nr = int(entry[names["row0"]]), int(entry[names["nrows"]])
@@ -379,15 +400,18 @@ def _afw_photo_calib(hdul: fits.HDUList, path: Any) -> float | None:
 
 
 def _afw_psf(hdul: fits.HDUList, path: Any) -> Psf | None:
-    """The PSF of a file written by LSST's afw when its archive holds an analytic model diffstack
-    has (``GaussianPsf``; ``DoubleGaussianPsf``, the PSF-matched warps' model PSF), else None:
-    measured models (Piff, PSFEx) and CoaddPsf/WarpedPsf need LSST's code to evaluate."""
+    """The PSF of a file written by LSST's afw when its archive holds a model diffstack has
+    (``GaussianPsf``; ``DoubleGaussianPsf``, the PSF-matched warps' model PSF; ``PsfexPsf``, a
+    calexp's measured PSF in LSST's PSFEx era), else None: Piff models and CoaddPsf/WarpedPsf
+    need LSST's code to evaluate."""
     from .psf import DoubleGaussianPsf, GaussianPsf
 
     found = _afw_archive_record(hdul, "PSF_ID", path, "PSF")
     if found is None:
         return None
     name, record, table = found
+    if name == "PsfexPsf":
+        return _afw_psfex(hdul, path, record, table)
     if name not in ("GaussianPsf", "DoubleGaussianPsf"):
         return None
     cols = {c.lower().replace(".", "_"): c for c in table.data.names}
@@ -408,6 +432,43 @@ def _afw_psf(hdul: fits.HDUList, path: Any) -> Psf | None:
     if w != h or w % 2 == 0:
         warnings.warn(f"{path}: its {name} is realised on {w}x{h} pixels; diffstack's is {psf.size}x{psf.size}, centred alike", UserWarning, stacklevel=3)
     return psf
+
+
+def _afw_psfex(hdul: fits.HDUList, path: Any, record: Any, table: fits.BinTableHDU) -> Psf | None:
+    """meas_extensions_psfex's ``PsfexPsf`` from its two archive catalogs: the scalars
+    (``ndim``, ``ngroup``, ``averagePosition``, ``_pixstep``) and the arrays (``degree``,
+    ``_size`` = (w, h, n_terms), ``_comp`` = the basis images, term-major and row-major,
+    ``_context_first``/``_context_second`` = the polynomial's offsets and scales in LSST's
+    0-based pixel coordinates).  Only the position polynomial LSST fits (2 dimensions, one
+    group) exists; anything else is named in a warning and read as no PSF."""
+    from .psf import PsfexPsf
+
+    found = _afw_archive_record(hdul, "PSF_ID", path, "PSF", catalog=1)
+    if found is None:
+        return None
+    arrays, table2 = found[1], found[2]
+    c1 = {c.lower().replace(".", "_"): c for c in table.data.names}
+    c2 = {c.lower().replace(".", "_"): c for c in table2.data.names}
+
+    def vec(key: str, dtype: Any) -> np.ndarray:
+        return np.asarray(arrays[c2[key]], dtype=dtype).ravel()
+
+    try:
+        ndim, ngroup = int(record[c1["ndim"]]), int(record[c1["ngroup"]])
+        if ndim != 2 or ngroup != 1:
+            return _archive_unread(path, "PSF", f"its PsfexPsf has {ndim} context dimension(s) in {ngroup} group(s); only LSST's position polynomial (2 in 1) is understood", 4)
+        w, h, *rest = (int(v) for v in vec("_size", np.int64))
+        n_terms = rest[0] if rest else 1
+        comp = vec("_comp", np.float32)
+        if comp.size != w * h * n_terms:
+            return _archive_unread(path, "PSF", f"its PsfexPsf has {comp.size} basis pixels for {n_terms} images of {w}x{h}", 4)
+        avg = (float(record[c1["averageposition_x"]]), float(record[c1["averageposition_y"]]))
+        return PsfexPsf(
+            comp.reshape(n_terms, h, w), float(record[c1["_pixstep"]]), int(vec("degree", np.int64)[0]),
+            vec("_context_first", np.float64)[:2], vec("_context_second", np.float64)[:2], origin=0.0, default_position=avg,
+        )
+    except (KeyError, IndexError, TypeError, ValueError, InputError) as exc:
+        return _archive_unread(path, "PSF", f"{type(exc).__name__}: {exc}", 4)
 
 
 def _afw_archive_keys(hdul: fits.HDUList) -> set[str]:

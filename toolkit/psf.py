@@ -1,5 +1,5 @@
 """Point-spread-function models: Gaussian, LSST's double-Gaussian model PSF, image stamps,
-spatially varying Gaussians, and the weighted-average coadd PSF.
+spatially varying Gaussians, PSFEx models, and the weighted-average coadd PSF.
 
 Every PSF returns a normalised kernel image (sum 1) of odd size whose centre pixel is the PSF
 centre, as ``afw``'s ``computeKernelImage`` does, and its adaptive-moment determinant radius,
@@ -8,6 +8,7 @@ which LSST uses to scale growth radii.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ __all__ = [
     "DoubleGaussianPsf",
     "ImagePsf",
     "VaryingGaussianPsf",
+    "PsfexPsf",
     "CoaddPsf",
     "InputCoverage",
     "adaptive_moments",
@@ -325,6 +327,143 @@ class VaryingGaussianPsf(Psf):
         }
 
 
+def _psfex_interpolant(x: np.ndarray) -> np.ndarray:
+    """PSFEx's resampling kernel (``INTERPF`` of its vignet.c): Lanczos-3,
+    sin(pi x) sin(pi x / 3) / (pi^2 x^2 / 3), 1 at 0 and 0 beyond |x| = 3."""
+    x = np.asarray(x, dtype=np.float64)
+    out = np.zeros_like(x)
+    small = np.abs(x) < 1e-5
+    inside = ~small & (np.abs(x) <= 3.0)
+    xi = x[inside]
+    out[inside] = np.sin(np.pi * xi) * np.sin(np.pi * xi / 3.0) / (np.pi**2 * xi**2 / 3.0)
+    out[small] = 1.0
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _psfex_resample_matrix(n_in: int, n_out: int, step: float) -> np.ndarray:
+    """(n_out, n_in) weights of PSFEx's ``vignet_resample`` along one axis, with no shift and
+    the interpolant at the input's own scale (``stepi`` = 1): output pixel j samples the input
+    at x1 = n_in//2 - n_out//2 * step + j * step, from the input pixels int(x1) - 5 ...
+    int(x1) + 4 that exist, weighted by :func:`_psfex_interpolant` and normalised over them.
+    Output pixels before the first x1 > 0 (when the start is negative) or past x1 = n_in - 1
+    stay 0, by PSFEx's own integer arithmetic.
+
+    Why by hand: PSFEx's window, renormalisation at the model's edge and start rule decide
+    the kernel's pixel values; no library resampler has them.
+    """
+    m = np.zeros((n_out, n_in))
+    hmw = int(3.0) + 2  # (INTERPW / 2) / dstepi + 2 with INTERPW = 6, dstepi = 1
+    xs1 = float(n_in // 2) - float(n_out // 2) * step
+    first = 0
+    if xs1 < 0.0:
+        first = int(1.0 - xs1 / step)
+        if first >= n_out:
+            return m
+        xs1 += first * step
+    count = min(int((n_in - 1 - xs1) / step + 1), n_out - first)
+    for k in range(max(count, 0)):
+        x1 = xs1 + k * step
+        lo = int(x1) - hmw
+        taps = np.arange(max(lo, 0), min(lo + 2 * hmw, n_in))
+        w = _psfex_interpolant(taps - x1)
+        total = w.sum()
+        m[first + k, taps] = w / total if total > 0 else 0.0
+    return m
+
+
+class PsfexPsf(Psf):
+    """A PSFEx model: basis images sampled every ``pixstep`` image pixels, combined with
+    polynomial weights of the position, then resampled to the pixel grid as PSFEx does.
+
+    The weights are the terms of a polynomial of degree ``degree`` in
+    ``u = (x + origin - zero[0]) / scale[0]`` and ``v = (y + origin - zero[1]) / scale[1]``
+    (x, y: parent pixel coordinates), in PSFEx's order: 1, u, ..., u^d, v, u v, ...,
+    u^(d-1) v, v^2, ..., v^d; ``basis[k]`` is the k-th term's image (rows y, columns x).
+    ``origin`` is 1 for a PSFEx file (its contexts are SExtractor's 1-based ``X_IMAGE``,
+    ``Y_IMAGE``) and 0 for an LSST ``PsfexPsf`` (fitted on LSST's 0-based centroids).  As in
+    LSST's ``PsfexPsf.computeKernelImage``, the terms are summed in float32 (the basis is
+    float32 in both file formats), and the default kernel covers the model's extent in image
+    pixels, ``int(width * pixstep)`` made odd.
+
+    Parameters
+    ----------
+    basis : array (n_terms, h, w) or (h, w)
+    pixstep : float
+        Image pixels per model pixel (PSFEx's ``PSF_SAMP``, LSST's ``_pixstep``).
+    degree : int
+        Polynomial degree (``POLDEG1``); ``n_terms`` must be (degree + 1)(degree + 2) / 2.
+    zero, scale : (float, float)
+        ``POLZERO1/2`` and ``POLSCAL1/2`` (LSST's context offsets and scales).
+    origin : float
+        What is added to a 0-based pixel coordinate to get the model's context coordinate.
+    default_position : (float, float), optional
+        Position of the kernel when none is given (LSST: the average position of the PSF
+        stars); the context centre ``zero - origin`` if omitted.
+    size : int, optional
+        Default kernel size (odd); the model's extent, ``int(width * pixstep)`` made odd, by
+        default.
+    """
+
+    def __init__(self, basis: Any, pixstep: float, degree: int, zero: Sequence[float], scale: Sequence[float], origin: float = 0.0, default_position: Sequence[float] | None = None, size: int | None = None) -> None:
+        b = np.array(basis, dtype=np.float32)
+        if b.ndim == 2:
+            b = b[None]
+        if b.ndim != 3 or min(b.shape) < 1:
+            raise InputError(f"PsfexPsf basis must be (n_terms, h, w), got shape {np.shape(basis)}")
+        if not np.isfinite(b).all():
+            raise InputError("PsfexPsf basis has NaN or infinite values")
+        d = int(degree)
+        if d < 0 or b.shape[0] != (d + 1) * (d + 2) // 2:
+            raise InputError(f"PsfexPsf: a degree-{d} polynomial in x and y has {(d + 1) * (d + 2) // 2 if d >= 0 else '?'} terms, the basis has {b.shape[0]} images")
+        if not (np.isfinite(pixstep) and pixstep > 0):
+            raise InputError(f"PsfexPsf pixstep must be finite and > 0, got {pixstep!r}")
+        zero, scale = tuple(float(z) for z in zero), tuple(float(c) for c in scale)
+        if len(zero) != 2 or len(scale) != 2 or not all(np.isfinite(zero + scale)) or 0.0 in scale:
+            raise InputError(f"PsfexPsf zero and scale must be two finite numbers each (scale non-zero), got {zero} and {scale}")
+        self.basis, self.pixstep, self.degree = b, float(pixstep), d
+        self.zero, self.scale, self.origin = zero, scale, float(origin)
+        if default_position is None:
+            default_position = (zero[0] - self.origin, zero[1] - self.origin)
+        self.default_position = (float(default_position[0]), float(default_position[1]))
+        self.size = _odd(size if size is not None else max(1, int(b.shape[2] * self.pixstep), int(b.shape[1] * self.pixstep)))
+
+    def weights(self, position: Sequence[float] | None = None) -> np.ndarray:
+        """The polynomial terms at ``position`` (x, y), in the basis' order."""
+        x, y = self.default_position if position is None else (float(position[0]), float(position[1]))
+        if not (np.isfinite(x) and np.isfinite(y)):
+            raise InputError(f"PsfexPsf: the position must be finite, got {(x, y)}")
+        u = (x + self.origin - self.zero[0]) / self.scale[0]
+        v = (y + self.origin - self.zero[1]) / self.scale[1]
+        d = self.degree
+        return np.array([u**i * v**j for j in range(d + 1) for i in range(d + 1 - j)])
+
+    def model_image(self, position: Sequence[float] | None = None) -> np.ndarray:
+        """The model at ``position`` on its own grid (``pixstep`` image pixels apart), the terms
+        summed in float32 in their order, as PSFEx and LSST do."""
+        out = np.zeros(self.basis.shape[1:], np.float32)
+        for w, b in zip(self.weights(position).astype(np.float32), self.basis):
+            out += w * b
+        return out
+
+    def _kernel(self, n, position):
+        model = self.model_image(position).astype(np.float64)
+        h, w = model.shape
+        step = 1.0 / self.pixstep  # model pixels per image pixel
+        # the matrices are cached (a grid of cells asks for the same ones): read, never written
+        return _psfex_resample_matrix(h, n, step) @ model @ _psfex_resample_matrix(w, n, step).T
+
+    def to_dict(self):
+        return {
+            "type": "PsfexPsf", "basis": self.basis, "pixstep": self.pixstep, "degree": self.degree,
+            "zero": list(self.zero), "scale": list(self.scale), "origin": self.origin,
+            "default_position": list(self.default_position), "size": self.size,
+        }
+
+    def __repr__(self) -> str:
+        return f"PsfexPsf(terms={self.basis.shape[0]}, model={self.basis.shape[2]}x{self.basis.shape[1]}, pixstep={self.pixstep:g})"
+
+
 class InputCoverage:
     """Where each input of a coadd has data, one bit per pixel, on the coadd's pixel grid.
 
@@ -525,6 +664,7 @@ _BUILDERS: dict[str, Any] = {
     "DoubleGaussianPsf": lambda a: DoubleGaussianPsf(**a),
     "ImagePsf": lambda a: ImagePsf(a["array"], normalize=False),
     "VaryingGaussianPsf": lambda a: VaryingGaussianPsf(**{**a, "ref": tuple(a["ref"])}),
+    "PsfexPsf": lambda a: PsfexPsf(**a),
 }
 #: the ``to_dict`` types :func:`psf_from_dict` rebuilds
 STORED_TYPES = frozenset(_BUILDERS)

@@ -32,12 +32,12 @@ import numpy as np
 from .errors import InputError
 from .exposure import Exposure
 from .masks import MaskPlanes
-from .psf import GaussianPsf, ImagePsf, Psf, adaptive_moments
+from .psf import GaussianPsf, ImagePsf, Psf, PsfexPsf, adaptive_moments
 from .stats import clipped_noise, clipped_std_ratio
 
 __all__ = [
     "header_gain", "header_saturation", "estimate_background", "estimate_variance",
-    "find_psf_stars", "measure_psf", "psf_from_file", "load_image", "photometric_scales", "apply_scales",
+    "find_psf_stars", "measure_psf", "psf_from_file", "psfex_psf", "load_image", "photometric_scales", "apply_scales",
     "noise_correlation_factor", "noise_correlation_from",
 ]
 
@@ -404,16 +404,63 @@ def load_image(
     return Exposure(img.astype(dtype), var.astype(dtype), mask, planes, psf=psf_obj, photo_calib=exp.photo_calib, wcs=exp.wcs, metadata=meta, copy=False)
 
 
-def psf_from_file(path: str | os.PathLike, size: int = 25) -> ImagePsf:
-    """A PSF from a FITS stamp (its first image), cropped to ``size`` if larger and
-    renormalised; an unreadable file raises :class:`InputError` naming it."""
+def psf_from_file(path: str | os.PathLike, size: int = 25) -> Psf:
+    """A PSF from a FITS file: a PSFEx model (a ``.psf`` file: a table with a ``PSF_MASK``
+    column, :func:`psfex_psf`), spatially varying as PSFEx fitted it, or else a stamp (the
+    first image), cropped to ``size`` if larger and renormalised.  An unreadable file raises
+    :class:`InputError` naming it."""
     from astropy.io import fits
 
     try:
-        stamp = np.asarray(fits.getdata(path), dtype=np.float64)
+        with fits.open(path) as hdul:
+            for hdu in hdul:
+                if isinstance(hdu, fits.BinTableHDU) and "PSF_MASK" in hdu.columns.names:
+                    return psfex_psf(hdu, size=size, where=str(path))
+            stamp = next((np.asarray(h.data, dtype=np.float64) for h in hdul if h.is_image and h.data is not None), None)
     except (OSError, TypeError, ValueError) as err:
         raise InputError(f"cannot read PSF file {path}: {err}") from None
+    if stamp is None:
+        raise InputError(f"cannot read PSF file {path}: it has no image and no PSFEx PSF_MASK table")
     return ImagePsf(_crop_psf(stamp, size))
+
+
+def psfex_psf(hdu: Any, size: int | None = None, where: str = "PSFEx model") -> PsfexPsf:
+    """The :class:`~toolkit.psf.PsfexPsf` of a PSFEx ``.psf`` file's ``PSF_DATA`` table.
+
+    Reads ``PSF_MASK`` (the basis images), ``PSF_SAMP`` and the polynomial keywords
+    (``POLNAXIS``, ``POLNGRP``, ``POLNAME1/2``, ``POLZERO1/2``, ``POLSCAL1/2``, ``POLDEG1``).
+    A constant model (``POLNAXIS`` = 0) and polynomials in the image position
+    (``X_IMAGE``/``Y_IMAGE`` or their ``WIN`` versions, one group) are understood; contexts
+    that are not the position (a magnitude, an FITS header value) are refused by name.  The
+    contexts are SExtractor's 1-based pixel coordinates.  ``size``: the default kernel size,
+    at most the model's width (odd).
+    """
+    h = hdu.header
+    try:
+        basis = np.asarray(hdu.data["PSF_MASK"][0], dtype=np.float64)
+        samp = float(h["PSF_SAMP"])
+        naxis = int(h.get("POLNAXIS", 0))
+    except (KeyError, IndexError, TypeError, ValueError) as err:
+        raise InputError(f"{where}: not a readable PSFEx model ({type(err).__name__}: {err})") from None
+    if basis.ndim == 2:
+        basis = basis[None]
+    if naxis == 0:
+        degree, zero, scale = 0, (0.0, 0.0), (1.0, 1.0)
+    else:
+        names = [str(h.get(f"POLNAME{i}", "")).strip().upper() for i in (1, 2)]
+        if naxis != 2 or int(h.get("POLNGRP", 1)) != 1 or not (names[0].startswith("X") and names[1].startswith("Y") and all(n.endswith("_IMAGE") for n in names)):
+            got = ", ".join(str(h.get(f"POLNAME{i}")) for i in range(1, naxis + 1))
+            raise InputError(f"{where}: PSFEx contexts {got} in {h.get('POLNGRP', 1)} group(s): only a polynomial in the image position (X_IMAGE, Y_IMAGE in one group) is understood")
+        try:
+            degree = int(h["POLDEG1"])
+            zero = (float(h["POLZERO1"]), float(h["POLZERO2"]))
+            scale = (float(h["POLSCAL1"]), float(h["POLSCAL2"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(f"{where}: PSFEx polynomial keywords missing or malformed ({type(err).__name__}: {err})") from None
+    psf = PsfexPsf(basis, samp, degree, zero, scale, origin=1.0)
+    if size is not None and size < psf.size:
+        psf.size = int(size) | 1  # odd, as every kernel size
+    return psf
 
 
 def _crop_psf(stamp: np.ndarray, size: int) -> np.ndarray:
