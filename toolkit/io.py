@@ -399,6 +399,12 @@ def _afw_photo_calib(hdul: fits.HDUList, path: Any) -> float | None:
     return mean
 
 
+def _column_keys(table: fits.BinTableHDU) -> dict[str, str]:
+    """An afw archive table's column names by lower-case key with "." as "_" (afw's field
+    names as written by different versions: ``averagePosition_x``, ``dimensions.x``)."""
+    return {c.lower().replace(".", "_"): c for c in table.data.names}
+
+
 def _afw_psf(hdul: fits.HDUList, path: Any) -> Psf | None:
     """The PSF of a file written by LSST's afw when its archive holds a model diffstack has
     (``GaussianPsf``; ``DoubleGaussianPsf``, the PSF-matched warps' model PSF; ``PsfexPsf``, a
@@ -414,7 +420,7 @@ def _afw_psf(hdul: fits.HDUList, path: Any) -> Psf | None:
         return _afw_psfex(hdul, path, record, table)
     if name not in ("GaussianPsf", "DoubleGaussianPsf"):
         return None
-    cols = {c.lower().replace(".", "_"): c for c in table.data.names}
+    cols = _column_keys(table)
     try:
         w, h = int(record[cols["dimensions_x"]]), int(record[cols["dimensions_y"]])
         if name == "GaussianPsf":
@@ -447,8 +453,7 @@ def _afw_psfex(hdul: fits.HDUList, path: Any, record: Any, table: fits.BinTableH
     if found is None:
         return None
     arrays, table2 = found[1], found[2]
-    c1 = {c.lower().replace(".", "_"): c for c in table.data.names}
-    c2 = {c.lower().replace(".", "_"): c for c in table2.data.names}
+    c1, c2 = _column_keys(table), _column_keys(table2)
 
     def vec(key: str, dtype: Any) -> np.ndarray:
         return np.asarray(arrays[c2[key]], dtype=dtype).ravel()
