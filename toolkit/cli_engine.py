@@ -322,10 +322,10 @@ def add_subcommands(sub: argparse._SubParsersAction, progress: Callable[[str], N
     z.add_argument("--config", help="pipetask override (.py), YAML/JSON export, or 'zogy'")
     z.add_argument("-c", "--override", action="append", default=[], metavar="[LABEL:]FIELD=VALUE", help="a pipetask -c override, applied after --config (repeatable; the label, if any, is not checked)")
     for role in ("science", "template"):
-        z.add_argument(f"--{role}-psf", help=f"plain {role} image: its PSF as a FITS stamp (else measured from its stars)")
+        z.add_argument(f"--{role}-psf", help=f"plain {role} image: its PSF as a FITS stamp or a PSFEx .psf model (spatially varying; else measured from its stars)")
         z.add_argument(f"--{role}-noise", help=f"plain {role} image: its noise map (e.g. JWST ERR; else estimated)")
     z.add_argument("--noise-kind", choices=["sigma", "variance", "inverse_variance"], default="sigma", help="what the noise maps hold")
-    z.add_argument("--psf-size", type=int, default=25, help="plain images: PSF stamp size (a larger given stamp is cropped to it; default 25)")
+    z.add_argument("--psf-size", type=int, default=25, help="plain images: PSF stamp size (a larger given stamp or PSFEx model is cut to it; default 25)")
     z.add_argument("--scale-fluxes", action="store_true", help="put the template on the science image's flux scale from their common bright stars (plain images with different zero points)")
     z.add_argument("--noise-correlation", type=noise_correlation_option, metavar="auto|FACTOR", help="multiply both variance planes by FACTOR (config noiseCorrelationFactor), or by the factor that makes the pair's Scorr unit-variance away from sources ('auto', config doMeasureNoiseCorrelation), before ZOGY: resampled or drizzled images' noise is larger on the PSF scale than their per-pixel variance says")
     z.add_argument("--out", required=True, help="output directory")
