@@ -249,7 +249,7 @@ def test_psfex_files_that_are_not_understood_say_why(tmp_path):
     from toolkit.real_data import psf_from_file
 
     g = _gauss_grid(25, 1.0, 2.0)[None]
-    with pytest.raises(InputError, match="PSFEx contexts X_IMAGE, MAG_AUTO"):
+    with pytest.raises(InputError, match=r"^/\S*mag\.psf: PSFEx contexts X_IMAGE, MAG_AUTO"):
         psf_from_file(_psfex_file(tmp_path / "mag.psf", np.concatenate([g, g, g]), 1.0, names=("X_IMAGE", "MAG_AUTO")))
     with pytest.raises(InputError, match="a degree-1 polynomial in x and y has 3 terms, the basis has 2"):
         psf_from_file(_psfex_file(tmp_path / "short.psf", np.concatenate([g, g]), 1.0))
@@ -262,3 +262,32 @@ def test_psfex_files_that_are_not_understood_say_why(tmp_path):
     fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns([fits.Column(name="A", format="E", array=[1.0])])]).writeto(tmp_path / "t.fits")
     with pytest.raises(InputError, match="no image and no PSFEx PSF_MASK table"):
         psf_from_file(tmp_path / "t.fits")
+
+
+def test_webbpsf_files_give_their_detector_sampled_psf(tmp_path):
+    """A WebbPSF/STPSF calc_psf file holds the PSF oversampled (OVERSAMP, OVERDIST) and at the
+    detector's sampling (DET_SAMP, DET_DIST): psf_from_file takes DET_DIST (distortion
+    included), else DET_SAMP; an oversampled image alone would pose as a PSF four times too
+    wide, so it is refused by name."""
+    from astropy.io import fits
+
+    from toolkit.real_data import psf_from_file
+
+    def hdu(sigma, step, name, primary=False, oversamp=4):
+        img = _gauss_grid(41 if step == 1.0 else 161, step, sigma)
+        h = (fits.PrimaryHDU if primary else fits.ImageHDU)(img.astype(np.float32))
+        h.header["EXTNAME"] = name
+        h.header["OVERSAMP"] = oversamp if name.startswith("OVER") else 1
+        h.header["DET_SAMP"] = oversamp
+        return h
+
+    full = [hdu(2.0, 0.25, "OVERSAMP", primary=True), hdu(2.0, 1.0, "DET_SAMP"), hdu(2.2, 0.25, "OVERDIST"), hdu(2.2, 1.0, "DET_DIST")]
+    fits.HDUList(full).writeto(tmp_path / "webbpsf.fits")
+    want = _gauss_grid(25, 1.0, 2.2)
+    np.testing.assert_allclose(psf_from_file(tmp_path / "webbpsf.fits").compute_kernel_image(), want / want.sum(), rtol=1e-5, atol=1e-9)
+    fits.HDUList(full[:2]).writeto(tmp_path / "nodist.fits")
+    want = _gauss_grid(25, 1.0, 2.0)
+    np.testing.assert_allclose(psf_from_file(tmp_path / "nodist.fits").compute_kernel_image(), want / want.sum(), rtol=1e-5, atol=1e-9)
+    fits.HDUList(full[:1]).writeto(tmp_path / "over.fits")
+    with pytest.raises(InputError, match=r"^PSF file .*over.fits: its image \(OVERSAMP\) is oversampled 4x relative to the detector"):
+        psf_from_file(tmp_path / "over.fits")

@@ -404,11 +404,21 @@ def load_image(
     return Exposure(img.astype(dtype), var.astype(dtype), mask, planes, psf=psf_obj, photo_calib=exp.photo_calib, wcs=exp.wcs, metadata=meta, copy=False)
 
 
+#: WebbPSF/STPSF's detector-sampled extensions, preferred first (with distortion, then without)
+_DETECTOR_PSF_HDUS = ("DET_DIST", "DET_SAMP")
+
+
 def psf_from_file(path: str | os.PathLike, size: int = 25) -> Psf:
     """A PSF from a FITS file: a PSFEx model (a ``.psf`` file: a table with a ``PSF_MASK``
-    column, :func:`psfex_psf`), spatially varying as PSFEx fitted it, or else a stamp (the
-    first image), cropped to ``size`` if larger and renormalised.  An unreadable file raises
-    :class:`InputError` naming it."""
+    column, :func:`psfex_psf`), spatially varying as PSFEx fitted it, or else a stamp,
+    cropped to ``size`` if larger and renormalised.
+
+    The stamp is a WebbPSF/STPSF file's detector-sampled extension (``DET_DIST``, else
+    ``DET_SAMP``) when it has one, else the first image.  An image oversampled relative to the
+    detector (WebbPSF's ``OVERSAMP``/``OVERDIST`` extensions, or a header ``OVERSAMP`` > 1)
+    would pose as a PSF several times too wide, so it is refused by name, as is an unreadable
+    file.
+    """
     from astropy.io import fits
 
     try:
@@ -416,11 +426,19 @@ def psf_from_file(path: str | os.PathLike, size: int = 25) -> Psf:
             for hdu in hdul:
                 if isinstance(hdu, fits.BinTableHDU) and "PSF_MASK" in hdu.columns.names:
                     return psfex_psf(hdu, size=size, where=str(path))
-            stamp = next((np.asarray(h.data, dtype=np.float64) for h in hdul if h.is_image and h.data is not None), None)
+            images = [h for h in hdul if h.is_image and h.data is not None]
+            names = {h.name.upper(): h for h in images}
+            chosen = next((names[n] for n in _DETECTOR_PSF_HDUS if n in names), images[0] if images else None)
+            if chosen is None:
+                raise InputError(f"cannot read PSF file {path}: it has no image and no PSFEx PSF_MASK table")
+            over = chosen.header.get("OVERSAMP", 1)
+            if chosen.name.upper() in ("OVERSAMP", "OVERDIST") or (isinstance(over, (int, float)) and over > 1 and chosen.name.upper() not in _DETECTOR_PSF_HDUS):
+                raise InputError(f"PSF file {path}: its image ({chosen.name or 'primary'}) is oversampled {over}x relative to the detector; give a detector-sampled PSF (WebbPSF's DET_SAMP or DET_DIST extension)")
+            stamp = np.asarray(chosen.data, dtype=np.float64)
+    except InputError:
+        raise  # already names the file and the problem
     except (OSError, TypeError, ValueError) as err:
         raise InputError(f"cannot read PSF file {path}: {err}") from None
-    if stamp is None:
-        raise InputError(f"cannot read PSF file {path}: it has no image and no PSFEx PSF_MASK table")
     return ImagePsf(_crop_psf(stamp, size))
 
 
