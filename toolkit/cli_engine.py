@@ -99,13 +99,15 @@ def read_input(path: str | Path, progress: Callable, psf: str | None = None, noi
         return exp
     from .real_data import load_image
 
-    told = [f"noise map {noise}" if noise else "variance estimated from the sky and GAIN", f"PSF {psf}" if psf else "PSF measured from its stars"]
-    progress(f"{path}: plain FITS image ({', '.join(told)})")
     try:
-        return load_image(path, psf=psf if psf is not None else "measure", noise=noise, noise_kind=noise_kind, psf_size=psf_size)
+        exp = load_image(path, psf=psf if psf is not None else "measure", noise=noise, noise_kind=noise_kind, psf_size=psf_size)
     except InputError as exc:
         hint = f" (a PSF stamp can be given with --{role}-psf)" if role and psf is None and "PSF" in str(exc) else ""
         raise InputError(f"{path}: {exc}{hint}") from None
+    own = exp.metadata.get("DSNOISE")
+    told = [f"noise map {noise}" if noise else (f"noise map: its {own} extension" if own else "variance estimated from the sky and GAIN"), f"PSF {psf}" if psf else "PSF measured from its stars"]
+    progress(f"{path}: plain FITS image ({', '.join(told)})")
+    return exp
 
 
 def scale_fluxes(exposures: list[Exposure], names: list[str], progress: Callable) -> tuple[list[Exposure], np.ndarray]:

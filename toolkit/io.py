@@ -627,26 +627,38 @@ def read_plain_fits(
 
     Exactly one of ``variance``, ``inverse_variance`` and ``sigma`` may be given; each names a
     FITS file whose first 2-D image is that quantity.  Pixels with a non-positive inverse
-    variance get infinite variance.  A mask file's non-zero pixels set ``mask_plane``.  Without
-    any noise map the variance plane is NaN-free ones and the header key ``DSNOVAR`` is set;
-    use :func:`toolkit.real_data.load_image` to estimate it from the image instead.
+    variance get infinite variance.  A mask file's non-zero pixels set ``mask_plane``.  A file
+    laid out as JWST's pipeline writes (the image in ``SCI``, its 1-sigma error in ``ERR``)
+    brings its own noise map: with none given, ``ERR`` is read as ``sigma`` (metadata
+    ``DSNOISE`` says so).  Without any noise map the variance plane is NaN-free ones and the
+    header key ``DSNOVAR`` is set; use :func:`toolkit.real_data.load_image` to estimate it
+    from the image instead.
     """
     given = [n for n, v in (("variance", variance), ("inverse_variance", inverse_variance), ("sigma", sigma)) if v is not None]
     if len(given) > 1:
         raise InputError(f"give at most one noise map, got {', '.join(given)}")
+    own_err = None
     with _open_fits(image_path) as hdul:
         data, hdr, phdr = _first_image(hdul, image_path, hdu)
         image = np.array(data, dtype=dtype)
         meta = _metadata_from_header(phdr)
         meta.update(_metadata_from_header(hdr))
         wcs = _read_wcs(hdr) or _read_wcs(phdr)
+        if not given and str(hdr.get("EXTNAME", "")).strip().upper() == "SCI" and "ERR" in hdul:
+            err = _image_2d(hdul["ERR"])
+            if err is not None and err.shape == image.shape:
+                own_err = np.asarray(err, dtype=np.float64)
+                meta["DSNOISE"] = "ERR"
     var = None
-    for kind, p in (("variance", variance), ("inverse_variance", inverse_variance), ("sigma", sigma)):
+    for kind, p in (("variance", variance), ("inverse_variance", inverse_variance), ("sigma", sigma), ("sigma", own_err)):
         if p is None:
             continue
-        with _open_fits(p) as h2:
-            arr, _, _ = _first_image(h2, p, None)
-            arr = np.asarray(arr, dtype=np.float64)
+        if isinstance(p, np.ndarray):  # the image file's own ERR extension
+            arr = p
+        else:
+            with _open_fits(p) as h2:
+                arr, _, _ = _first_image(h2, p, None)
+                arr = np.asarray(arr, dtype=np.float64)
         if arr.shape != image.shape:
             raise InputError(f"{kind} map {p} has shape {arr.shape}, image {image_path} has {image.shape}")
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -345,7 +345,9 @@ def load_image(
         renormalised); ``None`` leaves the exposure without PSF.
     noise : path, optional
         A noise map (e.g. JWST's ``ERR``) instead of estimating the variance; ``noise_kind`` is
-        ``'sigma'``, ``'variance'`` or ``'inverse_variance'``.
+        ``'sigma'``, ``'variance'`` or ``'inverse_variance'``.  A file laid out as JWST's
+        pipeline writes one (``SCI`` and ``ERR`` extensions) brings its own: ``ERR`` is used
+        when no map is given (see :func:`toolkit.io.read_plain_fits`).
     subtract_sky : bool
         Subtract the estimated sky (the engines expect sky-subtracted warps).
     """
@@ -373,7 +375,7 @@ def load_image(
             from scipy import ndimage
 
             sat = ndimage.binary_dilation(sat, iterations=1)
-    if noise is None:
+    if exp.metadata.get("DSNOVAR"):  # no noise map, given or in the file
         with warnings.catch_warnings():
             warnings.simplefilter("ignore" if g is not None else "default")
             var, sky = estimate_variance(image, g, mask=no_data | sat, box_size=box_size)
