@@ -349,3 +349,41 @@ def test_cli_zogy_noise_correlation(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(base + ["--noise-correlation", bad, "--out", str(tmp_path / "bad")])
         assert "--noise-correlation" in capsys.readouterr().err
+
+
+def test_cli_zogy_bad_pixel_maps(tmp_path, capsys):
+    """``--science-mask``: a bad-pixel map's non-zero pixels become BAD in the science exposure
+    and so in the difference's mask; the transient catalog's ``mask`` column tells the entries
+    a hot column makes from real ones (which carry no bit).  The option is for plain images."""
+    from astropy.io import fits
+    from astropy.table import Table
+
+    from toolkit.sim import simulate_pair
+
+    p = simulate_pair(size=160, seed=3, n_transients=3, source_noise=False)
+    sci = (p.science.image * np.float32(p.science.photo_calib)).copy()
+    sci[:, 70] += 500.0  # a hot column the detector's bad-pixel map knows about
+    fits.writeto(tmp_path / "sci.fits", sci)
+    fits.writeto(tmp_path / "tmpl.fits", p.reference.image)
+    bpm = np.zeros(sci.shape, np.uint8)
+    bpm[:, 70] = 1
+    fits.writeto(tmp_path / "bpm.fits", bpm)
+    for e, name in ((p.science, "sci"), (p.reference, "tmpl")):
+        fits.writeto(tmp_path / f"{name}_psf.fits", e.psf.compute_kernel_image())
+    base = ["zogy", str(tmp_path / "sci.fits"), str(tmp_path / "tmpl.fits"), "--science-psf", str(tmp_path / "sci_psf.fits"), "--template-psf", str(tmp_path / "tmpl_psf.fits")]
+    assert main(base + ["--science-mask", str(tmp_path / "bpm.fits"), "--out", str(tmp_path / "m")]) == 0
+    assert "bad pixels from" in capsys.readouterr().err
+    diff = fits.open(tmp_path / "m" / "diff.fits")
+    bad_bit = int(diff["MASK"].header["MP_BAD"])
+    assert np.array_equal((diff["MASK"].data[:, 70] >> bad_bit) & 1, np.ones(sci.shape[0], np.int64))
+    cat = Table.read(tmp_path / "m" / "transients.ecsv")
+    on_column = np.abs(cat["x"] - 70) < 1.5
+    assert on_column.any() and (cat["mask"][on_column] & (1 << bad_bit) != 0).all()
+    assert (cat["mask"][~on_column] & (1 << bad_bit) == 0).all()
+    assert main(base + ["--out", str(tmp_path / "n")]) == 0
+    plain = Table.read(tmp_path / "n" / "transients.ecsv")
+    assert (plain["mask"] & (1 << bad_bit) == 0).all()
+    # a file with its own MASK plane (the afw layout) takes no bad-pixel map
+    capsys.readouterr()
+    assert main(["zogy", str(tmp_path / "m" / "diff.fits"), str(tmp_path / "tmpl.fits"), "--science-mask", str(tmp_path / "bpm.fits"), "--out", str(tmp_path / "x")]) == 2
+    assert "--*-mask are for plain FITS images" in capsys.readouterr().err

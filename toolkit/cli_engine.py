@@ -66,19 +66,19 @@ def write_mask_image(mask: np.ndarray, planes: MaskPlanes, path: Path) -> None:
     write_hdul(fits.HDUList([fits.PrimaryHDU(), hdu]), path)
 
 
-def read_input(path: str | Path, progress: Callable, psf: str | None = None, noise: str | None = None, noise_kind: str = "sigma", role: str | None = None, psf_size: int = 25, afw_layout: bool | None = None) -> Exposure:
+def read_input(path: str | Path, progress: Callable, psf: str | None = None, noise: str | None = None, noise_kind: str = "sigma", role: str | None = None, psf_size: int = 25, afw_layout: bool | None = None, mask: str | None = None) -> Exposure:
     """An Exposure from a FITS file: the afw layout (``IMAGE``/``VARIANCE``/``MASK``/``PSF``
     extensions, what diffstack writes) as stored, or a plain image through
     :func:`toolkit.real_data.load_image`, which estimates what the file lacks (variance from
     the sky and GAIN, SAT and NO_DATA, a PSF measured from the stars) exactly as a notebook
     calling it would.  ``psf`` (a FITS stamp) and ``noise`` (a noise map, ``noise_kind``
-    sigma/variance/inverse_variance) and ``psf_size`` (the measured or given PSF's stamp size)
-    apply to plain images only; ``role`` (science/template) names the command-line option in
+    sigma/variance/inverse_variance), ``mask`` (a bad-pixel map: non-zero is BAD) and
+    ``psf_size`` (the measured or given PSF's stamp size) apply to plain images only; ``role`` (science/template) names the command-line option in
     errors; ``afw_layout``: :func:`~toolkit.io.is_afw_layout` of the file if already known."""
     if afw_layout if afw_layout is not None else is_afw_layout(path):
         exp = read_exposure(path)
-        if noise is not None or (psf is not None and exp.psf is not None):
-            raise InputError(f"{path} carries its own variance and PSF (IMAGE/VARIANCE/PSF extensions); --*-psf and --*-noise are for plain FITS images")
+        if noise is not None or mask is not None or (psf is not None and exp.psf is not None):
+            raise InputError(f"{path} carries its own variance, mask and PSF (IMAGE/VARIANCE/MASK/PSF extensions); --*-psf, --*-noise and --*-mask are for plain FITS images")
         if exp.psf is None:
             # an afw file written by LSST keeps its PSF model (Piff, CoaddPsf) in archive tables
             # diffstack cannot evaluate: a given stamp, or one measured from the stars as for a
@@ -100,12 +100,14 @@ def read_input(path: str | Path, progress: Callable, psf: str | None = None, noi
     from .real_data import load_image
 
     try:
-        exp = load_image(path, psf=psf if psf is not None else "measure", noise=noise, noise_kind=noise_kind, psf_size=psf_size)
+        exp = load_image(path, psf=psf if psf is not None else "measure", noise=noise, noise_kind=noise_kind, mask=mask, psf_size=psf_size)
     except InputError as exc:
         hint = f" (a PSF stamp can be given with --{role}-psf)" if role and psf is None and "PSF" in str(exc) else ""
         raise InputError(f"{path}: {exc}{hint}") from None
     own = exp.metadata.get("DSNOISE")
     told = [f"noise map {noise}" if noise else (f"noise map: its {own} extension" if own else "variance estimated from the sky and GAIN"), f"PSF {psf}" if psf else "PSF measured from its stars"]
+    if mask:
+        told.append(f"bad pixels from {mask}")
     progress(f"{path}: plain FITS image ({', '.join(told)})")
     return exp
 
@@ -242,7 +244,7 @@ def _cmd_zogy(args: argparse.Namespace, progress: Callable) -> int:
     output_dir(args.out)
     # both files are checked (readable FITS, which layout) before any work on either
     layout = {role: is_afw_layout(getattr(args, role)) for role in ("science", "template")}
-    sci, tmpl = (read_input(getattr(args, role), progress, getattr(args, f"{role}_psf"), getattr(args, f"{role}_noise"), args.noise_kind, role=role, psf_size=args.psf_size, afw_layout=layout[role]) for role in ("science", "template"))
+    sci, tmpl = (read_input(getattr(args, role), progress, getattr(args, f"{role}_psf"), getattr(args, f"{role}_noise"), args.noise_kind, role=role, psf_size=args.psf_size, afw_layout=layout[role], mask=getattr(args, f"{role}_mask")) for role in ("science", "template"))
     if args.scale_fluxes:
         sci, tmpl = scale_fluxes([sci, tmpl], [args.science, args.template], progress)[0]
     if args.noise_correlation == "auto":
@@ -326,6 +328,7 @@ def add_subcommands(sub: argparse._SubParsersAction, progress: Callable[[str], N
     for role in ("science", "template"):
         z.add_argument(f"--{role}-psf", help=f"plain {role} image: its PSF as a FITS stamp or a PSFEx .psf model (spatially varying; else measured from its stars)")
         z.add_argument(f"--{role}-noise", help=f"plain {role} image: its noise map (e.g. JWST ERR; else estimated)")
+        z.add_argument(f"--{role}-mask", help=f"plain {role} image: a bad-pixel map, non-zero = BAD (e.g. a DECam ood file, a ZTF mskimg)")
     z.add_argument("--noise-kind", choices=["sigma", "variance", "inverse_variance"], default="sigma", help="what the noise maps hold")
     z.add_argument("--psf-size", type=int, default=25, help="plain images: PSF stamp size (a larger given stamp or PSFEx model is cut to it; default 25)")
     z.add_argument("--scale-fluxes", action="store_true", help="put the template on the science image's flux scale from their common bright stars (plain images with different zero points)")

@@ -324,6 +324,7 @@ def load_image(
     psf: Psf | np.ndarray | str | os.PathLike | None = "measure",
     noise: str | os.PathLike | None = None,
     noise_kind: str = "sigma",
+    mask: str | os.PathLike | None = None,
     psf_size: int = 25,
     psf_method: str = "auto",
     box_size: int = 32,
@@ -348,6 +349,10 @@ def load_image(
         ``'sigma'``, ``'variance'`` or ``'inverse_variance'``.  A file laid out as JWST's
         pipeline writes one (``SCI`` and ``ERR`` extensions) brings its own: ``ERR`` is used
         when no map is given (see :func:`toolkit.io.read_plain_fits`).
+    mask : path, optional
+        A bad-pixel map (e.g. a DECam community-pipeline ``ood`` file, a ZTF ``mskimg``): its
+        non-zero pixels are set in the ``BAD`` plane and left out of the sky, variance and PSF
+        estimates (ZOGY and the coadds ignore BAD pixels by default).
     subtract_sky : bool
         Subtract the estimated sky (the engines expect sky-subtracted warps).
     """
@@ -356,7 +361,7 @@ def load_image(
     kinds = {"sigma": "sigma", "variance": "variance", "inverse_variance": "inverse_variance"}
     if noise is not None and noise_kind not in kinds:
         raise InputError(f"noise_kind must be one of {sorted(kinds)}, got {noise_kind!r}")
-    exp = read_plain_fits(path, hdu=hdu, dtype=np.float64, **({kinds[noise_kind]: noise} if noise is not None else {}))
+    exp = read_plain_fits(path, hdu=hdu, dtype=np.float64, mask=mask, mask_plane="BAD", **({kinds[noise_kind]: noise} if noise is not None else {}))
     meta = exp.metadata
     image = exp.image
     finite = np.isfinite(image)
@@ -365,7 +370,8 @@ def load_image(
     g = gain if gain is not None else header_gain(meta)
     sat_level = saturation if saturation is not None else header_saturation(meta)
     planes = MaskPlanes()
-    mask = np.zeros(image.shape, np.int32)
+    bad = (exp.mask & exp.mask_planes.bitmask(["BAD"], strict=False)) != 0  # the given map
+    out_mask = np.zeros(image.shape, np.int32)
     no_data = ~finite
     sat = np.zeros(image.shape, bool)
     if sat_level is not None:
@@ -378,21 +384,21 @@ def load_image(
     if exp.metadata.get("DSNOVAR"):  # no noise map, given or in the file
         with warnings.catch_warnings():
             warnings.simplefilter("ignore" if g is not None else "default")
-            var, sky = estimate_variance(image, g, mask=no_data | sat, box_size=box_size)
+            var, sky = estimate_variance(image, g, mask=no_data | sat | bad, box_size=box_size)
     else:
         var = np.asarray(exp.variance, dtype=np.float64).copy()
         bad_var = ~np.isfinite(var) | (var <= 0)
         no_data |= bad_var
         var[bad_var] = np.median(var[~bad_var]) if (~bad_var).any() else 1.0
-        sky, _ = estimate_background(image, no_data | sat, box_size) if subtract_sky else (np.zeros(image.shape), None)
+        sky, _ = estimate_background(image, no_data | sat | bad, box_size) if subtract_sky else (np.zeros(image.shape), None)
     img = np.where(finite, image - (sky if subtract_sky else 0.0), 0.0)
     var = np.where(no_data, np.median(var[~no_data]), var)
-    for name, where in (("NO_DATA", no_data), ("SAT", sat)):
+    for name, where in (("NO_DATA", no_data), ("SAT", sat)) + ((("BAD", bad),) if mask is not None else ()):
         planes.add(name)
         if where.any():
-            mask[where] |= np.int32(planes.bitmask([name]))
+            out_mask[where] |= np.int32(planes.bitmask([name]))
     if isinstance(psf, str) and psf == "measure":
-        psf_obj: Psf | None = measure_psf(img, var, bad=no_data | sat, size=psf_size, fwhm=_number(meta, "FWHM"), method=psf_method)
+        psf_obj: Psf | None = measure_psf(img, var, bad=no_data | sat | bad, size=psf_size, fwhm=_number(meta, "FWHM"), method=psf_method)
     elif psf is None or isinstance(psf, Psf):
         psf_obj = psf
     elif isinstance(psf, np.ndarray):
@@ -403,7 +409,7 @@ def load_image(
     meta.pop("DSNOVAR", None)
     if g is not None:
         meta["GAIN"] = g
-    return Exposure(img.astype(dtype), var.astype(dtype), mask, planes, psf=psf_obj, photo_calib=exp.photo_calib, wcs=exp.wcs, metadata=meta, copy=False)
+    return Exposure(img.astype(dtype), var.astype(dtype), out_mask, planes, psf=psf_obj, photo_calib=exp.photo_calib, wcs=exp.wcs, metadata=meta, copy=False)
 
 
 #: WebbPSF/STPSF's detector-sampled extensions, preferred first (with distortion, then without)

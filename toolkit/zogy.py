@@ -1428,7 +1428,9 @@ def transient_catalog(result: ZogyResult, threshold: float = 5.0, min_pixels: in
     Columns: x, y (parent pixels: the |Scorr| peak pixel refined to sub-pixel precision by a
     parabola through S and its neighbours along each axis), ra, dec (with a WCS), scorr (value
     at the peak pixel), flux and flux_err (PSF photometry from the score, the paper's optimal
-    estimator: S / F_S at the refined peak, and sqrt(V_S) / F_S), sign, npix.
+    estimator: S / F_S at the refined peak, and sqrt(V_S) / F_S), sign, npix, and mask: the
+    difference's mask bits at the peak pixel (the OR of both images' masks), so entries on
+    bad, saturated or cosmic-ray pixels can be told apart (``diff.mask_planes.bitmask``).
 
     S is the image matched-filtered by the transient's PSF, so its maximum is F_S times the
     flux only at the transient's true position; read at the nearest pixel it is low by up to
@@ -1445,6 +1447,7 @@ def transient_catalog(result: ZogyResult, threshold: float = 5.0, min_pixels: in
         raise InputError(f"transient_catalog min_pixels must be an integer >= 1, got {min_pixels!r}")
     S = result.score.image
     VS = result.score.variance
+    bits = result.diff.mask
     rows = []
     for sign in (1, -1):
         # 8-connected groups of sign * Scorr >= threshold, as pixel indices and labels (no
@@ -1463,8 +1466,8 @@ def transient_catalog(result: ZogyResult, threshold: float = 5.0, min_pixels: in
             py, px = divmod(int(flat[k]), sc.shape[1])
             fs = result.F_S[py, px]
             dx, dy, peak = _parabolic_peak(S, px, py, sign)
-            rows.append((px + dx + result.diff.xy0[0], py + dy + result.diff.xy0[1], float(sc[py, px]), peak / fs, np.sqrt(VS[py, px]) / fs, sign, int(npix[labels[k]])))
-    t = Table(rows=rows, names=("x", "y", "scorr", "flux", "flux_err", "sign", "npix"), dtype=(float, float, float, float, float, int, int))
+            rows.append((px + dx + result.diff.xy0[0], py + dy + result.diff.xy0[1], float(sc[py, px]), peak / fs, np.sqrt(VS[py, px]) / fs, sign, int(npix[labels[k]]), int(bits[py, px])))
+    t = Table(rows=rows, names=("x", "y", "scorr", "flux", "flux_err", "sign", "npix", "mask"), dtype=(float, float, float, float, float, int, int, np.int32))
     wcs = result.diff.wcs
     if wcs is not None and len(t):
         ra, dec = wcs.pixel_to_world_values(np.asarray(t["x"], float), np.asarray(t["y"], float))
