@@ -99,7 +99,14 @@ def test_zogy_and_pipeline_explorers():
     pair = simulate_pair(size=128, seed=2)
     zx = widgets.ZogyExplorer(ZogyModel(pair.science, pair.reference))
     n_before = len(zx.catalog_source.data["x"])
-    assert n_before >= 1
+    assert n_before >= 1 and set(zx.catalog_source.data["color"]) == {"lime"}
+    # an entry whose peak is on a flagged pixel is drawn orange, the others stay lime
+    x0, y0 = (int(round(zx.catalog_source.data[k][0])) for k in ("x", "y"))
+    flagged = pair.science.copy()
+    flagged.mask[y0 - 2:y0 + 3, x0 - 2:x0 + 3] |= flagged.mask_planes.bitmask(["BAD"])
+    zf = widgets.ZogyExplorer(ZogyModel(flagged, pair.reference))
+    colors = zf.catalog_source.data["color"]
+    assert colors[0] == "orange" and colors.count("orange") == 1 and len(colors) == n_before
     assert zx.sources["scorr"].data["image"][0].dtype == np.uint8
     zx.model.config.transientThreshold = 1e6  # nothing passes
     assert len(zx.catalog_source.data["x"]) == 0

@@ -520,6 +520,10 @@ class CompareWarpExplorer(_PanelExplorer):
         return write_exposure(self.model.outputs["coadd"], path)
 
 
+#: mask planes that make a catalog entry suspect in the ZOGY explorer (drawn orange)
+_FLAGGED_PLANES = ("BAD", "SAT", "NO_DATA", "CR", "EDGE", "SUSPECT")
+
+
 class ZogyExplorer(_PanelExplorer):
     """Science, template, difference (D / F_D) and Scorr, with the transient catalog as markers."""
 
@@ -534,9 +538,11 @@ class ZogyExplorer(_PanelExplorer):
         f_tmpl = self._figure("template", "template")
         f_diff = self._figure("diff", "difference D / F_D", palette=_DIVERGING, colorbar=True)
         f_scorr = self._figure("scorr", "Scorr", palette=_DIVERGING, colorbar=True)
-        self.catalog_source = ColumnDataSource(data={"x": [], "y": [], "scorr": []})
-        f_scorr.scatter(x="x", y="y", source=self.catalog_source, marker="circle", size=14, fill_color=None, line_color="lime", line_width=1.5)
-        f_diff.scatter(x="x", y="y", source=self.catalog_source, marker="circle", size=14, fill_color=None, line_color="lime", line_width=1.5)
+        # entries whose peak sits on a flagged pixel (bad, saturated, cosmic ray, edge) are drawn
+        # in orange: the catalog keeps them, the eye should not trust them
+        self.catalog_source = ColumnDataSource(data={"x": [], "y": [], "scorr": [], "color": []})
+        f_scorr.scatter(x="x", y="y", source=self.catalog_source, marker="circle", size=14, fill_color=None, line_color="color", line_width=1.5)
+        f_diff.scatter(x="x", y="y", source=self.catalog_source, marker="circle", size=14, fill_color=None, line_color="color", line_width=1.5)
         grid = gridplot([[f_sci, f_tmpl], [f_diff, f_scorr]], merge_tools=False)
         self._wrap(grid)
         disp = ipw.HBox([widget_for(self.display, n) for n in ("interval", "stretch", "cmap")])
@@ -566,7 +572,9 @@ class ZogyExplorer(_PanelExplorer):
             self._image("scorr", out["scorr"], how="absmax", fixed=(-6.0, 6.0))
         if need("catalog"):
             cat = out["catalog"]
-            self.catalog_source.data = {"x": list(np.asarray(cat["x"], float)), "y": list(np.asarray(cat["y"], float)), "scorr": list(np.asarray(cat["scorr"], float))}
+            flagged = out["diff"].mask_planes.bitmask(_FLAGGED_PLANES, strict=False)
+            colors = ["orange" if int(m) & flagged else "lime" for m in np.asarray(cat["mask"])]
+            self.catalog_source.data = {"x": list(np.asarray(cat["x"], float)), "y": list(np.asarray(cat["y"], float)), "scorr": list(np.asarray(cat["scorr"], float)), "color": colors}
         self.render_count += 1
 
     def save_fits(self, prefix: str = "zogy") -> tuple[Path, Path, Path]:
