@@ -457,9 +457,9 @@ def psfex_psf(hdu: Any, size: int | None = None, where: str = "PSFEx model") -> 
     (``POLNAXIS``, ``POLNGRP``, ``POLNAME1/2``, ``POLZERO1/2``, ``POLSCAL1/2``, ``POLDEG1``).
     A constant model (``POLNAXIS`` = 0) and polynomials in the image position
     (``X_IMAGE``/``Y_IMAGE`` or their ``WIN`` versions, one group) are understood; contexts
-    that are not the position (a magnitude, an FITS header value) are refused by name.  The
-    contexts are SExtractor's 1-based pixel coordinates.  ``size``: the default kernel size,
-    at most the model's width (odd).
+    that are not the position (a magnitude, a FITS header value) are refused by name.  The
+    contexts are SExtractor's 1-based pixel coordinates.  ``size``: the default kernel size
+    (odd), at most the model's extent in image pixels (PsfexPsf's own default).
     """
     h = hdu.header
     try:
