@@ -71,10 +71,11 @@ def read_input(path: str | Path, progress: Callable, psf: str | None = None, noi
     extensions, what diffstack writes) as stored, or a plain image through
     :func:`toolkit.real_data.load_image`, which estimates what the file lacks (variance from
     the sky and GAIN, SAT and NO_DATA, a PSF measured from the stars) exactly as a notebook
-    calling it would.  ``psf`` (a FITS stamp) and ``noise`` (a noise map, ``noise_kind``
-    sigma/variance/inverse_variance), ``mask`` (a bad-pixel map: non-zero is BAD) and
-    ``psf_size`` (the measured or given PSF's stamp size) apply to plain images only; ``role`` (science/template) names the command-line option in
-    errors; ``afw_layout``: :func:`~toolkit.io.is_afw_layout` of the file if already known."""
+    calling it would.  ``psf`` (a FITS stamp or PSFEx model), ``noise`` (a noise map,
+    ``noise_kind`` sigma/variance/inverse_variance), ``mask`` (a bad-pixel map: non-zero is
+    BAD) and ``psf_size`` (the measured or given PSF's stamp size) apply to plain images only;
+    ``role`` (science/template) names the command-line option in errors; ``afw_layout``:
+    :func:`~toolkit.io.is_afw_layout` of the file if already known."""
     if afw_layout if afw_layout is not None else is_afw_layout(path):
         exp = read_exposure(path)
         if noise is not None or mask is not None or (psf is not None and exp.psf is not None):
