@@ -415,6 +415,13 @@ def test_noise_correlation_factor_and_its_measurement():
     k = np.float32(s.photo_calib / 50.0)
     counts = Exposure(s.image * k, s.variance * k**2, s.mask, s.mask_planes, psf=s.psf, photo_calib=50.0)
     assert zogy(counts, r, {"doMeasureNoiseCorrelation": True}).noise_correlation == pytest.approx(measured.noise_correlation, rel=1e-4)
+    # a science image whose sky was not subtracted (correctBackground does it inside ZOGY):
+    # sources are found above the image's median, so the sky is not one big source, and the
+    # factor is the one measured without it
+    sky = np.float32(40 * np.sqrt(np.median(s.variance)))
+    raw = Exposure(s.image + sky, s.variance, s.mask, s.mask_planes, psf=s.psf, photo_calib=s.photo_calib)
+    both = {"doMeasureNoiseCorrelation": True, "correctBackground": True}
+    assert zogy(raw, r, both).noise_correlation == pytest.approx(zogy(s, r, both).noise_correlation, rel=0.02)
     # nothing left to measure on: said by name
     crowded = s.mask.copy()
     crowded[:, :150] |= s.mask_planes.bitmask(["DETECTED"])  # a 40-px strip is left, less the wings

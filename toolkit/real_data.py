@@ -580,9 +580,14 @@ def _source_free(exposures: Sequence[tuple[Exposure, int]], half: int, edge: int
             bad |= ~np.isfinite(e.image) | ~(e.variance > 0) | ~np.isfinite(e.variance)
     for e, _ in exposures:
         # S/N is calibration-free (c * image / sqrt(c^2 * variance)), so raw planes do; a
-        # threshold at 5 needs no more than float32 (half the memory traffic of float64)
+        # threshold at 5 needs no more than float32 (half the memory traffic of float64).  It
+        # is taken above the image's median (of every 4th pixel in x and y: a sky level needs
+        # no more), so that an image whose sky was not subtracted (ZOGY's correctBackground
+        # does that later) is not one big source
         dt = np.result_type(e.image.dtype, e.variance.dtype, np.float32)
-        snr = np.where(bad, dt.type(0), e.image / np.sqrt(np.where(bad, dt.type(1), e.variance)))
+        sub = np.asarray(e.image)[::4, ::4][~bad[::4, ::4]]
+        sky = dt.type(np.median(sub)) if sub.size else dt.type(0)
+        snr = np.where(bad, dt.type(0), (e.image - sky) / np.sqrt(np.where(bad, dt.type(1), e.variance)))
         bad |= ndimage.gaussian_filter(snr, 2) > source_snr
     near = ndimage.binary_dilation(bad, iterations=grow + half)
     if edge > 0:
