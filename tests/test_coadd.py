@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from toolkit import ConfigError, Exposure, GaussianPsf, DoubleGaussianPsf
+from toolkit import ConfigError, DoubleGaussianPsf, Exposure, GaussianPsf, InputError
 from toolkit.coadd import assemble_coadd
 from toolkit.config import AssembleCoaddConfig
 from toolkit.psf_matching import PsfMatchingWarning, match_to_psf
@@ -206,6 +206,52 @@ def test_psf_matching_incomplete_border_shortcut(flag_nans, monkeypatch):
     assert ok.sum() > 0.5 * ok.size
     np.testing.assert_allclose(fast.image[ok], want[ok], rtol=1e-10, atol=1e-9 * np.abs(want).max())
     assert not ok[:4].any() and not ok[:, -4:].any() and not ok[20:24, 30:33].any()
+
+
+def test_psf_matching_array_edge_mirrored():
+    """array_edge="EDGE": the planes go on beyond the array as their mirror image, so a flat
+    sky stays flat up to the edge (zero padding loses the kernel's wings there), the frame is
+    flagged EDGE instead of NO_DATA, and missing pixels inside stay NO_DATA; the values equal
+    a convolution of the mirrored planes by scipy."""
+    import scipy.signal
+
+    from toolkit.psf_matching import matching_kernel
+
+    shape = (70, 90)
+    sky = 5.0
+    e = Exposure(np.full(shape, sky, np.float32), np.full(shape, 2.0, np.float32), psf=GaussianPsf(1.5))
+    plain = match_to_psf(e, array_edge="NO_DATA")
+    edge = match_to_psf(e, array_edge="EDGE")
+    h = 10
+    frame = np.ones(shape, bool)
+    frame[h:-h, h:-h] = False
+    assert np.isnan(plain.image[frame]).all()
+    np.testing.assert_allclose(edge.image, sky, rtol=1e-5)  # float32 transforms
+    k = matching_kernel(e.psf, DoubleGaussianPsf(7.7))
+    np.testing.assert_allclose(edge.variance, 2.0 * (k * k).sum(), rtol=1e-4)
+    assert np.array_equal(edge.get_plane("EDGE"), frame)
+    assert not edge.get_plane("NO_DATA").any()
+    # zero padding under-weights the sky wherever the (untruncated) kernel reaches the edge
+    inner = plain.image[h:-h, h:-h]
+    assert inner.min() < 0.99 * sky
+    # noise, a star at the edge and a missing block inside, in float64 against scipy
+    rng = np.random.default_rng(3)
+    img = rng.normal(0, 1, shape)
+    img += render_points(shape, [2.0], [30.0], [3e3], 1.5)
+    img[40:44, 50:53] = np.nan
+    e = Exposure(img, np.ones(shape), psf=GaussianPsf(1.5))
+    m = match_to_psf(e, GaussianPsf(3.0), array_edge="EDGE", mask_growth=4)
+    k = matching_kernel(e.psf, GaussianPsf(3.0))
+    r = k.shape[0] // 2
+    bad = ~np.isfinite(img)
+    want = scipy.signal.fftconvolve(np.pad(np.where(bad, 0, img), r, mode="symmetric"), k, mode="same")[r:-r, r:-r]
+    missing = m.get_plane("NO_DATA")
+    assert missing[40:44, 50:53].all() and not missing[:4].any() and missing.sum() == (4 + 8) * (3 + 8)
+    np.testing.assert_allclose(m.image[~missing], want[~missing], rtol=1e-9, atol=1e-9 * np.abs(want).max())
+    assert np.isnan(m.image[missing]).all()
+    assert e.get_plane("EDGE").sum() == 0 and np.isnan(e.image).sum() == 12  # input untouched
+    with pytest.raises(InputError, match="array_edge"):
+        match_to_psf(e, array_edge="MIRROR")
 
 
 def test_psf_matching_warns_on_deconvolution():

@@ -44,6 +44,49 @@ def test_single_epoch_square_is_clipped():
     assert c.get_plane("INEXACT_PSF")[30:35, 30:35].all()
 
 
+def test_psf_match_array_edge_keeps_the_frame_and_clips_in_it():
+    """psfMatchArrayEdge (diffstack only, for PSF-matched warps made here): with LSST's NO_DATA
+    the 10-px frame of every made PSF-matched warp drops the direct pixels there from the
+    coadd; with EDGE the coadd keeps them (flagged SENSOR_EDGE | INEXACT_PSF) and a square in
+    one epoch inside the frame is still clipped.  The field re-runs PSF matching and what
+    follows only when the pipeline makes the PSF-matched warps."""
+    direct, matched = square_stack(0)
+    img = direct[3].image.copy()
+    img[2:6, 40:45] += 30.0  # an outlier in one epoch, 2-5 px from the edge
+    direct[3] = direct[3].copy()
+    direct[3].image[...] = img
+    frame = np.ones((64, 64), bool)
+    frame[10:-10, 10:-10] = False
+    lsst = CompareWarpPipeline(direct, config=CompareWarpConfig(doScaleWarpVariance=False))
+    assert lsst.coadd.get_plane("NO_DATA")[frame].all() and not lsst.coadd.get_plane("NO_DATA")[~frame].any()
+    p = CompareWarpPipeline(direct, config=CompareWarpConfig(doScaleWarpVariance=False, psfMatchArrayEdge="EDGE"))
+    c = p.coadd
+    assert not c.get_plane("NO_DATA").any()
+    assert c.get_plane("INEXACT_PSF")[frame].all() and c.get_plane("SENSOR_EDGE")[frame].all()
+    assert p.artifact_masks[3]["CLIPPED"][2:6, 40:45].all()
+    assert abs(c.image[2:6, 40:45].mean()) < 5 / np.sqrt(9 * 20)  # the +30 is gone
+    # the clip reaches beyond the frame (the PSF-matched square is wider, and grown), but away
+    # from the frame and that clip the two coadds stacked the same pixels
+    clipped = np.any([m["CLIPPED"] for m in p.artifact_masks], axis=0)
+    assert not clipped[20:].any()
+    same = ~frame & ~clipped
+    np.testing.assert_array_equal(c.image[same], lsst.coadd.image[same])
+    # caching: the field is a PSF-matching input only when the pipeline makes the warps
+    runs = dict(p.run_counts)
+    p.config.psfMatchArrayEdge = "NO_DATA"
+    np.testing.assert_array_equal(p.coadd.image, lsst.coadd.image)
+    assert p.run_counts["psf_matched"] == runs["psf_matched"] + 1 and p.run_counts["template"] == runs["template"] + 1
+    given = CompareWarpPipeline(direct, matched, CompareWarpConfig(doScaleWarpVariance=False))
+    _ = given.coadd
+    runs = dict(given.run_counts)
+    given.config.psfMatchArrayEdge = "EDGE"
+    _ = given.coadd
+    assert given.run_counts == runs
+    # diffstack only: a pex override leaves it to a comment
+    text = CompareWarpConfig(psfMatchArrayEdge="EDGE").to_pex_override()
+    assert "config.psfMatchArrayEdge" not in text and "psfMatchArrayEdge = 'EDGE'" in text
+
+
 def test_square_in_six_epochs_is_kept():
     direct, matched = square_stack(6)
     p = CompareWarpPipeline(direct, matched, CompareWarpConfig(doScaleWarpVariance=False))

@@ -1191,6 +1191,7 @@ class CompareWarpConfig(AssembleCoaddConfig):
 
     _lsst_tasks = ("CompareWarpAssembleCoaddTask",)
     _lsst_inert = frozenset({"detectTemplateIterMultiplier", "maxDetectTemplateIter", "streakMaskName"})
+    _diffstack_only = ("psfMatchArrayEdge",)
 
     assembleStaticSkyModel = param.ClassSelector(class_=AssembleCoaddConfig, default=None, instantiate=True, doc="Static-sky template AssembleCoadd config.")
     detect = param.ClassSelector(class_=DetectionConfig, default=None, instantiate=True, doc="Artifact-candidate detection on each warpDiff.")
@@ -1211,6 +1212,7 @@ class CompareWarpConfig(AssembleCoaddConfig):
     prefilterArtifactsRatio = param.Number(0.05, bounds=(0, 1), doc="Keep a candidate only if its good-pixel fraction exceeds this.")
     doFilterMorphological = param.Boolean(False, doc="Also clip streaks found on the warpDiffs, with no temporal test.")
     growStreakFp = param.Number(5.0, bounds=(0, None), doc="Dilate streaks by this many PSF determinant radii.")
+    psfMatchArrayEdge = param.Selector(objects=["NO_DATA", "EDGE"], default="NO_DATA", doc="diffstack only, for PSF-matched warps that diffstack makes from the direct warps (none given): what the 10-px frame at the array's edge becomes. NO_DATA (LSST's incomplete-convolution border; the coadd then loses that frame, which is right at a CCD's edge); EDGE (the planes mirrored beyond the edge before the convolution and the frame flagged EDGE; the coadd keeps its direct pixels there, flagged SENSOR_EDGE and INEXACT_PSF, which suits a cutout of a larger patch).")
 
     def __init__(self, **params: Any) -> None:
         # LSST setDefaults, in order

@@ -11,7 +11,9 @@ The image is convolved with ``K``, the variance with ``K**2`` (exact for indepen
 and each mask plane is OR-dilated over the kernel's core footprint (the bounding box of
 ``|K| >= core_threshold * max|K|``).  Pixels whose core footprint reaches a NaN/NO_DATA pixel or
 the image edge become NO_DATA with a NaN image and infinite variance, which is the
-"convolution is incomplete" border LSST's PSF-matched warps carry.
+"convolution is incomplete" border LSST's PSF-matched warps carry.  With ``array_edge="EDGE"``
+the array's own edge is treated as the edge of a cutout instead: the planes are mirrored beyond
+it, and the frame keeps its values with the EDGE bit.
 """
 
 from __future__ import annotations
@@ -253,6 +255,19 @@ def _convolve_loaded(buf: np.ndarray, cell: tuple[int, int], kernel: np.ndarray,
     _rows_in_place(buf, sx, True, threads)
 
 
+def _convolved_mirrored(plane: np.ndarray, kernel: np.ndarray, dtype, workers: int | None) -> np.ndarray:
+    """``plane`` convolved with an odd ``kernel`` as if it went on beyond its edges as its own
+    mirror image (``numpy.pad(mode="symmetric")`` by the kernel's half-width), same shape."""
+    py, px = kernel.shape[0] // 2, kernel.shape[1] // 2
+    ext = np.pad(plane, ((py, py), (px, px)), mode="symmetric")
+    cell = _conv_shape(ext.shape, kernel.shape)
+    buf = _conv_buffer(cell, ext.dtype)
+    _load(buf, cell, ext)
+    _convolve_loaded(buf, cell, kernel, workers)
+    ny, nx = plane.shape
+    return np.array(buf[2 * py : 2 * py + ny, 2 * px : 2 * px + nx], dtype=dtype)
+
+
 def _cropped(buf: np.ndarray, image_shape: tuple[int, int], kernel_shape: tuple[int, int], dtype) -> np.ndarray:
     """The same-size part of the linear convolution in ``buf``, as a new contiguous array."""
     ky, kx = kernel_shape
@@ -414,6 +429,7 @@ def match_to_psf(
     regularization: float = 1e-12,
     interpolate_planes: Sequence[str] = ("BAD", "SAT", "CR"),
     workers: int | None = -1,
+    array_edge: str = "NO_DATA",
 ) -> Exposure:
     """Return a PSF-matched copy of ``exposure`` (the input is not modified).
 
@@ -445,6 +461,16 @@ def match_to_psf(
     workers : int or None
         Threads for the FFTs (scipy.fft's ``workers``; -1 = all cores).  Callers that match
         several warps side by side pass 1.
+    array_edge : {"NO_DATA", "EDGE"}
+        What the frame within the growth half-width of the array's edge becomes.  ``"NO_DATA"``
+        (default): the convolution is incomplete there, so NaN image, inf variance and NO_DATA,
+        as LSST's PSF-matched warps have at a CCD's edge.  ``"EDGE"``: the planes are extended
+        beyond the edge by mirroring them (``numpy.pad(mode="symmetric")``) before the
+        convolution, and the frame keeps those values with the EDGE bit.  For a warp cut from a
+        larger patch, whose edge is not a CCD's: LSST would have had the data beyond it, and
+        CompareWarp treats PSF-matched EDGE pixels as usable but flags the coadd there
+        (SENSOR_EDGE | INEXACT_PSF) instead of dropping the direct pixels.  Missing pixels inside
+        the array stay NO_DATA either way.
 
     Returns
     -------
@@ -453,6 +479,8 @@ def match_to_psf(
         variance) where the convolution is incomplete; ``psf`` is the target; the metadata key
         ``PSFMATCH`` records the kernel size and core half-width.
     """
+    if array_edge not in ("NO_DATA", "EDGE"):
+        raise InputError(f"array_edge must be 'NO_DATA' or 'EDGE', got {array_edge!r}")
     if exposure.psf is None:
         raise InputError("PSF matching needs the exposure's PSF (exposure.psf is None)")
     target = DoubleGaussianPsf(7.7) if target_psf is None else target_psf
@@ -497,22 +525,39 @@ def match_to_psf(
             good = ~(fix | bad_input)
             img[...] = _interp_rows(img, ~good, lambda: median_masked(img, ~good))
             img[bad_input] = 0
-    _convolve_loaded(buf, cell, k, workers)
-    out_img = _cropped(buf, exposure.shape, k.shape, exposure.dtype)
+    extend = array_edge == "EDGE"
+    if extend:
+        out_img = _convolved_mirrored(img, k, exposure.dtype, workers)
+    else:
+        _convolve_loaded(buf, cell, k, workers)
+        out_img = _cropped(buf, exposure.shape, k.shape, exposure.dtype)
     var = _load(buf, cell, exposure.variance)
     if any_bad:
         var[bad_input] = 0
-    _convolve_loaded(buf, cell, k * k, workers)
-    out_var = _cropped(buf, exposure.shape, k.shape, exposure.dtype)
+    if extend:
+        out_var = _convolved_mirrored(var, k * k, exposure.dtype, workers)
+    else:
+        _convolve_loaded(buf, cell, k * k, workers)
+        out_var = _cropped(buf, exposure.shape, k.shape, exposure.dtype)
     del buf
     out_mask = or_box(exposure.mask, h)
-    if n_unflagged:
+    if extend:
+        # mirrored data beyond the edge count as present: only missing pixels inside the array
+        # make the convolution incomplete (a mirrored missing pixel lies within h of its
+        # original, so the box around the original covers it)
+        incomplete = or_box(bad_input.view(np.uint8), h) if any_bad else np.zeros(exposure.shape, np.uint8)
+    elif n_unflagged:
         incomplete = or_box(bad_input.view(np.uint8), h, outside=1)
     else:
         # every unusable input pixel carries NO_DATA, which the grown mask has spread over the
         # same box already: only the frame within h of the edge (beyond it is outside) is added
         incomplete = np.zeros((0, 0), np.uint8)
     _finish_matched(out_img, out_var, out_mask, np.int32(no_data), h, incomplete, incomplete.size > 0)
+    if extend and h > 0:
+        planes.add("EDGE")
+        edge_bit = np.int32(planes.bitmask(["EDGE"]))
+        for sl in (np.s_[:h, :], np.s_[-h:, :], np.s_[:, :h], np.s_[:, -h:]):
+            out_mask[sl] |= edge_bit
     meta = dict(exposure.metadata)
     meta["PSFMATCH"] = f"kernel {k.shape[0]}px core half-width {h}px"
     return Exposure(
