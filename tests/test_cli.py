@@ -330,7 +330,7 @@ def test_cli_zogy_noise_correlation(tmp_path, capsys):
     assert main(base + ["--noise-correlation", "auto", "--out", str(tmp_path / "auto")]) == 0
     api = zogy(*exps, {"doMeasureNoiseCorrelation": True})
     f = api.noise_correlation
-    assert f"noise correlation factor {f:.3f} (measured" in capsys.readouterr().err
+    assert f"noise correlation factor {f:.3f} (± {api.noise_correlation_error:.2g}, measured" in capsys.readouterr().err
     got = fits.getdata(tmp_path / "auto" / "scorr.fits")
     np.testing.assert_array_equal(got, api.scorr.astype(np.float32))
     inner = (slice(30, -30),) * 2

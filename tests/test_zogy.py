@@ -431,6 +431,28 @@ def test_noise_correlation_factor_and_its_measurement():
         zogy(covered, r, {"doMeasureNoiseCorrelation": True})
 
 
+def test_measured_noise_correlation_error_matches_its_scatter():
+    """noise_correlation_error (the scatter over a 4 x 4 grid of tiles / 4) predicts how much
+    the measured factor varies from noise draw to noise draw: over ten 384^2 white-noise pairs
+    the factors' sd was 1.00x the mean reported error (0.018); the sd of ten values is
+    known to ~24 %, so [0.45, 2.0] is a > 2 sd band.  A given factor has no error, and a pair
+    too small to measure on well is warned about."""
+    factors, errors = [], []
+    for seed in range(10):
+        p = simulate_pair(size=384, seed=seed)
+        r = zogy(p.science, p.reference, {"doMeasureNoiseCorrelation": True})
+        factors.append(r.noise_correlation)
+        errors.append(r.noise_correlation_error)
+    assert 0.45 < np.std(factors, ddof=1) / np.mean(errors) < 2.0
+    assert max(errors) < 0.05
+    p = simulate_pair(size=384, seed=0)
+    assert zogy(p.science, p.reference, {"noiseCorrelationFactor": 2.0}).noise_correlation_error == 0.0
+    small = simulate_pair(size=128, seed=2)
+    with pytest.warns(RuntimeWarning, match=r"measured factor .* is uncertain"):
+        r = zogy(small.science, small.reference, {"doMeasureNoiseCorrelation": True})
+    assert not r.noise_correlation_error <= 0.1 * r.noise_correlation
+
+
 def test_source_noise_term_for_background_only_variance_planes():
     """The paper's source-noise term: with variance planes that hold only the background, Scorr
     at bright stars is inflated (its scatter there is far above 1) unless doSourceNoise adds

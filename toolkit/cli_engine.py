@@ -255,7 +255,7 @@ def _cmd_zogy(args: argparse.Namespace, progress: Callable) -> int:
         cfg.noiseCorrelationFactor = args.noise_correlation
     res = zogy(sci, tmpl, cfg, calculate_score=True, progress=progress)
     if res.noise_correlation != 1.0:
-        how = "measured on the pair's Scorr away from sources" if cfg.doMeasureNoiseCorrelation else "as given"
+        how = f"± {res.noise_correlation_error:.2g}, measured on the pair's Scorr away from sources" if cfg.doMeasureNoiseCorrelation else "as given"
         progress(f"noise correlation factor {res.noise_correlation:.3f} ({how}): both variance planes were multiplied by it")
     out = output_dir(args.out, create=True)
     write_exposure(res.diff, out / "diff.fits")

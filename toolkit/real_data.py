@@ -596,13 +596,16 @@ def _source_free(exposures: Sequence[tuple[Exposure, int]], half: int, edge: int
     return bad, ~near
 
 
-def noise_correlation_from(scorr: np.ndarray, exposures: Sequence[tuple[Exposure, int]], half: int, edge: int, source_snr: float = 5.0, grow: int = 6, min_fraction: float = 0.05) -> float:
+def noise_correlation_from(scorr: np.ndarray, exposures: Sequence[tuple[Exposure, int]], half: int, edge: int, source_snr: float = 5.0, grow: int = 6, min_fraction: float = 0.05, with_error: bool = False) -> float | tuple[float, float]:
     """The clipped variance of a ZOGY Scorr over source-free pixels: the factor by which its
     inputs' variance planes miss the noise as ZOGY's score kernels sum it (1 for honest planes).
 
     ``exposures``: the (exposure, ignored mask bits) pairs Scorr came from; sources, bad and
     non-finite pixels are excluded as in :func:`noise_correlation_factor`, plus ``edge`` px at
-    the border (where the padding enters).
+    the border (where the padding enters).  ``with_error``: also return the factor's standard
+    error, from the scatter of the same measurement on a 4 x 4 grid of tiles (Scorr is
+    correlated over the score kernel only, so tiles are independent; NaN when fewer than four
+    tiles hold 100 usable pixels).
     """
     good = _source_free(exposures, half, edge, source_snr, grow)[1]
     if good.mean() < min_fraction:
@@ -610,7 +613,18 @@ def noise_correlation_from(scorr: np.ndarray, exposures: Sequence[tuple[Exposure
     # every other pixel in x and y: Scorr is smoothed by the score kernel (wider than the PSF),
     # so neighbours carry nearly the same noise and a quarter of the pixels measures its
     # variance as well, for a quarter of the clipping's sorting
-    return clipped_noise(np.asarray(scorr, float)[::2, ::2][good[::2, ::2]])[2]
+    s, g = np.asarray(scorr, float)[::2, ::2], good[::2, ::2]
+    factor = clipped_noise(s[g])[2]
+    if not with_error:
+        return factor
+    parts = []
+    for rows in np.array_split(np.arange(s.shape[0]), 4):
+        for cols in np.array_split(np.arange(s.shape[1]), 4):
+            tile = np.ix_(rows, cols)
+            if np.count_nonzero(g[tile]) >= 100:
+                parts.append(clipped_noise(s[tile][g[tile]])[2])
+    error = float(np.std(parts, ddof=1) / np.sqrt(len(parts))) if len(parts) >= 4 else float("nan")
+    return factor, error
 
 
 def noise_correlation_factor(exposures: Sequence[Exposure], source_snr: float = 5.0, grow: int = 6) -> float:

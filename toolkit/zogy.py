@@ -166,6 +166,9 @@ class ZogyResult:
     noise_correlation : float
         The factor both variance planes were multiplied by: ``noiseCorrelationFactor``, or the
         measured one with ``doMeasureNoiseCorrelation`` (1 = none, LSST).
+    noise_correlation_error : float
+        The measured factor's standard error (from its scatter over a 4 x 4 grid of tiles; NaN
+        when too few tiles are usable); 0 when the factor was given.
     timings : dict
     """
 
@@ -179,6 +182,7 @@ class ZogyResult:
     timings: dict[str, float] = field(default_factory=dict)
     flux_scalings: tuple[float, float] = (1.0, 1.0)
     noise_correlation: float = 1.0
+    noise_correlation_error: float = 0.0
 
 
 # ---------------------------------------------------------------------- preparation
@@ -654,12 +658,16 @@ def _zogy_noise_corrected(science: Exposure, template: Exposure, cfg: ZogyConfig
     half = max(science.psf.compute_kernel_image().shape[0], template.psf.compute_kernel_image().shape[0]) // 2
     bad = [e.mask_planes.bitmask(cfg.ignoreMaskPlanes, strict=False, field="ignoreMaskPlanes") for e in (science, template)]
     try:
-        factor = noise_correlation_from(first.scorr, [(science, bad[0]), (template, bad[1])], half=half, edge=border)
+        factor, error = noise_correlation_from(first.scorr, [(science, bad[0]), (template, bad[1])], half=half, edge=border, with_error=True)
     except InputError as exc:
         raise InputError(f"doMeasureNoiseCorrelation: {exc}") from None
+    if not error <= 0.1 * factor:  # NaN too: too few usable tiles to say
+        how = f"± {error:.2g}" if np.isfinite(error) else "(too few source-free tiles to say how well)"
+        warnings.warn(f"doMeasureNoiseCorrelation: the measured factor {factor:.3g} {how} is uncertain: the pair has few source-free pixels (a small or crowded image); a factor measured on a larger field of the same data, given as noiseCorrelationFactor, is better", RuntimeWarning, stacklevel=3)
     second_cfg = first_cfg.copy()
     second_cfg.noiseCorrelationFactor = factor
     res = zogy(science, template, second_cfg, calculate_score=calculate_score, progress=progress)
+    res.noise_correlation_error = error
     res.timings["noise_correlation"] = time.perf_counter() - t0 - res.timings["total"]
     res.timings["total"] = time.perf_counter() - t0
     return res

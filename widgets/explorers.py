@@ -593,9 +593,13 @@ class ZogyExplorer(_PanelExplorer):
     def _set_status(self) -> None:
         m = self.model
         n = len(m.outputs["catalog"]) if m.outputs else 0
-        f = m.outputs["result"].noise_correlation if m.outputs else 1.0
-        # the factor the variance planes were multiplied by: measured ones are worth seeing
-        noise = f" · variance × {f:.3g} (noise correlation)" if f != 1.0 else ""
+        res = m.outputs["result"] if m.outputs else None
+        f = res.noise_correlation if res is not None else 1.0
+        e = res.noise_correlation_error if res is not None else 0.0
+        # the factor the variance planes were multiplied by: measured ones are worth seeing,
+        # with how well they were measured
+        err = f" ± {e:.2g}" if e > 0 else (" (uncertain)" if e != e else "")
+        noise = f" · variance × {f:.3g}{err} (noise correlation)" if f != 1.0 else ""
         self.status.value = f"<b>{'⏳ ' if m.busy else ''}{m.status}</b> · version {m.version} · {n} transient candidates{noise}"
 
 
