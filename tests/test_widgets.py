@@ -117,6 +117,10 @@ def test_zogy_and_pipeline_explorers():
     assert len(box) == 1
     box[0].value = 2.0
     assert zx.model.config.noiseCorrelationFactor == 2.0 and "variance × 2 (noise correlation)" in zx.status.value
+    with pytest.warns(RuntimeWarning, match="is uncertain"):  # a 128^2 pair: few source-free pixels
+        zx.model.config.doMeasureNoiseCorrelation = True  # a measured factor comes with its error
+    res = zx.model.outputs["result"]
+    assert f"variance × {res.noise_correlation:.3g} ± {res.noise_correlation_error:.2g} (noise correlation)" in zx.status.value
     px = widgets.explore_pipeline(simulate_stack(seed=4, size=96, n_epochs=5))
     v = px.zogy.model.version
     px.model.science_epoch = 2

@@ -598,7 +598,7 @@ class ZogyExplorer(_PanelExplorer):
         e = res.noise_correlation_error if res is not None else 0.0
         # the factor the variance planes were multiplied by: measured ones are worth seeing,
         # with how well they were measured
-        err = f" ± {e:.2g}" if e > 0 else (" (uncertain)" if e != e else "")
+        err = f" ± {e:.2g}" if e > 0 else (" (uncertain)" if np.isnan(e) else "")
         noise = f" · variance × {f:.3g}{err} (noise correlation)" if f != 1.0 else ""
         self.status.value = f"<b>{'⏳ ' if m.busy else ''}{m.status}</b> · version {m.version} · {n} transient candidates{noise}"
 
