@@ -160,6 +160,13 @@ def test_psf_matching_gaussian_to_model():
     model = flux * fft_convolve(kin, k)
     assert np.abs(model - expect).max() / expect.max() < 1e-3
     assert np.abs(got - expect).max() / expect.max() < 2e-2  # pixel integration vs sampling of the sigma=1.5 input
+    # the PSF the matched warp carries is the one its data have: the model drawn on the kernel's
+    # box (73 px), not its 23-px default stamp, which leaves out 11 % of the wing's flux
+    assert m.psf.size == k.shape[0] > target.size and m.psf.fwhm == target.fwhm
+    carried = flux * m.psf.compute_kernel_image()
+    assert np.abs(got - carried).max() / carried.max() < 2e-2
+    stamp23 = flux * target.compute_kernel_image()
+    assert stamp23.max() / got.max() > 1.10  # what the old, unresized PSF claimed
     # white-noise variance propagates as sum(K^2)
     np.testing.assert_allclose(m.variance[80, 80], (k * k).sum(), rtol=1e-6)
     rng = np.random.default_rng(4)

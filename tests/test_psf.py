@@ -27,6 +27,21 @@ def test_lsst_model_psf_geometry():
     assert int(0.4 * r + 0.5) == 1 and int(2.4 * r + 0.5) == 9
 
 
+def test_resized_psf_draws_the_same_model_on_another_box():
+    p = DoubleGaussianPsf(7.7)
+    big = p.resized(72)  # made odd, as LSST's kernels are
+    assert big.size == 73 and p.size == 23 and big.fwhm == p.fwhm and big.to_dict()["size"] == 73
+    k23, k73 = p.compute_kernel_image(), big.compute_kernel_image()
+    # same profile, renormalised over the larger box: the 23-px stamp holds 88.7 % of the flux
+    np.testing.assert_allclose(k73[25:48, 25:48] / k73[25:48, 25:48].sum(), k23, rtol=1e-12)
+    assert k73[25:48, 25:48].sum() == pytest.approx(0.8868, abs=2e-4)
+    stamp = ImagePsf(np.outer([1, 2, 1], [1, 2, 1]))
+    assert stamp.resized(11) is stamp  # a larger box only adds zeros
+    assert stamp.resized(1).compute_kernel_image().tolist() == [[1.0]]
+    with pytest.raises(InputError, match="size"):
+        p.resized(-3)
+
+
 @pytest.mark.parametrize("sigma", [1.2, 2.0, 3.3])
 def test_determinant_radius_of_gaussian_is_sigma(sigma):
     assert GaussianPsf(sigma, size=61).determinant_radius() == pytest.approx(sigma, rel=1e-4)

@@ -8,6 +8,7 @@ which LSST uses to scale growth radii.
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -118,6 +119,20 @@ class Psf:
 
     def _kernel(self, n: int, position: Sequence[float] | None) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
+
+    def resized(self, size: int) -> "Psf":
+        """A copy whose default kernel image is ``size`` (made odd) pixels on a side.
+
+        LSST's ``Psf.resized``.  For an analytic model this sets how much of its profile the
+        default (normalised) stamp holds: a wide wing truncated by a small stamp moves flux into
+        the core.  The PSF itself is not changed.
+        """
+        n = _odd(size)
+        if n < 1:
+            raise InputError(f"PSF kernel size must be >= 1, got {size}")
+        new = copy.copy(self)
+        new.size = n
+        return new
 
     def determinant_radius(self, position: Sequence[float] | None = None) -> float:
         """Adaptive-moment determinant radius (pixels) of the kernel image at ``position``."""
@@ -261,6 +276,13 @@ class ImagePsf(Psf):
 
     def _kernel(self, n, position):
         return _resize_centered(self.array, n)
+
+    def resized(self, size: int) -> "ImagePsf":
+        # the stamp is the whole PSF: a larger one only adds zeros, a smaller one crops it
+        n = _odd(size)
+        if n < 1:
+            raise InputError(f"PSF kernel size must be >= 1, got {size}")
+        return self if n >= self.size else ImagePsf(_resize_centered(self.array, n))
 
     def to_dict(self):
         return {"type": "ImagePsf", "array": self.array}
