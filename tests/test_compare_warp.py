@@ -460,6 +460,35 @@ def test_warp_diff_scratch_equals_warp_diff():
     assert diffs.scratch(0).image is not diffs.scratch(0).image  # main thread: new planes
 
 
+def test_a_warp_left_with_its_sky_is_named():
+    """A warp whose sky was not subtracted differs from the template everywhere: LSST says
+    nothing, diffstack names the epoch (and keeps quiet on sky-subtracted warps)."""
+    import warnings
+
+    from toolkit.compare_warp import SKY_OFFSET_LIMIT, SkyOffsetWarning
+    from toolkit.sim import simulate_stack
+
+    stack = simulate_stack(seed=2, size=128, n_epochs=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SkyOffsetWarning)
+        quiet = CompareWarpPipeline(stack.direct_warps, stack.psf_matched_warps)
+        offsets = quiet.warp_diff_offsets
+    assert offsets.shape == (5,) and np.abs(offsets).max() < SKY_OFFSET_LIMIT
+    # a sky of 6 sigma of the PSF-matched warp's noise, left in epoch 2 only
+    w, m = stack.direct_warps[2], stack.psf_matched_warps[2]
+    level = np.float32(6 * np.sqrt(np.nanmedian(m.variance)))
+    before = w.image.copy()
+    direct = list(stack.direct_warps)
+    matched = list(stack.psf_matched_warps)
+    direct[2] = Exposure(w.image + level, w.variance, w.mask, w.mask_planes, psf=w.psf, wcs=w.wcs)
+    matched[2] = Exposure(m.image + level, m.variance, m.mask, m.mask_planes, psf=m.psf, wcs=m.wcs)
+    p = CompareWarpPipeline(direct, matched)
+    with pytest.warns(SkyOffsetWarning, match=r"1 of 5 .*epoch 2: \+\d\.\d\)") as rec:
+        offsets = p.warp_diff_offsets
+    assert len(rec) == 1 and offsets[2] > 3 and np.abs(np.delete(offsets, 2)).max() < SKY_OFFSET_LIMIT
+    assert np.array_equal(stack.direct_warps[2].image, before, equal_nan=True)
+
+
 def star_stack(pedestal=0.0, n=10, size=96, flux=2500.0, seed=1):
     """Ten noisy epochs of two equal bright stars, one in the middle and one 4 px from the left
     edge, on a constant pedestal (the PSF-matched warps carry the 7.7-px model PSF, sigma ~3.7)."""
