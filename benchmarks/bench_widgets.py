@@ -4,7 +4,8 @@ the bytes each panel update ships, headless (no browser: what the kernel does be
 * CompareWarp explorer on a 10 x 2048^2 simulated stack: change ``spatialThreshold`` (re-runs the
   filter and the final stack, then re-renders the coadd and its mask layers).
 * ZOGY explorer on a 4096^2 simulated pair: change ``paddingSeed`` (a full ZOGY re-run, all four
-  panels re-rendered).
+  panels re-rendered), then ``transientThreshold`` (the catalog alone is re-made from the last
+  result, and only its markers re-rendered).
 
 For every update it prints the bytes assigned to each panel's sources against the panel's screen
 pixels (``panel_size``^2), and the largest buffer side, which must stay far below the image size.
@@ -78,6 +79,10 @@ def bench_pair(size: int) -> None:
         model.config.paddingSeed = seed
         print(f"  paddingSeed -> {seed} (full ZOGY re-run): change to sources {time.perf_counter() - t:.3f} s")
     _report(explorer, "ZOGY update")
+    for thr in (7.0, 5.0):
+        runs, t = model.zogy_runs, time.perf_counter()
+        model.config.transientThreshold = thr
+        print(f"  transientThreshold -> {thr:g} (catalog only, ZOGY re-run: {'yes' if model.zogy_runs > runs else 'no'}): change to sources {time.perf_counter() - t:.3f} s, {len(model.outputs['catalog'])} entries")
     biggest = max(max(np.shape(s.data["image"][0])) for s in explorer.sources.values() if "image" in s.data)
     print(f"  full-resolution {size}^2 shipped: {'YES (fails)' if biggest >= size else 'no'}")
 

@@ -234,3 +234,30 @@ def test_zogy_explorer_export_and_save(tmp_path, monkeypatch):
     np.testing.assert_array_equal(read_exposure(diff).image, ex.model.outputs["diff"].image)
     assert len(Table.read(cat)) == len(ex.model.outputs["catalog"])
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_zogy_catalog_threshold_remakes_only_the_catalog():
+    """transientThreshold and transientMinPixels are read by the catalog alone: moving them
+    re-makes it from the last result (the same as a fresh run's) without running ZOGY again."""
+    from toolkit.zogy import zogy
+
+    pair = simulate_pair(size=128, seed=4)
+    m = ZogyModel(pair.science, pair.reference)
+    first = m.outputs
+    assert m.zogy_runs == 1 and len(first["catalog"]) > 0
+    m.config.transientThreshold = 20.0
+    assert m.zogy_runs == 1 and m.compute_count == 2
+    assert set(m.changed) == {"catalog", "result"}  # the image panels are not re-rendered
+    assert m.outputs["scorr"] is first["scorr"] and m.outputs["diff"] is first["diff"]
+    fresh = zogy(pair.science, pair.reference, m.config)
+    assert np.abs(m.outputs["catalog"]["scorr"]).min() >= 20 > np.abs(first["catalog"]["scorr"]).min()
+    assert len(m.outputs["catalog"]) == len(fresh.catalog)
+    for col in ("x", "y", "scorr", "flux", "npix"):
+        np.testing.assert_array_equal(m.outputs["catalog"][col], fresh.catalog[col])
+    assert first["result"].catalog is first["catalog"]  # the earlier result is left as it was
+    m.config.transientMinPixels = 3
+    assert m.zogy_runs == 1 and len(m.outputs["catalog"]) <= len(fresh.catalog)
+    m.config.paddingSeed = 7  # anything else runs ZOGY
+    assert m.zogy_runs == 2 and m.outputs["scorr"] is not first["scorr"]
+    m.set_inputs(template=pair.reference)  # the same objects: nothing to redo, but a new request
+    assert m.zogy_runs == 2

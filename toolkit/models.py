@@ -181,6 +181,9 @@ class ZogyModel(_StagedModel):
         super().__init__(background=background, deliver=deliver, **params)
         self.science, self.template = science, template
         self.config = as_config(config, ZogyConfig)
+        self._last: tuple | None = None
+        #: how many times ZOGY itself ran (a catalog-only change does not run it)
+        self.zogy_runs = 0
         self._watchers = watch_config(self.config, self.request_update)
         if compute:
             self.request_update()
@@ -192,16 +195,30 @@ class ZogyModel(_StagedModel):
             self.template = template
         self.request_update()
 
+    #: config fields that only the transient catalog reads: changing them re-makes the catalog
+    #: from the last result instead of re-running ZOGY (0.3 s at 2048^2, 1 s when the noise
+    #: correlation is measured, against ~5 ms for the catalog)
+    CATALOG_FIELDS = ("transientThreshold", "transientMinPixels")
+
     def _snapshot(self):
         return self.config.copy(), self.science, self.template
 
     def _compute(self, snap) -> dict[str, Any]:
-        from .zogy import zogy
+        import copy
+
+        from .zogy import transient_catalog, zogy
 
         cfg, sci, tmpl = snap
-        res = zogy(sci, tmpl, cfg)
-        cat = res.catalog  # made by zogy with cfg's transientThreshold and transientMinPixels
-        return {"diff": res.diff, "score": res.score, "scorr": res.scorr, "catalog": cat, "result": res, "science": sci, "template": tmpl}
+        key = {k: v for k, v in cfg.to_dict().items() if k not in self.CATALOG_FIELDS}
+        last = self._last  # read and written on the one computing thread only
+        if last is not None and last[0] is sci and last[1] is tmpl and last[2] == key:
+            res = copy.copy(last[3])  # D, S and Scorr shared: their panels are not re-rendered
+            res.catalog = transient_catalog(res, cfg.transientThreshold, cfg.transientMinPixels)
+        else:
+            res = zogy(sci, tmpl, cfg)  # its catalog made with cfg's transientThreshold and transientMinPixels
+            self.zogy_runs += 1
+        self._last = (sci, tmpl, key, res)
+        return {"diff": res.diff, "score": res.score, "scorr": res.scorr, "catalog": res.catalog, "result": res, "science": sci, "template": tmpl}
 
 
 class PipelineModel(param.Parameterized):
