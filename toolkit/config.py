@@ -1252,7 +1252,7 @@ class ZogyConfig(LsstConfig):
     _diffstack_only = (
         "paddingSeed", "doAstrometricNoise", "astrometricSigmaX", "astrometricSigmaY",
         "doSourceNoise", "doFitFluxRatio", "transientThreshold", "transientMinPixels",
-        "powerOfTwoCells", "noiseCorrelationFactor", "doMeasureNoiseCorrelation",
+        "transientMinProminence", "powerOfTwoCells", "noiseCorrelationFactor", "doMeasureNoiseCorrelation",
     )
     # diffstack names the scalings by role; LSST applied templateFluxScaling to exposure1 = science
     _pex_names = {"scienceFluxScaling": "templateFluxScaling", "templateFluxScaling": "scienceFluxScaling"}
@@ -1277,6 +1277,7 @@ class ZogyConfig(LsstConfig):
     doMeasureNoiseCorrelation = param.Boolean(False, doc="Measure the noise-correlation factor from the pair itself (their difference in common flux units, away from sources and masked pixels; toolkit.real_data.noise_correlation_factor) and use it instead of noiseCorrelationFactor. It matters for registered (resampled) images; white noise measures ~1.")
     transientThreshold = param.Number(5.0, bounds=(0, None), inclusive_bounds=(False, True), doc="|Scorr| threshold of the transient catalog.")
     transientMinPixels = param.Integer(1, bounds=(1, None), doc="Minimum pixels above threshold for a catalog entry.")
+    transientMinProminence = param.Number(2.0, bounds=(0, None), inclusive_bounds=(False, True), doc="A footprint's further |Scorr| peaks become catalog entries of their own when they rise this much above the saddle to a higher peak, so transients closer than their footprints are listed apart. A value above every |Scorr| (e.g. 1e9) gives one entry per footprint, as an LSST DiaSource catalog without deblending has.")
 
     def _pex_target(self, st: "PexStatement", where: str) -> str | None:
         # the standalone ZogyConfig's fields, or the old ImageDifferenceTask's spelling

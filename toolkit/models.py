@@ -198,7 +198,7 @@ class ZogyModel(_StagedModel):
     #: config fields that only the transient catalog reads: changing them re-makes the catalog
     #: from the last result instead of re-running ZOGY (0.3 s at 2048^2, 1 s when the noise
     #: correlation is measured, against ~5 ms for the catalog)
-    CATALOG_FIELDS = ("transientThreshold", "transientMinPixels")
+    CATALOG_FIELDS = ("transientThreshold", "transientMinPixels", "transientMinProminence")
 
     def _snapshot(self):
         return self.config.copy(), self.science, self.template
@@ -213,9 +213,9 @@ class ZogyModel(_StagedModel):
         last = self._last  # read and written on the one computing thread only
         if last is not None and last[0] is sci and last[1] is tmpl and last[2] == key:
             res = copy.copy(last[3])  # D, S and Scorr shared: their panels are not re-rendered
-            res.catalog = transient_catalog(res, cfg.transientThreshold, cfg.transientMinPixels)
+            res.catalog = transient_catalog(res, cfg.transientThreshold, cfg.transientMinPixels, cfg.transientMinProminence)
         else:
-            res = zogy(sci, tmpl, cfg)  # its catalog made with cfg's transientThreshold and transientMinPixels
+            res = zogy(sci, tmpl, cfg)  # its catalog made with cfg's catalog fields
             self.zogy_runs += 1
         self._last = (sci, tmpl, key, res)
         return {"diff": res.diff, "score": res.score, "scorr": res.scorr, "catalog": res.catalog, "result": res, "science": sci, "template": tmpl}
