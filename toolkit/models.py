@@ -15,6 +15,7 @@ result after a newer one.  ``deliver`` lets a UI marshal results back to its own
 
 from __future__ import annotations
 
+import copy
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
@@ -204,8 +205,6 @@ class ZogyModel(_StagedModel):
         return self.config.copy(), self.science, self.template
 
     def _compute(self, snap) -> dict[str, Any]:
-        import copy
-
         from .zogy import transient_catalog, zogy
 
         cfg, sci, tmpl = snap
