@@ -41,6 +41,14 @@ def _odd(n: float) -> int:
     return n if n % 2 == 1 else n + 1
 
 
+def _kernel_size(size: float) -> int:
+    """``size`` made odd, refused when that is below 1 (a kernel image's side)."""
+    n = _odd(size)
+    if n < 1:
+        raise InputError(f"PSF kernel size must be >= 1, got {size}")
+    return n
+
+
 def _sampled_gaussian_2d(n: int, sigma: float) -> np.ndarray:
     """Gaussian sampled at pixel centres (afw evaluates its analytic PSFs this way)."""
     x = np.arange(n) - n // 2
@@ -108,9 +116,7 @@ class Psf:
 
     def compute_kernel_image(self, position: Sequence[float] | None = None, size: int | None = None) -> np.ndarray:
         """Normalised (sum 1), centred kernel image of odd ``size`` at ``position`` (x, y)."""
-        n = self.size if size is None else _odd(size)
-        if n < 1:
-            raise InputError(f"PSF kernel size must be >= 1, got {size}")
+        n = self.size if size is None else _kernel_size(size)
         k = np.asarray(self._kernel(n, position), dtype=np.float64)
         s = k.sum()
         if not np.isfinite(s) or s <= 0:
@@ -127,9 +133,7 @@ class Psf:
         default (normalised) stamp holds: a wide wing truncated by a small stamp moves flux into
         the core.  The PSF itself is not changed.
         """
-        n = _odd(size)
-        if n < 1:
-            raise InputError(f"PSF kernel size must be >= 1, got {size}")
+        n = _kernel_size(size)
         new = copy.copy(self)
         new.size = n
         return new
@@ -279,9 +283,7 @@ class ImagePsf(Psf):
 
     def resized(self, size: int) -> "ImagePsf":
         # the stamp is the whole PSF: a larger one only adds zeros, a smaller one crops it
-        n = _odd(size)
-        if n < 1:
-            raise InputError(f"PSF kernel size must be >= 1, got {size}")
+        n = _kernel_size(size)
         return self if n >= self.size else ImagePsf(_resize_centered(self.array, n))
 
     def to_dict(self):
