@@ -9,7 +9,7 @@ from scipy import ndimage
 from toolkit import Exposure, GaussianPsf, InputError
 from toolkit.errors import FitsReadError
 from toolkit.real_data import (
-    apply_scales, estimate_variance, header_gain, header_saturation, load_image, measure_psf,
+    apply_scales, estimate_variance, find_psf_stars, header_gain, header_saturation, load_image, measure_psf,
     noise_correlation_factor, photometric_scales,
 )
 from toolkit.sim import render_points
@@ -120,6 +120,36 @@ def test_measured_psf_matches_the_stars(method, n_stars):
     assert psf.determinant_radius() == pytest.approx(true, rel=0.05)
     c = np.array([(k * np.arange(21)[None, :]).sum(), (k * np.arange(21)[:, None]).sum()])
     assert np.allclose(c, 10.0, atol=0.05)  # centred (ZOGY checks centroids to 0.2 px)
+
+
+def test_measured_psf_from_a_shallow_or_crowded_cutout():
+    """Without two isolated stars of peak S/N >= 20, the Moffat fit falls back to fainter
+    stars (peak S/N 12-18), or to stars whose fainter neighbours lie >= 3 FWHM away with the
+    neighbours' pixels left out: either way the radius is the true one."""
+    true = GaussianPsf(2.0, size=21).determinant_radius()
+    # peak S/N s of a sigma-2 star on sky sigma 10: flux = s * 10 * 2 pi sigma^2
+    rng = np.random.default_rng(5)
+    faint, _, _ = star_field(n_stars=9, sigma=2.0, seed=5, flux=(12 * 10 * 8 * np.pi, 18 * 10 * 8 * np.pi))
+    var = np.full(faint.shape, 100.0)
+    assert len(find_psf_stars(faint, var, fwhm=4.0, size=25, min_snr=20.0)) < 2
+    psf = measure_psf(faint, var, size=21)
+    assert psf.determinant_radius() == pytest.approx(true, rel=0.05)
+    with pytest.raises(InputError, match="isolated"):
+        measure_psf(faint, var, size=21, method="epsf")  # an ePSF needs the isolated bright stars
+    # bright stars, each with a companion of 30 % of its flux 14.8 px away (inside its box)
+    x, y = np.meshgrid(np.linspace(30, 200, 3), np.linspace(30, 200, 3))
+    x, y = x.ravel() + rng.uniform(-0.5, 0.5, 9), y.ravel() + rng.uniform(-0.5, 0.5, 9)
+    f = rng.uniform(5e4, 1e5, 9)
+    clean = render_points((256, 256), np.r_[x, x + 10.5], np.r_[y, y + 10.5], np.r_[f, 0.3 * f], 2.0)
+    crowded = clean + rng.normal(0, 10.0, clean.shape)
+    assert len(find_psf_stars(crowded, var, fwhm=4.0, size=25, min_snr=20.0)) < 2
+    assert len(find_psf_stars(crowded, var, fwhm=4.0, size=25, min_snr=20.0, min_separation=12.0)) >= 2
+    psf = measure_psf(crowded, var, size=21)
+    assert psf.determinant_radius() == pytest.approx(true, rel=0.05)
+    # a neighbour 7 px away (inside 2.5 FWHM, where photutils >= 3 hides fainter peaks by
+    # default) still disqualifies the star, and one just outside the box spills in
+    pair = render_points((128, 128), [60.0, 67.0, 40.0, 40.0 + 13.5], [64.0, 64.0, 30.0, 30.0], [8e4, 2.4e4, 8e4, 2.4e4], 2.0) + rng.normal(0, 10.0, (128, 128))
+    assert len(find_psf_stars(pair, np.full(pair.shape, 100.0), fwhm=4.7, size=21, min_snr=20.0)) == 0
 
 
 def test_load_image_masks_and_psf(tmp_path):

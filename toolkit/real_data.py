@@ -135,13 +135,16 @@ def estimate_variance(image: np.ndarray, gain: float | None = None, mask: np.nda
 
 
 # ---------------------------------------------------------------------- PSF
-def find_psf_stars(image: np.ndarray, variance: np.ndarray, bad: np.ndarray | None = None, fwhm: float = 4.0, size: int = 25, max_stars: int = 60, min_snr: float = 30.0, max_neighbour: float = 0.05) -> Any:
+def find_psf_stars(image: np.ndarray, variance: np.ndarray, bad: np.ndarray | None = None, fwhm: float = 4.0, size: int = 25, max_stars: int = 60, min_snr: float = 30.0, max_neighbour: float = 0.05, min_separation: float | None = None) -> Any:
     """Isolated, unsaturated, round, high-S/N point sources for PSF measurement (astropy Table
     with ``x``, ``y``, ``flux``), brightest first.
 
-    A star is kept if its whole ``size`` box is inside the image, holds no ``bad`` pixel and no
-    other detection brighter than ``max_neighbour`` of its peak, and its peak S/N exceeds
-    ``min_snr``.
+    A star is kept if its whole ``size`` box is inside the image, holds no ``bad`` pixel, has no
+    other detection brighter than ``max_neighbour`` of its peak in the box or within ``fwhm``
+    of it (whose light would spill in), and its peak S/N exceeds
+    ``min_snr``.  With ``min_separation`` (pixels), a fainter neighbour in the box is allowed
+    when it is at least that far from the star (its pixels are then to be left out of the fit:
+    the table's ``meta["detections"]`` holds every detection's (x, y)).
     """
     from astropy.table import Table
     from photutils.detection import DAOStarFinder
@@ -151,7 +154,9 @@ def find_psf_stars(image: np.ndarray, variance: np.ndarray, bad: np.ndarray | No
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:  # photutils >= 3 names the shape cuts as ranges
-            finder = DAOStarFinder(fwhm=fwhm, threshold=5.0 * sigma, sharpness_range=(0.2, 1.0), roundness_range=(-0.5, 0.5), exclude_border=True)
+            # and by default hides any peak within 2.5 FWHM of a brighter one: the isolation
+            # test below must see those neighbours (min_separation=0 was the default before 3)
+            finder = DAOStarFinder(fwhm=fwhm, threshold=5.0 * sigma, sharpness_range=(0.2, 1.0), roundness_range=(-0.5, 0.5), exclude_border=True, min_separation=0)
         except TypeError:
             finder = DAOStarFinder(fwhm=fwhm, threshold=5.0 * sigma, sharplo=0.2, sharphi=1.0, roundlo=-0.5, roundhi=0.5, exclude_border=True)
         found = finder(np.nan_to_num(image), mask=bad)
@@ -175,14 +180,20 @@ def find_psf_stars(image: np.ndarray, variance: np.ndarray, bad: np.ndarray | No
             continue
         if bad is not None and bad[yi - half:yi + half + 1, xi - half:xi + half + 1].any():
             continue
-        near = (np.abs(x - x[i]) <= half) & (np.abs(y - y[i]) <= half) & (peak > max_neighbour * peak[i])
+        # a neighbour up to one FWHM outside the box still spills light into it
+        reach = half + fwhm
+        near = (np.abs(x - x[i]) <= reach) & (np.abs(y - y[i]) <= reach) & (peak > max_neighbour * peak[i])
+        if min_separation is not None:
+            near &= (np.hypot(x - x[i], y - y[i]) < min_separation) | (peak >= peak[i])
         near[i] = False
         if near.any():
             continue
         keep.append(i)
         if len(keep) >= max_stars:
             break
-    return Table({"x": x[keep], "y": y[keep], "flux": flux[keep]})
+    out = Table({"x": x[keep], "y": y[keep], "flux": flux[keep]})
+    out.meta["detections"] = (x, y)
+    return out
 
 
 def measure_psf(image: np.ndarray, variance: np.ndarray, bad: np.ndarray | None = None, size: int = 25, fwhm: float | None = None, method: str = "auto", oversampling: int = 2, min_stars: int = 2, min_epsf_stars: int = 15) -> ImagePsf:
@@ -202,7 +213,10 @@ def measure_psf(image: np.ndarray, variance: np.ndarray, bad: np.ndarray | None 
         photutils' ePSF (needs many stars: ``min_epsf_stars``), a Moffat profile fitted to each
         star with the median width and index taken (works with a handful of stars, and keeps
         the wings a Gaussian lacks), or a circular Gaussian with the median adaptive-moment
-        radius.  ``'auto'`` takes the ePSF when there are enough stars, else the Moffat.
+        radius.  ``'auto'`` takes the ePSF when there are enough stars, else the Moffat.  With
+        fewer than ``min_stars`` isolated stars of peak S/N >= 20 (a small, shallow or crowded
+        cutout), ``'auto'`` and ``'moffat'`` fit the Moffat to stars of peak S/N >= 10, or to
+        stars whose fainter neighbours lie >= 3 FWHM away, the neighbours' pixels left out.
     """
     if size % 2 == 0:
         raise InputError(f"PSF stamp size must be odd, got {size}")
@@ -218,6 +232,15 @@ def measure_psf(image: np.ndarray, variance: np.ndarray, bad: np.ndarray | None 
         if radii:
             guess = 2.3548 * float(np.median(radii))
             stars = find_psf_stars(image, variance, bad, fwhm=guess, size=fit_size, min_snr=20.0)
+    if len(stars) < min_stars and method in ("auto", "moffat"):
+        # Too few isolated stars of peak S/N >= 20 (a small or shallow cutout, or a crowded
+        # field): a Moffat profile (two parameters) is still well fitted from a few fainter
+        # stars, or from stars whose fainter neighbours lie >= 3 FWHM away with the
+        # neighbours' pixels left out of the fits; the FWHM is refined from the fits.
+        for min_snr, crowded in ((10.0, False), (20.0, True), (10.0, True)):
+            found = _moffat_psf_fallback(image, variance, bad, fit_size, size, guess, fwhm is None, min_stars, min_snr, crowded)
+            if found is not None:
+                return ImagePsf(found)
     if len(stars) < min_stars:
         raise InputError(f"only {len(stars)} isolated unsaturated bright stars found (need {min_stars}) to measure the PSF; give a PSF or use a larger image")
     if method == "auto":
@@ -226,7 +249,7 @@ def measure_psf(image: np.ndarray, variance: np.ndarray, bad: np.ndarray | None 
         radii = [_moment_radius(image, sx, sy, fit_size) for sx, sy in zip(stars["x"], stars["y"])]
         return ImagePsf(GaussianPsf(float(np.nanmedian(radii)), size=size).compute_kernel_image())
     if method == "moffat":
-        return ImagePsf(_moffat_psf(image, variance, stars, fit_size, size, guess))
+        return ImagePsf(_moffat_psf(image, variance, stars, fit_size, size, guess, mask_radius=1.5 * guess))
     from astropy.nddata import NDData
     from photutils.psf import EPSFBuilder, extract_stars
 
@@ -251,19 +274,48 @@ def measure_psf(image: np.ndarray, variance: np.ndarray, bad: np.ndarray | None 
     return ImagePsf(_recentre(stamp / stamp.sum()))
 
 
-def _moffat_psf(image, variance, stars, fit_size: int, size: int, fwhm: float) -> np.ndarray:
+def _moffat_psf_fallback(image, variance, bad, fit_size: int, size: int, guess: float, refine: bool, min_stars: int, min_snr: float, crowded: bool) -> np.ndarray | None:
+    """:func:`_moffat_psf` of stars of peak S/N >= ``min_snr``; with ``crowded``, also of
+    stars whose fainter neighbours lie >= 3 FWHM away (every other detection's pixels within
+    1.5 FWHM are left out of the fits).  With ``refine``, the FWHM guess is replaced by the
+    fits' FWHM and the stars found again, up to three times.  None when fewer than
+    ``min_stars`` such stars exist."""
+    result = None
+    for _ in range(3 if refine else 1):
+        stars = find_psf_stars(image, variance, bad, fwhm=guess, size=fit_size, min_snr=min_snr, min_separation=3.0 * guess if crowded else None)
+        if len(stars) < min_stars:
+            return result
+        try:
+            result, (gamma, alpha) = _moffat_psf(image, variance, stars, fit_size, size, guess, mask_radius=1.5 * guess, return_params=True)
+        except InputError:
+            return None
+        fitted = 2.0 * gamma * np.sqrt(2 ** (1 / alpha) - 1)
+        if abs(fitted - guess) < 0.02 * guess:
+            break
+        guess = float(fitted)
+    return result
+
+
+def _moffat_psf(image, variance, stars, fit_size: int, size: int, fwhm: float, mask_radius: float | None = None, return_params: bool = False):
     """Median Moffat (gamma, alpha) of per-star least-squares fits, rendered pixel-integrated
-    (5x oversampled and binned) on a ``size`` stamp."""
+    (5x oversampled and binned) on a ``size`` stamp.  ``mask_radius``: pixels that close to
+    another detection (``stars.meta["detections"]``) get no weight in a star's fit (a
+    neighbour outside the star's box still spills light into it)."""
     from astropy.modeling import fitting, models
 
     half = fit_size // 2
     yy, xx = np.mgrid[-half:half + 1, -half:half + 1]
     fitter = fitting.LevMarLSQFitter()
     gammas, alphas = [], []
+    det_x, det_y = stars.meta.get("detections", (np.zeros(0), np.zeros(0)))
     for sx, sy in zip(stars["x"], stars["y"]):
         xi, yi = int(round(sx)), int(round(sy))
         cut = np.asarray(image[yi - half:yi + half + 1, xi - half:xi + half + 1], dtype=np.float64)
         w = 1.0 / np.sqrt(np.asarray(variance[yi - half:yi + half + 1, xi - half:xi + half + 1], dtype=np.float64))
+        if mask_radius is not None:
+            others = (np.abs(det_x - xi) <= half + mask_radius) & (np.abs(det_y - yi) <= half + mask_radius) & (np.hypot(det_x - sx, det_y - sy) > 0.5)
+            for ox, oy in zip(det_x[others], det_y[others]):
+                w[np.hypot(xx + xi - ox, yy + yi - oy) <= mask_radius] = 0.0
         alpha0 = 3.0
         gamma0 = fwhm / (2.0 * np.sqrt(2 ** (1 / alpha0) - 1))
         m0 = models.Moffat2D(amplitude=float(cut.max()), x_0=sx - xi, y_0=sy - yi, gamma=gamma0, alpha=alpha0)
@@ -283,7 +335,8 @@ def _moffat_psf(image, variance, stars, fit_size: int, size: int, fwhm: float) -
     r2 = g[:, None] ** 2 + g[None, :] ** 2
     fine = (1 + r2 / gamma**2) ** (-alpha)
     stamp = fine.reshape(size, os_, size, os_).sum(axis=(1, 3))
-    return stamp / stamp.sum()
+    stamp = stamp / stamp.sum()
+    return (stamp, (gamma, alpha)) if return_params else stamp
 
 
 def _recentre(stamp: np.ndarray) -> np.ndarray:
