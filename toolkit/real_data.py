@@ -288,7 +288,7 @@ def _moffat_psf_fallback(image, variance, bad, fit_size: int, size: int, guess: 
         try:
             result, (gamma, alpha) = _moffat_psf(image, variance, stars, fit_size, size, guess, mask_radius=1.5 * guess, return_params=True)
         except InputError:
-            return None
+            return result  # a refinement that no star survives keeps the last good fit
         fitted = 2.0 * gamma * np.sqrt(2 ** (1 / alpha) - 1)
         if abs(fitted - guess) < 0.02 * guess:
             break
