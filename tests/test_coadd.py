@@ -261,6 +261,85 @@ def test_psf_matching_array_edge_mirrored():
         match_to_psf(e, array_edge="MIRROR")
 
 
+def _direct_convolution(plane, kernel_at, x, y, mirror=0):
+    """sum_u K_(x, y)(u) plane(x - u) at one pixel: a spatially varying convolution by brute
+    force (zeros beyond the plane, or its mirror image over ``mirror`` pixels)."""
+    k = kernel_at(x, y)
+    h = k.shape[0] // 2
+    p = np.pad(plane, h, mode="symmetric") if mirror else np.pad(plane, h)
+    return float((k[::-1, ::-1] * p[y : y + 2 * h + 1, x : x + 2 * h + 1]).sum())
+
+
+def test_psf_matching_follows_a_spatially_varying_psf():
+    """A PSF that varies across the warp gets LSST ModelPsfMatchTask's spatially varying kernel
+    (Chebyshev order 2 fitted to kernels on the cells' centres): each matched star has the
+    target's width wherever it is, where the centre's kernel alone leaves stars at the sides
+    about 3 % off; each pixel's value is the convolution with the model's kernel at that pixel
+    (its variance with the model of the squared kernel), every local kernel has unit sum, and
+    a constant PSF keeps its single kernel (bit for bit)."""
+    from toolkit import VaryingGaussianPsf
+    from toolkit.psf import determinant_radius
+    from toolkit.psf_matching import spatial_matching_kernel
+
+    n = 512
+    s0 = 4.0 / 2.3548
+    # FWHM 3.5 px at the left edge to 4.5 at the right, and 4 % across in y
+    psf = VaryingGaussianPsf(s0, dsigma_dx=(1.0 / 2.3548) / n, dsigma_dy=(0.16 / 2.3548) / n, ref=(n / 2, n / 2))
+    xs, ys = np.meshgrid(np.arange(56, n, 80) + 0.3, np.arange(56, n, 80) + 0.6)
+    xs, ys = xs.ravel(), ys.ravel()
+    sig = np.array([psf.sigma_at((x, y)) for x, y in zip(xs, ys)])
+    img = render_points((n, n), xs, ys, np.full(xs.size, 1e5), sig, sampled=True)
+    rng = np.random.default_rng(5)
+    var = rng.uniform(0.5, 2.0, (n, n))  # a varying variance plane checks the squared kernels
+    e = Exposure(img, var, psf=psf)
+    target = DoubleGaussianPsf(7.7)
+    kw = dict(cell_size=64)
+    m = match_to_psf(e, target, **kw)
+    flat = match_to_psf(e, target, spatial_order=0)
+    assert "spatial order 2 fitted to 64 cells" in m.metadata["PSFMATCH"]
+    r_t = determinant_radius(m.psf.compute_kernel_image())
+    h = 36
+
+    def widths(matched):
+        out = []
+        for x, y in zip(xs, ys):
+            st = matched.image[int(round(y)) - h : int(round(y)) + h + 1, int(round(x)) - h : int(round(x)) + h + 1]
+            if st.shape == (2 * h + 1, 2 * h + 1) and np.isfinite(st).all():
+                out.append((x, determinant_radius(st) / r_t - 1, st.sum() / 1e5 - 1))
+        return np.array(out)
+
+    w, w0 = widths(m), widths(flat)
+    assert np.abs(w[:, 1]).max() < 2e-3  # the 73-px stamps hold all but ~1e-4 of the radius
+    assert np.abs(w[:, 2]).max() < 1e-3  # flux kept: every local kernel sums to 1
+    sides = np.abs(w0[:, 0] - n / 2) > 150
+    assert np.abs(w0[sides, 1]).min() > 0.015  # the centre's kernel alone: stars at the sides off
+    model = spatial_matching_kernel(psf, target, e.bbox, kernel_size=73, **kw)
+    assert len(model.terms) == 6 and len(model.nodes) == 64
+    for x, y in ((5, 7), (100, 400), (256, 256), (470, 30), (506, 505)):
+        kxy = model.kernel_at(x, y)
+        assert kxy.sum() == pytest.approx(1.0, abs=1e-12)
+        sq = model.square_at(x, y)
+        # both are order-2 fits of kernels that are not exactly quadratic in x and y: they
+        # agree to 0.2 % of the peak at the corners, beyond the outermost cells' centres
+        assert np.abs(sq - kxy**2).max() < 5e-3 * (kxy**2).max()
+        if np.isfinite(m.image[y, x]):
+            assert m.image[y, x] == pytest.approx(_direct_convolution(img, model.kernel_at, x, y), rel=1e-9, abs=1e-9 * img.max())
+            assert m.variance[y, x] == pytest.approx(_direct_convolution(var, model.square_at, x, y), rel=1e-9)
+    # a mirrored array edge convolves the mirrored planes with the same local kernels
+    me = match_to_psf(e, target, array_edge="EDGE", **kw)
+    for x, y in ((0, 0), (3, 300), (511, 200)):
+        assert me.image[y, x] == pytest.approx(_direct_convolution(img, model.kernel_at, x, y, mirror=1), rel=1e-9, abs=1e-9 * img.max())
+        assert me.variance[y, x] == pytest.approx(_direct_convolution(var, model.square_at, x, y, mirror=1), rel=1e-9)
+    # a constant PSF: one kernel, whatever the order
+    c = Exposure(img, var, psf=GaussianPsf(s0))
+    assert spatial_matching_kernel(c.psf, target, c.bbox, **kw) is None
+    a, b = match_to_psf(c, target, **kw), match_to_psf(c, target, spatial_order=0)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.variance, b.variance)
+    with pytest.raises(InputError, match="spatial kernel order"):
+        match_to_psf(e, target, spatial_order=-1)
+
+
 def test_psf_matching_warns_on_deconvolution():
     e = Exposure(np.zeros((64, 64)), psf=GaussianPsf(5.0))
     with pytest.warns(PsfMatchingWarning, match="narrower"):

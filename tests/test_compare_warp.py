@@ -87,6 +87,37 @@ def test_psf_match_array_edge_keeps_the_frame_and_clips_in_it():
     assert "config.psfMatchArrayEdge" not in text and "psfMatchArrayEdge = 'EDGE'" in text
 
 
+def test_psf_match_spatial_kernel_order_follows_a_varying_psf():
+    """psfMatchSpatialKernelOrder (diffstack only; LSST's ModelPsfMatch spatialKernelOrder, 2):
+    warps whose PSF varies get a spatially varying matching kernel, so a star at the side of
+    the warp has the model's width in the PSF-matched warp; 0 uses the centre's kernel (the
+    star is then measurably off).  The field re-runs PSF matching and what follows."""
+    from toolkit import VaryingGaussianPsf
+    from toolkit.psf import determinant_radius
+    from toolkit.sim import render_points
+
+    n = 256
+    psf = VaryingGaussianPsf(1.7, dsigma_dx=0.5 / n, ref=(n / 2, n / 2))
+    x, y = 50.0, 128.0
+    img = render_points((n, n), [x], [y], [1e5], [psf.sigma_at((x, y))], sampled=True)
+    rng = np.random.default_rng(2)
+    direct = [Exposure(img + rng.normal(0, 1, (n, n)), np.ones((n, n)), psf=psf, metadata={"BUNIT": "nJy"}) for _ in range(3)]
+    p = CompareWarpPipeline(direct, config=CompareWarpConfig(doScaleWarpVariance=False))
+    r_model = determinant_radius(p.model_psf.compute_kernel_image(size=73))
+
+    def star_radius():
+        st = p.psf_matched_warps[0].image[int(y) - 36 : int(y) + 37, int(x) - 36 : int(x) + 37]
+        return determinant_radius(st) / r_model - 1
+
+    assert abs(star_radius()) < 2e-3
+    runs = dict(p.run_counts)
+    p.config.psfMatchSpatialKernelOrder = 0
+    assert abs(star_radius()) > 0.02
+    assert p.run_counts["psf_matched"] == runs["psf_matched"] + 1
+    text = p.config.to_pex_override()
+    assert "config.psfMatchSpatialKernelOrder" not in text and "psfMatchSpatialKernelOrder = 0" in text
+
+
 def test_square_in_six_epochs_is_kept():
     direct, matched = square_stack(6)
     p = CompareWarpPipeline(direct, matched, CompareWarpConfig(doScaleWarpVariance=False))

@@ -374,11 +374,11 @@ class CompareWarpPipeline:
             if missing:
                 raise InputError(f"direct warp(s) {', '.join(map(str, missing))} have no PSF: PSF matching needs one (give psf= to each Exposure, or pass psf_matched_warps)")
             workers = 1 if n_threads(len(self.direct_warps)) > 1 else -1  # epochs in parallel, not FFTs
-            edge = self.config.psfMatchArrayEdge
-            return map_epochs(lambda w: match_to_psf(w, self.model_psf, workers=workers, array_edge=edge), self.direct_warps, self._progress_for("psf_matched"))
+            edge, order = self.config.psfMatchArrayEdge, self.config.psfMatchSpatialKernelOrder
+            return map_epochs(lambda w: match_to_psf(w, self.model_psf, workers=workers, array_edge=edge, spatial_order=order), self.direct_warps, self._progress_for("psf_matched"))
 
-        # the field matters only to the warps made here: given ones keep every later stage
-        key = "inputs" if self._given_matched is not None else "inputs" + self._cfg("psfMatchArrayEdge")
+        # the fields matter only to the warps made here: given ones keep every later stage
+        key = "inputs" if self._given_matched is not None else "inputs" + self._cfg("psfMatchArrayEdge", "psfMatchSpatialKernelOrder")
         return self._stage("psf_matched", key, run)
 
     @property

@@ -1191,7 +1191,7 @@ class CompareWarpConfig(AssembleCoaddConfig):
 
     _lsst_tasks = ("CompareWarpAssembleCoaddTask",)
     _lsst_inert = frozenset({"detectTemplateIterMultiplier", "maxDetectTemplateIter", "streakMaskName"})
-    _diffstack_only = ("psfMatchArrayEdge",)
+    _diffstack_only = ("psfMatchArrayEdge", "psfMatchSpatialKernelOrder")
 
     assembleStaticSkyModel = param.ClassSelector(class_=AssembleCoaddConfig, default=None, instantiate=True, doc="Static-sky template AssembleCoadd config.")
     detect = param.ClassSelector(class_=DetectionConfig, default=None, instantiate=True, doc="Artifact-candidate detection on each warpDiff.")
@@ -1213,6 +1213,8 @@ class CompareWarpConfig(AssembleCoaddConfig):
     doFilterMorphological = param.Boolean(False, doc="Also clip streaks found on the warpDiffs, with no temporal test.")
     growStreakFp = param.Number(5.0, bounds=(0, None), doc="Dilate streaks by this many PSF determinant radii.")
     psfMatchArrayEdge = param.Selector(objects=["NO_DATA", "EDGE"], default="NO_DATA", doc="diffstack only, for PSF-matched warps that diffstack makes from the direct warps (none given): what the 10-px frame at the array's edge becomes. NO_DATA (LSST's incomplete-convolution border; the coadd then loses that frame, which is right at a CCD's edge); EDGE (the planes mirrored beyond the edge before the convolution and the frame flagged EDGE; the coadd keeps its direct pixels there, flagged SENSOR_EDGE and INEXACT_PSF, which suits a cutout of a larger patch).")
+
+    psfMatchSpatialKernelOrder = param.Integer(2, bounds=(0, 4), doc="diffstack only, for PSF-matched warps that diffstack makes from the direct warps (none given): the total degree of the matching kernel's variation across a warp whose PSF varies (LSST's makeWarp uses ModelPsfMatchTask's spatialKernelOrder, 2, fitted to kernels on 128-px cells). 0 uses the kernel at the warp's centre everywhere (faster: one convolution per plane instead of six; a PSF 12 % wider at one side than the other then leaves the matched stars there about 3.5 % off the model's width). A PSF that does not vary gets one kernel either way.")
 
     def __init__(self, **params: Any) -> None:
         # LSST setDefaults, in order

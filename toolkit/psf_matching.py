@@ -7,6 +7,10 @@ model rendered on the full FFT grid, then cropped to ``kernel_size`` and normali
 This reproduces the target to ~1e-4 of its peak for a well-sampled input without the fitting
 machinery; a narrower target than the input (a deconvolution) is allowed but warned about.
 
+When the input PSF varies across the exposure the kernel varies too, as LSST models it: each
+kernel pixel is a Chebyshev polynomial (total degree 2 by default) in x and y fitted to kernels
+solved on a grid of cells (:func:`spatial_matching_kernel`).
+
 The image is convolved with ``K``, the variance with ``K**2`` (exact for independent pixels),
 and each mask plane is OR-dilated over the kernel's core footprint (the bounding box of
 ``|K| >= core_threshold * max|K|``).  Pixels whose core footprint reaches a NaN/NO_DATA pixel or
@@ -33,7 +37,7 @@ from .parallel import map_band_halves, map_row_halves, worker_scratch
 from .psf import Psf, DoubleGaussianPsf
 from .stats import median_masked, native
 
-__all__ = ["matching_kernel", "match_to_psf", "auto_kernel_size", "fft_convolve", "PsfMatchingWarning"]
+__all__ = ["matching_kernel", "spatial_matching_kernel", "SpatialKernel", "match_to_psf", "auto_kernel_size", "fft_convolve", "PsfMatchingWarning"]
 
 
 class PsfMatchingWarning(UserWarning):
@@ -105,6 +109,128 @@ def matching_kernel(
     k = sfft.irfft2(k_hat, s=(m, m))
     k = np.roll(k, (ks // 2, ks // 2), (0, 1))[:ks, :ks]
     return k / k.sum()
+
+
+class SpatialKernel:
+    """A matching kernel that varies across the image as LSST's ``ModelPsfMatchTask`` models
+    it: every kernel pixel a Chebyshev polynomial (of the first kind, total degree
+    ``order``) in x and y, each mapped to [-1, 1] over the image's box, fitted by least
+    squares to kernels solved at the centres of a grid of cells (LSST: ``sizeCellX`` =
+    ``sizeCellY`` = 128, ``spatialKernelOrder`` = 2).
+
+    The kernel at ``(x, y)`` is ``sum_t B_t(x, y) kernels[t]``; its sum is 1 everywhere,
+    because each node's kernel sums to 1 and the constant is in the basis.  ``squares`` are
+    the same fit of the nodes' squared kernels, for the variance plane.
+
+    Parameters
+    ----------
+    terms : list of (int, int)
+        The (x degree, y degree) of each basis function ``T_i(x) T_j(y)``.
+    kernels, squares : ndarray, shape (n_terms, ks, ks)
+        Coefficient kernels of K and of K**2.
+    bbox : Box
+        The parent-frame box the polynomials are mapped over.
+    nodes : ndarray, shape (n_nodes, 2)
+        The (x, y) positions the kernels were solved at.
+    """
+
+    def __init__(self, terms: list[tuple[int, int]], kernels: np.ndarray, squares: np.ndarray, bbox, nodes: np.ndarray) -> None:
+        self.terms, self.kernels, self.squares, self.bbox, self.nodes = terms, kernels, squares, bbox, nodes
+
+    @staticmethod
+    def _chebyshev(coord: np.ndarray, lo: float, hi: float, degree: int) -> np.ndarray:
+        """T_0..T_degree of ``coord`` mapped from [lo, hi] to [-1, 1] (LSST's chebyshev1)."""
+        u = 2.0 * (np.asarray(coord, np.float64) - lo) / (hi - lo) - 1.0 if hi > lo else np.zeros(np.shape(coord))
+        t = np.empty((degree + 1,) + u.shape)
+        t[0] = 1.0
+        if degree >= 1:
+            t[1] = u
+        for k in range(2, degree + 1):
+            t[k] = 2.0 * u * t[k - 1] - t[k - 2]
+        return t
+
+    def axis_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-column and per-row Chebyshev factors over the box: ``(tx (deg+1, width),
+        ty (deg+1, height))``, so ``B_t = ty[j][:, None] * tx[i][None, :]``."""
+        b = self.bbox
+        deg = max(max(i, j) for i, j in self.terms)
+        tx = self._chebyshev(np.arange(b.x0, b.x1), b.x0, b.x1 - 1, deg)
+        ty = self._chebyshev(np.arange(b.y0, b.y1), b.y0, b.y1 - 1, deg)
+        return tx, ty
+
+    def _basis_at(self, x, y) -> np.ndarray:
+        b = self.bbox
+        deg = max(max(i, j) for i, j in self.terms)
+        tx = self._chebyshev(x, b.x0, b.x1 - 1, deg)
+        ty = self._chebyshev(y, b.y0, b.y1 - 1, deg)
+        return np.array([tx[i] * ty[j] for i, j in self.terms])
+
+    def kernel_at(self, x: float, y: float) -> np.ndarray:
+        """The model's kernel at parent-frame pixel ``(x, y)``."""
+        return np.tensordot(self._basis_at(x, y), self.kernels, axes=1)
+
+    def square_at(self, x: float, y: float) -> np.ndarray:
+        """The model of the squared kernel at ``(x, y)`` (what the variance is convolved with)."""
+        return np.tensordot(self._basis_at(x, y), self.squares, axes=1)
+
+
+def spatial_matching_kernel(
+    input_psf: Psf,
+    target_psf: Psf,
+    bbox,
+    kernel_size: int | None = None,
+    regularization: float = 1e-12,
+    order: int = 2,
+    cell_size: int = 128,
+    max_cells: int = 8,
+) -> SpatialKernel | None:
+    """LSST ``ModelPsfMatchTask``'s spatially varying kernel: :func:`matching_kernel` solved at
+    the centre of each ``cell_size`` cell of ``bbox`` and each kernel pixel fitted with a
+    Chebyshev polynomial of total degree ``order`` (:class:`SpatialKernel`).
+
+    Returns None when neither PSF varies over the cells' centres (their kernel images are
+    identical there), so a constant PSF keeps its single kernel.
+
+    Why only ``max_cells`` per axis: LSST uses every 128-px cell (32 x 32 for a 4k patch) with
+    one PSF realisation each; the polynomial fitted to a 16 x 16 subgrid of them is the same to
+    well below the model's own error, at a quarter of the kernel solves.  A box with fewer
+    than ``order + 1`` cells along an axis gets the degree that axis can support.
+    """
+    if int(order) != order or order < 0:
+        raise InputError(f"the spatial kernel order must be an integer >= 0, got {order!r}")
+    if int(cell_size) != cell_size or cell_size < 1:
+        raise InputError(f"cell_size must be a positive integer, got {cell_size!r}")
+    order = int(order)
+    ncx = min(max_cells, max(1, bbox.width // int(cell_size)))
+    ncy = min(max_cells, max(1, bbox.height // int(cell_size)))
+    if order == 0 or ncx * ncy == 1:
+        return None
+    # the cells' centres (equal cells covering the box; LSST's when the box is a multiple of 128)
+    xs = bbox.x0 + (np.arange(ncx) + 0.5) * bbox.width / ncx - 0.5
+    ys = bbox.y0 + (np.arange(ncy) + 0.5) * bbox.height / ncy - 0.5
+    nodes = np.array([(x, y) for y in ys for x in xs])
+    ks = auto_kernel_size(target_psf) if kernel_size is None else int(kernel_size)
+    n = max(ks, input_psf.size, target_psf.size)
+    n += 1 - n % 2
+    ref_in = input_psf.compute_kernel_image(bbox.center, size=n)
+    ref_t = target_psf.compute_kernel_image(bbox.center, size=n)
+    varies = False
+    for pos in nodes:
+        if not (np.array_equal(input_psf.compute_kernel_image(tuple(pos), size=n), ref_in) and np.array_equal(target_psf.compute_kernel_image(tuple(pos), size=n), ref_t)):
+            varies = True
+            break
+    if not varies:
+        return None
+    terms = [(i, s - i) for s in range(order + 1) for i in range(s, -1, -1) if i < ncx and s - i < ncy]
+    k = np.array([matching_kernel(input_psf, target_psf, ks, tuple(pos), regularization) for pos in nodes])
+    model = SpatialKernel(terms, np.empty(0), np.empty(0), bbox, nodes)
+    a = np.stack([model._basis_at(x, y) for x, y in nodes])  # (n_nodes, n_terms)
+    flat = k.reshape(len(nodes), -1)
+    coef, *_ = np.linalg.lstsq(a, np.concatenate([flat, flat * flat], axis=1), rcond=None)
+    half = flat.shape[1]
+    model.kernels = coef[:, :half].reshape(len(terms), ks, ks)
+    model.squares = coef[:, half:].reshape(len(terms), ks, ks)
+    return model
 
 
 def _irfft2(x: np.ndarray, shape: tuple[int, int], overwrite: bool = False, workers: int | None = -1) -> np.ndarray:
@@ -230,13 +356,22 @@ def _convolve_loaded(buf: np.ndarray, cell: tuple[int, int], kernel: np.ndarray,
     third; at 2160^2 those are 56 MB of fresh pages per convolution, which cost as much as the
     transforms on this kind of machine.  The values are those of ``irfft2(rfft2(a) rfft2(k))``.
     """
+    sx = cell[1]
+    threads = 2 if workers is None or workers < 0 or workers > 1 else 1
+    _rows_in_place(buf, sx, False, threads)
+    c = buf.view(np.complex64 if buf.dtype == np.float32 else np.complex128)
+    _kernel_product_bands(c, None, kernel, cell, threads)
+    _rows_in_place(buf, sx, True, threads)
+
+
+def _kernel_product_bands(dst: np.ndarray, src: np.ndarray | None, kernel: np.ndarray, cell: tuple[int, int], threads: int) -> None:
+    """Band of columns by band, ``dst <- ifft_cols(S fft_cols(kernel rows))`` with S the
+    column transform of ``dst``'s row spectra (``src`` None: in place) or the full spectrum
+    ``src``: the kernel's column spectrum is made from its few transformed rows per band."""
     sy, sx = cell
     ky = kernel.shape[0]
-    threads = 2 if workers is None or workers < 0 or workers > 1 else 1
-    cdt = np.complex64 if buf.dtype == np.float32 else np.complex128
-    c = buf.view(cdt)
-    _rows_in_place(buf, sx, False, threads)
-    krows = sfft.rfft(kernel.astype(buf.dtype), n=sx, axis=1)
+    cdt = dst.dtype
+    krows = sfft.rfft(kernel.astype(dst.real.dtype), n=sx, axis=1)
 
     def run(group: list[slice]) -> None:
         K_in = np.zeros((sy, _CONV_BAND), cdt)  # zero below the kernel's rows, band after band
@@ -246,13 +381,57 @@ def _convolve_loaded(buf: np.ndarray, cell: tuple[int, int], kernel: np.ndarray,
             K_in[:ky, :w] = krows[:, cols]
             k = K[:, :w]
             _fft_cols_into(K_in[:, :w], k)
-            band = c[:, cols]
-            _fft_cols(band)
-            band *= k
+            band = dst[:, cols]
+            if src is None:
+                _fft_cols(band)
+                band *= k
+            else:
+                np.multiply(src[:, cols], k, out=band)
             _fft_cols(band, inverse=True)
 
     map_band_halves(run, sx // 2 + 1, _CONV_BAND, threads)
-    _rows_in_place(buf, sx, True, threads)
+
+
+@nb.njit(cache=True, nogil=True)
+def _add_term(acc, part, wx, wy, first):  # pragma: no cover - compiled
+    """acc (=, or +=) part * wy[:, None] * wx[None, :] in one pass (numpy: two temporaries)."""
+    for y in range(acc.shape[0]):
+        a = acc[y]
+        p = part[y]
+        f = wy[y]
+        if first:
+            for x in range(a.size):
+                a[x] = p[x] * wx[x] * f
+        else:
+            for x in range(a.size):
+                a[x] += p[x] * wx[x] * f
+
+
+def _convolve_loaded_terms(buf: np.ndarray, cell: tuple[int, int], kernels: Sequence[np.ndarray], emit, workers: int | None) -> None:
+    """What :func:`_convolve_loaded` does, for several kernels of one plane: the plane's
+    spectrum is made once, in place in ``buf``, and for each kernel its product with the
+    kernel's spectrum is transformed back in a second work plane, which ``emit(t, plane)``
+    reads before the next kernel overwrites it.  The values are those of
+    :func:`_convolve_loaded` with each kernel; the forward transform is shared (a spatially
+    varying kernel's six terms cost about four convolutions instead of six)."""
+    sx = cell[1]
+    threads = 2 if workers is None or workers < 0 or workers > 1 else 1
+    cdt = np.complex64 if buf.dtype == np.float32 else np.complex128
+    c = buf.view(cdt)
+    _rows_in_place(buf, sx, False, threads)
+
+    def forward(group: list[slice]) -> None:
+        for cols in group:
+            _fft_cols(c[:, cols])
+
+    map_band_halves(forward, sx // 2 + 1, _CONV_BAND, threads)
+    # a second work plane of its own (``buf`` may be this thread's convolution scratch)
+    work = worker_scratch("convolution terms", buf.shape, buf.dtype)
+    w_c = work.view(cdt)
+    for t, kernel in enumerate(kernels):
+        _kernel_product_bands(w_c, c, kernel, cell, threads)
+        _rows_in_place(work, sx, True, threads)
+        emit(t, work)
 
 
 def _convolved_mirrored(plane: np.ndarray, kernel: np.ndarray, dtype, workers: int | None) -> np.ndarray:
@@ -430,6 +609,8 @@ def match_to_psf(
     interpolate_planes: Sequence[str] = ("BAD", "SAT", "CR"),
     workers: int | None = -1,
     array_edge: str = "NO_DATA",
+    spatial_order: int = 2,
+    cell_size: int = 128,
 ) -> Exposure:
     """Return a PSF-matched copy of ``exposure`` (the input is not modified).
 
@@ -471,6 +652,17 @@ def match_to_psf(
         CompareWarp treats PSF-matched EDGE pixels as usable but flags the coadd there
         (SENSOR_EDGE | INEXACT_PSF) instead of dropping the direct pixels.  Missing pixels inside
         the array stay NO_DATA either way.
+    spatial_order : int
+        Total degree of the kernel's spatial variation when the exposure's PSF varies across it
+        (LSST ``spatialKernelOrder``, 2): the kernel is solved at the centre of each
+        ``cell_size`` cell and fitted per pixel with Chebyshev polynomials
+        (:func:`spatial_matching_kernel`), the image is convolved with the local kernel and the
+        variance with the same fit of the squared kernels.  A PSF that does not vary (or
+        ``spatial_order=0``) gets the single kernel at the centre.  The convolutions cost one
+        per polynomial term (6 at order 2) instead of one.
+    cell_size : int
+        LSST ``sizeCellX``/``sizeCellY`` (128): the spacing of the kernels the fit is made from
+        (at most 16 per axis; see :func:`spatial_matching_kernel`).
 
     Returns
     -------
@@ -499,6 +691,7 @@ def match_to_psf(
             stacklevel=2,
         )
     k = matching_kernel(exposure.psf, target, kernel_size, pos, regularization)
+    model = spatial_matching_kernel(exposure.psf, target, exposure.bbox, k.shape[0], regularization, spatial_order, cell_size) if spatial_order else None
     if mask_growth is None:
         h = _core_half_width(k, core_threshold)
     elif int(mask_growth) < 0:
@@ -527,20 +720,43 @@ def match_to_psf(
             img[...] = _interp_rows(img, ~good, lambda: median_masked(img, ~good))
             img[bad_input] = 0
     extend = array_edge == "EDGE"
-    if extend:
-        out_img = _convolved_mirrored(img, k, exposure.dtype, workers)
-    else:
-        _convolve_loaded(buf, cell, k, workers)
-        out_img = _cropped(buf, exposure.shape, k.shape, exposure.dtype)
+
+    def convolved(plane: np.ndarray, kern: np.ndarray) -> np.ndarray:
+        if extend:
+            return _convolved_mirrored(plane, kern, exposure.dtype, workers)
+        _convolve_loaded(buf, cell, kern, workers)  # ``plane`` is the view _load left in buf
+        return _cropped(buf, exposure.shape, k.shape, exposure.dtype)
+
+    def convolved_spatially(plane: np.ndarray, coefs: np.ndarray) -> np.ndarray:
+        # the sum over the terms of B_t(x, y) (plane (*) coefs[t]): each output pixel gets the
+        # model's kernel at that pixel, as afw's convolve with a spatially varying kernel does
+        tx, ty = (a.astype(exposure.dtype) for a in model.axis_weights())
+        ny, nx = exposure.shape
+        acc = np.empty((ny, nx), exposure.dtype)
+        off = [k.shape[0] // 2]
+
+        def emit(t: int, work: np.ndarray) -> None:
+            i, j = model.terms[t]
+            part = work[off[0] : off[0] + ny, off[0] : off[0] + nx]
+            map_row_halves(lambda sl: _add_term(acc[sl], part[sl], tx[i], ty[j][sl], t == 0), ny)
+
+        if extend:
+            ext = np.pad(plane, k.shape[0] // 2, mode="symmetric")
+            cell2 = _conv_shape(ext.shape, k.shape)
+            b = _conv_buffer(cell2, ext.dtype)
+            _load(b, cell2, ext)
+            off[0] = 2 * (k.shape[0] // 2)
+            _convolve_loaded_terms(b, cell2, coefs, emit, workers)
+        else:
+            _convolve_loaded_terms(buf, cell, coefs, emit, workers)
+        return acc
+
+    out_img = convolved(img, k) if model is None else convolved_spatially(img, model.kernels)
     var = _load(buf, cell, exposure.variance)
     if any_bad:
         var[bad_input] = 0
-    if extend:
-        out_var = _convolved_mirrored(var, k * k, exposure.dtype, workers)
-    else:
-        _convolve_loaded(buf, cell, k * k, workers)
-        out_var = _cropped(buf, exposure.shape, k.shape, exposure.dtype)
-    del buf
+    out_var = convolved(var, k * k) if model is None else convolved_spatially(var, model.squares)
+    buf = var = img = None  # the work plane can go before the masks are grown
     out_mask = or_box(exposure.mask, h)
     if extend:
         # mirrored data beyond the edge count as present: only missing pixels inside the array
@@ -560,7 +776,7 @@ def match_to_psf(
         for sl in (np.s_[:h, :], np.s_[-h:, :], np.s_[:, :h], np.s_[:, -h:]):
             out_mask[sl] |= edge_bit
     meta = dict(exposure.metadata)
-    meta["PSFMATCH"] = f"kernel {k.shape[0]}px core half-width {h}px"
+    meta["PSFMATCH"] = f"kernel {k.shape[0]}px core half-width {h}px" + ("" if model is None else f", spatial order {max(i + j for i, j in model.terms)} fitted to {len(model.nodes)} cells")
     # The data now have the target's profile out to the kernel's box, so the PSF they carry is
     # the target drawn on that box.  The model's own default stamp can be much smaller: LSST's
     # 7.7-px double Gaussian is 23 px, which leaves out 11 % of its flux (its wing holds 38 %),
