@@ -93,6 +93,38 @@ def test_saturated_star_count():
         simulate_stack(n_saturated_stars=-1, **kw)
 
 
+def test_psf_gradient_varies_each_epochs_psf_across_the_patch():
+    """psf_gradient: each epoch's PSF is a VaryingGaussianPsf whose width changes by that
+    fraction across the patch (the epoch's FWHM at the centre), the stars are drawn with it
+    (their noise-free images have the local width), and every other draw is unchanged."""
+    from toolkit import VaryingGaussianPsf
+    from toolkit.psf import adaptive_moments
+
+    g = 0.2
+    a = simulate_stack(n_epochs=3, size=256, seed=5, psf_matched=False, psf_gradient=g, star_density=1e-4, galaxy_density=0.0)
+    b = simulate_stack(n_epochs=3, size=256, seed=5, psf_matched=False, star_density=1e-4, galaxy_density=0.0)
+    stars = a.catalogs["stars"]
+    for i, (w, w0) in enumerate(zip(a.direct_warps, b.direct_warps)):
+        psf = w.psf
+        assert isinstance(psf, VaryingGaussianPsf) and psf.sigma0 == pytest.approx(a.truth["psf_sigma"][i])
+        assert np.hypot(psf.dsigma_dx, psf.dsigma_dy) * 256 == pytest.approx(g * psf.sigma0)
+        np.testing.assert_array_equal(w.mask & ~np.int32(w.mask_planes.bitmask(["DETECTED"])), w0.mask & ~np.int32(w0.mask_planes.bitmask(["DETECTED"])))
+        # an isolated, unsaturated star's noise-free image has the PSF's width where it is
+        model = a.truth["noiseless"][i]
+        checked = 0
+        for s in stars:
+            x, y = s["x"], s["y"]
+            d = np.hypot(stars["x"] - x, stars["y"] - y)
+            if not (12 < x < 244 and 12 < y < 244) or np.sort(d)[1] < 20 or s["flux"] > 1e6:
+                continue
+            ix, iy = int(round(x)), int(round(y))
+            st = model[iy - 10 : iy + 11, ix - 10 : ix + 11]
+            sxx, syy, _ = adaptive_moments(st)
+            assert np.sqrt(np.sqrt(sxx * syy)) == pytest.approx(psf.sigma_at((x, y)), rel=0.02)
+            checked += 1
+        assert checked >= 3
+
+
 @pytest.mark.parametrize(
     "kwargs, name",
     [
@@ -107,6 +139,7 @@ def test_saturated_star_count():
         (dict(size="big"), "size"),
         (dict(size=(64, 64, 3)), "size"),
         (dict(n_trails=-1), "n_trails"),
+        (dict(psf_gradient=-0.1), "psf_gradient"),
     ],
 )
 def test_simulate_stack_names_bad_parameters(kwargs, name):

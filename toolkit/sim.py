@@ -176,8 +176,8 @@ class SimulatedStack:
         their epoch flux), ``static_sky`` (ny, nx) noiseless sky at the mean epoch PSF is not
         defined for varying PSFs, so instead ``artifact_flux`` (N, ny, nx), ``artifact_mask``
         (N, ny, nx; exactly where ``artifact_flux != 0``), ``artifact_kind`` (N, ny, nx; 0 none,
-        1 faint trail, 2 bright trail, 3 cosmic ray, 4 ghost), ``psf_sigma`` per epoch,
-        ``throughput`` per epoch (nJy per count).
+        1 faint trail, 2 bright trail, 3 cosmic ray, 4 ghost), ``psf_sigma`` per epoch (at the
+        patch's centre with ``psf_gradient``), ``throughput`` per epoch (nJy per count).
     catalogs : dict of astropy Table
         ``stars`` (x, y, flux, variable, saturated), ``galaxies``, ``variables`` (per-epoch
         flux), ``artifacts`` (epoch, kind, parameters).
@@ -220,6 +220,7 @@ def simulate_stack(
     target_fwhm: float = 7.7,
     keep_truth_images: bool = True,
     dtype: Any = np.float32,
+    psf_gradient: float = 0.0,
 ) -> SimulatedStack:
     """Simulate ``n_epochs`` registered warps of one patch.
 
@@ -274,8 +275,14 @@ def simulate_stack(
         Also build PSF-matched warps (double Gaussian, ``target_fwhm``).
     keep_truth_images : bool
         Keep the per-epoch truth cubes (memory: ~3 N ny nx floats).
+    psf_gradient : float
+        Fractional change of each epoch's PSF width from one side of the patch to the other,
+        along a direction drawn per epoch (a :class:`~toolkit.psf.VaryingGaussianPsf`; its
+        width at the centre is the epoch's FWHM).  0 (default): a constant PSF per epoch.
+        The directions come from a stream of their own, so every other draw is as without it.
     """
     n_epochs = _number("n_epochs", n_epochs, 1, integer=True)
+    psf_gradient = _number("psf_gradient", psf_gradient, 0.0, 1.0)
     ny, nx = _size(size, 32, "size")
     fwhm_range = _interval("fwhm_range", fwhm_range, strict=True)
     sky_counts = _interval("sky_counts", sky_counts)
@@ -367,10 +374,21 @@ def simulate_stack(
     art_flux_all = np.zeros((n_epochs, ny, nx), np.float32) if keep_truth_images else None
     art_kind_all = np.zeros((n_epochs, ny, nx), np.uint8) if keep_truth_images else None
     sat_star = np.zeros(n_stars, bool)
+    centre = ((nx - 1) / 2, (ny - 1) / 2)
+    # per epoch, d sigma / d (x, y): a stream of its own keeps the other draws as they were
+    phi = np.random.default_rng([seed, 1]).uniform(0, 2 * np.pi, n_epochs) if psf_gradient else np.zeros(n_epochs)
     for ep in range(n_epochs):
         psf_s = float(sigma[ep])
-        model = render_points((ny, nx), sx, sy, sflux * var_mult[ep], psf_s, sampled=True)
-        model += _render_galaxies((ny, nx), gx, gy, gflux, gxx, gyy, gxy, psf_s)
+        if psf_gradient:
+            slope = psf_gradient * psf_s / max(nx, ny)
+            psf = VaryingGaussianPsf(psf_s, slope * np.cos(phi[ep]), slope * np.sin(phi[ep]), ref=centre)
+            s_star = psf_s + psf.dsigma_dx * (sx - centre[0]) + psf.dsigma_dy * (sy - centre[1])
+            s_gal = psf_s + psf.dsigma_dx * (gx - centre[0]) + psf.dsigma_dy * (gy - centre[1])
+        else:
+            psf = GaussianPsf(psf_s)
+            s_star = s_gal = psf_s
+        model = render_points((ny, nx), sx, sy, sflux * var_mult[ep], s_star, sampled=True)
+        model += _render_galaxies((ny, nx), gx, gy, gflux, gxx, gyy, gxy, s_gal)
         art = np.zeros((ny, nx))
         kind_img = np.zeros((ny, nx), np.uint8)
         for row in art_rows:
@@ -426,7 +444,7 @@ def simulate_stack(
             near = np.hypot(sx[:, None] - xx[sat][None, :], sy[:, None] - yy[sat][None, :]).min(1) < 2 if sat.sum() < 5e4 else np.zeros(n_stars, bool)
             sat_star |= near
         exp = Exposure(
-            image.astype(dtype), variance.astype(dtype), mask, planes, psf=GaussianPsf(psf_s),
+            image.astype(dtype), variance.astype(dtype), mask, planes, psf=psf,
             photo_calib=1.0, wcs=wcs, metadata={"BUNIT": "nJy", "EPOCH": ep, "SEEING": float(fwhm[ep]), "SKYCNTS": float(sky[ep]), "THRUPUT": float(thr[ep])},
         )
         direct.append(exp)
@@ -450,7 +468,7 @@ def simulate_stack(
     vidx = np.nonzero(variable)[0]
     variables = Table({"star": vidx, "x": sx[vidx], "y": sy[vidx], "flux": (sflux[vidx][None, :] * var_mult[:, vidx]).T})
     arts = Table(rows=art_rows, names=("epoch", "kind", "x0", "y0", "theta", "amplitude", "width", "extent"), dtype=(int, int, float, float, float, float, float, float)) if art_rows else Table(names=("epoch", "kind"))
-    params = dict(n_epochs=n_epochs, size=(ny, nx), seed=seed, target_fwhm=target_fwhm)
+    params = dict(n_epochs=n_epochs, size=(ny, nx), seed=seed, target_fwhm=target_fwhm, psf_gradient=psf_gradient)
     return SimulatedStack(direct, matched if psf_matched else None, truth, {"stars": stars, "galaxies": gals, "variables": variables, "artifacts": arts}, params)
 
 
