@@ -99,16 +99,23 @@ def matching_kernel(
     ks = auto_kernel_size(target_psf) if kernel_size is None else int(kernel_size)
     if ks < 1 or ks % 2 == 0:
         raise InputError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+    return _solve_kernels(input_psf, target_psf, ks, [position], regularization)[0]
+
+
+def _solve_kernels(input_psf: Psf, target_psf: Psf, ks: int, positions: Sequence, regularization: float) -> np.ndarray:
+    """:func:`matching_kernel` at each of ``positions`` (None: the PSFs' default), as one
+    batch of transforms: ``(len(positions), ks, ks)``."""
     m = sfft.next_fast_len(2 * max(ks, input_psf.size, target_psf.size) + 1, real=True)
     n = m - 1 if m % 2 == 0 else m
-    p_in = input_psf.compute_kernel_image(position, size=n)
-    p_t = target_psf.compute_kernel_image(position, size=n)
-    fi = sfft.rfft2(_embed_origin(p_in, (m, m)))
-    ft = sfft.rfft2(_embed_origin(p_t, (m, m)))
-    k_hat = np.conj(fi) * ft / (np.abs(fi) ** 2 + regularization * np.abs(fi).max() ** 2)
+    p_in = np.stack([_embed_origin(input_psf.compute_kernel_image(pos, size=n), (m, m)) for pos in positions])
+    p_t = np.stack([_embed_origin(target_psf.compute_kernel_image(pos, size=n), (m, m)) for pos in positions])
+    fi = sfft.rfft2(p_in)
+    ft = sfft.rfft2(p_t)
+    peak = np.abs(fi).max(axis=(1, 2), keepdims=True)
+    k_hat = np.conj(fi) * ft / (np.abs(fi) ** 2 + regularization * peak**2)
     k = sfft.irfft2(k_hat, s=(m, m))
-    k = np.roll(k, (ks // 2, ks // 2), (0, 1))[:ks, :ks]
-    return k / k.sum()
+    k = np.roll(k, (ks // 2, ks // 2), (1, 2))[:, :ks, :ks]
+    return k / k.sum(axis=(1, 2), keepdims=True)
 
 
 class SpatialKernel:
@@ -222,7 +229,7 @@ def spatial_matching_kernel(
     if not varies:
         return None
     terms = [(i, s - i) for s in range(order + 1) for i in range(s, -1, -1) if i < ncx and s - i < ncy]
-    k = np.array([matching_kernel(input_psf, target_psf, ks, tuple(pos), regularization) for pos in nodes])
+    k = _solve_kernels(input_psf, target_psf, ks, [tuple(pos) for pos in nodes], regularization)
     model = SpatialKernel(terms, np.empty(0), np.empty(0), bbox, nodes)
     a = np.stack([model._basis_at(x, y) for x, y in nodes])  # (n_nodes, n_terms)
     flat = k.reshape(len(nodes), -1)
