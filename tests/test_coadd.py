@@ -1,5 +1,7 @@
 """AssembleCoadd semantics (reference §2 and §5.1) and PSF matching."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -344,6 +346,15 @@ def test_psf_matching_warns_on_deconvolution():
     e = Exposure(np.zeros((64, 64)), psf=GaussianPsf(5.0))
     with pytest.warns(PsfMatchingWarning, match="narrower"):
         match_to_psf(e, GaussianPsf(2.0))
+    # a PSF narrower than the target at the centre but wider at a corner: named there
+    from toolkit import VaryingGaussianPsf
+
+    v = Exposure(np.zeros((300, 300)), psf=VaryingGaussianPsf(2.8, dsigma_dx=0.002, ref=(149.5, 149.5)))
+    with pytest.warns(PsfMatchingWarning, match=r"narrower than the input PSF at \(299, 0\)"):
+        match_to_psf(v, GaussianPsf(3.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        match_to_psf(v, GaussianPsf(3.5))
 
 
 @pytest.mark.parametrize("polygons", [False, True])

@@ -687,11 +687,17 @@ def match_to_psf(
     if not (0 < core_threshold < 1):
         raise InputError(f"core_threshold must be in (0, 1), got {core_threshold}")
     pos = exposure.bbox.center
-    r_in = exposure.psf.determinant_radius(pos)
-    r_t = target.determinant_radius(pos)
-    if r_t < r_in:
+    b = exposure.bbox
+    # the centre and, for a PSF that varies, the corners, where it is widest or narrowest
+    where = [pos] + ([(b.x0, b.y0), (b.x1 - 1, b.y0), (b.x0, b.y1 - 1), (b.x1 - 1, b.y1 - 1)] if spatial_order else [])
+    excess = [(target.determinant_radius(p) - exposure.psf.determinant_radius(p), p) for p in where]
+    worst = min(excess)
+    if worst[0] < 0:
+        r_t = target.determinant_radius(worst[1])
+        r_in = r_t - worst[0]
+        at = "" if worst[1] == pos else f" at ({worst[1][0]:g}, {worst[1][1]:g})"
         warnings.warn(
-            f"target PSF (determinant radius {r_t:.2f} px) is narrower than the input PSF "
+            f"target PSF (determinant radius {r_t:.2f} px) is narrower than the input PSF{at} "
             f"({r_in:.2f} px): PSF matching is a deconvolution and amplifies noise; choose a wider "
             "target (LSST recommends the 90th-99th percentile of the seeing)",
             PsfMatchingWarning,
