@@ -199,8 +199,8 @@ def spatial_matching_kernel(
     identical there), so a constant PSF keeps its single kernel.
 
     Why only ``max_cells`` per axis: LSST uses every 128-px cell (32 x 32 for a 4k patch) with
-    one PSF realisation each; the polynomial fitted to a 16 x 16 subgrid of them is the same to
-    well below the model's own error, at a quarter of the kernel solves.  A box with fewer
+    one PSF realisation each; a second-order polynomial fitted to 8 x 8 equal cells of the box
+    is the same to well below the model's own error, at a sixteenth of the kernel solves.  A box with fewer
     than ``order + 1`` cells along an axis gets the degree that axis can support.
     """
     if int(order) != order or order < 0:
@@ -212,7 +212,7 @@ def spatial_matching_kernel(
     ncy = min(max_cells, max(1, bbox.height // int(cell_size)))
     if order == 0 or ncx * ncy == 1:
         return None
-    # the cells' centres (equal cells covering the box; LSST's when the box is a multiple of 128)
+    # the centres of equal cells covering the box (LSST's 128-px cells up to 8 per axis)
     xs = bbox.x0 + (np.arange(ncx) + 0.5) * bbox.width / ncx - 0.5
     ys = bbox.y0 + (np.arange(ncy) + 0.5) * bbox.height / ncy - 0.5
     nodes = np.array([(x, y) for y in ys for x in xs])
@@ -665,11 +665,11 @@ def match_to_psf(
         ``cell_size`` cell and fitted per pixel with Chebyshev polynomials
         (:func:`spatial_matching_kernel`), the image is convolved with the local kernel and the
         variance with the same fit of the squared kernels.  A PSF that does not vary (or
-        ``spatial_order=0``) gets the single kernel at the centre.  The convolutions cost one
-        per polynomial term (6 at order 2) instead of one.
+        ``spatial_order=0``) gets the single kernel at the centre.  The six terms of order 2
+        share one forward transform per plane: about five convolutions' time instead of one.
     cell_size : int
         LSST ``sizeCellX``/``sizeCellY`` (128): the spacing of the kernels the fit is made from
-        (at most 16 per axis; see :func:`spatial_matching_kernel`).
+        (at most 8 per axis; see :func:`spatial_matching_kernel`).
 
     Returns
     -------
