@@ -113,6 +113,9 @@ class Psf:
 
     #: default odd size of the kernel image
     size: int = 21
+    #: True when the kernel image is the same at every position (a model without spatial
+    #: terms), so position-dependent work (a spatially varying matching kernel) can be skipped
+    constant: bool = False
 
     def compute_kernel_image(self, position: Sequence[float] | None = None, size: int | None = None) -> np.ndarray:
         """Normalised (sum 1), centred kernel image of odd ``size`` at ``position`` (x, y)."""
@@ -173,6 +176,8 @@ class GaussianPsf(Psf):
         Odd kernel size; default ``2*ceil(4 sigma)+1``, at least 5.
     """
 
+    constant = True
+
     def __init__(self, sigma: float, size: int | None = None) -> None:
         sigma = float(sigma)
         if not np.isfinite(sigma) or sigma <= 0:
@@ -207,6 +212,8 @@ class DoubleGaussianPsf(Psf):
     size_factor, min_size : float, int
         Kernel size = max(min_size, int(size_factor * fwhm + 0.5)), made odd (LSST 3 and 5).
     """
+
+    constant = True
 
     def __init__(
         self,
@@ -259,6 +266,8 @@ class ImagePsf(Psf):
     The stamp is normalised to sum 1.  Even-sized stamps get a zero row/column appended so
     that the pixel at index ``n//2`` stays the centre, as LSST's kernel convention has it.
     """
+
+    constant = True
 
     def __init__(self, array: Any, normalize: bool = True) -> None:
         arr = np.array(array, dtype=np.float64)

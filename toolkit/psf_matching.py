@@ -208,6 +208,8 @@ def spatial_matching_kernel(
     if int(cell_size) != cell_size or cell_size < 1:
         raise InputError(f"cell_size must be a positive integer, got {cell_size!r}")
     order = int(order)
+    if input_psf.constant and target_psf.constant:
+        return None
     ncx = min(max_cells, max(1, bbox.width // int(cell_size)))
     ncy = min(max_cells, max(1, bbox.height // int(cell_size)))
     if order == 0 or ncx * ncy == 1:
@@ -688,8 +690,9 @@ def match_to_psf(
         raise InputError(f"core_threshold must be in (0, 1), got {core_threshold}")
     pos = exposure.bbox.center
     b = exposure.bbox
-    # the centre and, for a PSF that varies, the corners, where it is widest or narrowest
-    where = [pos] + ([(b.x0, b.y0), (b.x1 - 1, b.y0), (b.x0, b.y1 - 1), (b.x1 - 1, b.y1 - 1)] if spatial_order else [])
+    # the centre and, for a PSF that may vary, the corners, where it is widest or narrowest
+    varies = spatial_order and not (exposure.psf.constant and target.constant)
+    where = [pos] + ([(b.x0, b.y0), (b.x1 - 1, b.y0), (b.x0, b.y1 - 1), (b.x1 - 1, b.y1 - 1)] if varies else [])
     excess = [(target.determinant_radius(p) - exposure.psf.determinant_radius(p), p) for p in where]
     worst = min(excess)
     if worst[0] < 0:
