@@ -165,12 +165,16 @@ class SpatialKernel:
         ty = self._chebyshev(np.arange(b.y0, b.y1), b.y0, b.y1 - 1, deg)
         return tx, ty
 
+    @classmethod
+    def basis(cls, terms: list[tuple[int, int]], bbox, x, y) -> np.ndarray:
+        """The basis functions ``T_i(x) T_j(y)`` of ``terms`` at ``(x, y)``, mapped over ``bbox``."""
+        deg = max(max(i, j) for i, j in terms)
+        tx = cls._chebyshev(x, bbox.x0, bbox.x1 - 1, deg)
+        ty = cls._chebyshev(y, bbox.y0, bbox.y1 - 1, deg)
+        return np.array([tx[i] * ty[j] for i, j in terms])
+
     def _basis_at(self, x, y) -> np.ndarray:
-        b = self.bbox
-        deg = max(max(i, j) for i, j in self.terms)
-        tx = self._chebyshev(x, b.x0, b.x1 - 1, deg)
-        ty = self._chebyshev(y, b.y0, b.y1 - 1, deg)
-        return np.array([tx[i] * ty[j] for i, j in self.terms])
+        return self.basis(self.terms, self.bbox, x, y)
 
     def kernel_at(self, x: float, y: float) -> np.ndarray:
         """The model's kernel at parent-frame pixel ``(x, y)``."""
@@ -232,14 +236,11 @@ def spatial_matching_kernel(
         return None
     terms = [(i, s - i) for s in range(order + 1) for i in range(s, -1, -1) if i < ncx and s - i < ncy]
     k = _solve_kernels(input_psf, target_psf, ks, [tuple(pos) for pos in nodes], regularization)
-    model = SpatialKernel(terms, np.empty(0), np.empty(0), bbox, nodes)
-    a = np.stack([model._basis_at(x, y) for x, y in nodes])  # (n_nodes, n_terms)
+    a = np.stack([SpatialKernel.basis(terms, bbox, x, y) for x, y in nodes])  # (n_nodes, n_terms)
     flat = k.reshape(len(nodes), -1)
     coef, *_ = np.linalg.lstsq(a, np.concatenate([flat, flat * flat], axis=1), rcond=None)
     half = flat.shape[1]
-    model.kernels = coef[:, :half].reshape(len(terms), ks, ks)
-    model.squares = coef[:, half:].reshape(len(terms), ks, ks)
-    return model
+    return SpatialKernel(terms, coef[:, :half].reshape(len(terms), ks, ks), coef[:, half:].reshape(len(terms), ks, ks), bbox, nodes)
 
 
 def _irfft2(x: np.ndarray, shape: tuple[int, int], overwrite: bool = False, workers: int | None = -1) -> np.ndarray:
@@ -446,14 +447,21 @@ def _convolve_loaded_terms(buf: np.ndarray, cell: tuple[int, int], kernels: Sequ
 def _convolved_mirrored(plane: np.ndarray, kernel: np.ndarray, dtype, workers: int | None) -> np.ndarray:
     """``plane`` convolved with an odd ``kernel`` as if it went on beyond its edges as its own
     mirror image (``numpy.pad(mode="symmetric")`` by the kernel's half-width), same shape."""
-    py, px = kernel.shape[0] // 2, kernel.shape[1] // 2
-    ext = np.pad(plane, ((py, py), (px, px)), mode="symmetric")
-    cell = _conv_shape(ext.shape, kernel.shape)
-    buf = _conv_buffer(cell, ext.dtype)
-    _load(buf, cell, ext)
+    buf, cell, (oy, ox) = _load_mirrored(plane, kernel.shape)
     _convolve_loaded(buf, cell, kernel, workers)
     ny, nx = plane.shape
-    return np.array(buf[2 * py : 2 * py + ny, 2 * px : 2 * px + nx], dtype=dtype)
+    return np.array(buf[oy : oy + ny, ox : ox + nx], dtype=dtype)
+
+
+def _load_mirrored(plane: np.ndarray, kernel_shape: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """``plane`` padded by the kernel's half-widths with its mirror image, loaded into a new
+    work buffer: ``(buf, cell, (oy, ox))``, the same-size result then at ``[oy:, ox:]``."""
+    py, px = kernel_shape[0] // 2, kernel_shape[1] // 2
+    ext = np.pad(plane, ((py, py), (px, px)), mode="symmetric")
+    cell = _conv_shape(ext.shape, kernel_shape)
+    buf = _conv_buffer(cell, ext.dtype)
+    _load(buf, cell, ext)
+    return buf, cell, (2 * py, 2 * px)
 
 
 def _cropped(buf: np.ndarray, image_shape: tuple[int, int], kernel_shape: tuple[int, int], dtype) -> np.ndarray:
@@ -693,12 +701,10 @@ def match_to_psf(
     # the centre and, for a PSF that may vary, the corners, where it is widest or narrowest
     varies = spatial_order and not (exposure.psf.constant and target.constant)
     where = [pos] + ([(b.x0, b.y0), (b.x1 - 1, b.y0), (b.x0, b.y1 - 1), (b.x1 - 1, b.y1 - 1)] if varies else [])
-    excess = [(target.determinant_radius(p) - exposure.psf.determinant_radius(p), p) for p in where]
-    worst = min(excess)
-    if worst[0] < 0:
-        r_t = target.determinant_radius(worst[1])
-        r_in = r_t - worst[0]
-        at = "" if worst[1] == pos else f" at ({worst[1][0]:g}, {worst[1][1]:g})"
+    radii = [(target.determinant_radius(p), exposure.psf.determinant_radius(p), p) for p in where]
+    r_t, r_in, p_worst = min(radii, key=lambda r: r[0] - r[1])
+    if r_t < r_in:
+        at = "" if p_worst == pos else f" at ({p_worst[0]:g}, {p_worst[1]:g})"
         warnings.warn(
             f"target PSF (determinant radius {r_t:.2f} px) is narrower than the input PSF{at} "
             f"({r_in:.2f} px): PSF matching is a deconvolution and amplifies noise; choose a wider "
@@ -749,22 +755,14 @@ def match_to_psf(
         tx, ty = (a.astype(exposure.dtype) for a in model.axis_weights())
         ny, nx = exposure.shape
         acc = np.empty((ny, nx), exposure.dtype)
-        off = [k.shape[0] // 2]
+        b, c, (oy, ox) = _load_mirrored(plane, k.shape) if extend else (buf, cell, (k.shape[0] // 2, k.shape[1] // 2))
 
         def emit(t: int, work: np.ndarray) -> None:
             i, j = model.terms[t]
-            part = work[off[0] : off[0] + ny, off[0] : off[0] + nx]
+            part = work[oy : oy + ny, ox : ox + nx]
             map_row_halves(lambda sl: _add_term(acc[sl], part[sl], tx[i], ty[j][sl], t == 0), ny)
 
-        if extend:
-            ext = np.pad(plane, k.shape[0] // 2, mode="symmetric")
-            cell2 = _conv_shape(ext.shape, k.shape)
-            b = _conv_buffer(cell2, ext.dtype)
-            _load(b, cell2, ext)
-            off[0] = 2 * (k.shape[0] // 2)
-            _convolve_loaded_terms(b, cell2, coefs, emit, workers)
-        else:
-            _convolve_loaded_terms(buf, cell, coefs, emit, workers)
+        _convolve_loaded_terms(b, c, coefs, emit, workers)
         return acc
 
     out_img = convolved(img, k) if model is None else convolved_spatially(img, model.kernels)
