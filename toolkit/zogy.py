@@ -674,6 +674,8 @@ def _zogy_noise_corrected(science: Exposure, template: Exposure, cfg: ZogyConfig
 
 
 def _crop_normalize(full: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if shape[0] > full.shape[0] or shape[1] > full.shape[1]:
+        raise InputError(f"the science PSF's {shape[0]}x{shape[1]} stamp is larger than the {full.shape[0]}x{full.shape[1]} P_D/P_S made for its cell: give a PSF model whose stamp size does not vary across the image")
     centred = pad_center_origin(full, shape, inverse=True)
     s = centred.sum()
     return centred / s if s != 0 else centred
@@ -733,11 +735,13 @@ class _CellKernels:
     _spectra: np.ndarray | None = None
     _squares: np.ndarray | None = None
     _square_plan: tuple | None = None
+    _full_sq: np.ndarray | None = None
+    _cols_y: np.ndarray | None = None  # column inverse transforms of the long-tailed kernels, until squared
     boxed: list[int] = field(default_factory=list)  # box sizes of kernels squared on a box
 
     @property
     def nbytes(self) -> int:
-        held = [self.pd, self.ps, self.coarse_spectra, self._spectra, self._squares, self.psf_rows[0]]
+        held = [self.pd, self.ps, self.coarse_spectra, self._spectra, self._squares, self._full_sq, self.psf_rows[0]]
         if self._square_plan is not None and self._square_plan[2] is not None:
             held.append(self._square_plan[2][0])
         return sum(a.nbytes for a in held if a is not None)
@@ -776,6 +780,7 @@ class _CellKernels:
                 rows = np.arange(-rmax, rmax + 1) % ny
                 cols = np.arange(-rmax, rmax + 1) % nx
                 crop = sfft.irfft(cols_y[:, rows, :], n=nx, axis=-1, workers=-1)[:, :, cols]
+                self._cols_y = cols_y
             boxed, full = [], []
             for i in range(len(crop)):
                 c2 = np.square(crop[i], dtype=np.float64)
@@ -794,6 +799,10 @@ class _CellKernels:
                     full.append(i)
                 else:
                     boxed.append((i, r_use, c2))
+            if self._cols_y is not None:
+                # the long-tailed kernels' column transforms are the first half of their
+                # full-cell inverse transforms (:meth:`_full_squares`): kept for it, not redone
+                self._cols_y = self._cols_y[full] if full else None
             rows_t = None
             if boxed:
                 r = max(b[1] for b in boxed)
@@ -804,11 +813,35 @@ class _CellKernels:
             self.boxed = [2 * r + 1 for _, r, _ in boxed]
         return self._square_plan
 
-    def square_rows(self) -> tuple | None:
-        """Row transforms of the squared kernels and the cell rows they occupy, when every
-        kernel's square fits a box (see :meth:`_plan_squares`); else None."""
+    def fused_squares(self) -> tuple:
+        """What the fused pass (:func:`_fourier_fused`) reads for the squared kernels:
+        ``(boxed, rows, full, planes)``: the indices of the kernels whose square fits a box and
+        those squares' row transforms (:func:`_stamp_rows`, or None if there are none), and the
+        indices of the long-tailed kernels with their squares' spectra on the cell's full grid
+        (LSST's full-cell square, see :meth:`_plan_squares`; an array, empty if none)."""
         boxed, full, rows_t = self._plan_squares()
-        return None if full else rows_t
+        return [i for i, _, _ in boxed], rows_t, full, self._full_squares()
+
+    def _full_squares(self) -> np.ndarray:
+        """Spectra of the full-cell squares of the long-tailed kernels (in the order of
+        :meth:`_plan_squares`' ``full``), made once."""
+        if self._full_sq is None:
+            _, full, _ = self._plan_squares()
+            if not full:
+                self._full_sq = np.zeros((0,) + self.spectra_shape, np.complex64 if self.work == np.float32 else np.complex128)
+            else:
+                if self._cols_y is not None:
+                    k = sfft.irfft(self._cols_y, n=self.shape[1], axis=-1, workers=-1)
+                    self._cols_y = None
+                else:
+                    k = _irfft2(self.spectra[full], self.shape)
+                np.square(k, out=k)
+                self._full_sq = sfft.rfft2(k, axes=(-2, -1), workers=-1)
+        return self._full_sq
+
+    @property
+    def spectra_shape(self) -> tuple[int, int]:
+        return (self.shape[0], self.shape[1] // 2 + 1)
 
     def squares(self) -> np.ndarray:
         """Spectra of the pixel-space squares of the kernels (LSST ``pixelSpaceSquare``) on the
@@ -822,9 +855,7 @@ class _CellKernels:
                 sq = np.empty_like(self.spectra)
                 if boxed:
                     sq[[i for i, _, _ in boxed]] = _columns(rows_t, self.shape)
-                k = _irfft2(self.spectra[full], self.shape)
-                np.square(k, out=k)
-                sq[full] = sfft.rfft2(k, axes=(-2, -1), workers=-1)
+                sq[full] = self._full_squares()
             self._squares = sq
         return self._squares
 
@@ -1103,6 +1134,25 @@ def _full_algebra(psf_rows: tuple, shape: tuple[int, int], args: tuple, work, wa
     return spectra, pd_hat, ps_hat, sum(parts)
 
 
+def _origin_block(x_hat: np.ndarray, shape: tuple[int, int], half: int) -> np.ndarray:
+    """The inverse rfft2 of ``x_hat`` (a ``shape`` cell) at the pixels within ``half`` of the
+    origin, as a (2 half, 2 half) array that keeps the cell's wrap-around order (rows and
+    columns 0..half-1, then -half..-1), so that :func:`pad_center_origin` crops it as it would
+    the whole cell (for crops up to 2 half - 1 on a side).
+
+    Why: P_D and P_S are only wanted as PSF-sized stamps; after the column transforms only
+    those 2 half rows need the row transform.  The values are those of :func:`_irfft2` (the
+    same transforms, on fewer rows); ``x_hat`` is overwritten.
+    """
+    ny, nx = shape
+    if 2 * half >= min(ny, nx):
+        return _irfft2(x_hat, shape, overwrite=True)
+    cols = sfft.ifft(x_hat, axis=-2, workers=-1, overwrite_x=True)
+    rows = np.r_[0:half, ny - half:ny]
+    block = sfft.irfft(cols[rows], n=nx, axis=-1, workers=-1)
+    return block[:, np.r_[0:half, nx - half:nx]]
+
+
 def _make_cell_kernels(key):
     k1b, s1, k2b, s2, f1, f2, var1, var2, shape, calc_score, work = key
     k1 = np.frombuffer(k1b).reshape(s1)
@@ -1140,8 +1190,11 @@ def _make_cell_kernels(key):
             F_S = float(f1**2 * f2**2 * part / (cshape[0] * cshape[1]))
             return _CellKernels(pd, ps, F_D, F_S, work, tuple(shape), args, psf_rows, coarse=m, coarse_spectra=spec_c)
     spectra, pd_hat, ps_hat, part = _full_algebra(psf_rows, shape, args, work, want_psf=True)
-    pd = _irfft2(pd_hat, shape, overwrite=True)
-    ps = _irfft2(ps_hat, shape, overwrite=True) if calc_score else None
+    # at least 128 (crops up to 255 px wide), and the stamps' own size: P_D is cut to the
+    # science PSF's stamp, whose size a model may vary across the image
+    half = max(128, max(s1 + s2) // 2 + 1)
+    pd = _origin_block(pd_hat, shape, half)
+    ps = _origin_block(ps_hat, shape, half) if calc_score else None
     F_S = float(f1**2 * f2**2 * part / (ny * nx))
     return _CellKernels(pd, ps, F_D, F_S, work, tuple(shape), args, psf_rows, coarse=1, _spectra=spectra)
 
@@ -1203,7 +1256,7 @@ def _wide_buffer(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def _fourier_fused(wides: list[np.ndarray], shape: tuple[int, int], ker: _CellKernels, sq_rows: tuple, calc_score: bool, scales: dict[int, Any] | None = None) -> None:
+def _fourier_fused(wides: list[np.ndarray], shape: tuple[int, int], ker: _CellKernels, sq: tuple, calc_score: bool, scales: dict[int, Any] | None = None) -> None:
     """D, S, V_D and V_S of one cell, in place in the four wide padded planes (N1, N2, V1, V2).
 
     The same transforms and products as the unfused path, arranged so that no cell-size plane
@@ -1211,7 +1264,9 @@ def _fourier_fused(wides: list[np.ndarray], shape: tuple[int, int], ker: _CellKe
     :func:`_rows_in_place`), and then, per band of columns, the data's column transforms, the
     PSF spectra (float64) and the squared kernels' spectra are made, the kernels are formed and
     applied (:func:`_fused_band`) and the inverse column transforms taken, while the band is in
-    cache; then the rows go back.
+    cache; then the rows go back.  ``sq`` is :meth:`_CellKernels.fused_squares`: the squares
+    that fit a box come from their rows' column transforms band by band, the long-tailed ones
+    (LSST's full-cell squares, which truncated PSF stamps need) from their stored spectra.
     Why by hand: at 2048^2 the kernel spectra, their squares and the data spectra were twelve
     fresh 18-37 MB planes, whose page faults and memory traffic cost as much as the transforms.
     """
@@ -1226,23 +1281,35 @@ def _fourier_fused(wides: list[np.ndarray], shape: tuple[int, int], ker: _CellKe
     for w in wides:
         _rows_in_place(w, nx, False)
     rx, prow = ker.psf_rows
-    qx, qrow = sq_rows
+    boxed, rows_t, full, planes = sq
+    n_sq = len(boxed) + len(full)
+    # the boxed squares transform straight into Q when they are all of them
+    direct = not full
 
     def run(group: list[slice]) -> None:
         # the stamps' bands: zero but for the stamps' rows, which each band overwrites; their
         # column transforms go to P and Q
         P_in = np.zeros((2, ny, _BAND), np.complex128)
-        Q_in = np.zeros((len(qx), ny, _BAND), cdt)
         P = np.empty((2, ny, _BAND), np.complex128)
-        Q = np.empty((len(qx), ny, _BAND), cdt)
+        Q = np.empty((n_sq, ny, _BAND), cdt)
+        if boxed:
+            qx, qrow = rows_t
+            Q_in = np.zeros((len(boxed), ny, _BAND), cdt)
+            Q_box = Q if direct else np.empty((len(boxed), ny, _BAND), cdt)
         for cols in group:
             w = cols.stop - cols.start
-            p_in, q_in = P_in[:, :, :w], Q_in[:, :, :w]
+            p_in = P_in[:, :, :w]
             for i in range(2):
                 p_in[i, prow[i]] = rx[i, : len(prow[i]), cols]
-            q_in[:, qrow[0]] = qx[:, : len(qrow[0]), cols]
             _fft_cols_into(p_in, P[:, :, :w])
-            _fft_cols_into(q_in, Q[:, :, :w])
+            if boxed:
+                q_in = Q_in[:, :, :w]
+                q_in[:, qrow[0]] = qx[:, : len(qrow[0]), cols]
+                _fft_cols_into(q_in, Q_box[:, :, :w])
+                if not direct:
+                    Q[boxed, :, :w] = Q_box[:, :, :w]
+            if full:
+                Q[full, :, :w] = planes[:, :, cols]
             band = [c[:, cols] for c in C]
             for x in band:
                 _fft_cols(x)
@@ -1262,7 +1329,7 @@ def _fourier_cell(N1, N2, V1, V2, ker: _CellKernels, calc_score: bool, astrometr
 
     The padded cells ``N1``, ``N2`` (and varying ``V1``, ``V2``) are overwritten: D, S, V_D and
     V_S are written into them once their transforms are taken.  The usual case (both variance
-    planes vary, a coarse-grid cell, compact kernels, no astrometric term) runs fused and in
+    planes vary, a coarse-grid cell, no astrometric term) runs fused and in
     place (:func:`_fourier_fused`); the rest as written below, with the same arithmetic.
     ``scale_d``: D and V_D come out divided by F_D and F_D^2 (multiplied by their reciprocals
     in the work precision)."""
@@ -1278,10 +1345,10 @@ def _fourier_cell(N1, N2, V1, V2, ker: _CellKernels, calc_score: bool, astrometr
         else:
             varying.append((j, V, 0.0))
     if not astrometric and len(varying) == 2 and ker.coarse > 1:
-        sq_rows = ker.square_rows()
-        if sq_rows is not None:
+        sq = ker.fused_squares()
+        if sq is not None:
             wides = [_wide_buffer(a) for a in (N1, N2, V1, V2)]
-            _fourier_fused(wides, shape, ker, sq_rows, calc_score, scales)
+            _fourier_fused(wides, shape, ker, sq, calc_score, scales)
             nx = shape[1]
             out = {"D": wides[0][:, :nx], "VD": wides[2][:, :nx]}
             if calc_score:
@@ -1411,21 +1478,26 @@ class _GridPsf(Psf):
         return {"type": "ImagePsf", "array": self.compute_kernel_image()}
 
 
-def _parabolic_peak(S: np.ndarray, px: int, py: int, sign: int) -> tuple[float, float, float]:
-    """Sub-pixel offsets and value of the extremum of ``S`` near pixel (px, py): a parabola
-    through the pixel and its two neighbours along each axis (offsets within +-0.5 px; none at
-    the image edge or where the pixel is not an extremum along that axis)."""
+def _parabolic_peaks(S: np.ndarray, px: np.ndarray, py: np.ndarray, sign: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sub-pixel offsets and values of the extrema of ``S`` near the pixels (px, py): a parabola
+    through each pixel and its two neighbours along each axis (offsets within +-0.5 px; none at
+    the image edge or where the pixel is not an extremum along that axis).  In float64, one
+    array operation per step for all peaks (a real pair can list a thousand)."""
     ny, nx = S.shape
-    b = float(S[py, px])
-    value, offsets = b, []
-    for a_idx, c_idx, inside in (((py, px - 1), (py, px + 1), 0 < px < nx - 1), ((py - 1, px), (py + 1, px), 0 < py < ny - 1)):
-        d = 0.0
-        if inside:
-            a, c = float(S[a_idx]), float(S[c_idx])
-            curv = sign * (a - 2.0 * b + c)
-            if curv < 0 and np.isfinite(a + c):
-                d = float(np.clip(0.5 * (a - c) / (a - 2.0 * b + c), -0.5, 0.5))
-                value += -0.25 * (a - c) * d
+    b = S[py, px].astype(np.float64)
+    value = b.copy()
+    offsets = []
+    for ax, n, (ya, xa), (yc, xc) in ((1, nx, (py, px - 1), (py, px + 1)), (0, ny, (py - 1, px), (py + 1, px))):
+        pos = px if ax == 1 else py
+        inside = (pos > 0) & (pos < n - 1)
+        # neighbours clamped into the image; unused where not inside
+        a = S[np.clip(ya, 0, ny - 1), np.clip(xa, 0, nx - 1)].astype(np.float64)
+        c = S[np.clip(yc, 0, ny - 1), np.clip(xc, 0, nx - 1)].astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            den = a - 2.0 * b + c
+            ok = inside & (sign * den < 0) & np.isfinite(a + c)
+            d = np.where(ok, np.clip(0.5 * (a - c) / np.where(ok, den, 1.0), -0.5, 0.5), 0.0)
+            value = np.where(ok, value + -0.25 * (a - c) * d, value)
         offsets.append(d)
     return offsets[0], offsets[1], value
 
@@ -1520,7 +1592,8 @@ def transient_catalog(result: ZogyResult, threshold: float = 5.0, min_pixels: in
     S = result.score.image
     VS = result.score.variance
     bits = result.diff.mask
-    rows = []
+    nx = sc.shape[1]
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("x", "y", "scorr", "flux", "flux_err", "sign", "npix", "footprint", "mask")}
     n_before = 0
     for sign in (1, -1):
         # 8-connected groups of sign * Scorr >= threshold, as pixel indices and labels (no
@@ -1537,15 +1610,22 @@ def transient_catalog(result: ZogyResult, threshold: float = 5.0, min_pixels: in
         else:
             by_pixel = np.argsort(flat)
             peaks = by_pixel[_prominent_peaks(flat[by_pixel], vals[by_pixel].astype(np.float64), sc.shape[1], sc.shape[0], float(min_prominence))]
-        for k in peaks:
-            if npix[labels[k]] < min_pixels:
-                continue
-            py, px = divmod(int(flat[k]), sc.shape[1])
-            fs = result.F_S[py, px]
-            dx, dy, peak = _parabolic_peak(S, px, py, sign)
-            rows.append((px + dx + result.diff.xy0[0], py + dy + result.diff.xy0[1], float(sc[py, px]), peak / fs, np.sqrt(VS[py, px]) / fs, sign, int(npix[labels[k]]), n_before + int(labels[k]) - 1, int(bits[py, px])))
+        peaks = peaks[npix[labels[peaks]] >= min_pixels]
+        py, px = np.divmod(flat[peaks].astype(np.int64), nx)
+        fs = np.asarray(result.F_S[py, px], np.float64)
+        dx, dy, peak = _parabolic_peaks(S, px, py, sign)
+        cols["x"].append(px + dx + result.diff.xy0[0])
+        cols["y"].append(py + dy + result.diff.xy0[1])
+        cols["scorr"].append(sc[py, px].astype(np.float64))
+        cols["flux"].append(peak / fs)
+        cols["flux_err"].append(np.sqrt(VS[py, px]).astype(np.float64) / fs)
+        cols["sign"].append(np.full(len(peaks), sign, np.int64))
+        cols["npix"].append(npix[labels[peaks]].astype(np.int64))
+        cols["footprint"].append(n_before + labels[peaks].astype(np.int64) - 1)
+        cols["mask"].append(bits[py, px].astype(np.int32))
         n_before += n
-    t = Table(rows=rows, names=("x", "y", "scorr", "flux", "flux_err", "sign", "npix", "footprint", "mask"), dtype=(float, float, float, float, float, int, int, int, np.int32))
+    dtypes = dict(x=float, y=float, scorr=float, flux=float, flux_err=float, sign=int, npix=int, footprint=int, mask=np.int32)
+    t = Table({k: (np.concatenate(v) if v else np.zeros(0)).astype(dtypes[k]) for k, v in cols.items()})
     wcs = result.diff.wcs
     if wcs is not None and len(t):
         ra, dec = wcs.pixel_to_world_values(np.asarray(t["x"], float), np.asarray(t["y"], float))
