@@ -757,7 +757,7 @@ class _CellKernels:
         """The pixel-space kernels squared: ``(boxed, full, rows)`` with ``boxed`` the
         ``(index, half-size, square)`` of kernels whose square fits a central box, ``full`` the
         indices of those that need LSST's full-cell square, and ``rows`` the row transforms of
-        the boxed squares (all cut to the largest box) when ``full`` is empty.
+        the boxed squares (all cut to the largest box; None if no square fits a box).
 
         A kernel whose square has all but 1e-9 of its sum within a central box (the usual
         case: the score kernels, and whitening kernels of well-sampled PSFs) is squared on that
