@@ -828,7 +828,7 @@ class _CellKernels:
         if self._full_sq is None:
             _, full, _ = self._plan_squares()
             if not full:
-                self._full_sq = np.zeros((0,) + self.spectra_shape, np.complex64 if self.work == np.float32 else np.complex128)
+                self._full_sq = np.zeros((0, self.shape[0], self.shape[1] // 2 + 1), np.complex64 if self.work == np.float32 else np.complex128)
             else:
                 if self._cols_y is not None:
                     k = sfft.irfft(self._cols_y, n=self.shape[1], axis=-1, workers=-1)
@@ -838,10 +838,6 @@ class _CellKernels:
                 np.square(k, out=k)
                 self._full_sq = sfft.rfft2(k, axes=(-2, -1), workers=-1)
         return self._full_sq
-
-    @property
-    def spectra_shape(self) -> tuple[int, int]:
-        return (self.shape[0], self.shape[1] // 2 + 1)
 
     def squares(self) -> np.ndarray:
         """Spectra of the pixel-space squares of the kernels (LSST ``pixelSpaceSquare``) on the
@@ -1487,12 +1483,12 @@ def _parabolic_peaks(S: np.ndarray, px: np.ndarray, py: np.ndarray, sign: int) -
     b = S[py, px].astype(np.float64)
     value = b.copy()
     offsets = []
-    for ax, n, (ya, xa), (yc, xc) in ((1, nx, (py, px - 1), (py, px + 1)), (0, ny, (py - 1, px), (py + 1, px))):
-        pos = px if ax == 1 else py
+    for dy, dx in ((0, 1), (1, 0)):
+        pos, n = (px, nx) if dx else (py, ny)
         inside = (pos > 0) & (pos < n - 1)
         # neighbours clamped into the image; unused where not inside
-        a = S[np.clip(ya, 0, ny - 1), np.clip(xa, 0, nx - 1)].astype(np.float64)
-        c = S[np.clip(yc, 0, ny - 1), np.clip(xc, 0, nx - 1)].astype(np.float64)
+        a = S[np.clip(py - dy, 0, ny - 1), np.clip(px - dx, 0, nx - 1)].astype(np.float64)
+        c = S[np.clip(py + dy, 0, ny - 1), np.clip(px + dx, 0, nx - 1)].astype(np.float64)
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             den = a - 2.0 * b + c
             ok = inside & (sign * den < 0) & np.isfinite(a + c)
@@ -1593,7 +1589,8 @@ def transient_catalog(result: ZogyResult, threshold: float = 5.0, min_pixels: in
     VS = result.score.variance
     bits = result.diff.mask
     nx = sc.shape[1]
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("x", "y", "scorr", "flux", "flux_err", "sign", "npix", "footprint", "mask")}
+    dtypes = dict(x=float, y=float, scorr=float, flux=float, flux_err=float, sign=int, npix=int, footprint=int, mask=np.int32)
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in dtypes}
     n_before = 0
     for sign in (1, -1):
         # 8-connected groups of sign * Scorr >= threshold, as pixel indices and labels (no
@@ -1624,7 +1621,6 @@ def transient_catalog(result: ZogyResult, threshold: float = 5.0, min_pixels: in
         cols["footprint"].append(n_before + labels[peaks].astype(np.int64) - 1)
         cols["mask"].append(bits[py, px].astype(np.int32))
         n_before += n
-    dtypes = dict(x=float, y=float, scorr=float, flux=float, flux_err=float, sign=int, npix=int, footprint=int, mask=np.int32)
     t = Table({k: (np.concatenate(v) if v else np.zeros(0)).astype(dtypes[k]) for k, v in cols.items()})
     wcs = result.diff.wcs
     if wcs is not None and len(t):
