@@ -1,5 +1,7 @@
 """CompareWarp: LSST's invariant, the temporal/spatial rule on injected squares, caching."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -514,9 +516,16 @@ def test_a_warp_left_with_its_sky_is_named():
     direct[2] = Exposure(w.image + level, w.variance, w.mask, w.mask_planes, psf=w.psf, wcs=w.wcs)
     matched[2] = Exposure(m.image + level, m.variance, m.mask, m.mask_planes, psf=m.psf, wcs=m.wcs)
     p = CompareWarpPipeline(direct, matched)
-    with pytest.warns(SkyOffsetWarning, match=r"1 of 5 .*epoch 2: \+\d\.\d\)") as rec:
+    with pytest.warns(SkyOffsetWarning, match=r"1 of 5 .*epoch 2: \+\d\.\d \((\d+) % of it in candidates\)") as rec:
         offsets = p.warp_diff_offsets
     assert len(rec) == 1 and offsets[2] > 3 and np.abs(np.delete(offsets, 2)).max() < SKY_OFFSET_LIMIT
+    # the share given is that of the epoch's candidates in the warp's pixels with data (a
+    # part of this one has none, so it is above their share of the whole plane): a 6-sigma sky
+    # puts a large part of the warp in candidates (a sky-subtracted epoch has a few %)
+    covered = int(re.search(r"\((\d+) % of it", str(rec[0].message)).group(1))
+    cand = p.candidate_image(2)
+    assert round(100 * np.count_nonzero(cand) / cand.size) <= covered <= 100 and covered > 40
+    assert np.count_nonzero(p.candidate_image(0)) < 0.1 * cand.size
     assert np.array_equal(stack.direct_warps[2].image, before, equal_nan=True)
 
 

@@ -543,12 +543,23 @@ class CompareWarpPipeline:
             # candidate, found in every epoch and so never clipped
             far = [(i, o) for i, o in enumerate(offsets) if abs(o) > SKY_OFFSET_LIMIT]
             if far:
-                listed = ", ".join(f"epoch {i}: {o:+.1f}" for i, o in far)
+                # the share of each such warp (its pixels with data) inside its candidates: a
+                # sky left in puts most of the warp there, and so does one bright feature that
+                # covers most of a small patch (a trail), which the median cannot tell apart
+                def covered(i):
+                    # grown footprints reach into the no-data pixels: those are not counted
+                    has_data = ~nodata[i].ravel()
+                    inside = int(np.count_nonzero(has_data[cands[i][0]]))
+                    return 100.0 * inside / max(int(np.count_nonzero(has_data)), 1)
+
+                listed = ", ".join(f"epoch {i}: {o:+.1f} ({covered(i):.0f} % of it in candidates)" for i, o in far)
                 warnings.warn(
                     f"{len(far)} of {len(offsets)} PSF-matched warps differ from the static-sky "
                     f"template by a clipped median of more than {SKY_OFFSET_LIMIT:g} sigma per pixel "
-                    f"({listed}): CompareWarp needs warps whose sky is subtracted to a common "
-                    "level, as LSST's are; their artifact candidates cover the offset instead",
+                    f"({listed}). Either their sky is not subtracted to the common level "
+                    "CompareWarp needs (LSST's warps are), and their artifact candidates cover the "
+                    "offset instead; or something bright covers most of such a warp (a trail "
+                    "across a small patch), which this median cannot tell from a sky level",
                     SkyOffsetWarning,
                     stacklevel=2,
                 )
