@@ -519,6 +519,8 @@ def test_a_warp_left_with_its_sky_is_named():
     with pytest.warns(SkyOffsetWarning, match=r"1 of 5 .*epoch 2: \+\d\.\d \((\d+) % of it in candidates\)") as rec:
         offsets = p.warp_diff_offsets
     assert len(rec) == 1 and offsets[2] > 3 and np.abs(np.delete(offsets, 2)).max() < SKY_OFFSET_LIMIT
+    # raised inside the pipeline's cached stages, it is attributed to the line that asked
+    assert rec[0].filename == __file__
     # the share given is that of the epoch's candidates in the warp's pixels with data (a
     # part of this one has none, so it is above their share of the whole plane): a 6-sigma sky
     # puts a large part of the warp in candidates (a sky-subtracted epoch has a few %)

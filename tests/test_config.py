@@ -421,6 +421,32 @@ def test_inert_fields_warn_away_from_their_default():
         CompareWarpConfig.from_pex_override("config.detectTemplateIterMultiplier=1.5\n")
 
 
+def test_warnings_name_the_callers_line(tmp_path):
+    """diffstack's warnings are attributed to the first line outside diffstack, however deep
+    the check sits: here the caller's; in a thread of the standard library's (no caller's line
+    above), diffstack's own outermost line; and the CLI prints each as one line."""
+    import subprocess
+    import sys
+    import threading
+
+    from toolkit import config as config_module
+
+    text = "config.doScaleZeroPoint = False\n"
+    with pytest.warns(UserWarning, match="doScaleZeroPoint has no effect") as rec:
+        CompareWarpConfig.from_pex_override(text)
+    assert [r.filename for r in rec] == [__file__]
+    with pytest.warns(UserWarning, match="doScaleZeroPoint has no effect") as rec:
+        t = threading.Thread(target=CompareWarpConfig.from_pex_override, args=(text,))
+        t.start()
+        t.join()
+    assert [r.filename for r in rec] == [config_module.__file__]
+    override = tmp_path / "o.py"
+    override.write_text(text)
+    run = subprocess.run([sys.executable, "-m", "toolkit.cli", "config", "show", str(override)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.splitlines() == ["diffstack config: warning: o.py, line 1: LSST field config.doScaleZeroPoint has no effect in diffstack; ignored"]
+
+
 def test_deprecated_lsst_fields_warn():
     with pytest.warns(UserWarning, match="doScaleZeroPoint has no effect"):
         cfg = CompareWarpConfig.from_pex_override("config.doScaleZeroPoint = False\nconfig.maxNumEpochs = 3\n")

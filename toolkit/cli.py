@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Sequence
 
 
@@ -83,12 +84,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``diffstack`` command line; returns the exit status (2 for bad input, with a
     one-line error on stderr instead of a traceback)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), "")
+    # a printed warning is one line, as an error is, not Python's file:line and source line
+    # (parse_args included: options that read files can warn).  The format, not showwarning,
+    # is replaced: astropy's logger wraps showwarning, and a caller recording the warnings
+    # (pytest) never formats them.
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_, **__: f"diffstack {command}: warning: {message}\n"
     try:
+        args = parser.parse_args(argv)
         return int(args.func(args) or 0)
     except (DiffstackError, FileNotFoundError, ValueError) as exc:
-        print(f"diffstack {args.command}: error: {exc}", file=sys.stderr)
+        print(f"diffstack {command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":  # pragma: no cover

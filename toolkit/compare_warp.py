@@ -30,7 +30,6 @@ import json
 import logging
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from scipy import ndimage
 from .coadd import CoaddResult, assemble_coadd, compute_weights
 from .config import CompareWarpConfig, as_config
 from .detection import binned_background, footprint_pixels, grow_mask, grow_radius, smooth_for_detection, threshold_for
-from .errors import InputError
+from .errors import InputError, warn
 from .exposure import Exposure
 from .psf import DoubleGaussianPsf, Psf
 from .parallel import map_epochs, n_threads, worker_scratch
@@ -553,7 +552,7 @@ class CompareWarpPipeline:
                     return 100.0 * inside / max(int(np.count_nonzero(has_data)), 1)
 
                 listed = ", ".join(f"epoch {i}: {o:+.1f} ({covered(i):.0f} % of it in candidates)" for i, o in far)
-                warnings.warn(
+                warn(
                     f"{len(far)} of {len(offsets)} PSF-matched warps differ from the static-sky "
                     f"template by a clipped median of more than {SKY_OFFSET_LIMIT:g} sigma per pixel "
                     f"({listed}). Either their sky is not subtracted to the common level "
@@ -561,7 +560,6 @@ class CompareWarpPipeline:
                     "offset instead; or something bright covers most of such a warp (a trail "
                     "across a small patch), which this median cannot tell from a sky level",
                     SkyOffsetWarning,
-                    stacklevel=2,
                 )
             edge_any = np.zeros(shape, bool)  # applyAltEdgeMask's region: EDGE in any epoch
             for e in edge:

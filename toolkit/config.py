@@ -23,14 +23,13 @@ import datetime as _dt
 import json
 import math
 import os
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import param
 
-from .errors import ConfigError
+from .errors import ConfigError, warn
 
 __all__ = [
     "LsstConfig",
@@ -513,11 +512,11 @@ class LsstConfig(param.Parameterized):
                 object.__setattr__(self, "_no_effect_seen", None)
                 if len(seen_fields) == 1:
                     w, st = seen_fields[0]
-                    warnings.warn(f"{w}{_at(st)}LSST field config.{st.target} has no effect in diffstack; ignored", stacklevel=4)
+                    warn(f"{w}{_at(st)}LSST field config.{st.target} has no effect in diffstack; ignored")
                 elif seen_fields:
                     names = list(dict.fromkeys(_no_effect_name(st.target) for _, st in seen_fields))
                     shown = ", ".join(f"config.{n}" for n in names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
-                    warnings.warn(f"{where}{len(seen_fields)} LSST fields with no effect in diffstack ignored: {shown}", stacklevel=4)
+                    warn(f"{where}{len(seen_fields)} LSST fields with no effect in diffstack ignored: {shown}")
 
     def _apply_statements_inner(self, statements: list["PexStatement"], where: str, path: Path | None, seen: tuple, prefix: str = "") -> None:
         rename = {v: k for k, v in self._pex_names.items()}
@@ -548,7 +547,7 @@ class LsstConfig(param.Parameterized):
                 default = kind[1]
                 value = st.value if st.op == "set" else _list_op(default, st.op, st.value, dotted)
                 if not _same(value, default):
-                    warnings.warn(f"{where}{_at(st)}config.{st.target} = {value!r} is not implemented in diffstack: it runs as LSST's default, {default!r}", stacklevel=4)
+                    warn(f"{where}{_at(st)}config.{st.target} = {value!r} is not implemented in diffstack: it runs as LSST's default, {default!r}")
                 continue
             try:
                 if st.op == "set":
@@ -560,7 +559,7 @@ class LsstConfig(param.Parameterized):
             owner, _, leaf = dotted.rpartition(".")
             obj = self.get_dotted(owner) if owner else self
             if leaf in type(obj)._lsst_inert and not _same(getattr(obj, leaf), obj.param[leaf].default):
-                warnings.warn(f"{where}{_at(st)}config.{st.target} = {getattr(obj, leaf)!r} is kept but changes nothing here. {obj.param[leaf].doc}", stacklevel=4)
+                warn(f"{where}{_at(st)}config.{st.target} = {getattr(obj, leaf)!r} is kept but changes nothing here. {obj.param[leaf].doc}")
 
     def _unmodeled(self, parts: list[str]) -> tuple[str, Any] | None:
         """How an LSST field that is not a diffstack field is treated: ``("none", None)`` for
@@ -713,13 +712,13 @@ def _apply_instrument_overrides(cfg: "LsstConfig", instrument: str, task_class: 
         return
     inst = instrument.rsplit(".", 1)[-1]
     if inst not in _INSTRUMENT_CONFIG_DIRS:
-        warnings.warn(f"{where}instrument {instrument}: its obs package's overrides for {name} (which pipetask applies first) are not applied: diffstack knows the config folders of {', '.join(_INSTRUMENT_CONFIG_DIRS)}", stacklevel=4)
+        warn(f"{where}instrument {instrument}: its obs package's overrides for {name} (which pipetask applies first) are not applied: diffstack knows the config folders of {', '.join(_INSTRUMENT_CONFIG_DIRS)}")
         return
     package, policy = _INSTRUMENT_CONFIG_DIRS[inst]
     var, root = _package_dir(package)
     files = [f"{name}.py"] + ([f"{policy}/{name}.py"] if policy else [])
     if root is None:
-        warnings.warn(f"{where}instrument {inst}: pipetask first applies {package}'s config overrides {' and '.join(files)}; set ${var} to a {package} checkout to apply them here", stacklevel=4)
+        warn(f"{where}instrument {inst}: pipetask first applies {package}'s config overrides {' and '.join(files)}; set ${var} to a {package} checkout to apply them here")
         return
     base = _obs_config_root(package, root)
     for rel in files:
@@ -1293,7 +1292,7 @@ class ZogyConfig(LsstConfig):
                 raise ConfigError(f"{where}{_at(st)}config.subtract.name = {st.value!r}: diffstack implements only 'zogy'")
             return None
         if t.startswith("subtract[zogy].") or (t.startswith("subtract") and st.op == "retarget"):
-            warnings.warn(f"{where}{_at(st)}config.{t} (ImagePsfMatch, not ZOGY) has no effect in diffstack; ignored", stacklevel=4)
+            warn(f"{where}{_at(st)}config.{t} (ImagePsfMatch, not ZOGY) has no effect in diffstack; ignored")
             return None
         if t.startswith("subtract["):
             raise ConfigError(f"{where}{_at(st)}config.{t}: diffstack implements only the 'zogy' subtraction")

@@ -6,6 +6,12 @@ offending argument, so that a notebook user never sees a traceback from deep ins
 
 from __future__ import annotations
 
+import os
+import sys
+import sysconfig
+import warnings
+from pathlib import Path
+
 __all__ = ["DiffstackError", "InputError", "ConfigError", "FitsReadError"]
 
 
@@ -23,3 +29,37 @@ class ConfigError(DiffstackError, ValueError):
 
 class FitsReadError(DiffstackError, OSError):
     """A file could not be read as the FITS layout that was asked for."""
+
+
+# Where the standard library's frames come from (runpy, threading), and the site folders in it.
+_STDLIB = ("<frozen", sysconfig.get_paths()["stdlib"] + os.sep)
+_SITE = tuple({sysconfig.get_paths()[k] + os.sep for k in ("purelib", "platlib")})
+
+
+def _in_stdlib(filename: str) -> bool:
+    return filename.startswith(_STDLIB) and not filename.startswith(_SITE)
+
+
+# The folders of diffstack's own code: a warning is attributed to the first caller outside them.
+_OWN_DIRS = tuple({str(root / d) + os.sep for root in (Path(__file__).parent.parent, Path(__file__).resolve().parent.parent) for d in ("toolkit", "widgets")})
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the user's line: the first frame outside diffstack.
+
+    Why not a fixed ``stacklevel``: the same check runs behind different depths of diffstack
+    calls (a pipeline's cached stages, the CLI, a widget's callback), so a fixed level points
+    at a line inside diffstack (``value = compute()``), where a notebook user can do nothing
+    with it; and Python's once-per-location filter then merges unrelated calls.  (Python 3.12's
+    ``skip_file_prefixes`` does this; 3.11 is supported.)
+    """
+    frame = sys._getframe(1)
+    level = 2  # warnings.warn's level of this function's caller
+    while frame is not None and frame.f_code.co_filename.startswith(_OWN_DIRS):
+        frame = frame.f_back
+        level += 1
+    if frame is None or _in_stdlib(frame.f_code.co_filename):
+        # no user line above: the CLI run by ``python -m`` (runpy) or a worker thread's
+        # step (threading): diffstack's own last line says more than the standard library's
+        level -= 1
+    warnings.warn(message, category, stacklevel=level)

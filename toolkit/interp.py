@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numba as nb
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, warn
 from .exposure import Exposure
 from .stats import meanclip_scalar, median_masked
 
@@ -173,8 +173,6 @@ def mask_bright_objects(exposure: Exposure, table: Table, plane: str = "BRIGHT_O
     afw's circular stencil of radius ``int(r)`` about the centre, and a box with a non-zero
     ``angle`` is refused.
     """
-    import warnings
-
     from .detection import circular_stencil
     from .errors import InputError
 
@@ -233,7 +231,7 @@ def mask_bright_objects(exposure: Exposure, table: Table, plane: str = "BRIGHT_O
             r = int(size("radius"))
             paint(slice(cy - r, cy + r + 1), slice(cx - r, cx + r + 1), circular_stencil(r))
         else:
-            warnings.warn(f"bright-object region type {kind!r} at ({fx:.1f}, {fy:.1f}) is neither box nor circle: skipped, as LSST skips it", stacklevel=2)
+            warn(f"bright-object region type {kind!r} at ({fx:.1f}, {fy:.1f}) is neither box nor circle: skipped, as LSST skips it")
     exposure.set_plane(plane, sel)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
-from .errors import FitsReadError, InputError
+from .errors import FitsReadError, InputError, warn
 from .exposure import Exposure
 from .geom import shifted_wcs
 from .masks import MaskPlanes
@@ -192,9 +192,9 @@ def _psf_hdus(psf: Psf) -> list[fits.ImageHDU]:
     user = sorted({type(p).__name__ for p, d in zip(parts, descs) if _kept_as_kernel(d)})
     if user:
         where = "the PSF" if not isinstance(psf, CoaddPsf) else "the coadd PSF's inputs"
-        warnings.warn(
+        warn(
             f"{where}: {', '.join(user)} is not a PSF model diffstack's files can keep; written as its "
-            "kernel image at its default position, it reads back as an ImagePsf", stacklevel=3,
+            "kernel image at its default position, it reads back as an ImagePsf"
         )
     if not isinstance(psf, CoaddPsf):
         return _psf_hdu(psf, desc=descs[0])
@@ -221,7 +221,7 @@ def _psf_from_hdu(hdu: fits.ImageHDU, hdul: fits.HDUList | None = None) -> Psf:
     if not isinstance(desc, dict) or desc.get("type") not in _FILE_PSF_TYPES:
         # e.g. a file from a newer diffstack: the kernel image stored with it still serves
         what = f"PSF model {desc.get('type')!r} is unknown to this diffstack" if isinstance(desc, dict) else "the PSF description (PSFM cards) is not valid JSON"
-        warnings.warn(f"{hdu.name}: {what}; read as its stored kernel image", stacklevel=3)
+        warn(f"{hdu.name}: {what}; read as its stored kernel image")
         desc = {"type": "ImagePsf"}
     if desc.get("type") == "CoaddPsf":
         names = [h.name for h in hdul] if hdul is not None else []
@@ -237,7 +237,7 @@ def _psf_from_hdu(hdu: fits.ImageHDU, hdul: fits.HDUList | None = None) -> Psf:
         basis_name = f"{hdu.name}BASIS"
         if hdul is not None and basis_name in [h.name for h in hdul]:
             return psf_from_dict({**desc, "basis": np.asarray(hdul[basis_name].data)})
-        warnings.warn(f"{hdu.name}: its PsfexPsf basis images ({basis_name}) are missing; read as its stored kernel image", stacklevel=3)
+        warn(f"{hdu.name}: its PsfexPsf basis images ({basis_name}) are missing; read as its stored kernel image")
         desc = {"type": "ImagePsf"}
     if desc.get("type") == "ImagePsf":
         return ImagePsf(np.asarray(hdu.data, dtype=np.float64), normalize=False)
@@ -291,10 +291,10 @@ def _xy0(hdr: fits.Header) -> tuple[int, int]:
 _REFERENCE_FLUX_NJY = 1e23 * 10 ** (48.6 / -2.5) * 1e9
 
 
-def _archive_unread(path: Any, what: str, why: str, stacklevel: int) -> None:
+def _archive_unread(path: Any, what: str, why: str) -> None:
     """Warn that ``what`` in an afw archive could not be read and why; returns None, so a
     reader can ``return _archive_unread(...)`` where it gives up."""
-    warnings.warn(f"{path}: cannot read the {what} in its afw archive ({why})", UserWarning, stacklevel=stacklevel + 1)
+    warn(f"{path}: cannot read the {what} in its afw archive ({why})", UserWarning)
 
 
 def _afw_archive_record(hdul: fits.HDUList, id_key: str, path: Any, what: str, catalog: int = 0) -> tuple[str, Any, fits.BinTableHDU] | None:
@@ -314,7 +314,7 @@ def _afw_archive_record(hdul: fits.HDUList, id_key: str, path: Any, what: str, c
         return None
 
     def give_up(why: str) -> None:
-        return _archive_unread(path, what, why, 4)
+        return _archive_unread(path, what, why)
 
     try:
         index_hdu = hdul[int(ar) - 1]
@@ -369,7 +369,7 @@ def _afw_photo_calib(hdul: fits.HDUList, path: Any) -> float | None:
             fm0 = float("nan")
         if np.isfinite(fm0) and fm0 > 0:
             return _REFERENCE_FLUX_NJY / fm0
-        warnings.warn(f"{path}: FLUXMAG0 = {primary['FLUXMAG0']!r} is not a positive number; the photometric calibration is taken as 1", UserWarning, stacklevel=3)
+        warn(f"{path}: FLUXMAG0 = {primary['FLUXMAG0']!r} is not a positive number; the photometric calibration is taken as 1", UserWarning)
         return None
     what = "PhotoCalib (the photometric calibration is taken as 1)"
     found = _afw_archive_record(hdul, "PHOTOCALIB_ID", path, what)
@@ -378,7 +378,7 @@ def _afw_photo_calib(hdul: fits.HDUList, path: Any) -> float | None:
     name, record, table = found
 
     def give_up(why: str) -> None:
-        return _archive_unread(path, what, why, 3)
+        return _archive_unread(path, what, why)
 
     cols = set(table.data.names)
     if name != "PhotoCalib":
@@ -395,7 +395,7 @@ def _afw_photo_calib(hdul: fits.HDUList, path: Any) -> float | None:
     flag_names = [table.header.get(f"TFLAG{i}") for i in range(1, 65)]
     flags_col = next((c for c in cols if c.lower() == "flags"), None)
     if "isConstant" in flag_names and flags_col is not None and not bool(np.asarray(record[flags_col]).ravel()[flag_names.index("isConstant")]):
-        warnings.warn(f"{path}: its PhotoCalib varies over the image; diffstack uses its mean, {mean:.6g} nJy per image unit (LSST's calibrateImage multiplies by the varying field)", UserWarning, stacklevel=3)
+        warn(f"{path}: its PhotoCalib varies over the image; diffstack uses its mean, {mean:.6g} nJy per image unit (LSST's calibrateImage multiplies by the varying field)", UserWarning)
     return mean
 
 
@@ -433,10 +433,10 @@ def _afw_psf(hdul: fits.HDUList, path: Any) -> Psf | None:
             # LSST's b is the wing's central amplitude relative to the core's, as wing_amplitude
             psf = DoubleGaussianPsf(s1 * 2.3548, wing_fwhm_factor=s2 / s1, wing_amplitude=b, size=max(w, h))
     except (KeyError, TypeError, ValueError, ZeroDivisionError, InputError) as exc:
-        warnings.warn(f"{path}: cannot read the {name} in its afw archive ({type(exc).__name__}: {exc}); no PSF", UserWarning, stacklevel=3)
+        warn(f"{path}: cannot read the {name} in its afw archive ({type(exc).__name__}: {exc}); no PSF", UserWarning)
         return None
     if w != h or w % 2 == 0:
-        warnings.warn(f"{path}: its {name} is realised on {w}x{h} pixels; diffstack's is {psf.size}x{psf.size}, centred alike", UserWarning, stacklevel=3)
+        warn(f"{path}: its {name} is realised on {w}x{h} pixels; diffstack's is {psf.size}x{psf.size}, centred alike", UserWarning)
     return psf
 
 
@@ -461,19 +461,19 @@ def _afw_psfex(hdul: fits.HDUList, path: Any, record: Any, table: fits.BinTableH
     try:
         ndim, ngroup = int(record[c1["ndim"]]), int(record[c1["ngroup"]])
         if ndim != 2 or ngroup != 1:
-            return _archive_unread(path, "PSF", f"its PsfexPsf has {ndim} context dimension(s) in {ngroup} group(s); only LSST's position polynomial (2 in 1) is understood", 4)
+            return _archive_unread(path, "PSF", f"its PsfexPsf has {ndim} context dimension(s) in {ngroup} group(s); only LSST's position polynomial (2 in 1) is understood")
         w, h, *rest = (int(v) for v in vec("_size", np.int64))
         n_terms = rest[0] if rest else 1
         comp = vec("_comp", np.float32)
         if comp.size != w * h * n_terms:
-            return _archive_unread(path, "PSF", f"its PsfexPsf has {comp.size} basis pixels for {n_terms} images of {w}x{h}", 4)
+            return _archive_unread(path, "PSF", f"its PsfexPsf has {comp.size} basis pixels for {n_terms} images of {w}x{h}")
         avg = (float(record[c1["averageposition_x"]]), float(record[c1["averageposition_y"]]))
         return PsfexPsf(
             comp.reshape(n_terms, h, w), float(record[c1["_pixstep"]]), int(vec("degree", np.int64)[0]),
             vec("_context_first", np.float64)[:2], vec("_context_second", np.float64)[:2], origin=0.0, default_position=avg,
         )
     except (KeyError, IndexError, TypeError, ValueError, InputError) as exc:
-        return _archive_unread(path, "PSF", f"{type(exc).__name__}: {exc}", 4)
+        return _archive_unread(path, "PSF", f"{type(exc).__name__}: {exc}")
 
 
 def _afw_archive_keys(hdul: fits.HDUList) -> set[str]:

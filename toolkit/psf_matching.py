@@ -24,14 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import warnings
 
 
 import numba as nb
 import numpy as np
 import scipy.fft as sfft
 
-from .errors import InputError
+from .errors import InputError, warn
 from .exposure import Exposure
 from .parallel import map_band_halves, map_row_halves, worker_scratch
 from .psf import Psf, DoubleGaussianPsf
@@ -705,12 +704,11 @@ def match_to_psf(
     r_t, r_in, p_worst = min(radii, key=lambda r: r[0] - r[1])
     if r_t < r_in:
         at = "" if p_worst == pos else f" at ({p_worst[0]:g}, {p_worst[1]:g})"
-        warnings.warn(
+        warn(
             f"target PSF (determinant radius {r_t:.2f} px) is narrower than the input PSF{at} "
             f"({r_in:.2f} px): PSF matching is a deconvolution and amplifies noise; choose a wider "
             "target (LSST recommends the 90th-99th percentile of the seeing)",
             PsfMatchingWarning,
-            stacklevel=2,
         )
     k = matching_kernel(exposure.psf, target, kernel_size, pos, regularization)
     model = spatial_matching_kernel(exposure.psf, target, exposure.bbox, k.shape[0], regularization, spatial_order, cell_size) if spatial_order else None

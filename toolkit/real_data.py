@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, warn
 from .exposure import Exposure
 from .masks import MaskPlanes
 from .psf import GaussianPsf, ImagePsf, Psf, PsfexPsf, adaptive_moments
@@ -121,7 +121,7 @@ def estimate_variance(image: np.ndarray, gain: float | None = None, mask: np.nda
         sky, rms = estimate_background(image, sources, box_size, filter_size)
     var = rms.astype(np.float64) ** 2
     if gain is None:
-        warnings.warn("no gain given or in the header: the variance has no source term", stacklevel=2)
+        warn("no gain given or in the header: the variance has no source term")
     else:
         if gain <= 0:
             raise InputError(f"gain must be > 0, got {gain}")

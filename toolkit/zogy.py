@@ -17,7 +17,6 @@ noise, flux-ratio fit) and a transient catalog, all off unless asked for.
 from __future__ import annotations
 
 import time
-import warnings
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
@@ -30,7 +29,7 @@ import scipy.fft as sfft
 
 from .config import ZogyConfig, as_config
 from .detection import footprint_pixels
-from .errors import InputError
+from .errors import InputError, warn
 from .exposure import Exposure
 from .geom import Box
 from .psf import ImagePsf, Psf
@@ -445,7 +444,7 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
             finite = scaled.size == 0 or bool(np.isfinite(max(scaled.max(), -scaled.min())))
             n_over = 0 if finite else int(np.count_nonzero(np.isinf(scaled))) - int(np.count_nonzero(np.isinf(a)))
             if n_over > 0:
-                warnings.warn(f"calibrating the {name} by {c:.6g} overflows {np.dtype(work).name} at {n_over} pixel(s); they are handled as non-finite pixels (replaced by the plane's mean and remembered, as LSST's removeNonFinitePixels does)", RuntimeWarning, stacklevel=2)
+                warn(f"calibrating the {name} by {c:.6g} overflows {np.dtype(work).name} at {n_over} pixel(s); they are handled as non-finite pixels (replaced by the plane's mean and remembered, as LSST's removeNonFinitePixels does)", RuntimeWarning)
             a = scaled
         arrays.append(a)
         factors.append(work(1.0))
@@ -663,7 +662,7 @@ def _zogy_noise_corrected(science: Exposure, template: Exposure, cfg: ZogyConfig
         raise InputError(f"doMeasureNoiseCorrelation: {exc}") from None
     if not error <= 0.1 * factor:  # NaN too: too few usable tiles to say
         how = f"± {error:.2g}" if np.isfinite(error) else "(too few source-free tiles to say how well)"
-        warnings.warn(f"doMeasureNoiseCorrelation: the measured factor {factor:.3g} {how} is uncertain: the pair has few source-free pixels (a small or crowded image); a factor measured on a larger field of the same data, given as noiseCorrelationFactor, is better", RuntimeWarning, stacklevel=3)
+        warn(f"doMeasureNoiseCorrelation: the measured factor {factor:.3g} {how} is uncertain: the pair has few source-free pixels (a small or crowded image); a factor measured on a larger field of the same data, given as noiseCorrelationFactor, is better", RuntimeWarning)
     second_cfg = first_cfg.copy()
     second_cfg.noiseCorrelationFactor = factor
     res = zogy(science, template, second_cfg, calculate_score=calculate_score, progress=progress)
@@ -1426,7 +1425,7 @@ def _source_noise_term(n_img, r_img, n_var, r_var, sci, ref, cells, f_n, f_r, ca
         if bright.sum() >= 20:
             ratio = float(np.median((var[bright] - bkg) / poisson[bright]))
             if ratio > 0.5:
-                warnings.warn(f"doSourceNoise: the {name} variance plane already grows with the sources (its excess over the background is {ratio:.2f} x the Poisson term at bright pixels), so its source noise is counted twice and Scorr is deflated there; doSourceNoise is meant for variance planes that hold the background only", RuntimeWarning, stacklevel=3)
+                warn(f"doSourceNoise: the {name} variance plane already grows with the sources (its excess over the background is {ratio:.2f} x the Poisson term at bright pixels), so its source noise is counted twice and Scorr is deflated there; doSourceNoise is meant for variance planes that hold the background only", RuntimeWarning)
         terms.append(poisson)
     vn, vr = terms
     out = np.zeros(shape_full)
