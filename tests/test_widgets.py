@@ -261,3 +261,38 @@ def test_zogy_catalog_threshold_remakes_only_the_catalog():
     assert m.zogy_runs == 2 and m.outputs["scorr"] is not first["scorr"]
     m.set_inputs(template=pair.reference)  # the same objects: nothing to redo, but a new request
     assert m.zogy_runs == 2
+
+
+def test_warnings_reach_the_explorers_notes(stack):
+    """A warning given inside a widget's callback reaches no notebook cell: the model keeps the
+    warnings that hold for its outputs, and the explorer shows them.  A sky-offset warning is
+    given once, when the candidates are made, and still shown after a move that reuses them;
+    a ZOGY warning still holds for a catalog re-made from that run's result."""
+    from toolkit import Exposure
+
+    m = stack.psf_matched_warps[2]
+    level = np.float32(6 * np.sqrt(np.nanmedian(m.variance)))
+    direct, matched = list(stack.direct_warps), list(stack.psf_matched_warps)
+    for ws in (direct, matched):
+        w = ws[2]
+        ws[2] = Exposure(w.image + level, w.variance, w.mask, w.mask_planes, psf=w.psf, wcs=w.wcs)
+    clean = widgets.CompareWarpExplorer(CompareWarpModel(stack.direct_warps, stack.psf_matched_warps))
+    assert clean.model.notes == [] and clean.notes.value == ""
+    with pytest.warns(UserWarning, match="epoch 2"):
+        ex = widgets.CompareWarpExplorer(CompareWarpModel(direct, matched))
+    assert len(ex.model.notes) == 1 and ex.model.notes[0].startswith("SkyOffsetWarning: 1 of 10 PSF-matched warps")
+    assert "epoch 2: +" in ex.notes.value and "⚠" in ex.notes.value
+    runs = dict(ex.model.pipeline.run_counts)
+    ex.epoch_slider.value = 4  # reuses the candidates: no new warning, the note stays
+    assert ex.model.pipeline.run_counts == runs and ex.model.version == 2
+    assert len(ex.model.notes) == 1 and "epoch 2: +" in ex.notes.value
+
+    small = simulate_pair(size=128, seed=2)
+    with pytest.warns(RuntimeWarning, match="is uncertain"):
+        zm = ZogyModel(small.science, small.reference, {"doMeasureNoiseCorrelation": True})
+    zx = widgets.ZogyExplorer(zm)
+    assert [n.split(":")[0] for n in zm.notes] == ["RuntimeWarning"] and "is uncertain" in zx.notes.value
+    zm.config.transientThreshold = 8.0  # the catalog only: ZOGY does not run, its warning holds
+    assert zm.zogy_runs == 1 and "is uncertain" in zx.notes.value
+    zm.config.doMeasureNoiseCorrelation = False  # a run without the warning clears it
+    assert zm.zogy_runs == 2 and zm.notes == [] and zx.notes.value == ""

@@ -232,6 +232,33 @@ class CompareWarpResult:
     coadd_result: CoaddResult
 
 
+def _sky_offset_note(offsets: list[float], cands: list[tuple], nodata: list[np.ndarray]) -> str | None:
+    """The :class:`SkyOffsetWarning` text for the epochs whose warpDiff offset is beyond
+    :data:`SKY_OFFSET_LIMIT` (None if there are none), with each one's share of its pixels with
+    data inside its candidates: a sky left in puts most of the warp there, and so does one
+    bright feature that covers most of a small patch (a trail), which the median cannot tell
+    apart."""
+    far = [(i, o) for i, o in enumerate(offsets) if abs(o) > SKY_OFFSET_LIMIT]
+    if not far:
+        return None
+
+    def covered(i):
+        # grown footprints reach into the no-data pixels: those are not counted
+        has_data = ~nodata[i].ravel()
+        inside = int(np.count_nonzero(has_data[cands[i][0]]))
+        return 100.0 * inside / max(int(np.count_nonzero(has_data)), 1)
+
+    listed = ", ".join(f"epoch {i}: {o:+.1f} ({covered(i):.0f} % of it in candidates)" for i, o in far)
+    return (
+        f"{len(far)} of {len(offsets)} PSF-matched warps differ from the static-sky "
+        f"template by a clipped median of more than {SKY_OFFSET_LIMIT:g} sigma per pixel "
+        f"({listed}). Either their sky is not subtracted to the common level "
+        "CompareWarp needs (LSST's warps are), and their artifact candidates cover the "
+        "offset instead; or something bright covers most of such a warp (a trail "
+        "across a small patch), which this median cannot tell from a sky level"
+    )
+
+
 class CompareWarpPipeline:
     """Lazily computed, cached CompareWarp stages.
 
@@ -540,27 +567,9 @@ class CompareWarpPipeline:
             # LSST assumes sky-subtracted warps and says nothing otherwise; here a warp left with
             # its sky (or a different background) would silently make most of itself one
             # candidate, found in every epoch and so never clipped
-            far = [(i, o) for i, o in enumerate(offsets) if abs(o) > SKY_OFFSET_LIMIT]
-            if far:
-                # the share of each such warp (its pixels with data) inside its candidates: a
-                # sky left in puts most of the warp there, and so does one bright feature that
-                # covers most of a small patch (a trail), which the median cannot tell apart
-                def covered(i):
-                    # grown footprints reach into the no-data pixels: those are not counted
-                    has_data = ~nodata[i].ravel()
-                    inside = int(np.count_nonzero(has_data[cands[i][0]]))
-                    return 100.0 * inside / max(int(np.count_nonzero(has_data)), 1)
-
-                listed = ", ".join(f"epoch {i}: {o:+.1f} ({covered(i):.0f} % of it in candidates)" for i, o in far)
-                warn(
-                    f"{len(far)} of {len(offsets)} PSF-matched warps differ from the static-sky "
-                    f"template by a clipped median of more than {SKY_OFFSET_LIMIT:g} sigma per pixel "
-                    f"({listed}). Either their sky is not subtracted to the common level "
-                    "CompareWarp needs (LSST's warps are), and their artifact candidates cover the "
-                    "offset instead; or something bright covers most of such a warp (a trail "
-                    "across a small patch), which this median cannot tell from a sky level",
-                    SkyOffsetWarning,
-                )
+            note = _sky_offset_note(offsets, cands, nodata)
+            if note is not None:
+                warn(note, SkyOffsetWarning)
             edge_any = np.zeros(shape, bool)  # applyAltEdgeMask's region: EDGE in any epoch
             for e in edge:
                 edge_any |= e
@@ -582,6 +591,14 @@ class CompareWarpPipeline:
         :class:`SkyOffsetWarning` is given (diffstack only, LSST has no such check).
         """
         return self._candidates()[1]["offsets"].copy()
+
+    @property
+    def sky_offset_note(self) -> str | None:
+        """The :class:`SkyOffsetWarning` text for the current candidates (None when no epoch
+        is beyond :data:`SKY_OFFSET_LIMIT`): the warning is given once, when the candidates
+        are made; this says it again for a display that outlives it."""
+        c = self._candidates()[1]
+        return _sky_offset_note(list(c["offsets"]), c["candidates"], c["nodata"])
 
     @property
     def n_image_psf_matched(self) -> np.ndarray:

@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 import sys
 import sysconfig
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["DiffstackError", "InputError", "ConfigError", "FitsReadError"]
+__all__ = ["DiffstackError", "InputError", "ConfigError", "FitsReadError", "collect_warnings"]
 
 
 class DiffstackError(Exception):
@@ -44,6 +47,31 @@ def _in_stdlib(filename: str) -> bool:
 _OWN_DIRS = tuple({str(root / d) + os.sep for root in (Path(__file__).parent.parent, Path(__file__).resolve().parent.parent) for d in ("toolkit", "widgets")})
 
 
+_collectors: list[list[str]] = []
+_collect_lock = threading.Lock()
+
+
+@contextmanager
+def collect_warnings() -> Iterator[list[str]]:
+    """The messages (``"Category: message"``) of the warnings diffstack gives while the block
+    runs, in any thread; they are also given as usual.
+
+    Why not ``warnings.catch_warnings(record=True)``: that swaps the warnings module's global
+    filters and ``showwarning``, which is unsafe while another thread does the same (a model
+    computing in the background while a plot is drawn); this list only sees diffstack's own
+    warnings, and changes nothing else.
+    """
+    got: list[str] = []
+    with _collect_lock:
+        _collectors.append(got)
+    try:
+        yield got
+    finally:
+        with _collect_lock:
+            # by identity: two empty lists compare equal
+            del _collectors[next(i for i, c in enumerate(_collectors) if c is got)]
+
+
 def warn(message: str, category: type[Warning] = UserWarning) -> None:
     """``warnings.warn`` attributed to the user's line: the first frame outside diffstack.
 
@@ -62,4 +90,7 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
         # no user line above: the CLI run by ``python -m`` (runpy) or a worker thread's
         # step (threading): diffstack's own last line says more than the standard library's
         level -= 1
+    with _collect_lock:
+        for c in _collectors:
+            c.append(f"{category.__name__}: {message}")
     warnings.warn(message, category, stacklevel=level)

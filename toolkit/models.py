@@ -23,9 +23,9 @@ from typing import Any, Callable
 import numpy as np
 import param
 
-from .compare_warp import CompareWarpPipeline
+from .compare_warp import CompareWarpPipeline, SkyOffsetWarning
 from .config import CompareWarpConfig, LsstConfig, ZogyConfig, as_config
-from .errors import InputError
+from .errors import InputError, collect_warnings
 from .exposure import Exposure
 
 __all__ = ["CompareWarpModel", "ZogyModel", "PipelineModel", "watch_config"]
@@ -43,6 +43,7 @@ class _StagedModel(param.Parameterized):
     version = param.Integer(0, doc="Bumped each time new outputs are published.")
     changed = param.List([], doc="Names of the outputs that changed in the last publication.")
     status = param.String("", doc="Human-readable state: computing, done, error message.")
+    notes = param.List([], doc="The warnings that hold for the published outputs (\"Category: message\"): a display shows them, since a warning given inside a widget's callback reaches no notebook cell.")
     busy = param.Boolean(False)
 
     def __init__(self, background: bool = False, deliver: Callable[[Callable[[], None]], None] | None = None, **params: Any) -> None:
@@ -62,6 +63,10 @@ class _StagedModel(param.Parameterized):
     def _compute(self, snapshot: Any) -> dict[str, Any]:
         raise NotImplementedError
 
+    def _notes(self, out: dict[str, Any], given: list[str]) -> list[str]:
+        """The warnings that hold for ``out``: by default those given while it was computed."""
+        return list(dict.fromkeys(given))
+
     def request_update(self, *_: Any) -> Future | None:
         """Schedule a recompute (synchronous unless ``background``)."""
         with self._lock:
@@ -79,10 +84,12 @@ class _StagedModel(param.Parameterized):
         if gen != self._generation:
             return  # superseded before it started
         try:
-            out = self._compute(snap)
+            with collect_warnings() as given:
+                out = self._compute(snap)
+            notes = self._notes(out, given)
             error = None
         except Exception as exc:  # shown in the UI status line; the previous outputs stay
-            out, error = None, f"{type(exc).__name__}: {exc}"
+            out, notes, error = None, [], f"{type(exc).__name__}: {exc}"
         self.compute_count += 1
 
         def publish() -> None:
@@ -96,6 +103,7 @@ class _StagedModel(param.Parameterized):
             self.outputs = out
             with param.parameterized.batch_call_watchers(self):
                 self.changed = changed
+                self.notes = notes
                 self.status = "done"
                 self.busy = False
                 self.version += 1
@@ -161,6 +169,13 @@ class CompareWarpModel(_StagedModel):
             "run_counts": dict(p.run_counts),
         }
 
+    def _notes(self, out: dict[str, Any], given: list[str]) -> list[str]:
+        # the sky-offset warning is given once, when the candidates stage runs; it holds for
+        # every later output made from those candidates, so it is asked for, not collected
+        notes = [g for g in given if not g.startswith(SkyOffsetWarning.__name__ + ":")]
+        sky = self.pipeline.sky_offset_note
+        return list(dict.fromkeys(notes + ([f"{SkyOffsetWarning.__name__}: {sky}"] if sky else [])))
+
     def pixel_series(self, x: int, y: int) -> dict[str, np.ndarray]:
         """Per-epoch direct-warp value, sigma, clipped flag and contributed flag at parent (x, y)."""
         p = self.pipeline
@@ -213,11 +228,16 @@ class ZogyModel(_StagedModel):
         if last is not None and last[0] is sci and last[1] is tmpl and last[2] == key:
             res = copy.copy(last[3])  # D, S and Scorr shared: their panels are not re-rendered
             res.catalog = transient_catalog(res, cfg.transientThreshold, cfg.transientMinPixels, cfg.transientMinProminence)
+            given = last[4]  # the same list: the ZOGY run's warnings hold for its result
         else:
-            res = zogy(sci, tmpl, cfg)  # its catalog made with cfg's catalog fields
+            with collect_warnings() as given:
+                res = zogy(sci, tmpl, cfg)  # its catalog made with cfg's catalog fields
             self.zogy_runs += 1
-        self._last = (sci, tmpl, key, res)
-        return {"diff": res.diff, "score": res.score, "scorr": res.scorr, "catalog": res.catalog, "result": res, "science": sci, "template": tmpl}
+        self._last = (sci, tmpl, key, res, given)
+        return {"diff": res.diff, "score": res.score, "scorr": res.scorr, "catalog": res.catalog, "result": res, "science": sci, "template": tmpl, "zogy_warnings": given}
+
+    def _notes(self, out: dict[str, Any], given: list[str]) -> list[str]:
+        return list(dict.fromkeys(out["zogy_warnings"] + given))
 
 
 class PipelineModel(param.Parameterized):

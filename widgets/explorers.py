@@ -8,6 +8,7 @@ assigns one screen-resolution uint8 buffer to its ColumnDataSource (see :mod:`wi
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any
 
@@ -248,11 +249,20 @@ class _PanelExplorer:
         self.bokeh.add_class("ds-bokeh")
         self.status = ipw.HTML()
         self.status.add_class("ds-status")
+        # the model's warnings: given inside a widget's callback, a warning reaches no cell
+        self.notes = ipw.HTML()
+        self.notes.add_class("ds-notes")
 
     def _watch_model(self) -> None:
         self.model.param.watch(lambda *_: self.render(set(self.model.changed)), ["version"])
         self.model.param.watch(lambda *_: self._set_status(), ["status", "busy", "version"])
+        self.model.param.watch(lambda *_: self._set_notes(), ["notes"])
         self._set_status()
+        self._set_notes()
+
+    def _set_notes(self) -> None:
+        notes = self.model.notes
+        self.notes.value = "" if not notes else '<div style="color:#a04000">' + "<br>".join(f"⚠ {html.escape(n)}" for n in notes) + "</div>"
 
     #: the task label of the exported pex override (``config.<label>...``)
     _export_label = "task"
@@ -364,7 +374,7 @@ class CompareWarpExplorer(_PanelExplorer):
         self.blink.observe(lambda ch: self.show_blink_frame(int(ch["new"])), names="value")
         self.controls = config_controls(model.config, "CompareWarp")
         self.widget = ipw.VBox([
-            ipw.HBox([self.epoch_slider, self.status]), ipw.HBox([disp, ipw.Label("blink coadd/template"), self.blink]),
+            ipw.HBox([self.epoch_slider, self.status]), self.notes, ipw.HBox([disp, ipw.Label("blink coadd/template"), self.blink]),
             ipw.HBox([self._controls_column(), self.bokeh]), *export_row,
         ])
         self.widget.add_class("ds-compare-warp-explorer")
@@ -548,7 +558,7 @@ class ZogyExplorer(_PanelExplorer):
         disp = ipw.HBox([widget_for(self.display, n) for n in ("interval", "stretch", "cmap")])
         self.controls = config_controls(model.config, "ZOGY")
         self.widget = ipw.VBox([
-            self.status, disp, ipw.HBox([self._controls_column(), self.bokeh]),
+            self.status, self.notes, disp, ipw.HBox([self._controls_column(), self.bokeh]),
             *self._export_row("zogy_override.py", "Save diff + score FITS"),
         ])
         self.widget.add_class("ds-zogy-explorer")
