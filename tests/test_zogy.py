@@ -153,6 +153,33 @@ def test_grid_better_for_varying_psf():
     assert widths[1] > widths[0] + 0.5  # FWHM grows by 0.006 px per px: ~3 px across the image
 
 
+def test_diff_mask_is_the_or_of_both_masks():
+    """The difference's mask is the OR of both inputs' masks (LSST), the template's planes
+    translated to the science's dictionary where the two number them differently (a plane
+    only the template has is added); the score carries its own copy of it."""
+    from toolkit import Exposure
+    from toolkit.masks import MaskPlanes
+    from toolkit.sim import simulate_pair
+
+    p = simulate_pair(size=96, seed=5)
+    rng = np.random.default_rng(1)
+    sci_planes = p.science.mask_planes
+    m_sci = np.where(rng.random(p.science.shape) < 0.05, sci_planes.bitmask(["CR"]), 0).astype(np.int32)
+    # the template numbers SAT and CR the other way round and has a plane of its own
+    t_planes = MaskPlanes({"BAD": 0, "CR": 1, "SAT": 3, "GHOST": 9})
+    sat_t, cr_t, ghost_t = rng.random((3,) + p.science.shape) < 0.05
+    m_t = (sat_t << 3 | cr_t << 1 | ghost_t << 9).astype(np.int32)
+    sci = Exposure(p.science.image, p.science.variance, m_sci, sci_planes, psf=p.science.psf)
+    tmpl = Exposure(p.reference.image, p.reference.variance, m_t, t_planes, psf=p.reference.psf)
+    r = zogy(sci, tmpl)
+    planes = r.diff.mask_planes
+    want = m_sci | np.where(sat_t, planes.bitmask(["SAT"]), 0) | np.where(cr_t, planes.bitmask(["CR"]), 0) | np.where(ghost_t, planes.bitmask(["GHOST"]), 0)
+    np.testing.assert_array_equal(r.diff.mask, want)
+    np.testing.assert_array_equal(r.score.mask, want)
+    assert not np.shares_memory(r.score.mask, r.diff.mask) and r.score.mask_planes == planes
+    assert sci_planes == p.science.mask_planes and "GHOST" not in sci.mask_planes  # inputs untouched
+
+
 def test_bad_inputs_named():
     sci, ref = lsst_fake_images(10, 10, size=64)
     with pytest.raises(InputError, match="shape"):
