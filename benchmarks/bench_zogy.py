@@ -59,6 +59,24 @@ def fft_floor(shape: tuple[int, int], dtype) -> float:
     return time.perf_counter() - t
 
 
+def fresh_pages(nbytes: int) -> float:
+    """Time to allocate and write ``nbytes`` of new 16 MB planes, all held until the end (as
+    a result's planes are): what this machine charges for memory the process has not used."""
+    n = 4 * 2**20  # float32 elements in 16 MB
+    t = time.perf_counter()
+    held = [np.ones(n, np.float32) for _ in range(max(1, nbytes // (4 * n)))]
+    dt = time.perf_counter() - t
+    del held
+    return dt
+
+
+def _new_bytes(res) -> int:
+    """Bytes of the distinct new planes a ZOGY result holds (views count by their base)."""
+    arrays = [res.diff.image, res.diff.variance, res.diff.mask, res.score.image, res.score.variance, res.score.mask, res.scorr]
+    bases = {id(a.base if a.base is not None else a): (a.base if a.base is not None else a) for a in arrays}
+    return sum(b.nbytes for b in bases.values())
+
+
 def minimal_zogy(N, R, Pn, Pr, var_n: float, var_r: float, fn: float = 1.0, fr: float = 1.0):
     """The paper's D, S and Scorr (eqs. 13, 12, 25-26) with constant variance maps, float64."""
     shape = N.shape
@@ -111,12 +129,14 @@ def run(size: int, repeat: int, psf: str = "gauss") -> None:
     minimal_zogy(sci.image, ref.image, pn, pr, vn, vr)
     # the three are interleaved, run after run, so that drifts in this shared machine's speed
     # hit all of them alike; each figure is the median over the runs
-    te, tf, tmin = [], [], []
+    te, tf, tmin, tp = [], [], [], []
+    probe = 100 * 2**20
     for _ in range(repeat):
         t = time.perf_counter()
         res = engine()
         te.append(time.perf_counter() - t)
         tf.append(fft_floor(outer, sci.dtype))
+        tp.append(fresh_pages(probe))
         t = time.perf_counter()
         minimal_zogy(sci.image, ref.image, pn, pr, vn, vr)
         tmin.append(time.perf_counter() - t)
@@ -140,6 +160,10 @@ def run(size: int, repeat: int, psf: str = "gauss") -> None:
     print(f"minimal ZOGY {t_min:6.3f} s   (13 float64 transforms at {size}^2, constant variance)        engine/minimal = {t_engine / t_min:5.2f}, run by run {r_min:5.2f}, best/best {b_min:5.2f}  (target <= 1.2)")
     print(f"kernel path: P_D/P_S coarse step {ker.coarse}; squared kernels on a box {len(boxed)}, on the full cell {len(full)}")
     print(f"peak traced memory {gb(peak)} (target <= 1 GB at 2048^2); inputs {gb(2 * (sci.image.nbytes + sci.variance.nbytes + sci.mask.nbytes))}")
+    # the engine's result is new planes (D, V_D, S, V_S in their padded cells, Scorr, two
+    # masks), the floor's four spectra; where new pages are slow, the engine is slowed more
+    floor_new = 4 * outer[0] * (outer[1] // 2 + 1) * 2 * np.dtype(sci.dtype).itemsize
+    print(f"new memory: 100 MB of new planes took {1e3 * statistics.median(tp):.0f} ms (median; {1e3 * min(tp):.0f}-{1e3 * max(tp):.0f} over the runs); a result holds {_new_bytes(res) / 2**20:.0f} MB of new planes, the floor's spectra {floor_new / 2**20:.0f} MB")
 
 
 if __name__ == "__main__":
