@@ -76,10 +76,12 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
     """``warnings.warn`` attributed to the user's line: the first frame outside diffstack.
 
     Why not a fixed ``stacklevel``: the same check runs behind different depths of diffstack
-    calls (a pipeline's cached stages, the CLI, a widget's callback), so a fixed level points
-    at a line inside diffstack (``value = compute()``), where a notebook user can do nothing
-    with it; and Python's once-per-location filter then merges unrelated calls.  (Python 3.12's
-    ``skip_file_prefixes`` does this; 3.11 is supported.)
+    calls (a pipeline's cached stages, a model, the CLI), so a fixed level points at a line
+    inside diffstack (``value = compute()``), where a notebook user can do nothing with it;
+    and Python's once-per-location filter then merges unrelated calls.  (Python 3.12's
+    ``skip_file_prefixes`` does this; 3.11 is supported.)  A widget's callback has no user
+    line above it at all: the models keep their warnings for the explorers to show
+    (:func:`collect_warnings`).
     """
     frame = sys._getframe(1)
     level = 2  # warnings.warn's level of this function's caller
