@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from toolkit.errors import ConfigError
-from toolkit.parallel import map_epochs, n_threads
+from toolkit.parallel import fft_workers, map_epochs, n_threads
 
 
 @pytest.mark.parametrize("threads", ["1", "2"])
@@ -61,3 +61,41 @@ def test_worker_scratch_is_per_worker_thread_and_never_held_by_the_main_thread()
     with ThreadPoolExecutor(1) as ex:
         assert ex.submit(on_worker).result() == (True, True, True)
     assert worker_scratch("t", (4, 5), np.float32) is not worker_scratch("t", (4, 5), np.float32)
+
+
+def test_diffstack_threads_1_runs_everything_in_the_calling_thread(monkeypatch):
+    """DIFFSTACK_THREADS=1 (a shared machine, a batch slot) starts no thread anywhere: not for
+    epochs, row or band halves, paired planes, side stages, the stacking pool or pocketfft's
+    own threads (Python's counted through ``threading.Thread.start``; pocketfft's, which are
+    not Python's, asked for through ``fft_workers()``, which is 1); and the results equal the
+    threaded ones bit for bit."""
+    from toolkit.compare_warp import compare_warp_coadd
+    from toolkit.config import ZogyConfig
+    from toolkit.sim import simulate_pair, simulate_stack
+    from toolkit.zogy import _cell_kernels_cached, zogy
+
+    stack = simulate_stack(seed=4, size=96, n_epochs=4)
+    pair = simulate_pair(size=512, seed=3)
+    grid = ZogyConfig()
+    grid.doSpatialGrid = True
+
+    def run():
+        _cell_kernels_cached.cache_clear()
+        cw = compare_warp_coadd(stack.direct_warps)  # PSF matching made here too
+        return cw.coadd, zogy(pair.science, pair.reference), zogy(pair.science, pair.reference, grid)
+
+    started = []
+    start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda self: (started.append(self.name), start(self))[1])
+    monkeypatch.setenv("DIFFSTACK_THREADS", "1")
+    serial = run()
+    assert started == [] and fft_workers() == 1
+    monkeypatch.setenv("DIFFSTACK_THREADS", "2")
+    threaded = run()
+    assert len(started) > 0
+    (c1, z1, g1), (c2, z2, g2) = serial, threaded
+    np.testing.assert_array_equal(c1.image, c2.image)
+    np.testing.assert_array_equal(c1.mask, c2.mask)
+    for a, b in ((z1, z2), (g1, g2)):
+        np.testing.assert_array_equal(a.diff.image, b.diff.image)
+        np.testing.assert_array_equal(a.scorr, b.scorr)

@@ -33,7 +33,7 @@ from .exposure import Exposure
 from .interp import interpolate_over_plane, mask_bright_objects
 from .masks import MaskPlanes, remap_mask
 from .psf import CoaddPsf, InputCoverage
-from .parallel import map_epochs
+from .parallel import map_epochs, n_threads
 from .stack_kernel import STAT_CODES, stack_pixels
 from .stats import meanclip_masked
 
@@ -385,21 +385,24 @@ def assemble_coadd(
 
     # chunks write disjoint slices and the compiled kernel releases the GIL (nogil), so a thread
     # pool spreads the stack over every core without copying the inputs
-    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+    k = n_threads(os.cpu_count() or 1)
+    pool = ThreadPoolExecutor(max_workers=k) if k > 1 else None
+    run = pool.map if pool is not None else map
     try:
         if pixels is not None:
             tiles = []
             step = _CHUNK_PIXELS
-            list(pool.map(_chunk, [pixels[i : i + step] for i in range(0, pixels.size, step)]))
+            list(run(_chunk, [pixels[i : i + step] for i in range(0, pixels.size, step)]))
         for ti, (ty, tx) in enumerate(tiles):
             ty1, tx1 = (min(ty + th, ny), min(tx + tw, nx)) if not online else (ny, nx)
             rows_per_chunk = max(1, _CHUNK_PIXELS // (tx1 - tx))
             chunks = [(slice(cy, min(cy + rows_per_chunk, ty1)), slice(tx, tx1)) for cy in range(ty, ty1, rows_per_chunk)]
-            list(pool.map(_chunk, chunks))
+            list(run(_chunk, chunks))
             if progress:
                 progress("stack", (ti + 1) / len(tiles))
     finally:
-        pool.shutdown()
+        if pool is not None:
+            pool.shutdown()
     timings["stack"] = time.perf_counter() - t1
     raw = (value.copy(), variance.copy(), out_mask.copy()) if keep_raw else None
     # ---- setInexactPsf, setCoaddEdgeBits

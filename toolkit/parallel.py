@@ -9,6 +9,7 @@ reported from the calling thread, so callbacks that touch a UI need no locking.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -18,9 +19,15 @@ from typing import Any, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["map_epochs", "map_row_halves", "n_threads", "worker_scratch"]
+__all__ = ["fft_workers", "map_epochs", "map_pair", "map_row_halves", "n_threads", "worker_scratch"]
 
 T = TypeVar("T")
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_count() -> int:
+    # os.cpu_count() reads the system each call (~14 us): ZOGY's grid asks thousands of times
+    return os.cpu_count() or 1
 
 
 def n_threads(n_items: int) -> int:
@@ -29,7 +36,7 @@ def n_threads(n_items: int) -> int:
     ``DIFFSTACK_THREADS`` in the environment caps it (``1`` runs everything serially).
     """
     cap = os.environ.get("DIFFSTACK_THREADS")
-    cores = os.cpu_count() or 1
+    cores = _cpu_count()
     if cap:
         try:
             cores = max(1, min(cores, int(cap)))
@@ -56,21 +63,51 @@ def map_epochs(fn: Callable[..., T], items: Sequence[Any] | Iterable[Any], progr
     return out
 
 
+#: planes with fewer rows than this are passed over in the calling thread: starting two threads
+#: (~0.1-0.3 ms) costs more than a pass over a small plane (ZOGY's grid cells are 160 rows)
+MIN_THREADED_ROWS = 384
+
+
+#: transforms of fewer elements than this run on one thread: pocketfft's threads cost more
+#: than they save there (a 160^2 rfft2 took 64 us on one thread and 214 us on two)
+MIN_THREADED_FFT = 2**18
+
+
+def fft_workers(size: int | None = None) -> int:
+    """``workers`` for scipy.fft: every core, or ``DIFFSTACK_THREADS`` of them; one for a
+    transform of fewer than :data:`MIN_THREADED_FFT` elements (``size``)."""
+    if size is not None and size < MIN_THREADED_FFT:
+        return 1
+    return n_threads(_cpu_count())
+
+
 def map_row_halves(fn: Callable[[slice], T], ny: int) -> list[T]:
-    """``fn`` on the two halves of ``ny`` rows (one slice below 64 rows), side by side on two
-    threads: for compiled or numpy passes over one plane that release the GIL."""
-    halves = [slice(0, ny // 2), slice(ny // 2, ny)] if ny >= 64 else [slice(0, ny)]
-    with ThreadPoolExecutor(len(halves)) as ex:
+    """``fn`` on the two halves of ``ny`` rows side by side on two threads, for compiled or
+    numpy passes over one plane that release the GIL; one call on all rows for a plane of
+    fewer than :data:`MIN_THREADED_ROWS` rows or under ``DIFFSTACK_THREADS=1``."""
+    if ny < MIN_THREADED_ROWS or n_threads(2) < 2:
+        return [fn(slice(0, ny))]
+    halves = [slice(0, ny // 2), slice(ny // 2, ny)]
+    with ThreadPoolExecutor(2) as ex:
         return list(ex.map(fn, halves))
+
+
+def map_pair(fn: Callable[[Any], T], a: Any, b: Any, threaded: bool = True) -> list[T]:
+    """``[fn(a), fn(b)]``, side by side on two threads when ``threaded`` (work big enough to
+    pay for them) and ``DIFFSTACK_THREADS`` allows two; else one after the other."""
+    if not threaded or n_threads(2) < 2:
+        return [fn(a), fn(b)]
+    with ThreadPoolExecutor(2) as ex:
+        return list(ex.map(fn, (a, b)))
 
 
 def map_band_halves(fn: Callable[[list[slice]], Any], n: int, band: int, threads: int = 2) -> None:
     """``fn`` on the bands of ``band`` columns that cover ``n`` columns: the first half of the
     bands and the second half side by side on two threads (all of them in one call when
-    ``threads`` is 1).  ``fn`` gets a list of slices, so it can reuse its own scratch arrays
+    ``threads`` or ``DIFFSTACK_THREADS`` is 1).  ``fn`` gets a list of slices, so it can reuse its own scratch arrays
     from band to band; for compiled or FFT work that releases the GIL."""
     bands = [slice(j, min(j + band, n)) for j in range(0, n, band)]
-    if threads <= 1 or len(bands) < 2:
+    if threads <= 1 or len(bands) < 2 or n_threads(2) < 2:
         fn(bands)
         return
     half = (len(bands) + 1) // 2

@@ -32,7 +32,7 @@ import scipy.fft as sfft
 
 from .errors import InputError, warn
 from .exposure import Exposure
-from .parallel import map_band_halves, map_row_halves, worker_scratch
+from .parallel import fft_workers, map_band_halves, map_row_halves, worker_scratch
 from .psf import Psf, DoubleGaussianPsf
 from .stats import median_masked, native
 
@@ -249,6 +249,8 @@ def _irfft2(x: np.ndarray, shape: tuple[int, int], overwrite: bool = False, work
     row ``irfft`` (40 against 24 ms at 2080^2 float32 on one core, 18 against 9 ms at 2160^2
     on two), with the same result to float round-off.
     """
+    if workers is None or workers < 0:
+        workers = fft_workers(x.size)  # every core (or DIFFSTACK_THREADS), one for a small cell
     y = sfft.ifft(x, axis=-2, workers=workers, overwrite_x=overwrite)
     return sfft.irfft(y, n=shape[1], axis=-1, workers=workers)
 
@@ -261,7 +263,7 @@ def _irfft2_into(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     which are dead by then.  The row transforms use numpy's ``irfft(out=)`` on two row halves in
     two threads (it releases the GIL); the values are those of :func:`_irfft2`.
     """
-    y = sfft.ifft(x, axis=-2, workers=-1, overwrite_x=True)
+    y = sfft.ifft(x, axis=-2, workers=fft_workers(x.size), overwrite_x=True)
     ny, nx = out.shape
     map_row_halves(lambda sl: np.fft.irfft(y[sl], n=nx, axis=-1, out=out[sl]), ny)
     return out
@@ -303,6 +305,7 @@ def _rows_in_place(wide: np.ndarray, nx: int, inverse: bool, threads: int = 2) -
     cdt = np.complex64 if wide.dtype == np.float32 else np.complex128
     c = wide.view(cdt)
     r = wide[:, :nx]
+    threads = min(threads, fft_workers(wide.size))
     if _pocketfft is not None:
         out = _pocketfft.c2r(c, (1,), nx, False, 2, r, threads) if inverse else _pocketfft.r2c(r, (1,), True, 0, c, threads)
         if out.ctypes.data == (r if inverse else c).ctypes.data:

@@ -380,6 +380,9 @@ def _usable_args(x: np.ndarray, mask: np.ndarray | None, bad_bits: int):
     return x, m, np.int32(bad_bits), True
 
 
+_RADIX_MIN_SIZE = 2**15  # planes smaller than this are partitioned instead (see below)
+
+
 def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: int, ranks_of: Callable[[int], list[int]]) -> tuple[int, dict[int, float], tuple | None]:
     """(n, {rank: sorted(usable)[rank]}, passes) for the ranks ``ranks_of(n)`` of the n usable
     pixels.  ``passes`` holds the :func:`_usable_args` that further passes over the same pixels
@@ -394,6 +397,21 @@ def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: i
         vals = xa[sel]
         return vals.size, (_order_statistics(vals, ranks_of(vals.size)) if vals.size else {}), None
     x, m, bad, use = _usable_args(x, mask, bad_bits)
+    if x.size < _RADIX_MIN_SIZE:
+        # a small plane: the radix path's two 65536-bin histograms and their cumulative sums
+        # cost more than partitioning the values (a ZOGY grid's 128^2 cells: 0.47 against
+        # 0.10 ms a clipped mean).  The order statistics are exact either way, and the passes
+        # handed on follow the radix path's rule (no mask when it excluded nothing), so the
+        # clipped mean that follows is bit-identical too
+        sel = np.isfinite(x)
+        if use:
+            masked = (m & bad) != 0
+            if np.any(masked & sel):
+                sel &= ~masked
+            else:
+                m, bad, use = np.zeros(1, np.int32), np.int32(0), False
+        vals = x[sel]
+        return vals.size, (_order_statistics(vals, ranks_of(vals.size)) if vals.size else {}), (x, m, bad, use)
     u = x.view(np.uint32)
     hist, n_masked = _hist_hi32(u, m, bad, use)
     if use and n_masked == 0:

@@ -33,7 +33,7 @@ from .errors import InputError, warn
 from .exposure import Exposure
 from .geom import Box
 from .psf import ImagePsf, Psf
-from .parallel import map_band_halves, map_row_halves
+from .parallel import MIN_THREADED_ROWS, fft_workers, map_band_halves, map_pair, map_row_halves, n_threads
 from .psf_matching import _conv_buffer, _embed_origin, _fft_cols, _fft_cols_into, _irfft2, _irfft2_into, _rows_in_place
 from .stats import clipped_noise, meanclip_masked
 
@@ -127,8 +127,8 @@ def pad_center_origin(a: np.ndarray, shape: tuple[int, int], inverse: bool = Fal
 
 def pixel_space_square(x_hat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """FFT of the pixel-space square of a (real) kernel given by its rfft ``x_hat``."""
-    k = sfft.irfft2(x_hat, s=shape, workers=-1)
-    return sfft.rfft2(k * k, workers=-1)
+    k = sfft.irfft2(x_hat, s=shape, workers=fft_workers(x_hat.size))
+    return sfft.rfft2(k * k, workers=fft_workers(k.size))
 
 
 def estimate_matching_kernel_size(psf1: Psf, psf2: Psf, position: tuple[float, float] | None = None) -> int:
@@ -526,9 +526,7 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
     if len(cells) == 1:
         # one cell = the whole image: its clipped mean variance *is* fullExpVar; the two planes
         # are independent, so compute them side by side (numpy releases the GIL)
-        with ThreadPoolExecutor(2) as ex:
-            fut = [ex.submit(full_variance, 0), ex.submit(full_variance, 1)]
-            [f.result() for f in fut]
+        map_pair(full_variance, 0, 1)
     timings["prepare"] = time.perf_counter() - t0
     D = VD = S = VS = None
     FS = np.empty((ny, nx)) if len(cells) > 1 else None
@@ -557,9 +555,9 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
             v1 = v1 if v1 > 0 else full_variance(0)
             v2 = v2 if v2 > 0 else full_variance(1)
         # the two images' padding from two seeded streams (their noise must differ), side by
-        # side: the draws and copies release the GIL
-        with ThreadPoolExecutor(2) as ex:
-            (N1, V1), (N2, V2) = ex.map(lambda a: _padded_cell(a[0], a[1], outer, local, a[2], np.random.default_rng([cfg.paddingSeed, ci, a[3]]), work, a[4]), ((n_img, n_var, v1, 0, factors[0:2]), (r_img, r_var, v2, 1, factors[2:4])))
+        # side (the draws and copies release the GIL) where the cell is big enough to pay for
+        # two threads: a grid's small cells are padded in the calling thread
+        (N1, V1), (N2, V2) = map_pair(lambda a: _padded_cell(a[0], a[1], outer, local, a[2], np.random.default_rng([cfg.paddingSeed, ci, a[3]]), work, a[4]), (n_img, n_var, v1, 0, factors[0:2]), (r_img, r_var, v2, 1, factors[2:4]), threaded=outer.shape[0] >= MIN_THREADED_ROWS)
         ker = _cell_kernels(k1, k2, f_n, f_r, v1, v2, outer.shape, calculate_score, work)
         one_cell = len(cells) == 1 and work == out_dtype
         # LSST pasteSubDiffImg: inner box only, D and V_D divided by F_D (and F_D^2) per cell; a
@@ -786,11 +784,11 @@ class _CellKernels:
                 rmax = min(128, (cy - 2) // 2, (cx - 2) // 2)
                 crop = kern[:, np.arange(-rmax, rmax + 1) % cy][:, :, np.arange(-rmax, rmax + 1) % cx]
             else:
-                cols_y = sfft.ifft(self.spectra, axis=-2, workers=-1)
+                cols_y = sfft.ifft(self.spectra, axis=-2, workers=fft_workers(self.spectra.size))
                 rmax = min(128, (ny - 2) // 2, (nx - 2) // 2)
                 rows = np.arange(-rmax, rmax + 1) % ny
                 cols = np.arange(-rmax, rmax + 1) % nx
-                crop = sfft.irfft(cols_y[:, rows, :], n=nx, axis=-1, workers=-1)[:, :, cols]
+                crop = sfft.irfft(cols_y[:, rows, :], n=nx, axis=-1, workers=fft_workers(cols_y.size))[:, :, cols]
                 self._cols_y = cols_y
             boxed, full = [], []
             for i in range(len(crop)):
@@ -842,12 +840,12 @@ class _CellKernels:
                 self._full_sq = np.zeros((0, self.shape[0], self.shape[1] // 2 + 1), np.complex64 if self.work == np.float32 else np.complex128)
             else:
                 if self._cols_y is not None:
-                    k = sfft.irfft(self._cols_y, n=self.shape[1], axis=-1, workers=-1)
+                    k = sfft.irfft(self._cols_y, n=self.shape[1], axis=-1, workers=fft_workers(self._cols_y.size))
                     self._cols_y = None
                 else:
                     k = _irfft2(self.spectra[full], self.shape)
                 np.square(k, out=k)
-                self._full_sq = sfft.rfft2(k, axes=(-2, -1), workers=-1)
+                self._full_sq = sfft.rfft2(k, axes=(-2, -1), workers=fft_workers(k.size))
         return self._full_sq
 
     def squares(self) -> np.ndarray:
@@ -891,7 +889,7 @@ def _columns(stamp_rows: tuple, shape: tuple[int, int]) -> np.ndarray:
     full = np.zeros((len(rows), shape[0], shape[1] // 2 + 1), rx.dtype)
     for i, r in enumerate(rows):
         full[i, r, :] = rx[i, : len(r)]
-    return sfft.fft(full, axis=1, overwrite_x=True, workers=-1)
+    return sfft.fft(full, axis=1, overwrite_x=True, workers=fft_workers(full.size))
 
 
 def _spectra(kernels: list[np.ndarray], shape: tuple[int, int], dtype) -> np.ndarray:
@@ -1105,7 +1103,7 @@ def _stamp_rows(kernels: list[np.ndarray], shape: tuple[int, int], dtype=np.floa
         ky, kx = k.shape
         r[i, :ky][:, (np.arange(kx) - kx // 2) % nx] = k
         rows.append((np.arange(ky) - ky // 2) % ny)
-    return sfft.rfft(r, axis=-1, workers=-1), rows
+    return sfft.rfft(r, axis=-1, workers=fft_workers(r.size)), rows
 
 
 def _full_algebra(psf_rows: tuple, shape: tuple[int, int], args: tuple, work, want_psf: bool):
@@ -1135,9 +1133,13 @@ def _full_algebra(psf_rows: tuple, shape: tuple[int, int], args: tuple, work, wa
 
     step = max(16, -(-nxh // max(2, -(-nxh // 128))))
     bands = [slice(j, min(j + step, nxh)) for j in range(0, nxh, step)]
-    # two threads: the transforms and the compiled loop release the GIL
-    with ThreadPoolExecutor(min(2, len(bands))) as ex:
-        parts = list(ex.map(block, bands))
+    # two threads (the transforms and the compiled loop release the GIL), where there are
+    # bands enough to share
+    if len(bands) < 2 or n_threads(2) < 2:
+        parts = [block(b) for b in bands]
+    else:
+        with ThreadPoolExecutor(2) as ex:
+            parts = list(ex.map(block, bands))
     return spectra, pd_hat, ps_hat, sum(parts)
 
 
@@ -1154,9 +1156,9 @@ def _origin_block(x_hat: np.ndarray, shape: tuple[int, int], half: int) -> np.nd
     ny, nx = shape
     if 2 * half >= min(ny, nx):
         return _irfft2(x_hat, shape, overwrite=True)
-    cols = sfft.ifft(x_hat, axis=-2, workers=-1, overwrite_x=True)
+    cols = sfft.ifft(x_hat, axis=-2, workers=fft_workers(x_hat.size), overwrite_x=True)
     rows = np.r_[0:half, ny - half:ny]
-    block = sfft.irfft(cols[rows], n=nx, axis=-1, workers=-1)
+    block = sfft.irfft(cols[rows], n=nx, axis=-1, workers=fft_workers(cols.size))
     return block[:, np.r_[0:half, nx - half:nx]]
 
 
@@ -1362,8 +1364,8 @@ def _fourier_cell(N1, N2, V1, V2, ker: _CellKernels, calc_score: bool, astrometr
                 out["S"], out["VS"] = wides[1][:, :nx], wides[3][:, :nx]
             return out
     K = ker.spectra
-    n1 = sfft.rfft2(N1, workers=-1)
-    n2 = sfft.rfft2(N2, workers=-1)
+    n1 = sfft.rfft2(N1, workers=fft_workers(N1.size))
+    n2 = sfft.rfft2(N2, workers=fft_workers(N2.size))
     out: dict[str, np.ndarray] = {}
     if calc_score and astrometric:
         buf = K[0] * n1
@@ -1388,7 +1390,7 @@ def _fourier_cell(N1, N2, V1, V2, ker: _CellKernels, calc_score: bool, astrometr
             out["S"] = _irfft2_into(n2, N2)
     del n1, n2
     # variance planes: V = k1^2 (*) V1 + k2^2 (*) V2 for each output (LSST pixelSpaceSquare)
-    vhs = [sfft.rfft2(V, workers=-1) for _, V, _ in varying]
+    vhs = [sfft.rfft2(V, workers=fft_workers(V.size)) for _, V, _ in varying]
     sq = ker.squares() if varying else None
     if len(varying) == 2:
         # the usual case: V_D^ = q1 v1 + q2 v2 and V_S^ = q3 v1 + q4 v2 over v1 and v2
