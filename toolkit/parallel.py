@@ -104,8 +104,8 @@ def map_pair(fn: Callable[[Any], T], a: Any, b: Any, threaded: bool = True) -> l
 def map_band_halves(fn: Callable[[list[slice]], Any], n: int, band: int, threads: int = 2) -> None:
     """``fn`` on the bands of ``band`` columns that cover ``n`` columns: the first half of the
     bands and the second half side by side on two threads (all of them in one call when
-    ``threads`` or ``DIFFSTACK_THREADS`` is 1).  ``fn`` gets a list of slices, so it can reuse its own scratch arrays
-    from band to band; for compiled or FFT work that releases the GIL."""
+    ``threads`` or ``DIFFSTACK_THREADS`` is 1).  ``fn`` gets a list of slices, so it can reuse
+    its own scratch arrays from band to band; for compiled or FFT work that releases the GIL."""
     bands = [slice(j, min(j + band, n)) for j in range(0, n, band)]
     if threads <= 1 or len(bands) < 2 or n_threads(2) < 2:
         fn(bands)
