@@ -16,6 +16,8 @@ noise, flux-ratio fit) and a transient catalog, all off unless asked for.
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -531,10 +533,18 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
     D = VD = S = VS = None
     FS = np.empty((ny, nx)) if len(cells) > 1 else None
     VA = np.zeros((ny, nx), work) if calculate_score and cfg.doAstrometricNoise else None
-    cell_info = []
     x0, y0 = sci.xy0
     psf_shape1 = sci.psf.compute_kernel_image(center).shape
-    for ci, (inner, outer) in enumerate(cells):
+    one_cell = len(cells) == 1 and work == out_dtype
+    if not one_cell:
+        D, VD = np.empty((ny, nx), out_dtype), np.empty((ny, nx), out_dtype)
+        if calculate_score:
+            S, VS = np.empty((ny, nx), work), np.empty((ny, nx), work)
+
+    def run_cell(ci: int, inner: Box, outer: Box) -> tuple[dict, dict | None]:
+        # one cell, start to end: its info, and (one cell only) its outputs' arrays.  The cells
+        # run one after the other: a grid's cells on two threads ran slower (1.2x at 2048^2),
+        # their many small numpy steps holding the GIL; a big cell threads its own passes
         pos = (inner.center[0] + x0, inner.center[1] + y0)
         k1 = sci.psf.compute_kernel_image(pos)
         k2 = ref.psf.compute_kernel_image(pos)
@@ -559,25 +569,16 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
         # two threads: a grid's small cells are padded in the calling thread
         (N1, V1), (N2, V2) = map_pair(lambda a: _padded_cell(a[0], a[1], outer, local, a[2], np.random.default_rng([cfg.paddingSeed, ci, a[3]]), work, a[4]), (n_img, n_var, v1, 0, factors[0:2]), (r_img, r_var, v2, 1, factors[2:4]), threaded=outer.shape[0] >= MIN_THREADED_ROWS)
         ker = _cell_kernels(k1, k2, f_n, f_r, v1, v2, outer.shape, calculate_score, work)
-        one_cell = len(cells) == 1 and work == out_dtype
         # LSST pasteSubDiffImg: inner box only, D and V_D divided by F_D (and F_D^2) per cell; a
         # single cell's D and V_D are scaled inside the Fourier pass (the same float products)
         out = _fourier_cell(N1, N2, V1, V2, ker, calculate_score, VA is not None, (cfg.astrometricSigmaX, cfg.astrometricSigmaY), scale_d=one_cell)
         del N1, N2, V1, V2
         cin = inner.slices((outer.x0, outer.y0))
+        views = None
         if one_cell:
             # one cell: the outputs are views of the cell arrays (no copies of 2k^2 planes)
-            D = out["D"][cin]
-            VD = out["VD"][cin]
-            if calculate_score:
-                S, VS = out["S"][cin], out["VS"][cin]
-                if VA is not None:
-                    VA = out["VA"][cin]
+            views = {k: v[cin] for k, v in out.items()}
         else:
-            if D is None:
-                D, VD = np.empty((ny, nx), out_dtype), np.empty((ny, nx), out_dtype)
-                if calculate_score:
-                    S, VS = np.empty((ny, nx), work), np.empty((ny, nx), work)
             np.divide(out["D"][cin], ker.F_D, out=D[isl], casting="unsafe")
             np.divide(out["VD"][cin], ker.F_D**2, out=VD[isl], casting="unsafe")
             if calculate_score:
@@ -589,10 +590,23 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
             FS[isl] = ker.F_S
         pd = _crop_normalize(ker.pd, psf_shape1)
         ps = _crop_normalize(ker.ps, psf_shape1) if calculate_score else None
-        cell_info.append(dict(inner=inner.shifted(x0, y0), outer=outer.shifted(x0, y0), P_D=pd, P_S=ps, F_D=ker.F_D, F_S=ker.F_S, var_science=v1, var_template=v2, P_D_sum=float(pad_center_origin(ker.pd, psf_shape1, inverse=True).sum())))
-        del out
+        info = dict(inner=inner.shifted(x0, y0), outer=outer.shifted(x0, y0), P_D=pd, P_S=ps, F_D=ker.F_D, F_S=ker.F_S, var_science=v1, var_template=v2, P_D_sum=float(pad_center_origin(ker.pd, psf_shape1, inverse=True).sum()))
+        return info, views
+
+    done = []
+    for ci, (inner, outer) in enumerate(cells):
+        done.append(run_cell(ci, inner, outer))
         if progress:
             progress("zogy cells", (ci + 1) / len(cells))
+    cell_info = [info for info, _ in done]
+    if one_cell:
+        views = done[0][1]
+        D, VD = views["D"], views["VD"]
+        if calculate_score:
+            S, VS = views["S"], views["VS"]
+            if VA is not None:
+                VA = views["VA"]
+    del done
     timings["fourier"] = time.perf_counter() - t0 - timings["prepare"]
     if FS is None:
         FS = np.broadcast_to(np.float64(cell_info[0]["F_S"]), (ny, nx))
@@ -721,6 +735,17 @@ def _padded_cell(img, var, outer: Box, local: Box, mean_var: float, rng, dtype, 
     return a, b
 
 
+def _locked(method: Callable) -> Callable:
+    """``method`` run under its object's ``_lock``."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return run
+
+
 @dataclass
 class _CellKernels:
     """Everything of a cell that depends only on the PSFs, flux scalings and noise levels.
@@ -747,6 +772,9 @@ class _CellKernels:
     _full_sq: np.ndarray | None = None
     _cols_y: np.ndarray | None = None  # column inverse transforms of the long-tailed kernels, until squared
     boxed: list[int] = field(default_factory=list)  # box sizes of kernels squared on a box
+    # the lazily made parts are made under it: the cache hands one object to every thread
+    # that asks for the same kernels (an explorer's background run beside a notebook's)
+    _lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @property
     def nbytes(self) -> int:
@@ -756,12 +784,14 @@ class _CellKernels:
         return sum(a.nbytes for a in held if a is not None)
 
     @property
+    @_locked
     def spectra(self) -> np.ndarray:
         """c1, c2 (and s1, s2) on the cell's full rfft grid, in the work precision."""
         if self._spectra is None:
             self._spectra = _full_algebra(self.psf_rows, self.shape, self.args, self.work, want_psf=False)[0]
         return self._spectra
 
+    @_locked
     def _plan_squares(self) -> tuple:
         """The pixel-space kernels squared: ``(boxed, full, rows)`` with ``boxed`` the
         ``(index, half-size, square)`` of kernels whose square fits a central box, ``full`` the
@@ -831,6 +861,7 @@ class _CellKernels:
         boxed, full, rows_t = self._plan_squares()
         return [i for i, _, _ in boxed], rows_t, full, self._full_squares()
 
+    @_locked
     def _full_squares(self) -> np.ndarray:
         """Spectra of the full-cell squares of the long-tailed kernels (in the order of
         :meth:`_plan_squares`' ``full``), made once."""
@@ -848,6 +879,7 @@ class _CellKernels:
                 self._full_sq = sfft.rfft2(k, axes=(-2, -1), workers=fft_workers(k.size))
         return self._full_sq
 
+    @_locked
     def squares(self) -> np.ndarray:
         """Spectra of the pixel-space squares of the kernels (LSST ``pixelSpaceSquare``) on the
         cell's full grid, made on first use: a cell whose variance planes are constant never
@@ -909,21 +941,30 @@ class _KernelCache:
     def __init__(self, budget: int = 256 * 2**20):
         self.budget = budget
         self.entries: OrderedDict = OrderedDict()
+        # an explorer's background run beside a notebook's uses it from two threads; the
+        # kernels are made outside the lock (two threads may then make the same ones: the
+        # first stored is kept)
+        self._lock = threading.Lock()
 
     def get(self, key, make):
-        if key in self.entries:
-            self.entries.move_to_end(key)
-            return self.entries[key]
+        with self._lock:
+            if key in self.entries:
+                self.entries.move_to_end(key)
+                return self.entries[key]
         value = make(key)
-        self.entries[key] = value
-        while len(self.entries) > 1 and sum(v.nbytes for v in self.entries.values()) > self.budget:
-            self.entries.popitem(last=False)
-        if value.nbytes > self.budget:
-            self.entries.clear()
+        with self._lock:
+            if key in self.entries:
+                return self.entries[key]
+            self.entries[key] = value
+            while len(self.entries) > 1 and sum(v.nbytes for v in self.entries.values()) > self.budget:
+                self.entries.popitem(last=False)
+            if value.nbytes > self.budget:
+                self.entries.clear()
         return value
 
     def cache_clear(self) -> None:
-        self.entries.clear()
+        with self._lock:
+            self.entries.clear()
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
