@@ -85,11 +85,9 @@ def map_row_halves(fn: Callable[[slice], T], ny: int) -> list[T]:
     """``fn`` on the two halves of ``ny`` rows side by side on two threads, for compiled or
     numpy passes over one plane that release the GIL; one call on all rows for a plane of
     fewer than :data:`MIN_THREADED_ROWS` rows or under ``DIFFSTACK_THREADS=1``."""
-    if ny < MIN_THREADED_ROWS or n_threads(2) < 2:
+    if ny < MIN_THREADED_ROWS:
         return [fn(slice(0, ny))]
-    halves = [slice(0, ny // 2), slice(ny // 2, ny)]
-    with ThreadPoolExecutor(2) as ex:
-        return list(ex.map(fn, halves))
+    return map_pair(fn, slice(0, ny // 2), slice(ny // 2, ny))
 
 
 def map_pair(fn: Callable[[Any], T], a: Any, b: Any, threaded: bool = True) -> list[T]:
