@@ -99,3 +99,44 @@ def test_diffstack_threads_1_runs_everything_in_the_calling_thread(monkeypatch):
     for a, b in ((z1, z2), (g1, g2)):
         np.testing.assert_array_equal(a.diff.image, b.diff.image)
         np.testing.assert_array_equal(a.scorr, b.scorr)
+
+
+def test_band_and_row_maps_cover_each_part_once_and_share_the_work(monkeypatch):
+    """map_band_halves and map_row_blocks hand out bands / row blocks from one iterator that
+    both threads draw from: every column and row is passed exactly once, and a thread that is
+    held up (here: sleeping on its first band) ends up doing fewer bands, not half of them."""
+    import time
+
+    from toolkit.parallel import map_band_halves, map_row_blocks
+
+    monkeypatch.setenv("DIFFSTACK_THREADS", "2")
+    n, band = 1081, 16
+    seen = np.zeros(n, int)
+    per_thread: dict[int, int] = {}
+    lock = threading.Lock()
+    first = threading.Event()
+
+    def run(group):
+        for cols in group:
+            if not first.is_set():
+                first.set()
+                time.sleep(0.3)  # the first thread to start is stalled: the other goes on
+            with lock:
+                seen[cols] += 1
+                per_thread[threading.get_ident()] = per_thread.get(threading.get_ident(), 0) + 1
+            time.sleep(0.001)
+
+    map_band_halves(run, n, band)
+    assert np.all(seen == 1)
+    counts = sorted(per_thread.values())
+    n_bands = -(-n // band)
+    assert sum(counts) == n_bands and len(counts) == 2
+    assert counts[0] < n_bands // 4  # a fixed half each would give 34 and 34
+
+    rows = np.zeros(1000, int)
+    map_row_blocks(lambda sl: rows.__setitem__(sl, rows[sl] + 1), 1000)
+    assert np.all(rows == 1)
+    small = np.zeros(100, int)  # under MIN_THREADED_ROWS: one call on all rows
+    calls = []
+    map_row_blocks(lambda sl: (calls.append(sl), small.__setitem__(sl, small[sl] + 1)), 100)
+    assert calls == [slice(0, 100)] and np.all(small == 1)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["fft_workers", "map_epochs", "map_pair", "map_row_halves", "n_threads", "worker_scratch"]
+__all__ = ["fft_workers", "map_epochs", "map_pair", "map_row_blocks", "n_threads", "worker_scratch"]
 
 T = TypeVar("T")
 
@@ -81,13 +81,28 @@ def fft_workers(size: int | None = None) -> int:
     return n_threads(_cpu_count())
 
 
-def map_row_halves(fn: Callable[[slice], T], ny: int) -> list[T]:
-    """``fn`` on the two halves of ``ny`` rows side by side on two threads, for compiled or
-    numpy passes over one plane that release the GIL; one call on all rows for a plane of
-    fewer than :data:`MIN_THREADED_ROWS` rows or under ``DIFFSTACK_THREADS=1``."""
-    if ny < MIN_THREADED_ROWS:
-        return [fn(slice(0, ny))]
-    return map_pair(fn, slice(0, ny // 2), slice(ny // 2, ny))
+#: row blocks per plane that :func:`map_row_blocks` hands out: enough that a thread slowed for a
+#: while does fewer of them, few enough that the calls' overhead stays negligible
+ROW_BLOCKS = 8
+
+
+def map_row_blocks(fn: Callable[[slice], Any], ny: int) -> None:
+    """``fn`` on blocks of ``ny`` rows that cover them once, on two threads that take the next
+    block when done with one, for compiled or numpy passes over one plane that release the GIL;
+    one call on all rows for a plane of fewer than :data:`MIN_THREADED_ROWS` rows or under
+    ``DIFFSTACK_THREADS=1``.  ``fn`` must not depend on how the rows are cut."""
+    if ny < MIN_THREADED_ROWS or n_threads(2) < 2:
+        fn(slice(0, ny))
+        return
+    step = -(-ny // ROW_BLOCKS)
+    shared = _SharedBands([slice(j, min(j + step, ny)) for j in range(0, ny, step)])
+
+    def run(blocks: Iterable[slice]) -> None:
+        for sl in blocks:
+            fn(sl)
+
+    with ThreadPoolExecutor(2) as ex:
+        list(ex.map(run, [shared, shared]))
 
 
 def map_pair(fn: Callable[[Any], T], a: Any, b: Any, threaded: bool = True) -> list[T]:
@@ -99,18 +114,39 @@ def map_pair(fn: Callable[[Any], T], a: Any, b: Any, threaded: bool = True) -> l
         return list(ex.map(fn, (a, b)))
 
 
-def map_band_halves(fn: Callable[[list[slice]], Any], n: int, band: int, threads: int = 2) -> None:
-    """``fn`` on the bands of ``band`` columns that cover ``n`` columns: the first half of the
-    bands and the second half side by side on two threads (all of them in one call when
-    ``threads`` or ``DIFFSTACK_THREADS`` is 1).  ``fn`` gets a list of slices, so it can reuse
-    its own scratch arrays from band to band; for compiled or FFT work that releases the GIL."""
+class _SharedBands:
+    """One iterator over the bands for both threads: each takes the next band when it is done
+    with its last, so a thread that is slowed (a shared machine's other tenants, the GIL held
+    by the other's Python steps) does fewer bands instead of holding up the pass."""
+
+    def __init__(self, bands: Sequence[slice]) -> None:
+        self._it = iter(bands)
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> _SharedBands:
+        return self
+
+    def __next__(self) -> slice:
+        with self._lock:
+            return next(self._it)
+
+
+def map_band_halves(fn: Callable[[Iterable[slice]], Any], n: int, band: int, threads: int = 2) -> None:
+    """``fn`` on the bands of ``band`` columns that cover ``n`` columns, on two threads that
+    share one iterator of the bands (all of them in one call when ``threads`` or
+    ``DIFFSTACK_THREADS`` is 1).  ``fn`` gets an iterable of slices, so it can reuse its own
+    scratch arrays from band to band; for compiled or FFT work that releases the GIL.  The
+    bands are disjoint, so which thread does which does not change the values.
+
+    Why not a fixed half each: on a shared 2-core machine one thread is often slowed for tens
+    of milliseconds, and with fixed halves the pass waited for the slower one."""
     bands = [slice(j, min(j + band, n)) for j in range(0, n, band)]
     if threads <= 1 or len(bands) < 2 or n_threads(2) < 2:
         fn(bands)
         return
-    half = (len(bands) + 1) // 2
+    shared = _SharedBands(bands)
     with ThreadPoolExecutor(2) as ex:
-        list(ex.map(fn, [bands[:half], bands[half:]]))
+        list(ex.map(fn, [shared, shared]))
 
 
 _scratch = threading.local()

@@ -22,7 +22,7 @@ it, and the frame keeps its values with the EDGE bit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 
 
@@ -32,7 +32,7 @@ import scipy.fft as sfft
 
 from .errors import InputError, warn
 from .exposure import Exposure
-from .parallel import fft_workers, map_band_halves, map_row_halves, worker_scratch
+from .parallel import fft_workers, map_band_halves, map_row_blocks, worker_scratch
 from .psf import Psf, DoubleGaussianPsf
 from .stats import median_masked, native
 
@@ -260,12 +260,12 @@ def _irfft2_into(x: np.ndarray, out: np.ndarray) -> np.ndarray:
 
     Why: a new output plane costs its page faults, ~15-20 ms per 2160^2 float32 plane on this
     kind of machine, as much as the transform; ZOGY writes its outputs over the padded inputs,
-    which are dead by then.  The row transforms use numpy's ``irfft(out=)`` on two row halves in
+    which are dead by then.  The row transforms use numpy's ``irfft(out=)`` on blocks of rows on
     two threads (it releases the GIL); the values are those of :func:`_irfft2`.
     """
     y = sfft.ifft(x, axis=-2, workers=fft_workers(x.size), overwrite_x=True)
     ny, nx = out.shape
-    map_row_halves(lambda sl: np.fft.irfft(y[sl], n=nx, axis=-1, out=out[sl]), ny)
+    map_row_blocks(lambda sl: np.fft.irfft(y[sl], n=nx, axis=-1, out=out[sl]), ny)
     return out
 
 
@@ -321,7 +321,7 @@ def _rows_in_place(wide: np.ndarray, nx: int, inverse: bool, threads: int = 2) -
                 c[blk] = sfft.rfft(r[blk], axis=-1, workers=1)
 
     if threads > 1:
-        map_row_halves(blocks, wide.shape[0])
+        map_row_blocks(blocks, wide.shape[0])
     else:
         blocks(slice(0, wide.shape[0]))
 
@@ -385,7 +385,7 @@ def _kernel_product_bands(dst: np.ndarray, src: np.ndarray | None, kernel: np.nd
     cdt = dst.dtype
     krows = sfft.rfft(kernel.astype(dst.real.dtype), n=sx, axis=1)
 
-    def run(group: list[slice]) -> None:
+    def run(group: Iterable[slice]) -> None:
         K_in = np.zeros((sy, _CONV_BAND), cdt)  # zero below the kernel's rows, band after band
         K = np.empty((sy, _CONV_BAND), cdt)
         for cols in group:
@@ -432,7 +432,7 @@ def _convolve_loaded_terms(buf: np.ndarray, cell: tuple[int, int], kernels: Sequ
     c = buf.view(cdt)
     _rows_in_place(buf, sx, False, threads)
 
-    def forward(group: list[slice]) -> None:
+    def forward(group: Iterable[slice]) -> None:
         for cols in group:
             _fft_cols(c[:, cols])
 
@@ -761,7 +761,7 @@ def match_to_psf(
         def emit(t: int, work: np.ndarray) -> None:
             i, j = model.terms[t]
             part = work[oy : oy + ny, ox : ox + nx]
-            map_row_halves(lambda sl: _add_term(acc[sl], part[sl], tx[i], ty[j][sl], t == 0), ny)
+            map_row_blocks(lambda sl: _add_term(acc[sl], part[sl], tx[i], ty[j][sl], t == 0), ny)
 
         _convolve_loaded_terms(b, c, coefs, emit, workers)
         return acc
