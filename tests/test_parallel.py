@@ -102,12 +102,12 @@ def test_diffstack_threads_1_runs_everything_in_the_calling_thread(monkeypatch):
 
 
 def test_band_and_row_maps_cover_each_part_once_and_share_the_work(monkeypatch):
-    """map_band_halves and map_row_blocks hand out bands / row blocks from one iterator that
+    """map_bands and map_row_blocks hand out bands / row blocks from one iterator that
     both threads draw from: every column and row is passed exactly once, and a thread that is
     held up (here: sleeping on its first band) ends up doing fewer bands, not half of them."""
     import time
 
-    from toolkit.parallel import map_band_halves, map_row_blocks
+    from toolkit.parallel import map_bands, map_row_blocks
 
     monkeypatch.setenv("DIFFSTACK_THREADS", "2")
     n, band = 1081, 16
@@ -126,7 +126,7 @@ def test_band_and_row_maps_cover_each_part_once_and_share_the_work(monkeypatch):
                 per_thread[threading.get_ident()] = per_thread.get(threading.get_ident(), 0) + 1
             time.sleep(0.001)
 
-    map_band_halves(run, n, band)
+    map_bands(run, n, band)
     assert np.all(seen == 1)
     counts = sorted(per_thread.values())
     n_bands = -(-n // band)

@@ -95,14 +95,12 @@ def map_row_blocks(fn: Callable[[slice], Any], ny: int) -> None:
         fn(slice(0, ny))
         return
     step = -(-ny // ROW_BLOCKS)
-    shared = _SharedBands([slice(j, min(j + step, ny)) for j in range(0, ny, step)])
 
     def run(blocks: Iterable[slice]) -> None:
         for sl in blocks:
             fn(sl)
 
-    with ThreadPoolExecutor(2) as ex:
-        list(ex.map(run, [shared, shared]))
+    _drain_on_two_threads(run, [slice(j, min(j + step, ny)) for j in range(0, ny, step)])
 
 
 def map_pair(fn: Callable[[Any], T], a: Any, b: Any, threaded: bool = True) -> list[T]:
@@ -114,16 +112,16 @@ def map_pair(fn: Callable[[Any], T], a: Any, b: Any, threaded: bool = True) -> l
         return list(ex.map(fn, (a, b)))
 
 
-class _SharedBands:
-    """One iterator over the bands for both threads: each takes the next band when it is done
-    with its last, so a thread that is slowed (a shared machine's other tenants, the GIL held
-    by the other's Python steps) does fewer bands instead of holding up the pass."""
+class _SharedIterator:
+    """One iterator for both threads: each takes the next part (a band, a block of rows) when
+    it is done with its last, so a thread that is slowed (a shared machine's other tenants, the
+    GIL held by the other's Python steps) does fewer parts instead of holding up the pass."""
 
-    def __init__(self, bands: Sequence[slice]) -> None:
-        self._it = iter(bands)
+    def __init__(self, parts: Sequence[slice]) -> None:
+        self._it = iter(parts)
         self._lock = threading.Lock()
 
-    def __iter__(self) -> _SharedBands:
+    def __iter__(self) -> _SharedIterator:
         return self
 
     def __next__(self) -> slice:
@@ -131,22 +129,26 @@ class _SharedBands:
             return next(self._it)
 
 
-def map_band_halves(fn: Callable[[Iterable[slice]], Any], n: int, band: int, threads: int = 2) -> None:
+def _drain_on_two_threads(fn: Callable[[Iterable[slice]], Any], parts: Sequence[slice]) -> None:
+    """``fn`` on two threads, both handed one :class:`_SharedIterator` of ``parts``: between them
+    they pass every part once.  Why not a fixed half each: on a shared 2-core machine one thread
+    is often slowed for tens of milliseconds, and with fixed halves a pass waited for it."""
+    shared = _SharedIterator(parts)
+    with ThreadPoolExecutor(2) as ex:
+        list(ex.map(fn, [shared, shared]))
+
+
+def map_bands(fn: Callable[[Iterable[slice]], Any], n: int, band: int, threads: int = 2) -> None:
     """``fn`` on the bands of ``band`` columns that cover ``n`` columns, on two threads that
     share one iterator of the bands (all of them in one call when ``threads`` or
     ``DIFFSTACK_THREADS`` is 1).  ``fn`` gets an iterable of slices, so it can reuse its own
     scratch arrays from band to band; for compiled or FFT work that releases the GIL.  The
-    bands are disjoint, so which thread does which does not change the values.
-
-    Why not a fixed half each: on a shared 2-core machine one thread is often slowed for tens
-    of milliseconds, and with fixed halves the pass waited for the slower one."""
+    bands are disjoint, so which thread does which does not change the values."""
     bands = [slice(j, min(j + band, n)) for j in range(0, n, band)]
     if threads <= 1 or len(bands) < 2 or n_threads(2) < 2:
         fn(bands)
         return
-    shared = _SharedBands(bands)
-    with ThreadPoolExecutor(2) as ex:
-        list(ex.map(fn, [shared, shared]))
+    _drain_on_two_threads(fn, bands)
 
 
 _scratch = threading.local()

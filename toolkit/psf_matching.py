@@ -32,7 +32,7 @@ import scipy.fft as sfft
 
 from .errors import InputError, warn
 from .exposure import Exposure
-from .parallel import fft_workers, map_band_halves, map_row_blocks, worker_scratch
+from .parallel import fft_workers, map_bands, map_row_blocks, worker_scratch
 from .psf import Psf, DoubleGaussianPsf
 from .stats import median_masked, native
 
@@ -407,7 +407,7 @@ def _kernel_product_bands(dst: np.ndarray, src: np.ndarray | None, kernel: np.nd
                 np.multiply(src[:, cols], k, out=band)
             _fft_cols(band, inverse=True)
 
-    map_band_halves(run, sx // 2 + 1, _CONV_BAND, threads)
+    map_bands(run, sx // 2 + 1, _CONV_BAND, threads)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -442,7 +442,7 @@ def _convolve_loaded_terms(buf: np.ndarray, cell: tuple[int, int], kernels: Sequ
         for cols in group:
             _fft_cols(c[:, cols])
 
-    map_band_halves(forward, sx // 2 + 1, _CONV_BAND, threads)
+    map_bands(forward, sx // 2 + 1, _CONV_BAND, threads)
     # a second work plane of its own (``buf`` may be this thread's convolution scratch)
     work = worker_scratch("convolution terms", buf.shape, buf.dtype)
     w_c = work.view(cdt)

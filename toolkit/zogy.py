@@ -35,7 +35,7 @@ from .errors import InputError, warn
 from .exposure import Exposure
 from .geom import Box
 from .psf import ImagePsf, Psf
-from .parallel import MIN_THREADED_ROWS, fft_workers, map_band_halves, map_pair, map_row_blocks, n_threads
+from .parallel import MIN_THREADED_ROWS, fft_workers, map_bands, map_pair, map_row_blocks, n_threads
 from .psf_matching import _conv_buffer, _embed_origin, _fft_cols, _fft_cols_into, _irfft2, _irfft2_into, _rows_in_place
 from .stats import clipped_noise, meanclip_masked
 
@@ -1398,7 +1398,7 @@ def _fourier_fused(wides: list[np.ndarray], shape: tuple[int, int], ker: _CellKe
             for b in outputs:
                 _fft_cols(band[b], inverse=True)
 
-    map_band_halves(run, nxh, _BAND)
+    map_bands(run, nxh, _BAND)
     for b in outputs:
         _rows_in_place(wides[b], nx, True)
 
