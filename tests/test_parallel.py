@@ -142,3 +142,62 @@ def test_band_and_row_maps_cover_each_part_once_and_share_the_work(monkeypatch):
     calls = []
     map_row_blocks(lambda sl: (calls.append(sl), small.__setitem__(sl, small[sl] + 1)), 100)
     assert calls == [slice(0, 100)] and np.all(small == 1)
+
+
+def test_two_thread_passes_reuse_kept_helpers_and_raise_either_sides_error(monkeypatch):
+    """map_pair and the band/row passes run one share in the calling thread and one on a kept
+    helper thread: a second pass starts no new thread, a pass inside a pass (or two passes at
+    once) gets a helper of its own instead of waiting for a busy one, and an exception of
+    either share is raised in the caller once both shares have ended."""
+    import time
+
+    import toolkit.parallel as parallel
+    from toolkit.parallel import map_bands, map_pair
+
+    monkeypatch.setenv("DIFFSTACK_THREADS", "2")
+    monkeypatch.setattr(parallel, "_cpu_count", lambda: 2)
+    caller = threading.get_ident()
+    where = map_pair(lambda _: threading.get_ident(), 0, 1)
+    assert where[0] == caller and where[1] != caller
+    started = []
+    start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda self: (started.append(self.name), start(self))[1])
+    assert map_pair(lambda v: v * 2, 3, 4) == [6, 8]
+    assert started == []  # the helper of the first pass was kept
+
+    # nested: the inner pass runs while the outer one holds a helper
+    assert map_pair(lambda v: map_pair(lambda w: w + v, 1, 2), 10, 20) == [[11, 12], [21, 22]]
+
+    done = []
+
+    def slow(v):
+        if v == "b":
+            time.sleep(0.2)
+            done.append(v)
+            raise KeyError("helper side failed")
+        return v
+
+    with pytest.raises(KeyError, match="helper side"):
+        map_pair(slow, "a", "b")
+    assert done == ["b"]
+
+    def caller_fails(v):
+        if v == "a":
+            raise ValueError("caller side failed")
+        time.sleep(0.2)
+        done.append(v)
+        return v
+
+    with pytest.raises(ValueError, match="caller side"):
+        map_pair(caller_fails, "a", "c")
+    assert done == ["b", "c"]  # the helper's share had ended before the error was raised
+
+    def bands_fail(group):
+        for cols in group:
+            if cols.start == 32:
+                raise RuntimeError("band 32")
+
+    with pytest.raises(RuntimeError, match="band 32"):
+        map_bands(bands_fail, 200, 16)
+    # the helpers are still usable after failures
+    assert map_pair(lambda v: -v, 1, 2) == [-1, -2]

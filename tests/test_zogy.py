@@ -751,3 +751,21 @@ def test_concurrent_runs_share_the_kernel_cache_safely():
             np.testing.assert_array_equal(g.diff.image, want.diff.image)
             np.testing.assert_array_equal(g.diff.variance, want.diff.variance)
             np.testing.assert_array_equal(g.scorr, want.scorr)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ">f4", ">f8"])
+def test_plane_scan_counts_finite_and_nonpositive_values_and_finds_the_largest_magnitude(dtype):
+    """The input checks' one-pass scan (in the floats' bit patterns) gives what numpy's
+    isfinite / <= 0 / abs().max() give, for NaN, +-inf, -0, +0, negatives and subnormals."""
+    from toolkit.zogy import _scan_plane
+
+    rng = np.random.default_rng(5)
+    a = rng.normal(0, 50, (67, 129))
+    a[3, :7] = [np.nan, np.inf, -np.inf, -0.0, 0.0, -1e-310 if np.dtype(dtype).itemsize == 8 else -1e-40, 5e-324 if np.dtype(dtype).itemsize == 8 else 1e-45]
+    a[10, 10] = -7e3  # the largest magnitude is a negative value
+    a = a.astype(dtype)
+    fin = np.isfinite(a)
+    want = (int(fin.sum()), int(np.count_nonzero(a[fin] <= 0)), float(np.abs(a[fin]).max()))
+    assert _scan_plane(a) == want
+    assert _scan_plane(np.full((3, 3), np.nan, dtype)) == (0, 0, 0.0)
+    assert _scan_plane(a[::2, 1::3]) == (int(np.isfinite(a[::2, 1::3]).sum()), int(np.count_nonzero(a[::2, 1::3][np.isfinite(a[::2, 1::3])] <= 0)), float(np.abs(a[::2, 1::3][np.isfinite(a[::2, 1::3])]).max()))

@@ -103,13 +103,118 @@ def map_row_blocks(fn: Callable[[slice], Any], ny: int) -> None:
     _drain_on_two_threads(run, [slice(j, min(j + step, ny)) for j in range(0, ny, step)])
 
 
+class _Helper:
+    """A kept daemon thread that runs one call at a time, handed to it by :func:`_beside`.
+
+    Why not a ``ThreadPoolExecutor`` per pass: on this kind of machine starting a thread costs
+    ~0.3-0.7 ms, and a ZOGY run at 2048^2 made ~10 two-thread passes (~20 thread starts, ~8 ms
+    of its ~0.26 s).  A helper that has finished a call goes back to the idle list, and a pass
+    takes an idle one or starts a new one when none is idle (two runs at once, a pass inside a
+    pass), so no call ever waits for another to free a thread.
+    """
+
+    def __init__(self) -> None:
+        self._call: tuple | None = None
+        self._ready = threading.Condition(threading.Lock())
+        self._done = threading.Event()
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="diffstack-helper", daemon=True)
+        self.thread.diffstack_helper = True  # type: ignore[attr-defined]  # see worker_scratch
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._ready:
+                while self._call is None:
+                    self._ready.wait()
+                fn, arg = self._call
+            try:
+                self._result, self._error = fn(arg), None
+            except BaseException as exc:  # handed to the caller, which re-raises it
+                self._result, self._error = None, exc
+            # the call's references go before the helper is handed out again
+            fn = arg = None
+            with self._ready:
+                self._call = None
+            self._done.set()
+            if not _release(self):
+                return  # enough idle helpers: this one ends
+
+    def submit(self, fn: Callable[[Any], Any], arg: Any) -> None:
+        self._done.clear()
+        with self._ready:
+            self._call = (fn, arg)
+            self._ready.notify()
+
+    def result(self) -> Any:
+        """Wait for the call to end; its value, or its exception raised here."""
+        self._done.wait()
+        value, error = self._result, self._error
+        self._result = self._error = None
+        if error is not None:
+            raise error
+        return value
+
+
+#: idle helpers kept for the next pass (more than a run at once ever needs are let go)
+_MAX_IDLE = 4
+_idle: list[_Helper] = []
+_idle_lock = threading.Lock()
+
+
+def _release(helper: _Helper) -> bool:
+    """Put a helper that has finished its call back on the idle list; False if the list is
+    full (the helper's thread then ends)."""
+    with _idle_lock:
+        if len(_idle) < _MAX_IDLE:
+            _idle.append(helper)
+            return True
+        return False
+
+
+def _beside(fn: Callable[[Any], Any], arg: Any) -> _Helper:
+    """Start ``fn(arg)`` on an idle helper thread (a new one when none is idle); the caller
+    collects it with ``.result()``."""
+    with _idle_lock:
+        helper = _idle.pop() if _idle else None
+    if helper is None:
+        helper = _Helper()
+    helper.submit(fn, arg)
+    return helper
+
+
+def _forget_helpers() -> None:
+    # a forked child has none of its parent's threads: its idle list must not name them
+    _idle.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helpers)
+
+
+def _pair_on_two_threads(fn: Callable[[Any], T], a: Any, b: Any) -> list[T]:
+    """``[fn(a), fn(b)]`` with ``fn(b)`` on a helper thread and ``fn(a)`` in the calling one.
+    An exception of either is raised once both have ended (the first one's, if both fail)."""
+    helper = _beside(fn, b)
+    try:
+        ra = fn(a)
+    except BaseException:
+        try:
+            helper.result()
+        except BaseException:
+            pass  # the calling thread's exception is the one raised
+        raise
+    return [ra, helper.result()]
+
+
 def map_pair(fn: Callable[[Any], T], a: Any, b: Any, threaded: bool = True) -> list[T]:
-    """``[fn(a), fn(b)]``, side by side on two threads when ``threaded`` (work big enough to
-    pay for them) and ``DIFFSTACK_THREADS`` allows two; else one after the other."""
+    """``[fn(a), fn(b)]``, side by side on two threads (the calling one and a helper) when
+    ``threaded`` (work big enough to pay for them) and ``DIFFSTACK_THREADS`` allows two; else
+    one after the other."""
     if not threaded or n_threads(2) < 2:
         return [fn(a), fn(b)]
-    with ThreadPoolExecutor(2) as ex:
-        return list(ex.map(fn, (a, b)))
+    return _pair_on_two_threads(fn, a, b)
 
 
 class _SharedIterator:
@@ -130,12 +235,11 @@ class _SharedIterator:
 
 
 def _drain_on_two_threads(fn: Callable[[Iterable[slice]], Any], parts: Sequence[slice]) -> None:
-    """``fn`` on two threads, both handed one :class:`_SharedIterator` of ``parts``: between them
-    they pass every part once.  Why not a fixed half each: on a shared 2-core machine one thread
+    """``fn`` on two threads (the calling one and a helper), both handed one
+    :class:`_SharedIterator` of ``parts``: between them they pass every part once.  Why not a fixed half each: on a shared 2-core machine one thread
     is often slowed for tens of milliseconds, and with fixed halves a pass waited for it."""
     shared = _SharedIterator(parts)
-    with ThreadPoolExecutor(2) as ex:
-        list(ex.map(fn, [shared, shared]))
+    _pair_on_two_threads(fn, shared, shared)
 
 
 def map_bands(fn: Callable[[Iterable[slice]], Any], n: int, band: int, threads: int = 2) -> None:
@@ -158,13 +262,15 @@ def worker_scratch(name: str, shape: tuple[int, ...], dtype: Any) -> Any:
     """A work array kept by the calling worker thread under ``name`` and handed out again on
     its next call with the same shape and dtype (its contents are then overwritten by the
     caller): per-epoch steps on :func:`map_epochs`' threads fault in one array per thread,
-    not one per epoch, and the arrays go with their threads.  On the main thread every call
-    gets a new array, so nothing is held once a call returns."""
+    not one per epoch, and the arrays go with their threads.  On the main thread and on the
+    kept helper threads of the two-thread passes every call gets a new array, so nothing is
+    held once a call returns."""
     import numpy as np
 
     dtype = np.dtype(dtype)
     shape = tuple(int(v) for v in shape)
-    if threading.current_thread() is threading.main_thread():
+    t = threading.current_thread()
+    if t is threading.main_thread() or getattr(t, "diffstack_helper", False):
         return np.empty(shape, dtype)
     held = getattr(_scratch, "arrays", None)
     if held is None:

@@ -188,15 +188,6 @@ class ZogyResult:
 
 # ---------------------------------------------------------------------- preparation
 @nb.njit(cache=True, nogil=True)
-def _any_finite(a):  # pragma: no cover - compiled
-    # stops at the first finite value (usually the first pixel): no isfinite plane
-    for v in a:
-        if np.isfinite(v):
-            return True
-    return False
-
-
-@nb.njit(cache=True, nogil=True)
 def _all_finite(a):  # pragma: no cover - compiled
     # x - x == 0 only for finite x; and-reduced over blocks (a SIMD loop), stopping after the
     # first block with a non-finite value
@@ -236,16 +227,49 @@ def _scorr_rows(S, VS, nonfinite, has_nonfinite, tiny, out):  # pragma: no cover
 
 
 @nb.njit(cache=True, nogil=True)
-def _count_finite_nonpositive(a):  # pragma: no cover - compiled
-    # integer sums of conditions (no branches): a SIMD loop
+def _scan_bits(u, exp_mask, mag_mask, sign_shift):  # pragma: no cover - compiled
+    # one pass over a float plane's bit patterns (uint32 for float32, uint64 for float64):
+    # how many values are finite, how many of those are <= 0, and the largest |x| of the
+    # finite ones as a bit pattern.  In integers and without branches, because the float forms
+    # (x - x == 0, a max that must skip NaN) do not vectorise (11 ms at 2048^2 against 1.5):
+    # a finite value's exponent bits are not all set; |x|'s bits order as |x| does; x <= 0 is
+    # the sign bit set (negatives and -0) or all bits clear (+0).  Counts go to int32 sums per
+    # block of 4096 (no overflow), so the loop keeps narrow lanes.
+    one = u.dtype.type(1)
     n_fin = 0
     n_bad = 0
-    for j in range(a.size):
-        v = a[j]
-        fin = (v - v) == 0
-        n_fin += fin
-        n_bad += fin & (v <= 0)
-    return n_fin, n_bad
+    big = u.dtype.type(0)
+    for b0 in range(0, u.size, 4096):
+        blk = u[b0:b0 + 4096]
+        f = np.int32(0)
+        bd = np.int32(0)
+        m = u.dtype.type(0)
+        for j in range(blk.size):
+            b = blk[j]
+            fin = (b & exp_mask) != exp_mask
+            f += np.int32(fin)
+            bd += np.int32(fin) & np.int32(((b >> sign_shift) | u.dtype.type(b == 0)) & one)
+            mag = (b & mag_mask) * u.dtype.type(fin)
+            m = mag if mag > m else m
+        n_fin += f
+        n_bad += bd
+        big = max(big, m)
+    return n_fin, n_bad, big
+
+
+_SCAN_TYPES = {np.dtype(np.float32): (np.uint32, 0x7F800000, 0x7FFFFFFF, 31), np.dtype(np.float64): (np.uint64, 0x7FF0000000000000, 0x7FFFFFFFFFFFFFFF, 63)}
+
+
+def _scan_plane(a: np.ndarray) -> tuple[int, int, float]:
+    """``(n_finite, n_nonpositive, max |x| over the finite values (0 if none))`` of a plane, in
+    one compiled pass (:func:`_scan_bits`) for native float32/float64 planes."""
+    if a.dtype in _SCAN_TYPES and a.dtype.isnative:
+        ut, em, mm, sh = _SCAN_TYPES[a.dtype]
+        n_fin, n_bad, big = _scan_bits(np.ascontiguousarray(a).reshape(-1).view(ut), ut(em), ut(mm), ut(sh))
+        return int(n_fin), int(n_bad), float(np.array([big], ut).view(a.dtype)[0])
+    fin = np.isfinite(a)  # other dtypes: the same three numbers with numpy
+    vals = a[fin]
+    return int(vals.size), int(np.count_nonzero(vals <= 0)), float(np.abs(vals).max()) if vals.size else 0.0
 
 
 @nb.njit(cache=True, nogil=True)
@@ -259,10 +283,10 @@ def _is_constant(a):  # pragma: no cover - compiled
     return True
 
 
-def _check_inputs(sci: Exposure, ref: Exposure) -> set[int]:
-    """Named errors for unusable inputs; returns the ids of the variance planes found entirely
-    finite on the way (they need no non-finite pass later)."""
-    finite: set[int] = set()
+def _check_inputs(sci: Exposure, ref: Exposure) -> dict[int, float]:
+    """Named errors for unusable inputs.  Returns ``{id(plane): max |x|}`` for the image and
+    variance planes found entirely finite on the way (they need no non-finite pass later, and
+    the largest |x| says whether a calibration factor can overflow them)."""
     for name, e in (("science", sci), ("template", ref)):
         if not isinstance(e, Exposure):
             raise InputError(f"{name} must be an Exposure, got {type(e).__name__}")
@@ -270,15 +294,21 @@ def _check_inputs(sci: Exposure, ref: Exposure) -> set[int]:
             raise InputError(f"{name} has no PSF: ZOGY needs one for each image (give psf= to the Exposure, e.g. toolkit.real_data.measure_psf(image, variance) for a real image, or toolkit.real_data.psf_from_file)")
         if e.image.size == 0:
             raise InputError(f"{name} image is empty (shape {e.shape})")
-        if not _any_finite(e.image.reshape(-1)):
+    # each image's two planes scanned once, the two images side by side
+    big = sci.image.size >= MIN_THREADED_ROWS**2
+    scans = map_pair(lambda e: (_scan_plane(e.image), _scan_plane(e.variance)), sci, ref, threaded=big)
+    finite: dict[int, float] = {}
+    for (name, e), (img, var) in zip((("science", sci), ("template", ref)), scans):
+        if img[0] == 0:
             raise InputError(f"{name} image is entirely NaN/inf")
-        n_finite, n_bad = _count_finite_nonpositive(e.variance.reshape(-1))
+        n_finite, n_bad, _ = var
         if n_finite == 0:
             raise InputError(f"{name} variance plane has no finite value")
         if n_bad:
             raise InputError(f"{name} variance plane has zero or negative values ({n_bad} pixels); variance must be > 0")
-        if n_finite == e.variance.size:
-            finite.add(id(e.variance))
+        for plane, (n_fin, _, top) in ((e.image, img), (e.variance, var)):
+            if n_fin == plane.size:
+                finite[id(plane)] = top
         k = e.psf.compute_kernel_image(e.bbox.center)
         if not np.all(np.isfinite(k)):
             raise InputError(f"{name} PSF kernel contains NaN")
@@ -428,11 +458,12 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
     planes_in = [(sci.image, cn, "science image"), (sci.variance, cn**2 * vf, "science variance"), (ref.image, cr, "template image"), (ref.variance, cr**2 * vf, "template variance")]
     arrays, factors = [], []
     for a, c, name in planes_in:
+        # max |x| of a plane found entirely finite by the input checks (NaN if it was not)
+        big = finite_planes.get(id(a), np.nan)
         a = np.asarray(a, dtype=work)
         if c != 1.0 and lazy and a.size:
-            # numpy's max/min are SIMD passes and return NaN if any pixel is NaN: one test
-            # says the plane is finite and stays so when scaled (else it is made as before)
-            big = max(a.max(), -a.min())
+            # one test says the plane is finite and stays so when scaled (else it is made as
+            # before)
             with np.errstate(over="ignore", invalid="ignore"):
                 if np.isfinite(work(big) * work(c)):
                     arrays.append(a)
