@@ -794,7 +794,7 @@ class _CellKernels:
     work: Any
     shape: tuple[int, int]  # the cell
     args: tuple  # (f1, f2, a1, a2, calc_score) of the compiled algebra
-    psf_rows: tuple  # row transforms (complex128) of the two PSF stamps and the cell rows they occupy
+    psf: _PsfColumns  # the two PSF stamps' spectra, band by band
     coarse: int = 1  # pd/ps (and the kernels squared) come from every coarse-th frequency
     coarse_spectra: np.ndarray | None = None  # c1, c2 (s1, s2) on the coarse grid, complex128
     _spectra: np.ndarray | None = None
@@ -809,17 +809,17 @@ class _CellKernels:
 
     @property
     def nbytes(self) -> int:
-        held = [self.pd, self.ps, self.coarse_spectra, self._spectra, self._squares, self._full_sq, self.psf_rows[0]]
+        held = [self.pd, self.ps, self.coarse_spectra, self._spectra, self._squares, self._full_sq]
         if self._square_plan is not None and self._square_plan[2] is not None:
             held.append(self._square_plan[2][0])
-        return sum(a.nbytes for a in held if a is not None)
+        return sum(a.nbytes for a in held if a is not None) + self.psf.nbytes
 
     @property
     @_locked
     def spectra(self) -> np.ndarray:
         """c1, c2 (and s1, s2) on the cell's full rfft grid, in the work precision."""
         if self._spectra is None:
-            self._spectra = _full_algebra(self.psf_rows, self.shape, self.args, self.work, want_psf=False)[0]
+            self._spectra = _full_algebra(self.psf, self.shape, self.args, self.work, want_psf=False)[0]
         return self._spectra
 
     @_locked
@@ -1209,14 +1209,93 @@ def _stamp_rows(kernels: list[np.ndarray], shape: tuple[int, int], dtype=np.floa
     return sfft.rfft(r, axis=-1, workers=fft_workers(r.size)), rows
 
 
-def _full_algebra(psf_rows: tuple, shape: tuple[int, int], args: tuple, work, want_psf: bool):
+#: PSF stamps of at most this numerical rank get their spectra from their singular vectors
+#: (:class:`_PsfColumns`); others from the column transforms of their rows
+LOW_RANK_MAX = 2
+
+
+@nb.njit(cache=True, nogil=True)
+def _low_rank_band(A, B, c0, w, P):  # pragma: no cover - compiled
+    # P[k, v, j] = sum_i A[k, i, v] B[k, i, c0 + j]: the spectra of stamp k = sum_i u_i v_i^T
+    # on the band of w columns from c0, from the column (A) and row (B) spectra of its terms
+    for k in range(A.shape[0]):
+        for v in range(A.shape[2]):
+            for j in range(w):
+                acc = A[k, 0, v] * B[k, 0, c0 + j]
+                for i in range(1, A.shape[1]):
+                    acc += A[k, i, v] * B[k, i, c0 + j]
+                P[k, v, j] = acc
+
+
+class _PsfColumns:
+    """The two PSF stamps' spectra on a cell's rfft grid, made band of columns by band.
+
+    A stamp of numerical rank r (a Gaussian model's sampled stamp is an outer product, r = 1; a
+    double Gaussian r = 2) is the sum of r products of a column and a row, so its 2-D spectrum
+    is the sum of r products of their 1-D spectra: r complex products a frequency, where the
+    column transforms of its rows cost ~20x that (they were ~a fifth of the fused ZOGY pass at
+    2048^2).  Singular values below 1e-15 of the largest are dropped, which moves the spectrum
+    by < 1e-14 of its peak (float64 round-off of the transforms is ~1e-16; the data they filter
+    are float32).  Stamps of higher rank (measured PSFs, truncated Moffats) take the column
+    transforms of their rows (:func:`_stamp_rows`), as before.
+    """
+
+    def __init__(self, kernels: list[np.ndarray], shape: tuple[int, int]) -> None:
+        ny, nx = shape
+        self.shape = shape
+        self.factors: tuple[np.ndarray, np.ndarray] | None = None
+        self.rows: tuple | None = None
+        terms = []
+        for k in kernels:
+            u, sv, vt = np.linalg.svd(k)
+            r = int(np.count_nonzero(sv > 1e-15 * sv[0])) if sv[0] > 0 else 1
+            terms.append((u[:, :r] * sv[:r], vt[:r]))
+        rank = max(t[0].shape[1] for t in terms)
+        if rank <= LOW_RANK_MAX:
+            A = np.zeros((len(kernels), rank, ny), np.complex128)
+            B = np.zeros((len(kernels), rank, nx // 2 + 1), np.complex128)
+            for i, ((cu, rv), k) in enumerate(zip(terms, kernels)):
+                ky, kx = k.shape
+                col = np.zeros((cu.shape[1], ny))
+                col[:, (np.arange(ky) - ky // 2) % ny] = cu.T
+                row = np.zeros((rv.shape[0], nx))
+                row[:, (np.arange(kx) - kx // 2) % nx] = rv
+                A[i, : cu.shape[1]] = sfft.fft(col, axis=-1)
+                B[i, : rv.shape[0]] = sfft.rfft(row, axis=-1)
+            self.factors = (A, B)
+        else:
+            self.rows = _stamp_rows(kernels, shape)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.factors) if self.factors is not None else self.rows[0].nbytes
+
+    def scratch(self, width: int) -> np.ndarray | None:
+        """The input band :meth:`band` needs for ``width`` columns (None: it needs none)."""
+        return None if self.factors is not None else np.zeros((2, self.shape[0], width), np.complex128)
+
+    def band(self, cols: slice, out: np.ndarray, scratch: np.ndarray | None) -> None:
+        """The two spectra on the columns ``cols`` into ``out[:, :, :w]`` (complex128).
+        ``scratch``: from :meth:`scratch`, reused from band to band (zero but for the stamps'
+        rows, which each band overwrites)."""
+        w = cols.stop - cols.start
+        if self.factors is not None:
+            _low_rank_band(self.factors[0], self.factors[1], cols.start, w, out)
+            return
+        rx, rows = self.rows
+        p_in = scratch[:, :, :w]
+        for i in range(2):
+            p_in[i, rows[i]] = rx[i, : len(rows[i]), cols]
+        _fft_cols_into(p_in, out[:, :, :w])
+
+
+def _full_algebra(psf: _PsfColumns, shape: tuple[int, int], args: tuple, work, want_psf: bool):
     """:func:`_algebra_rows` over the cell's full rfft grid: ``(spectra, pd_hat, ps_hat, F_S sum)``.
 
     The PSF spectra are made in bands of ~128 columns (column transforms of the stamps' rows, in
     float64) with the algebra on each band: a few MB at a time instead of two 37 MB cell-size
     complex128 planes, whose fresh pages cost more than the transforms on this kind of machine.
     """
-    rx, rows = psf_rows
     ny, nx = shape
     nxh = nx // 2 + 1
     calc_score = args[4]
@@ -1228,10 +1307,8 @@ def _full_algebra(psf_rows: tuple, shape: tuple[int, int], args: tuple, work, wa
     wts = _half_spectrum_weights(nx)
 
     def block(cols: slice) -> float:
-        P = np.zeros((2, ny, cols.stop - cols.start), np.complex128)
-        for i in range(2):
-            P[i, rows[i]] = rx[i, : len(rows[i]), cols]
-        P = sfft.fft(P, axis=1, overwrite_x=True, workers=1)
+        P = np.empty((2, ny, cols.stop - cols.start), np.complex128)
+        psf.band(cols, P, psf.scratch(cols.stop - cols.start))
         return _algebra_rows(P[0], P[1], *args, want_psf, spectra[:, :, cols], pd_hat[:, cols] if want_psf else pd_hat, ps_hat[:, cols] if (calc_score and want_psf) else ps_hat, wts[cols])
 
     step = max(16, -(-nxh // max(2, -(-nxh // 128))))
@@ -1276,7 +1353,7 @@ def _make_cell_kernels(key):
     n = 4 if calc_score else 2
     args = (float(f1), float(f2), float(a1), float(a2), bool(calc_score))
     F_D = float(f1 * f2 / np.sqrt(a1 + a2))
-    psf_rows = _stamp_rows([k1, k2], shape)
+    psf = _PsfColumns([k1, k2], shape)
     # P_D and P_S are only wanted as PSF-sized stamps: they are made on a coarse frequency grid
     # (every m-th frequency, which is the stamps' rfft2 on a cell m times smaller) when the
     # cell allows one at least 258 px (and 4 PSF widths) on a side and they decay within it
@@ -1300,15 +1377,15 @@ def _make_cell_kernels(key):
             # P_S at the origin times f1^2 f2^2 / fd^2; the coarse grid's mean is P_S summed
             # over its periodic images at the origin, the same wherever P_S passed that test
             F_S = float(f1**2 * f2**2 * part / (cshape[0] * cshape[1]))
-            return _CellKernels(pd, ps, F_D, F_S, work, tuple(shape), args, psf_rows, coarse=m, coarse_spectra=spec_c)
-    spectra, pd_hat, ps_hat, part = _full_algebra(psf_rows, shape, args, work, want_psf=True)
+            return _CellKernels(pd, ps, F_D, F_S, work, tuple(shape), args, psf, coarse=m, coarse_spectra=spec_c)
+    spectra, pd_hat, ps_hat, part = _full_algebra(psf, shape, args, work, want_psf=True)
     # at least 128 (crops up to 255 px wide), and the stamps' own size: P_D is cut to the
     # science PSF's stamp, whose size a model may vary across the image
     half = max(128, max(s1 + s2) // 2 + 1)
     pd = _origin_block(pd_hat, shape, half)
     ps = _origin_block(ps_hat, shape, half) if calc_score else None
     F_S = float(f1**2 * f2**2 * part / (ny * nx))
-    return _CellKernels(pd, ps, F_D, F_S, work, tuple(shape), args, psf_rows, coarse=1, _spectra=spectra)
+    return _CellKernels(pd, ps, F_D, F_S, work, tuple(shape), args, psf, coarse=1, _spectra=spectra)
 
 
 def _cell_kernels(k1, k2, f1, f2, var1, var2, cell_shape, calc_score, work) -> _CellKernels:
@@ -1392,7 +1469,6 @@ def _fourier_fused(wides: list[np.ndarray], shape: tuple[int, int], ker: _CellKe
     sd, svd = dt.type(scales.get(0, 1.0)), dt.type(scales.get(2, 1.0))
     for w in wides:
         _rows_in_place(w, nx, False)
-    rx, prow = ker.psf_rows
     boxed, rows_t, full, planes = sq
     n_sq = len(boxed) + len(full)
     # the boxed squares transform straight into Q when they are all of them
@@ -1401,7 +1477,7 @@ def _fourier_fused(wides: list[np.ndarray], shape: tuple[int, int], ker: _CellKe
     def run(group: Iterable[slice]) -> None:
         # the stamps' bands: zero but for the stamps' rows, which each band overwrites; their
         # column transforms go to P and Q
-        P_in = np.zeros((2, ny, _BAND), np.complex128)
+        P_in = ker.psf.scratch(_BAND)
         P = np.empty((2, ny, _BAND), np.complex128)
         Q = np.empty((n_sq, ny, _BAND), cdt)
         if boxed:
@@ -1410,10 +1486,7 @@ def _fourier_fused(wides: list[np.ndarray], shape: tuple[int, int], ker: _CellKe
             Q_box = Q if direct else np.empty((len(boxed), ny, _BAND), cdt)
         for cols in group:
             w = cols.stop - cols.start
-            p_in = P_in[:, :, :w]
-            for i in range(2):
-                p_in[i, prow[i]] = rx[i, : len(prow[i]), cols]
-            _fft_cols_into(p_in, P[:, :, :w])
+            ker.psf.band(cols, P, P_in)
             if boxed:
                 q_in = Q_in[:, :, :w]
                 q_in[:, qrow[0]] = qx[:, : len(qrow[0]), cols]
