@@ -1781,11 +1781,12 @@ def transient_catalog(result: ZogyResult, threshold: float = 5.0, min_pixels: in
     dtypes = dict(x=float, y=float, scorr=float, flux=float, flux_err=float, sign=int, npix=int, footprint=int, mask=np.int32)
     cols: dict[str, list[np.ndarray]] = {k: [] for k in dtypes}
     n_before = 0
-    for sign in (1, -1):
-        # 8-connected groups of sign * Scorr >= threshold, as pixel indices and labels (no
-        # label image); peaks from those pixels only: ndimage.maximum_position argsorts the
-        # whole image (~1 s at 2k^2) when only a few hundred pixels are above threshold
-        flat, labels, n = footprint_pixels(sc, None, threshold, "positive" if sign > 0 else "negative")
+    # 8-connected groups of sign * Scorr >= threshold, as pixel indices and labels (no label
+    # image); peaks from those pixels only: ndimage.maximum_position argsorts the whole image
+    # (~1 s at 2k^2) when only a few hundred pixels are above threshold.  The two signs' passes
+    # over Scorr (compiled, without the GIL) run side by side
+    found = map_pair(lambda polarity: footprint_pixels(sc, None, threshold, polarity), "positive", "negative", threaded=sc.shape[0] >= MIN_THREADED_ROWS)
+    for sign, (flat, labels, n) in zip((1, -1), found):
         if n == 0:
             continue
         vals = sign * sc.ravel()[flat]
