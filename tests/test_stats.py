@@ -77,3 +77,43 @@ def test_masked_statistics_do_not_modify_or_copy_semantics():
     assert quantiles_of(x[10:].ravel(), (0.5,)) == quantiles_masked(x, mask, 2, (0.5,))
     with pytest.raises(ValueError, match="mask has"):
         meanclip_masked(x, mask[:5], 2)
+
+
+@pytest.mark.parametrize("kind", ["gauss", "skewed", "bimodal", "integers", "constant", "cauchy", "wide-second-window", "mostly-tail"])
+def test_one_pass_clip_iterations_select_what_full_passes_select(kind):
+    """The clip iterations after the first read a core's sums and a tail's values kept by one
+    pass; wherever a window leaves the core or reaches past the tail the iteration takes a
+    full pass.  Every case, those paths included, gives the plain MEANCLIP / STDEVCLIP of the
+    usable values to float64 round-off on the values' scale."""
+    from toolkit.stats import stdevclip_masked
+
+    rng = np.random.default_rng(11)
+    n = 300_000
+    x = {
+        "gauss": rng.normal(100, 5, n),
+        "skewed": 100 + rng.gamma(0.5, 20, n),
+        "bimodal": np.where(rng.random(n) < 0.5, rng.normal(0, 1, n), rng.normal(30, 1, n)),
+        "integers": rng.poisson(3, n).astype(float),
+        "constant": np.full(n, 7.25),
+        "cauchy": rng.standard_cauchy(n),
+        # a narrow core in a broad base: the IQR's sigma is small, the clipped std of its
+        # window is not, so the second window reaches past the kept tail (a full pass)
+        "wide-second-window": np.where(rng.random(n) < 0.55, rng.normal(0, 1, n), rng.normal(0, 40, n)),
+        # a flat plateau: more than a quarter of the values fall in the tail (a full pass)
+        "mostly-tail": rng.uniform(-1, 1, n) ** 3,
+    }[kind].astype(np.float32)
+    mask = np.where(rng.random(n) < 0.1, 4, 0).astype(np.int32)
+    usable = (mask & 4) == 0
+    scale = float(np.abs(x[usable]).max()) or 1.0
+    for n_iter in (2, 3, 5):
+        assert abs(meanclip_masked(x, mask, 4, 3.0, n_iter) - meanclip_scalar(x[usable], 3.0, n_iter)) <= 1e-12 * scale
+    # STDEVCLIP against its definition: the last selection's standard deviation
+    vals = x[usable].astype(np.float64)
+    q25, med, q75 = np.percentile(vals, [25, 50, 75])
+    c, hw = med, 2.5 * 0.741301109252802 * (q75 - q25)
+    for _ in range(3):
+        sel = vals[(vals >= c - hw) & (vals <= c + hw)]
+        c, sd = sel.mean(), sel.std(ddof=1) if sel.size > 1 else np.nan
+        hw = 2.5 * sd if sel.size > 1 else hw
+    got = stdevclip_masked(x, mask, 4, 2.5, 3)
+    assert (np.isnan(got) and np.isnan(sd)) or abs(got - sd) <= 1e-10 * scale

@@ -12,10 +12,12 @@ which is why this is hand-written.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numba as nb
+
 import numpy as np
 
 from .errors import ConfigError
@@ -312,36 +314,182 @@ def _hist_lo32(u, mask, bad, use_mask, slot, hist):  # pragma: no cover - compil
         hist[slot[k >> np.uint32(16)], k & np.uint32(0xFFFF)] += 1
 
 
+@nb.njit(cache=True, nogil=True)
+def _hist_both32(u, mask, bad, use_mask, slot, lo_hist):  # pragma: no cover - compiled
+    # _hist_hi32 and _hist_lo32 in one pass, for the top bins that ``slot`` maps to rows of
+    # ``lo_hist`` (the others to its last, a dump row)
+    hist = np.zeros((4, 65536), np.int64)
+    n_masked = 0
+    for i in range(u.size):
+        v = u[i]
+        if (v & np.uint32(0x7F800000)) == np.uint32(0x7F800000):
+            continue
+        if use_mask and (mask[i] & bad) != 0:
+            n_masked += 1
+            continue
+        k = _key32(v)
+        h = k >> np.uint32(16)
+        hist[i & 3, h] += 1
+        lo_hist[slot[h], k & np.uint32(0xFFFF)] += 1
+    return hist[0] + hist[1] + hist[2] + hist[3], n_masked
+
+
+def _predicted_bins(u: np.ndarray, m: np.ndarray, bad, use: bool, qs: Sequence[float]) -> list[int] | None:
+    """The top-16-bit bins (of :func:`_key32`) likely to hold the ``qs`` quantiles of the
+    usable values, from 64 blocks of 1024 pixels spread over the plane: every bin between the
+    sample's q - 0.03 and q + 0.03 quantiles.  None when they are more than 8 bins (a broad
+    distribution, whose second-level histograms would not fit in cache) or the sample has no
+    usable value."""
+    n, blocks, width = u.size, 64, 1024
+    starts = np.linspace(0, n - width, blocks).astype(np.int64)
+    idx = (starts[:, None] + np.arange(width)).ravel()
+    v = u[idx]
+    ok = (v & np.uint32(0x7F800000)) != np.uint32(0x7F800000)
+    if use:
+        ok &= (m[idx] & bad) == 0
+    v = v[ok]
+    if v.size == 0:
+        return None
+    keys = np.sort(np.where(v & np.uint32(0x80000000), ~v, v | np.uint32(0x80000000)) >> np.uint32(16))
+    bins: set[int] = set()
+    for q in qs:
+        lo = int(keys[int(np.floor(max(q - 0.03, 0.0) * (keys.size - 1)))])
+        hi = int(keys[int(np.ceil(min(q + 0.03, 1.0) * (keys.size - 1)))])
+        bins.update(range(lo, hi + 1))
+        if len(bins) > 8:
+            return None
+    return sorted(bins)
+
+
 @nb.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})  # NaN/inf rules kept
-def _clip_passes_masked(x, mask, bad, use_mask, center, iqr_hw, n_sigma, n_iter, scale, want_std=False):  # pragma: no cover - compiled
+def _clip_pass(x, mask, bad, use_mask, lo, hi, c, scale, select):  # pragma: no cover - compiled
+    # one clip iteration over the plane: the count, and the sums of (f - c) and (f - c)^2, of
+    # the usable pixels within [lo, hi] (inclusive; every usable pixel unless ``select``)
+    sd = 0.0
+    sdd = 0.0
+    nk = 0
+    for i in range(x.size):
+        f = np.float64(x[i] * scale)
+        if not np.isfinite(f) or (use_mask and (mask[i] & bad) != 0):
+            continue
+        if (f >= lo and f <= hi) or not select:
+            d = f - c
+            sd += d
+            sdd += d * d
+            nk += 1
+    return nk, sd, sdd
+
+
+@nb.njit(cache=True, nogil=True)
+def _split_pass(x, mask, bad, use_mask, c0, core_hw, wide_hw, scale, tail):  # pragma: no cover - compiled
+    # the usable pixels split by their distance from c0: the core (|f - c0| <= core_hw) kept as
+    # its count, sums of (f - c0) and (f - c0)^2 (summed per block of 4096 pixels, then the
+    # blocks: round-off of ~1e-16 relative, as the vectorised passes') and its extreme values;
+    # the tail (up to wide_hw) kept as values in ``tail``; beyond it only the nearest value on
+    # each side.  ``overflow``: the tail did not fit.
+    n_core = 0
+    s1 = 0.0
+    s2 = 0.0
+    core_min = np.inf
+    core_max = -np.inf
+    below_max = -np.inf
+    above_min = np.inf
+    nt = 0
+    overflow = False
+    for b0 in range(0, x.size, 4096):
+        b1 = min(b0 + 4096, x.size)
+        p1 = 0.0
+        p2 = 0.0
+        for i in range(b0, b1):
+            f = np.float64(x[i] * scale)
+            if not np.isfinite(f) or (use_mask and (mask[i] & bad) != 0):
+                continue
+            d = f - c0
+            ad = abs(d)
+            if ad <= core_hw:
+                n_core += 1
+                p1 += d
+                p2 += d * d
+                core_min = min(core_min, f)
+                core_max = max(core_max, f)
+            elif ad <= wide_hw:
+                if nt < tail.size:
+                    tail[nt] = x[i] * scale  # f exactly: the product is made in x's dtype
+                    nt += 1
+                else:
+                    overflow = True
+            elif d < 0:
+                below_max = max(below_max, f)
+            else:
+                above_min = min(above_min, f)
+        s1 += p1
+        s2 += p2
+    return n_core, s1, s2, core_min, core_max, below_max, above_min, nt, overflow
+
+
+#: the split pass's core and tail half-widths, in units of the first window's half-width
+_CORE, _WIDE = 0.55, 2.5
+
+
+@nb.njit(cache=True, nogil=True)
+def _clip_passes_masked(x, mask, bad, use_mask, center, iqr_hw, n_sigma, n_iter, scale, want_std=False, tail=None):  # pragma: no cover - compiled
     # afw's clip iterations over the usable pixels (finite, no bad mask bit): select within
     # +-hw of the centre (inclusive, float64), then the mean and the (n-1) variance of the
-    # selection.  One pass per iteration: the squares are summed about the current centre, which
-    # is close to the selection's mean, so the shifted one-pass variance loses nothing that
-    # matters (a second pass about the exact mean changed results by ~1e-16 relative); the sums
-    # may be reassociated (vectorised), which changes them only at that level too.  ``scale``
-    # (in x's dtype) multiplies every pixel first, in x's precision: the statistics of x * scale
+    # selection.  The squares are summed about the current centre, which is close to the
+    # selection's mean, so the shifted one-pass variance loses nothing that matters (a second
+    # pass about the exact mean changed results by ~1e-16 relative); the sums may be
+    # reassociated (vectorised), which changes them only at that level too.  ``scale`` (in x's
+    # dtype) multiplies every pixel first, in x's precision: the statistics of x * scale
     # without that plane.
+    #
+    # Why not one pass over the plane per iteration: a plane comes from memory, not cache (a
+    # ZOGY run's variance planes: ~4 GB/s a thread on this kind of machine), so each pass costs
+    # its 16-32 MB of reads.  The later windows differ little from the first (+-n_sigma of a
+    # clipped std against +-n_sigma of the IQR's sigma), so one pass splits the pixels into a
+    # core well inside every window (kept as its count and sums), a tail around the windows'
+    # edges (kept as values: ~10 % of a Gaussian plane) and what lies beyond (its nearest
+    # values only); each iteration then reads the tail alone.  It is exact: the core's extreme
+    # values must lie inside the window and the nearest values beyond the tail outside it, or
+    # that iteration takes a full pass as before.  The selections are a full pass's; the sums
+    # differ at round-off (~1e-15 relative).
     hw = iqr_hw
     nk = 0
     c = 0.0
     sd = 0.0
+    sdd = 0.0
+    split = n_iter >= 2 and np.isfinite(center) and np.isfinite(iqr_hw) and x.size >= 4096
+    c0 = center
+    n_core = 0
+    s1 = 0.0
+    s2 = 0.0
+    core_min = 0.0
+    core_max = 0.0
+    below_max = 0.0
+    above_min = 0.0
+    nt = 0
+    if tail is None:
+        tail = np.empty(x.size // 4 + 16 if split else 0, x.dtype)
+    if split:
+        n_core, s1, s2, core_min, core_max, below_max, above_min, nt, overflow = _split_pass(x, mask, bad, use_mask, c0, _CORE * iqr_hw, _WIDE * iqr_hw, scale, tail)
+        split = not overflow
     for it in range(max(n_iter, 1)):
         lo = center - hw
         hi = center + hw
         c = center if np.isfinite(center) else 0.0
-        sd = 0.0
-        sdd = 0.0
-        nk = 0
-        for i in range(x.size):
-            f = np.float64(x[i] * scale)
-            if not np.isfinite(f) or (use_mask and (mask[i] & bad) != 0):
-                continue
-            if (f >= lo and f <= hi) or n_iter == 0:
-                d = f - c
-                sd += d
-                sdd += d * d
-                nk += 1
+        if split and (n_core == 0 or (core_min >= lo and core_max <= hi)) and below_max < lo and above_min > hi:
+            delta = c - c0
+            sd = s1 - n_core * delta
+            sdd = s2 - 2.0 * delta * s1 + n_core * delta * delta
+            nk = n_core
+            for j in range(nt):
+                f = np.float64(tail[j])
+                if f >= lo and f <= hi:
+                    d = f - c
+                    sd += d
+                    sdd += d * d
+                    nk += 1
+        else:
+            nk, sd, sdd = _clip_pass(x, mask, bad, use_mask, lo, hi, c, scale, n_iter != 0)
         if it >= n_iter - 1:
             break
         var = 0.0
@@ -383,11 +531,12 @@ def _usable_args(x: np.ndarray, mask: np.ndarray | None, bad_bits: int):
 _RADIX_MIN_SIZE = 2**15  # planes smaller than this are partitioned instead (see below)
 
 
-def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: int, ranks_of: Callable[[int], list[int]]) -> tuple[int, dict[int, float], tuple | None]:
+def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: int, ranks_of: Callable[[int], list[int]], qs: Sequence[float] | None = None) -> tuple[int, dict[int, float], tuple | None]:
     """(n, {rank: sorted(usable)[rank]}, passes) for the ranks ``ranks_of(n)`` of the n usable
     pixels.  ``passes`` holds the :func:`_usable_args` that further passes over the same pixels
     should use (None: make them): the float32 path finds on its first pass whether the mask
-    excluded anything, and if not, the later passes do not read it."""
+    excluded anything, and if not, the later passes do not read it.  ``qs``: the quantiles
+    the ranks stand for, if known (a large plane then may need one pass instead of two)."""
     if np.asarray(x).dtype.type is not np.float32:  # float32 of either byte order: the compiled path (_usable_args makes it native)
         xa = np.asarray(x)
         sel = np.isfinite(xa)
@@ -413,7 +562,19 @@ def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: i
         vals = x[sel]
         return vals.size, (_order_statistics(vals, ranks_of(vals.size)) if vals.size else {}), (x, m, bad, use)
     u = x.view(np.uint32)
-    hist, n_masked = _hist_hi32(u, m, bad, use)
+    # A plane comes from memory, and each pass costs its reads (~4 GB/s a thread on this kind
+    # of machine): where a sample says which few top bins hold the wanted ranks (a variance
+    # plane: one to three), their second-level histograms are made in the same pass as the
+    # first level's, and only a wrong guess takes the second pass
+    guess = _predicted_bins(u, m, bad, use, qs) if qs is not None and u.size >= 2**18 else None
+    pre_lo = None
+    if guess is not None:
+        slot = np.full(65536, len(guess), np.int32)
+        slot[guess] = np.arange(len(guess), dtype=np.int32)
+        pre_lo = np.zeros((len(guess) + 1, 65536), np.int32 if u.size < 2**31 else np.int64)
+        hist, n_masked = _hist_both32(u, m, bad, use, slot, pre_lo)
+    else:
+        hist, n_masked = _hist_hi32(u, m, bad, use)
     if use and n_masked == 0:
         # (a byte-per-pixel copy of the mask for the other passes, tried, was slower: the
         # plane and its int32 mask fit this kind of machine's L3 together)
@@ -426,10 +587,15 @@ def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: i
     ranks = ranks_of(n)
     bins = {r: int(np.searchsorted(cum, r, side="right")) for r in ranks}
     used = sorted(set(bins.values()))
-    slot = np.full(65536, len(used), np.int32)
-    slot[used] = np.arange(len(used), dtype=np.int32)
-    lo_hist = np.zeros((len(used) + 1, 65536), np.int32 if n < 2**31 else np.int64)
-    _hist_lo32(u, m, bad, use, slot, lo_hist)
+    if pre_lo is not None and set(used) <= set(guess):
+        used, lo_hist = guess, pre_lo
+        slot = np.full(65536, len(used), np.int32)
+        slot[used] = np.arange(len(used), dtype=np.int32)
+    else:
+        slot = np.full(65536, len(used), np.int32)
+        slot[used] = np.arange(len(used), dtype=np.int32)
+        lo_hist = np.zeros((len(used) + 1, 65536), np.int32 if n < 2**31 else np.int64)
+        _hist_lo32(u, m, bad, use, slot, lo_hist)
     value = {}
     for r, b in bins.items():
         within = r - (int(cum[b - 1]) if b else 0)
@@ -477,13 +643,13 @@ def quantiles_masked(x: np.ndarray, mask: np.ndarray | None, bad_bits: int, qs: 
     so each order statistic of the product is the product of x's order statistic; ``x * scale``
     must stay finite wherever x is.
     """
-    n, value, _ = _masked_order_statistics(x, mask, bad_bits, _quantile_ranks(qs))
+    n, value, _ = _masked_order_statistics(x, mask, bad_bits, _quantile_ranks(qs), qs)
     return _interpolated(n, value, qs, scale, np.asarray(x).dtype)
 
 
 def median_masked(x: np.ndarray, mask: np.ndarray | None = None, bad_bits: int = 1) -> float:
     """:func:`median_of` of the usable pixels (as :func:`quantiles_masked`); NaN if none."""
-    n, value, _ = _masked_order_statistics(x, mask, bad_bits, lambda n: sorted({(n - 1) // 2, n // 2}))
+    n, value, _ = _masked_order_statistics(x, mask, bad_bits, lambda n: sorted({(n - 1) // 2, n // 2}), (0.5,))
     return 0.5 * (value[(n - 1) // 2] + value[n // 2]) if n else float("nan")
 
 
@@ -501,14 +667,31 @@ def _clipped_masked(x, mask, bad_bits, n_sigma, n_iter, scale, want_std: bool) -
     """afw's clipped statistics of the usable pixels: median and IQR, then the clip passes;
     the clipped mean, or (``want_std``) the last selection's standard deviation."""
     qs = (0.25, 0.5, 0.75)
-    n, value, passes = _masked_order_statistics(x, mask, bad_bits, _quantile_ranks(qs))
+    n, value, passes = _masked_order_statistics(x, mask, bad_bits, _quantile_ranks(qs), qs)
     q25, med, q75 = _interpolated(n, value, qs, scale, np.asarray(x).dtype)
     if not np.isfinite(med):
         return float("nan")
     x, m, bad, use = passes if passes is not None else _usable_args(x, mask, bad_bits)
     iqr_hw = n_sigma * IQR_TO_SIGMA * (q75 - q25)
     sc = x.dtype.type(1.0 if scale is None else scale)
-    return float(_clip_passes_masked(x, m, bad, use, float(med), float(iqr_hw), float(n_sigma), int(n_iter), sc, want_std))
+    return float(_clip_passes_masked(x, m, bad, use, float(med), float(iqr_hw), float(n_sigma), int(n_iter), sc, want_std, _tail_buffer(x.size // 4 + 16, x.dtype)))
+
+
+_tails = threading.local()
+
+
+def _tail_buffer(n: int, dtype) -> np.ndarray:
+    """A work array of at least ``n`` values of ``dtype`` for the clip passes' tail, kept by the
+    calling thread and handed out again (its contents are overwritten).  Why kept: fresh pages
+    cost ~14 us each to fault in on this kind of machine, ~10 ms for a 2k^2 plane's tail."""
+    held = getattr(_tails, "buffers", None)
+    if held is None:
+        held = _tails.buffers = {}
+    dt = np.dtype(dtype)
+    buf = held.get(dt)
+    if buf is None or buf.size < n:
+        buf = held[dt] = np.empty(n, dt)
+    return buf[:n]
 
 
 def stdevclip_masked(x: np.ndarray, mask: np.ndarray | None = None, bad_bits: int = 0, n_sigma: float = 3.0, n_iter: int = 3) -> float:
