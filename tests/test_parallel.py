@@ -201,3 +201,37 @@ def test_two_thread_passes_reuse_kept_helpers_and_raise_either_sides_error(monke
         map_bands(bands_fail, 200, 16)
     # the helpers are still usable after failures
     assert map_pair(lambda v: -v, 1, 2) == [-1, -2]
+
+
+def test_map_calls_returns_in_order_and_raises_the_first_error(monkeypatch):
+    """map_calls runs a few unequal tasks on two threads: results in the calls' order, every
+    call made once, the first failing call's exception (in call order) raised after all ended;
+    serial under DIFFSTACK_THREADS=1."""
+    import time
+
+    import toolkit.parallel as parallel
+    from toolkit.parallel import map_calls
+
+    monkeypatch.setattr(parallel, "_cpu_count", lambda: 2)
+    for threads in ("2", "1"):
+        monkeypatch.setenv("DIFFSTACK_THREADS", threads)
+        made = []
+        calls = [lambda i=i: (time.sleep(0.02 * (3 - i)), made.append(i), i * i)[2] for i in range(4)]
+        assert map_calls(calls) == [0, 1, 4, 9] and sorted(made) == [0, 1, 2, 3]
+        idents = set()
+        map_calls([lambda: (time.sleep(0.05), idents.add(threading.get_ident())) for _ in range(3)])
+        assert len(idents) == (2 if threads == "2" else 1)
+
+    monkeypatch.setenv("DIFFSTACK_THREADS", "2")
+
+    def fail(msg, delay=0.0):
+        def call():
+            time.sleep(delay)
+            raise ValueError(msg)
+
+        return call
+
+    ended = []
+    with pytest.raises(ValueError, match="second"):
+        map_calls([lambda: 1, fail("second", 0.05), fail("third"), lambda: (time.sleep(0.1), ended.append(1))])
+    assert ended == [1]

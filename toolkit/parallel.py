@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["fft_workers", "map_epochs", "map_pair", "map_row_blocks", "n_threads", "worker_scratch"]
+__all__ = ["fft_workers", "map_calls", "map_epochs", "map_pair", "map_row_blocks", "n_threads", "worker_scratch"]
 
 T = TypeVar("T")
 
@@ -215,6 +215,30 @@ def map_pair(fn: Callable[[Any], T], a: Any, b: Any, threaded: bool = True) -> l
     if not threaded or n_threads(2) < 2:
         return [fn(a), fn(b)]
     return _pair_on_two_threads(fn, a, b)
+
+
+def map_calls(calls: Sequence[Callable[[], T]], threaded: bool = True) -> list[T]:
+    """``[c() for c in calls]``, on two threads (the calling one and a helper) that take the next
+    call when done with one, when ``threaded`` and ``DIFFSTACK_THREADS`` allows two; else one
+    after the other.  For a few unequal tasks that release the GIL (three tasks on two threads
+    end sooner than a pair of them followed by the third).  The first exception raised (in the
+    order of ``calls``) propagates once both threads have ended."""
+    out: list[Any] = [None] * len(calls)
+    if not threaded or len(calls) < 2 or n_threads(2) < 2:
+        return [c() for c in calls]
+    errors: dict[int, BaseException] = {}
+
+    def run(indices: Iterable[int]) -> None:
+        for i in indices:
+            try:
+                out[i] = calls[i]()
+            except BaseException as exc:  # the caller re-raises the first one
+                errors[i] = exc
+
+    _drain_on_two_threads(run, list(range(len(calls))))
+    if errors:
+        raise errors[min(errors)]
+    return out
 
 
 class _SharedIterator:

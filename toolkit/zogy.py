@@ -35,7 +35,7 @@ from .errors import InputError, warn
 from .exposure import Exposure
 from .geom import Box
 from .psf import ImagePsf, Psf
-from .parallel import MIN_THREADED_ROWS, fft_workers, map_bands, map_pair, map_row_blocks, n_threads
+from .parallel import MIN_THREADED_ROWS, fft_workers, map_bands, map_calls, map_pair, map_row_blocks, n_threads
 from .psf_matching import _conv_buffer, _embed_origin, _fft_cols, _fft_cols_into, _irfft2, _irfft2_into, _rows_in_place
 from .stats import clipped_noise, meanclip_masked
 
@@ -595,11 +595,21 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
             v2 = mclip(r_var[isl], (mask_r[0][isl], bad_r), factors[3])
             v1 = v1 if v1 > 0 else full_variance(0)
             v2 = v2 if v2 > 0 else full_variance(1)
-        # the two images' padding from two seeded streams (their noise must differ), side by
-        # side (the draws and copies release the GIL) where the cell is big enough to pay for
-        # two threads: a grid's small cells are padded in the calling thread
-        (N1, V1), (N2, V2) = map_pair(lambda a: _padded_cell(a[0], a[1], outer, local, a[2], np.random.default_rng([cfg.paddingSeed, ci, a[3]]), work, a[4]), (n_img, n_var, v1, 0, factors[0:2]), (r_img, r_var, v2, 1, factors[2:4]), threaded=outer.shape[0] >= MIN_THREADED_ROWS)
-        ker = _cell_kernels(k1, k2, f_n, f_r, v1, v2, outer.shape, calculate_score, work)
+        # the two images' padding from two seeded streams (their noise must differ) and the
+        # cell's kernels (~13 ms at 2048^2 with the squares' plan), as three tasks on two
+        # threads (the draws, copies and transforms release the GIL; three end sooner than the
+        # padding pair followed by the kernels) where the cell is big enough to pay for two
+        # threads: a grid's small cells run in the calling thread
+        def pad(a):
+            return lambda: _padded_cell(a[0], a[1], outer, local, a[2], np.random.default_rng([cfg.paddingSeed, ci, a[3]]), work, a[4])
+
+        def kernels() -> _CellKernels:
+            ker = _cell_kernels(k1, k2, f_n, f_r, v1, v2, outer.shape, calculate_score, work)
+            if ker.coarse > 1:
+                ker.fused_squares()  # made once and kept by the kernels (the fused pass reads it)
+            return ker
+
+        ker, (N1, V1), (N2, V2) = map_calls([kernels, pad((n_img, n_var, v1, 0, factors[0:2])), pad((r_img, r_var, v2, 1, factors[2:4]))], threaded=outer.shape[0] >= MIN_THREADED_ROWS)
         # LSST pasteSubDiffImg: inner box only, D and V_D divided by F_D (and F_D^2) per cell; a
         # single cell's D and V_D are scaled inside the Fourier pass (the same float products)
         out = _fourier_cell(N1, N2, V1, V2, ker, calculate_score, VA is not None, (cfg.astrometricSigmaX, cfg.astrometricSigmaY), scale_d=one_cell)
