@@ -813,3 +813,34 @@ def test_low_rank_psf_spectra_equal_the_transformed_rows(monkeypatch):
         # float32 results: a few ulp of the largest value of the plane at most
         assert np.abs(x - y).max() <= 8 * np.finfo(np.float32).eps * np.abs(y).max()
     assert len(a.catalog) == len(b.catalog) and np.array_equal(a.catalog["x"], b.catalog["x"])
+
+
+def test_images_checked_in_their_padded_copy_send_the_run_back_when_not_finite():
+    """Images whose sample looks finite are not scanned before their cells are padded; the
+    copy checks every value.  An isolated NaN the sample misses, or a calibration that
+    overflows an unscanned image, sends the run back to the scanned path: the result is the
+    one the scanned run gives, bit for bit (NaN replaced and remembered, Scorr 0 there)."""
+    import toolkit.zogy as z
+
+    pair = simulate_pair(size=256, seed=4)
+    img = pair.science.image.copy()
+    img[37, 91] = np.nan  # not on the sample's 16-px grid nor an edge
+    sci = Exposure(img, pair.science.variance, pair.science.mask, psf=pair.science.psf, photo_calib=pair.science.photo_calib)
+    assert z._looks_finite(sci)
+    cfg = ZogyConfig()
+    got = zogy(sci, pair.reference, cfg)
+    want = z._zogy(sci, pair.reference, cfg, True, None, trust_images=False)
+    for a, b in ((got.diff.image, want.diff.image), (got.diff.variance, want.diff.variance), (got.scorr, want.scorr), (got.diff.mask, want.diff.mask)):
+        np.testing.assert_array_equal(a, b)
+    assert got.scorr[37, 91] == 0 and np.isfinite(got.diff.image).all()
+    with pytest.raises(z._NotFinite):
+        z._zogy(sci, pair.reference, cfg, True, None, trust_images=True)
+
+    # a finite image whose calibration overflows float32: found in the copy, then warned about
+    big = pair.science.image.copy()
+    big[100, 100] = 3e38
+    sci = Exposure(big, pair.science.variance, pair.science.mask, psf=pair.science.psf, photo_calib=7.0)
+    ref = Exposure(pair.reference.image, pair.reference.variance, pair.reference.mask, psf=pair.reference.psf, photo_calib=7.0)
+    with pytest.warns(RuntimeWarning, match="calibrating the science image by 7 overflows float32 at 1 pixel"):
+        res = zogy(sci, ref)
+    assert res.scorr[100, 100] == 0

@@ -283,10 +283,12 @@ def _is_constant(a):  # pragma: no cover - compiled
     return True
 
 
-def _check_inputs(sci: Exposure, ref: Exposure) -> dict[int, float]:
+def _check_inputs(sci: Exposure, ref: Exposure, scan_images: bool = True) -> dict[int, float]:
     """Named errors for unusable inputs.  Returns ``{id(plane): max |x|}`` for the image and
     variance planes found entirely finite on the way (they need no non-finite pass later, and
-    the largest |x| says whether a calibration factor can overflow them)."""
+    the largest |x| says whether a calibration factor can overflow them).  ``scan_images=False``
+    leaves the image planes to the padding's copy (:func:`_copy_finite`), which finds what
+    this scan would have found."""
     for name, e in (("science", sci), ("template", ref)):
         if not isinstance(e, Exposure):
             raise InputError(f"{name} must be an Exposure, got {type(e).__name__}")
@@ -296,7 +298,7 @@ def _check_inputs(sci: Exposure, ref: Exposure) -> dict[int, float]:
             raise InputError(f"{name} image is empty (shape {e.shape})")
     # each image's two planes scanned once, the two images side by side
     big = sci.image.size >= MIN_THREADED_ROWS**2
-    scans = map_pair(lambda e: (_scan_plane(e.image), _scan_plane(e.variance)), sci, ref, threaded=big)
+    scans = map_pair(lambda e: (_scan_plane(e.image) if scan_images else (1, 0, np.nan), _scan_plane(e.variance)), sci, ref, threaded=big)
     finite: dict[int, float] = {}
     for (name, e), (img, var) in zip((("science", sci), ("template", ref)), scans):
         if img[0] == 0:
@@ -424,12 +426,44 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
     kernels (PSF spectra, the near-zero-denominator rule, F_D, F_S) runs in float64.  LSST did
     everything in float64 and cast the results back to exposure1's dtype.
     """
-    t0 = time.perf_counter()
     cfg = as_config(config, ZogyConfig)
     cfg.validate()
     if cfg.doMeasureNoiseCorrelation:
         return _zogy_noise_corrected(science, template, cfg, calculate_score, progress)
-    finite_planes = _check_inputs(science, template)
+    try:
+        return _zogy(science, template, cfg, calculate_score, progress, trust_images=_looks_finite(science) and _looks_finite(template))
+    except _NotFinite:
+        # an image has non-finite pixels (or overflows when calibrated): the run again with the
+        # images scanned first, as LSST's removeNonFinitePixels needs them replaced before the
+        # noise levels are measured
+        return _zogy(science, template, cfg, calculate_score, progress, trust_images=False)
+
+
+def _looks_finite(e: Exposure) -> bool:
+    """Whether a sample of the image (its edge rows and columns and every 16th pixel of every
+    16th row, ~1/256 of it) is finite: an image with NaN borders or blank regions (a JWST
+    mosaic's edges) is then scanned first instead of found out in its padded copy."""
+    a = getattr(e, "image", None)
+    if not isinstance(a, np.ndarray) or a.ndim != 2 or a.size == 0:
+        return False  # the input checks name the problem
+    return bool(np.isfinite(a[::16, ::16]).all() and np.isfinite(a[[0, -1]]).all() and np.isfinite(a[:, [0, -1]]).all())
+
+
+class _NotFinite(Exception):
+    """Raised inside :func:`_zogy` when a padded copy of an image that was not scanned for
+    non-finite pixels turns out to hold some."""
+
+
+def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_score: bool, progress: Callable[[str, float], None] | None, trust_images: bool) -> ZogyResult:
+    """:func:`zogy`'s body.  ``trust_images``: where nothing reads the images before their cells
+    are padded (no background, flux-ratio fit or source-noise option), they are not scanned
+    first: a copy into the cells that checks every value (:func:`_copy_finite`) finds any
+    non-finite pixel, or an overflow of its calibration, and raises :class:`_NotFinite` so the
+    caller runs again with them scanned (one 16 MB read of each 2k^2 image saved otherwise)."""
+    t0 = time.perf_counter()
+    lazy = not (cfg.correctBackground or cfg.doFitFluxRatio or cfg.doSourceNoise)
+    fast = trust_images and lazy
+    finite_planes = _check_inputs(science, template, scan_images=not fast)
     timings: dict[str, float] = {}
     sci, ref = science, template
     bad = sci.mask_planes.bitmask(cfg.ignoreMaskPlanes, strict=False, field="ignoreMaskPlanes")
@@ -449,7 +483,6 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
     # option), the product is taken as the plane is copied into its cell: the same float
     # products, without two calibrated 2k^2 planes made first.  ``factors[i]`` is what plane i
     # of [n_img, n_var, r_img, r_var] is still to be multiplied by (1 once it is applied).
-    lazy = not (cfg.correctBackground or cfg.doFitFluxRatio or cfg.doSourceNoise)
     # a given noise-correlation factor rides on the variance planes' calibration product when
     # nothing else reads them first; otherwise it is applied after the flux-ratio fit (which
     # rescales the planes to the pixels' own variance)
@@ -457,10 +490,16 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
     vf = noise_corr if lazy else 1.0
     planes_in = [(sci.image, cn, "science image"), (sci.variance, cn**2 * vf, "science variance"), (ref.image, cr, "template image"), (ref.variance, cr**2 * vf, "template variance")]
     arrays, factors = [], []
-    for a, c, name in planes_in:
+    for k, (a, c, name) in enumerate(planes_in):
         # max |x| of a plane found entirely finite by the input checks (NaN if it was not)
         big = finite_planes.get(id(a), np.nan)
         a = np.asarray(a, dtype=work)
+        if fast and k % 2 == 0:
+            # an image not scanned: scaled as it is copied into its cell, where any non-finite
+            # value (an input's, or an overflow) sends the run back (see _zogy)
+            arrays.append(a)
+            factors.append(work(c))
+            continue
         if c != 1.0 and lazy and a.size:
             # one test says the plane is finite and stays so when scaled (else it is made as
             # before)
@@ -525,7 +564,7 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
     nonfinite = None
     arrays = [n_img, n_var, r_img, r_var]
     for i, arr in enumerate(arrays):
-        if id(arr) in finite_planes or _all_finite(arr.reshape(-1)):  # one compiled pass, no isfinite plane
+        if (fast and i % 2 == 0) or id(arr) in finite_planes or _all_finite(arr.reshape(-1)):  # one compiled pass, no isfinite plane
             continue
         bad_px = ~np.isfinite(arr)
         if bad_px.any():
@@ -609,7 +648,9 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
                 ker.fused_squares()  # made once and kept by the kernels (the fused pass reads it)
             return ker
 
-        ker, (N1, V1), (N2, V2) = map_calls([kernels, pad((n_img, n_var, v1, 0, factors[0:2])), pad((r_img, r_var, v2, 1, factors[2:4]))], threaded=outer.shape[0] >= MIN_THREADED_ROWS)
+        ker, (N1, V1, ok1), (N2, V2, ok2) = map_calls([kernels, pad((n_img, n_var, v1, 0, factors[0:2])), pad((r_img, r_var, v2, 1, factors[2:4]))], threaded=outer.shape[0] >= MIN_THREADED_ROWS)
+        if fast and not (ok1 and ok2):
+            raise _NotFinite
         # LSST pasteSubDiffImg: inner box only, D and V_D divided by F_D (and F_D^2) per cell; a
         # single cell's D and V_D are scaled inside the Fourier pass (the same float products)
         out = _fourier_cell(N1, N2, V1, V2, ker, calculate_score, VA is not None, (cfg.astrometricSigmaX, cfg.astrometricSigmaY), scale_d=one_cell)
@@ -752,7 +793,8 @@ def _padded_cell(img, var, outer: Box, local: Box, mean_var: float, rng, dtype, 
     Only the outside strips are drawn (a whole-box draw costs ~40 ms at 2k^2 for pixels that are
     then overwritten).  ``rng`` is shared by both images of a cell, so their noise differs.
     ``factors``: the calibration still to be applied to ``img`` and ``var`` (in ``dtype``),
-    applied as they are copied.
+    applied as they are copied.  Also returns whether every value copied from ``img`` (times
+    its factor) is finite.
     The cells are the left parts of rows two floats wider than the cell, where each row's
     half spectrum fits (:func:`_wide_buffer`).
     """
@@ -761,11 +803,13 @@ def _padded_cell(img, var, outer: Box, local: Box, mean_var: float, rng, dtype, 
     b = _conv_buffer((h, w), dtype)[:, :w]
     ov = outer.intersection(local)
     dst = ov.slices((outer.x0, outer.y0))
-    for out, src, f in ((a, img, factors[0]), (b, var, factors[1])):
-        if f != 1.0:
-            np.multiply(src[ov.slices()], f, out=out[dst])
-        else:
-            out[dst] = src[ov.slices()]
+    # the image copied (and scaled) by a pass that also says whether every value it wrote is
+    # finite; the variance plane as before (the input checks scanned it)
+    finite = _copy_finite(img[ov.slices()], dtype(factors[0]), a[dst])
+    if factors[1] != 1.0:
+        np.multiply(var[ov.slices()], factors[1], out=b[dst])
+    else:
+        b[dst] = var[ov.slices()]
     ya, yb, xa, xb = dst[0].start, dst[0].stop, dst[1].start, dst[1].stop
     sd = np.sqrt(mean_var)
     for sl in ((slice(0, ya), slice(0, w)), (slice(yb, h), slice(0, w)), (slice(ya, yb), slice(0, xa)), (slice(ya, yb), slice(xb, w))):
@@ -773,7 +817,24 @@ def _padded_cell(img, var, outer: Box, local: Box, mean_var: float, rng, dtype, 
         if shape[0] > 0 and shape[1] > 0:
             a[sl] = rng.standard_normal(shape, dtype=dtype) * dtype(sd)
             b[sl] = mean_var
-    return a, b
+    return a, b, finite
+
+
+@nb.njit(cache=True, nogil=True)
+def _copy_finite(src, f, out):  # pragma: no cover - compiled
+    # out = src * f (in their dtype, as numpy's multiply), and whether every product is finite
+    # (x - x == 0 only for finite x; and-reduced per row, so the loop is a SIMD loop)
+    ok = True
+    for i in range(src.shape[0]):
+        s = src[i]
+        o = out[i]
+        good = True
+        for j in range(s.size):
+            v = s[j] * f
+            o[j] = v
+            good &= (v - v) == 0
+        ok &= good
+    return ok
 
 
 def _locked(method: Callable) -> Callable:
