@@ -117,3 +117,23 @@ def test_one_pass_clip_iterations_select_what_full_passes_select(kind):
         hw = 2.5 * sd if sel.size > 1 else hw
     got = stdevclip_masked(x, mask, 4, 2.5, 3)
     assert (np.isnan(got) and np.isnan(sd)) or abs(got - sd) <= 1e-10 * scale
+
+
+def test_large_plane_quartiles_exact_when_the_sample_guesses_wrong():
+    """A large float32 plane's first pass also makes the second-level histograms of the top
+    bins a 64-block sample points to (and splits the pixels for the clip passes about the
+    sample's median).  Where the sample is unrepresentative (here every sampled pixel is 0 and
+    the rest are not) the guess misses: the quartiles come from a second pass and the clip
+    iterations from full passes, and all are still exact."""
+    rng = np.random.default_rng(3)
+    n = 2**20
+    x = (5 + rng.standard_normal(n)).astype(np.float32)
+    starts = np.linspace(0, n - 1024, 64).astype(np.int64)
+    x[(starts[:, None] + np.arange(1024)).ravel()] = 0.0  # 6 % of the pixels: below the quartiles
+    qs = (0.1, 0.25, 0.5, 0.75)
+    assert quantiles_masked(x, None, 0, qs) == list(np.percentile(x.astype(np.float64), [100 * q for q in qs]))
+    assert abs(meanclip_masked(x, None, 0, 3.0, 3) - meanclip_scalar(x, 3.0, 3)) <= 1e-12 * 10
+    # and where it guesses right (the same values, shuffled): the same numbers
+    y = rng.permutation(x)
+    assert quantiles_masked(y, None, 0, qs) == quantiles_masked(x, None, 0, qs)
+    assert abs(meanclip_masked(y, None, 0, 3.0, 3) - meanclip_masked(x, None, 0, 3.0, 3)) <= 1e-12 * 10

@@ -334,12 +334,69 @@ def _hist_both32(u, mask, bad, use_mask, slot, lo_hist):  # pragma: no cover - c
     return hist[0] + hist[1] + hist[2] + hist[3], n_masked
 
 
-def _predicted_bins(u: np.ndarray, m: np.ndarray, bad, use: bool, qs: Sequence[float]) -> list[int] | None:
+@nb.njit(cache=True, nogil=True)
+def _hist_split32(u, x, mask, bad, use_mask, slot, lo_hist, scale, c0, core_hw, wide_hw, tail):  # pragma: no cover - compiled
+    # _hist_both32 and _split_pass in one pass over the plane (``u`` is ``x``'s bits): the two
+    # histogram levels of the usable pixels, and the clip passes' core sums, tail values and
+    # nearest values beyond, about an estimate ``c0`` of the median (see _clipped_masked)
+    hist = np.zeros((4, 65536), np.int64)
+    n_masked = 0
+    n_core = 0
+    s1 = 0.0
+    s2 = 0.0
+    core_min = np.inf
+    core_max = -np.inf
+    below_max = -np.inf
+    above_min = np.inf
+    nt = 0
+    overflow = False
+    for b0 in range(0, u.size, 4096):
+        b1 = min(b0 + 4096, u.size)
+        p1 = 0.0
+        p2 = 0.0
+        for i in range(b0, b1):
+            v = u[i]
+            if (v & np.uint32(0x7F800000)) == np.uint32(0x7F800000):
+                continue
+            if use_mask and (mask[i] & bad) != 0:
+                n_masked += 1
+                continue
+            k = _key32(v)
+            h = k >> np.uint32(16)
+            hist[i & 3, h] += 1
+            lo_hist[slot[h], k & np.uint32(0xFFFF)] += 1
+            f = np.float64(x[i] * scale)
+            if not np.isfinite(f):
+                continue  # as the clip passes read it
+            d = f - c0
+            ad = abs(d)
+            if ad <= core_hw:
+                n_core += 1
+                p1 += d
+                p2 += d * d
+                core_min = min(core_min, f)
+                core_max = max(core_max, f)
+            elif ad <= wide_hw:
+                if nt < tail.size:
+                    tail[nt] = x[i] * scale
+                    nt += 1
+                else:
+                    overflow = True
+            elif d < 0:
+                below_max = max(below_max, f)
+            else:
+                above_min = min(above_min, f)
+        s1 += p1
+        s2 += p2
+    return hist[0] + hist[1] + hist[2] + hist[3], n_masked, (n_core, s1, s2, core_min, core_max, below_max, above_min, nt, overflow)
+
+
+def _predicted_bins(u: np.ndarray, m: np.ndarray, bad, use: bool, qs: Sequence[float]) -> tuple[list[int], np.ndarray] | None:
     """The top-16-bit bins (of :func:`_key32`) likely to hold the ``qs`` quantiles of the
     usable values, from 64 blocks of 1024 pixels spread over the plane: every bin between the
-    sample's q - 0.03 and q + 0.03 quantiles.  None when they are more than 8 bins (a broad
-    distribution, whose second-level histograms would not fit in cache) or the sample has no
-    usable value."""
+    sample's q - 0.03 and q + 0.03 quantiles; and the sample's ``qs`` quantiles themselves.
+    None when the bins are more than 8 (a broad distribution, whose second-level histograms
+    would not fit in cache) or the sample has no usable value."""
     n, blocks, width = u.size, 64, 1024
     starts = np.linspace(0, n - width, blocks).astype(np.int64)
     idx = (starts[:, None] + np.arange(width)).ravel()
@@ -358,7 +415,7 @@ def _predicted_bins(u: np.ndarray, m: np.ndarray, bad, use: bool, qs: Sequence[f
         bins.update(range(lo, hi + 1))
         if len(bins) > 8:
             return None
-    return sorted(bins)
+    return sorted(bins), np.percentile(v.view(np.float32).astype(np.float64), [100 * q for q in qs])
 
 
 @nb.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})  # NaN/inf rules kept
@@ -432,7 +489,7 @@ _CORE, _WIDE = 0.55, 2.5
 
 
 @nb.njit(cache=True, nogil=True)
-def _clip_passes_masked(x, mask, bad, use_mask, center, iqr_hw, n_sigma, n_iter, scale, want_std=False, tail=None):  # pragma: no cover - compiled
+def _clip_passes_masked(x, mask, bad, use_mask, center, iqr_hw, n_sigma, n_iter, scale, want_std=False, tail=None, ready=None):  # pragma: no cover - compiled
     # afw's clip iterations over the usable pixels (finite, no bad mask bit): select within
     # +-hw of the centre (inclusive, float64), then the mean and the (n-1) variance of the
     # selection.  The squares are summed about the current centre, which is close to the
@@ -469,7 +526,12 @@ def _clip_passes_masked(x, mask, bad, use_mask, center, iqr_hw, n_sigma, n_iter,
     nt = 0
     if tail is None:
         tail = np.empty(x.size // 4 + 16 if split else 0, x.dtype)
-    if split:
+    if ready is not None:
+        # made by the histogram pass about an estimate of the median (it serves the first
+        # window too, where that window fits it)
+        c0, (n_core, s1, s2, core_min, core_max, below_max, above_min, nt, overflow) = ready[0], ready[1:]
+        split = not overflow
+    elif split:
         n_core, s1, s2, core_min, core_max, below_max, above_min, nt, overflow = _split_pass(x, mask, bad, use_mask, c0, _CORE * iqr_hw, _WIDE * iqr_hw, scale, tail)
         split = not overflow
     for it in range(max(n_iter, 1)):
@@ -531,12 +593,15 @@ def _usable_args(x: np.ndarray, mask: np.ndarray | None, bad_bits: int):
 _RADIX_MIN_SIZE = 2**15  # planes smaller than this are partitioned instead (see below)
 
 
-def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: int, ranks_of: Callable[[int], list[int]], qs: Sequence[float] | None = None) -> tuple[int, dict[int, float], tuple | None]:
+def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: int, ranks_of: Callable[[int], list[int]], qs: Sequence[float] | None = None, split: tuple | None = None) -> tuple[int, dict[int, float], tuple | None, tuple | None]:
     """(n, {rank: sorted(usable)[rank]}, passes) for the ranks ``ranks_of(n)`` of the n usable
     pixels.  ``passes`` holds the :func:`_usable_args` that further passes over the same pixels
     should use (None: make them): the float32 path finds on its first pass whether the mask
     excluded anything, and if not, the later passes do not read it.  ``qs``: the quantiles
-    the ranks stand for, if known (a large plane then may need one pass instead of two)."""
+    the ranks stand for, if known (a large plane then may need one pass instead of two).
+    ``split``: ``(scale, n_sigma, tail)`` of clip passes to follow (``qs`` the quartiles): the
+    first pass then also splits the pixels for them about the sample's median (see
+    :func:`_clip_passes_masked`), returned as the fourth item (None if it was not made)."""
     if np.asarray(x).dtype.type is not np.float32:  # float32 of either byte order: the compiled path (_usable_args makes it native)
         xa = np.asarray(x)
         sel = np.isfinite(xa)
@@ -544,7 +609,7 @@ def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: i
             m = np.asarray(mask)
             sel &= ~m if m.dtype == np.bool_ else (m & np.int32(bad_bits)) == 0
         vals = xa[sel]
-        return vals.size, (_order_statistics(vals, ranks_of(vals.size)) if vals.size else {}), None
+        return vals.size, (_order_statistics(vals, ranks_of(vals.size)) if vals.size else {}), None, None
     x, m, bad, use = _usable_args(x, mask, bad_bits)
     if x.size < _RADIX_MIN_SIZE:
         # a small plane: the radix path's two 65536-bin histograms and their cumulative sums
@@ -560,19 +625,29 @@ def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: i
             else:
                 m, bad, use = np.zeros(1, np.int32), np.int32(0), False
         vals = x[sel]
-        return vals.size, (_order_statistics(vals, ranks_of(vals.size)) if vals.size else {}), (x, m, bad, use)
+        return vals.size, (_order_statistics(vals, ranks_of(vals.size)) if vals.size else {}), (x, m, bad, use), None
     u = x.view(np.uint32)
     # A plane comes from memory, and each pass costs its reads (~4 GB/s a thread on this kind
     # of machine): where a sample says which few top bins hold the wanted ranks (a variance
     # plane: one to three), their second-level histograms are made in the same pass as the
     # first level's, and only a wrong guess takes the second pass
-    guess = _predicted_bins(u, m, bad, use, qs) if qs is not None and u.size >= 2**18 else None
-    pre_lo = None
+    predicted = _predicted_bins(u, m, bad, use, qs) if qs is not None and u.size >= 2**18 else None
+    guess = predicted[0] if predicted is not None else None
+    pre_lo = split_out = None
     if guess is not None:
         slot = np.full(65536, len(guess), np.int32)
         slot[guess] = np.arange(len(guess), dtype=np.int32)
         pre_lo = np.zeros((len(guess) + 1, 65536), np.int32 if u.size < 2**31 else np.int64)
-        hist, n_masked = _hist_both32(u, m, bad, use, slot, pre_lo)
+        if split is not None:
+            # and the clip passes' split, about the sample's median and window: the clip
+            # iterations check it against their exact windows (see _clip_passes_masked)
+            scale, n_sigma, tail = split
+            q25, med, q75 = (float(x.dtype.type(v) * scale) for v in predicted[1])
+            hw = n_sigma * IQR_TO_SIGMA * (q75 - q25)
+            hist, n_masked, parts = _hist_split32(u, x, m, bad, use, slot, pre_lo, scale, med, _CORE * hw, _WIDE * hw, tail)
+            split_out = (med,) + parts
+        else:
+            hist, n_masked = _hist_both32(u, m, bad, use, slot, pre_lo)
     else:
         hist, n_masked = _hist_hi32(u, m, bad, use)
     if use and n_masked == 0:
@@ -583,7 +658,7 @@ def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: i
     cum = np.cumsum(hist)
     n = int(cum[-1])
     if n == 0:
-        return 0, {}, passes
+        return 0, {}, passes, split_out
     ranks = ranks_of(n)
     bins = {r: int(np.searchsorted(cum, r, side="right")) for r in ranks}
     used = sorted(set(bins.values()))
@@ -603,7 +678,7 @@ def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: i
         key = np.uint32((b << 16) | low)
         bits = key ^ np.uint32(0x80000000) if key & np.uint32(0x80000000) else ~key
         value[r] = float(np.array([bits], np.uint32).view(np.float32)[0])
-    return n, value, passes
+    return n, value, passes, split_out
 
 
 def _quantile_ranks(qs: Sequence[float]) -> Callable[[int], list[int]]:
@@ -643,13 +718,13 @@ def quantiles_masked(x: np.ndarray, mask: np.ndarray | None, bad_bits: int, qs: 
     so each order statistic of the product is the product of x's order statistic; ``x * scale``
     must stay finite wherever x is.
     """
-    n, value, _ = _masked_order_statistics(x, mask, bad_bits, _quantile_ranks(qs), qs)
+    n, value, _, _ = _masked_order_statistics(x, mask, bad_bits, _quantile_ranks(qs), qs)
     return _interpolated(n, value, qs, scale, np.asarray(x).dtype)
 
 
 def median_masked(x: np.ndarray, mask: np.ndarray | None = None, bad_bits: int = 1) -> float:
     """:func:`median_of` of the usable pixels (as :func:`quantiles_masked`); NaN if none."""
-    n, value, _ = _masked_order_statistics(x, mask, bad_bits, lambda n: sorted({(n - 1) // 2, n // 2}), (0.5,))
+    n, value, _, _ = _masked_order_statistics(x, mask, bad_bits, lambda n: sorted({(n - 1) // 2, n // 2}), (0.5,))
     return 0.5 * (value[(n - 1) // 2] + value[n // 2]) if n else float("nan")
 
 
@@ -667,14 +742,17 @@ def _clipped_masked(x, mask, bad_bits, n_sigma, n_iter, scale, want_std: bool) -
     """afw's clipped statistics of the usable pixels: median and IQR, then the clip passes;
     the clipped mean, or (``want_std``) the last selection's standard deviation."""
     qs = (0.25, 0.5, 0.75)
-    n, value, passes = _masked_order_statistics(x, mask, bad_bits, _quantile_ranks(qs), qs)
-    q25, med, q75 = _interpolated(n, value, qs, scale, np.asarray(x).dtype)
+    dt = np.asarray(x).dtype
+    tail = _tail_buffer(np.asarray(x).size // 4 + 16, dt.newbyteorder("=") if not dt.isnative else dt)
+    sc = dt.type(1.0 if scale is None else scale)
+    n, value, passes, ready = _masked_order_statistics(x, mask, bad_bits, _quantile_ranks(qs), qs, split=(sc, float(n_sigma), tail) if n_iter >= 1 else None)
+    q25, med, q75 = _interpolated(n, value, qs, scale, dt)
     if not np.isfinite(med):
         return float("nan")
     x, m, bad, use = passes if passes is not None else _usable_args(x, mask, bad_bits)
     iqr_hw = n_sigma * IQR_TO_SIGMA * (q75 - q25)
-    sc = x.dtype.type(1.0 if scale is None else scale)
-    return float(_clip_passes_masked(x, m, bad, use, float(med), float(iqr_hw), float(n_sigma), int(n_iter), sc, want_std, _tail_buffer(x.size // 4 + 16, x.dtype)))
+    sc = x.dtype.type(sc)
+    return float(_clip_passes_masked(x, m, bad, use, float(med), float(iqr_hw), float(n_sigma), int(n_iter), sc, want_std, tail, ready))
 
 
 _tails = threading.local()
