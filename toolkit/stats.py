@@ -334,63 +334,6 @@ def _hist_both32(u, mask, bad, use_mask, slot, lo_hist):  # pragma: no cover - c
     return hist[0] + hist[1] + hist[2] + hist[3], n_masked
 
 
-@nb.njit(cache=True, nogil=True)
-def _hist_split32(u, x, mask, bad, use_mask, slot, lo_hist, scale, c0, core_hw, wide_hw, tail):  # pragma: no cover - compiled
-    # _hist_both32 and _split_pass in one pass over the plane (``u`` is ``x``'s bits): the two
-    # histogram levels of the usable pixels, and the clip passes' core sums, tail values and
-    # nearest values beyond, about an estimate ``c0`` of the median (see _clipped_masked)
-    hist = np.zeros((4, 65536), np.int64)
-    n_masked = 0
-    n_core = 0
-    s1 = 0.0
-    s2 = 0.0
-    core_min = np.inf
-    core_max = -np.inf
-    below_max = -np.inf
-    above_min = np.inf
-    nt = 0
-    overflow = False
-    for b0 in range(0, u.size, 4096):
-        b1 = min(b0 + 4096, u.size)
-        p1 = 0.0
-        p2 = 0.0
-        for i in range(b0, b1):
-            v = u[i]
-            if (v & np.uint32(0x7F800000)) == np.uint32(0x7F800000):
-                continue
-            if use_mask and (mask[i] & bad) != 0:
-                n_masked += 1
-                continue
-            k = _key32(v)
-            h = k >> np.uint32(16)
-            hist[i & 3, h] += 1
-            lo_hist[slot[h], k & np.uint32(0xFFFF)] += 1
-            f = np.float64(x[i] * scale)
-            if not np.isfinite(f):
-                continue  # as the clip passes read it
-            d = f - c0
-            ad = abs(d)
-            if ad <= core_hw:
-                n_core += 1
-                p1 += d
-                p2 += d * d
-                core_min = min(core_min, f)
-                core_max = max(core_max, f)
-            elif ad <= wide_hw:
-                if nt < tail.size:
-                    tail[nt] = x[i] * scale
-                    nt += 1
-                else:
-                    overflow = True
-            elif d < 0:
-                below_max = max(below_max, f)
-            else:
-                above_min = min(above_min, f)
-        s1 += p1
-        s2 += p2
-    return hist[0] + hist[1] + hist[2] + hist[3], n_masked, (n_core, s1, s2, core_min, core_max, below_max, above_min, nt, overflow)
-
-
 def _predicted_bins(u: np.ndarray, m: np.ndarray, bad, use: bool, qs: Sequence[float]) -> tuple[list[int], np.ndarray] | None:
     """The top-16-bit bins (of :func:`_key32`) likely to hold the ``qs`` quantiles of the
     usable values, from 64 blocks of 1024 pixels spread over the plane: every bin between the
@@ -438,12 +381,16 @@ def _clip_pass(x, mask, bad, use_mask, lo, hi, c, scale, select):  # pragma: no 
 
 
 @nb.njit(cache=True, nogil=True)
-def _split_pass(x, mask, bad, use_mask, c0, core_hw, wide_hw, scale, tail):  # pragma: no cover - compiled
+def _split_pass(x, mask, bad, use_mask, c0, core_hw, wide_hw, scale, tail, u, slot, lo_hist, with_hist):  # pragma: no cover - compiled
     # the usable pixels split by their distance from c0: the core (|f - c0| <= core_hw) kept as
     # its count, sums of (f - c0) and (f - c0)^2 (summed per block of 4096 pixels, then the
     # blocks: round-off of ~1e-16 relative, as the vectorised passes') and its extreme values;
     # the tail (up to wide_hw) kept as values in ``tail``; beyond it only the nearest value on
-    # each side.  ``overflow``: the tail did not fit.
+    # each side.  ``overflow``: the tail did not fit.  With ``with_hist`` (``u`` is x's bits)
+    # the same pass is also _hist_both32 (both histogram levels, and the masked pixels'
+    # count); without, ``u``, ``slot`` and ``lo_hist`` are not read.
+    hist = np.zeros((4, 65536 if with_hist else 1), np.int64)
+    n_masked = 0
     n_core = 0
     s1 = 0.0
     s2 = 0.0
@@ -458,8 +405,18 @@ def _split_pass(x, mask, bad, use_mask, c0, core_hw, wide_hw, scale, tail):  # p
         p1 = 0.0
         p2 = 0.0
         for i in range(b0, b1):
+            if with_hist and (u[i] & np.uint32(0x7F800000)) == np.uint32(0x7F800000):
+                continue
+            if use_mask and (mask[i] & bad) != 0:
+                n_masked += 1
+                continue
+            if with_hist:
+                k = _key32(u[i])
+                h = k >> np.uint32(16)
+                hist[i & 3, h] += 1
+                lo_hist[slot[h], k & np.uint32(0xFFFF)] += 1
             f = np.float64(x[i] * scale)
-            if not np.isfinite(f) or (use_mask and (mask[i] & bad) != 0):
+            if not np.isfinite(f):
                 continue
             d = f - c0
             ad = abs(d)
@@ -481,7 +438,7 @@ def _split_pass(x, mask, bad, use_mask, c0, core_hw, wide_hw, scale, tail):  # p
                 above_min = min(above_min, f)
         s1 += p1
         s2 += p2
-    return n_core, s1, s2, core_min, core_max, below_max, above_min, nt, overflow
+    return hist[0] + hist[1] + hist[2] + hist[3], n_masked, (n_core, s1, s2, core_min, core_max, below_max, above_min, nt, overflow)
 
 
 #: the split pass's core and tail half-widths, in units of the first window's half-width
@@ -532,7 +489,8 @@ def _clip_passes_masked(x, mask, bad, use_mask, center, iqr_hw, n_sigma, n_iter,
         c0, (n_core, s1, s2, core_min, core_max, below_max, above_min, nt, overflow) = ready[0], ready[1:]
         split = not overflow
     elif split:
-        n_core, s1, s2, core_min, core_max, below_max, above_min, nt, overflow = _split_pass(x, mask, bad, use_mask, c0, _CORE * iqr_hw, _WIDE * iqr_hw, scale, tail)
+        parts = _split_pass(x, mask, bad, use_mask, c0, _CORE * iqr_hw, _WIDE * iqr_hw, scale, tail, np.zeros(1, np.uint32), np.zeros(1, np.int32), np.zeros((1, 1), np.int32), False)[2]
+        n_core, s1, s2, core_min, core_max, below_max, above_min, nt, overflow = parts
         split = not overflow
     for it in range(max(n_iter, 1)):
         lo = center - hw
@@ -644,7 +602,7 @@ def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: i
             scale, n_sigma, tail = split
             q25, med, q75 = (float(x.dtype.type(v) * scale) for v in predicted[1])
             hw = n_sigma * IQR_TO_SIGMA * (q75 - q25)
-            hist, n_masked, parts = _hist_split32(u, x, m, bad, use, slot, pre_lo, scale, med, _CORE * hw, _WIDE * hw, tail)
+            hist, n_masked, parts = _split_pass(x, m, bad, use, med, _CORE * hw, _WIDE * hw, scale, tail, u, slot, pre_lo, True)
             split_out = (med,) + parts
         else:
             hist, n_masked = _hist_both32(u, m, bad, use, slot, pre_lo)
