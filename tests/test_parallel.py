@@ -235,3 +235,27 @@ def test_map_calls_returns_in_order_and_raises_the_first_error(monkeypatch):
     with pytest.raises(ValueError, match="second"):
         map_calls([lambda: 1, fail("second", 0.05), fail("third"), lambda: (time.sleep(0.1), ended.append(1))])
     assert ended == [1]
+
+
+def test_a_helper_is_not_handed_out_before_its_result_is_collected(monkeypatch):
+    """The helper's share of a pass may end long before the calling thread's; a pass started
+    meanwhile inside the calling thread's share (or by another thread) must get another
+    helper, and each pass its own results."""
+    import time
+
+    import toolkit.parallel as parallel
+    from toolkit.parallel import map_pair
+
+    monkeypatch.setenv("DIFFSTACK_THREADS", "2")
+    monkeypatch.setattr(parallel, "_cpu_count", lambda: 2)
+
+    def outer(v):
+        if v == "slow":  # the calling thread's share: the helper is done with "fast" by now
+            time.sleep(0.05)
+            inner = [map_pair(lambda w: (v, w), i, -i) for i in range(5)]
+            assert inner == [[(v, i), (v, -i)] for i in range(5)]
+            return "slow done"
+        return "fast done"
+
+    for _ in range(5):
+        assert map_pair(outer, "slow", "fast") == ["slow done", "fast done"]

@@ -108,9 +108,10 @@ class _Helper:
 
     Why not a ``ThreadPoolExecutor`` per pass: on this kind of machine starting a thread costs
     ~0.3-0.7 ms, and a ZOGY run at 2048^2 made ~10 two-thread passes (~20 thread starts, ~8 ms
-    of its ~0.26 s).  A helper that has finished a call goes back to the idle list, and a pass
-    takes an idle one or starts a new one when none is idle (two runs at once, a pass inside a
-    pass), so no call ever waits for another to free a thread.
+    of its ~0.26 s).  A helper goes back to the idle list once its caller has collected the
+    call's result (:meth:`result`), and a pass takes an idle one or starts a new one when none
+    is idle (two runs at once, a pass inside a pass), so no call ever waits for another to
+    free a thread, and no call can be handed a helper whose last result is still uncollected.
     """
 
     def __init__(self) -> None:
@@ -129,29 +130,32 @@ class _Helper:
                 while self._call is None:
                     self._ready.wait()
                 fn, arg = self._call
+            if fn is None:
+                return  # let go (see result)
             try:
                 self._result, self._error = fn(arg), None
             except BaseException as exc:  # handed to the caller, which re-raises it
                 self._result, self._error = None, exc
-            # the call's references go before the helper is handed out again
+            # the call's references go before the caller is told
             fn = arg = None
             with self._ready:
                 self._call = None
             self._done.set()
-            if not _release(self):
-                return  # enough idle helpers: this one ends
 
-    def submit(self, fn: Callable[[Any], Any], arg: Any) -> None:
+    def submit(self, fn: Callable[[Any], Any] | None, arg: Any) -> None:
         self._done.clear()
         with self._ready:
             self._call = (fn, arg)
             self._ready.notify()
 
     def result(self) -> Any:
-        """Wait for the call to end; its value, or its exception raised here."""
+        """Wait for the call to end; its value, or its exception raised here.  The helper is
+        then idle again (or let go, when enough are idle)."""
         self._done.wait()
         value, error = self._result, self._error
         self._result = self._error = None
+        if not _release(self):
+            self.submit(None, None)  # enough idle helpers: this one's thread ends
         if error is not None:
             raise error
         return value
@@ -164,8 +168,8 @@ _idle_lock = threading.Lock()
 
 
 def _release(helper: _Helper) -> bool:
-    """Put a helper that has finished its call back on the idle list; False if the list is
-    full (the helper's thread then ends)."""
+    """Put a helper whose result was collected back on the idle list; False if the list is
+    full."""
     with _idle_lock:
         if len(_idle) < _MAX_IDLE:
             _idle.append(helper)
@@ -260,8 +264,9 @@ class _SharedIterator:
 
 def _drain_on_two_threads(fn: Callable[[Iterable[slice]], Any], parts: Sequence[slice]) -> None:
     """``fn`` on two threads (the calling one and a helper), both handed one
-    :class:`_SharedIterator` of ``parts``: between them they pass every part once.  Why not a fixed half each: on a shared 2-core machine one thread
-    is often slowed for tens of milliseconds, and with fixed halves a pass waited for it."""
+    :class:`_SharedIterator` of ``parts``: between them they pass every part once.  Why not a
+    fixed half each: on a shared 2-core machine one thread is often slowed for tens of
+    milliseconds, and with fixed halves a pass waited for it."""
     shared = _SharedIterator(parts)
     _pair_on_two_threads(fn, shared, shared)
 
