@@ -816,8 +816,8 @@ def test_low_rank_psf_spectra_equal_the_transformed_rows(monkeypatch):
 
 
 def test_images_checked_in_their_padded_copy_send_the_run_back_when_not_finite():
-    """Images whose sample looks finite are not scanned before their cells are padded; the
-    copy checks every value.  An isolated NaN the sample misses, or a calibration that
+    """Images whose sample looks finite are not scanned before their cell is padded (whole-image
+    mode); the copy checks every value.  An isolated NaN the sample misses, or a calibration that
     overflows an unscanned image, sends the run back to the scanned path: the result is the
     one the scanned run gives, bit for bit (NaN replaced and remembered, Scorr 0 there)."""
     import toolkit.zogy as z
@@ -828,7 +828,9 @@ def test_images_checked_in_their_padded_copy_send_the_run_back_when_not_finite()
     sci = Exposure(img, pair.science.variance, pair.science.mask, psf=pair.science.psf, photo_calib=pair.science.photo_calib)
     assert z._looks_finite(sci)
     cfg = ZogyConfig()
-    got = zogy(sci, pair.reference, cfg)
+    seen = []
+    got = zogy(sci, pair.reference, cfg, progress=lambda stage, f: seen.append(f))
+    assert seen == [1.0]  # the run sent back had reported nothing yet
     want = z._zogy(sci, pair.reference, cfg, True, None, trust_images=False)
     for a, b in ((got.diff.image, want.diff.image), (got.diff.variance, want.diff.variance), (got.scorr, want.scorr), (got.diff.mask, want.diff.mask)):
         np.testing.assert_array_equal(a, b)

@@ -455,14 +455,16 @@ class _NotFinite(Exception):
 
 
 def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_score: bool, progress: Callable[[str, float], None] | None, trust_images: bool) -> ZogyResult:
-    """:func:`zogy`'s body.  ``trust_images``: where nothing reads the images before their cells
-    are padded (no background, flux-ratio fit or source-noise option), they are not scanned
-    first: a copy into the cells that checks every value (:func:`_copy_finite`) finds any
+    """:func:`zogy`'s body.  ``trust_images``: where nothing reads the images before their cell
+    is padded (whole-image mode, no background, flux-ratio fit or source-noise option), they
+    are not scanned first: a copy into the cells that checks every value (:func:`_copy_finite`) finds any
     non-finite pixel, or an overflow of its calibration, and raises :class:`_NotFinite` so the
     caller runs again with them scanned (one 16 MB read of each 2k^2 image saved otherwise)."""
     t0 = time.perf_counter()
     lazy = not (cfg.correctBackground or cfg.doFitFluxRatio or cfg.doSourceNoise)
-    fast = trust_images and lazy
+    # (whole-image mode only: a grid's run sent back would have reported progress on the cells
+    # it had done, and a grid's cells cost far more than the scan saves)
+    fast = trust_images and lazy and not cfg.doSpatialGrid
     finite_planes = _check_inputs(science, template, scan_images=not fast)
     timings: dict[str, float] = {}
     sci, ref = science, template
