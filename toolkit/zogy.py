@@ -1301,17 +1301,42 @@ def _low_rank_band(A, B, c0, w, P):  # pragma: no cover - compiled
                 P[k, v, j] = acc
 
 
+def _cross_terms(k: np.ndarray, max_rank: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(columns (ky, r), rows (r, kx))`` with ``k`` = columns @ rows to a residual of at most
+    1e-15 of ``k``'s absolute sum, for r <= ``max_rank``; None if more terms would be needed.
+
+    Cross approximation with full pivoting: each term is the residual's column and row through
+    its largest element, which removes that column and row exactly; a stamp of rank r is done
+    in r terms.  Why not an SVD: LAPACK's call starts OpenBLAS's threads, which then spin for a
+    while on a 2-core machine and slowed the ZOGY pass that followed by ~10 %; this is a few
+    elementwise numpy operations on a small stamp."""
+    res = np.array(k, dtype=np.float64)
+    total = float(np.abs(res).sum())
+    cols, rows = [], []
+    while float(np.abs(res).sum()) > 1e-15 * total:
+        if len(cols) == max_rank:
+            return None
+        p, q = np.unravel_index(int(np.argmax(np.abs(res))), res.shape)
+        col, row = res[:, q].copy(), res[p, :] / res[p, q]
+        res -= np.multiply.outer(col, row)
+        cols.append(col)
+        rows.append(row)
+    if not cols:  # an all-zero stamp
+        cols, rows = [np.zeros(res.shape[0])], [np.zeros(res.shape[1])]
+    return np.stack(cols, axis=1), np.stack(rows)
+
+
 class _PsfColumns:
     """The two PSF stamps' spectra on a cell's rfft grid, made band of columns by band.
 
-    A stamp of numerical rank r (a Gaussian model's sampled stamp is an outer product, r = 1; a
-    double Gaussian r = 2) is the sum of r products of a column and a row, so its 2-D spectrum
-    is the sum of r products of their 1-D spectra: r complex products a frequency, where the
-    column transforms of its rows cost ~20x that (they were ~a fifth of the fused ZOGY pass at
-    2048^2).  Singular values below 1e-15 of the largest are dropped, which moves the spectrum
-    by < 1e-14 of its peak (float64 round-off of the transforms is ~1e-16; the data they filter
-    are float32).  Stamps of higher rank (measured PSFs, truncated Moffats) take the column
-    transforms of their rows (:func:`_stamp_rows`), as before.
+    A stamp of rank r (a Gaussian model's sampled stamp is an outer product, r = 1; a double
+    Gaussian r = 2) is the sum of r products of a column and a row, so its 2-D spectrum is the
+    sum of r products of their 1-D spectra: r complex products a frequency, where the column
+    transforms of its rows cost ~20x that (they were ~a fifth of the fused ZOGY pass at
+    2048^2).  The terms come from :func:`_cross_terms`, whose residual is at most 1e-15 of the
+    stamp's absolute sum, so the spectrum moves by less than that (float64 round-off of the
+    transforms is ~1e-16; the data they filter are float32).  Stamps of higher rank (measured
+    PSFs, truncated Moffats) take the column transforms of their rows (:func:`_stamp_rows`).
     """
 
     def __init__(self, kernels: list[np.ndarray], shape: tuple[int, int]) -> None:
@@ -1319,13 +1344,9 @@ class _PsfColumns:
         self.shape = shape
         self.factors: tuple[np.ndarray, np.ndarray] | None = None
         self.rows: tuple | None = None
-        terms = []
-        for k in kernels:
-            u, sv, vt = np.linalg.svd(k)
-            r = int(np.count_nonzero(sv > 1e-15 * sv[0])) if sv[0] > 0 else 1
-            terms.append((u[:, :r] * sv[:r], vt[:r]))
-        rank = max(t[0].shape[1] for t in terms)
-        if rank <= LOW_RANK_MAX:
+        terms = [_cross_terms(k, LOW_RANK_MAX) for k in kernels]
+        if all(t is not None for t in terms):
+            rank = max(t[0].shape[1] for t in terms)
             A = np.zeros((len(kernels), rank, ny), np.complex128)
             B = np.zeros((len(kernels), rank, nx // 2 + 1), np.complex128)
             for i, ((cu, rv), k) in enumerate(zip(terms, kernels)):
