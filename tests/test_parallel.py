@@ -259,3 +259,23 @@ def test_a_helper_is_not_handed_out_before_its_result_is_collected(monkeypatch):
 
     for _ in range(5):
         assert map_pair(outer, "slow", "fast") == ["slow done", "fast done"]
+
+
+def test_one_blas_thread_limits_blas_inside_and_restores_it():
+    """one_blas_thread: BLAS runs on one thread inside (OpenBLAS's threads would otherwise
+    spin beside diffstack's own after each call), and the previous count is restored."""
+    from threadpoolctl import threadpool_info
+
+    from toolkit.parallel import one_blas_thread
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    if not before:
+        pytest.skip("no BLAS library that threadpoolctl can see")
+    with one_blas_thread():
+        assert all(n == 1 for n in blas_threads())
+        x = np.arange(12.0).reshape(3, 4)
+        np.testing.assert_array_equal(x @ x.T, np.einsum("ij,kj->ik", x, x))
+    assert blas_threads() == before

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["fft_workers", "map_calls", "map_epochs", "map_pair", "map_row_blocks", "n_threads", "worker_scratch"]
+__all__ = ["fft_workers", "map_calls", "map_epochs", "map_pair", "map_row_blocks", "n_threads", "one_blas_thread", "worker_scratch"]
 
 T = TypeVar("T")
 
@@ -282,6 +282,26 @@ def map_bands(fn: Callable[[Iterable[slice]], Any], n: int, band: int, threads: 
         fn(bands)
         return
     _drain_on_two_threads(fn, bands)
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def one_blas_thread() -> Any:
+    """A context in which BLAS and LAPACK calls run on one thread.
+
+    Why: OpenBLAS's threads spin for a while after each threaded call before they sleep; on a
+    2-core machine that took a core from diffstack's own threads for ~25 ms after a 41x41 SVD,
+    an 81x80 matrix product or a 2160x1081 matrix-vector product (a ZOGY pass that followed
+    ran ~10 % slower).  The engine's few BLAS calls are small and gain nothing from threads.
+    The limit is process-wide while inside (OpenBLAS has one thread count); threadpoolctl's
+    context costs ~20 us.
+    """
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 _scratch = threading.local()

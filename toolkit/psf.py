@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .parallel import one_blas_thread
 
 __all__ = [
     "Psf",
@@ -484,7 +485,8 @@ class PsfexPsf(Psf):
         h, w = model.shape
         step = 1.0 / self.pixstep  # model pixels per image pixel
         # the matrices are cached (a grid of cells asks for the same ones): read, never written
-        return _psfex_resample_matrix(h, n, step) @ model @ _psfex_resample_matrix(w, n, step).T
+        with one_blas_thread():  # threaded products leave OpenBLAS's threads spinning
+            return _psfex_resample_matrix(h, n, step) @ model @ _psfex_resample_matrix(w, n, step).T
 
     def to_dict(self):
         return {

@@ -32,7 +32,7 @@ import scipy.fft as sfft
 
 from .errors import InputError, warn
 from .exposure import Exposure
-from .parallel import fft_workers, map_bands, map_row_blocks, worker_scratch
+from .parallel import fft_workers, map_bands, map_row_blocks, one_blas_thread, worker_scratch
 from .psf import Psf, DoubleGaussianPsf
 from .stats import median_masked, native
 
@@ -237,7 +237,8 @@ def spatial_matching_kernel(
     k = _solve_kernels(input_psf, target_psf, ks, [tuple(pos) for pos in nodes], regularization)
     a = np.stack([SpatialKernel.basis(terms, bbox, x, y) for x, y in nodes])  # (n_nodes, n_terms)
     flat = k.reshape(len(nodes), -1)
-    coef, *_ = np.linalg.lstsq(a, np.concatenate([flat, flat * flat], axis=1), rcond=None)
+    with one_blas_thread():  # LAPACK's threads would spin beside the epochs' threads
+        coef, *_ = np.linalg.lstsq(a, np.concatenate([flat, flat * flat], axis=1), rcond=None)
     half = flat.shape[1]
     return SpatialKernel(terms, coef[:, :half].reshape(len(terms), ks, ks), coef[:, half:].reshape(len(terms), ks, ks), bbox, nodes)
 

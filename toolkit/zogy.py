@@ -35,7 +35,7 @@ from .errors import InputError, warn
 from .exposure import Exposure
 from .geom import Box
 from .psf import ImagePsf, Psf
-from .parallel import MIN_THREADED_ROWS, fft_workers, map_bands, map_calls, map_pair, map_row_blocks, n_threads
+from .parallel import MIN_THREADED_ROWS, fft_workers, map_bands, map_calls, map_pair, map_row_blocks, n_threads, one_blas_thread
 from .psf_matching import _conv_buffer, _embed_origin, _fft_cols, _fft_cols_into, _irfft2, _irfft2_into, _rows_in_place
 from .stats import clipped_noise, meanclip_masked
 
@@ -1006,7 +1006,8 @@ class _CellKernels:
         c = self.spectra[i]
         p = c.real.astype(np.float64) ** 2 + c.imag.astype(np.float64) ** 2
         ny, nx = self.shape
-        return float((p @ _half_spectrum_weights(nx)).sum()) / (ny * nx)
+        with one_blas_thread():  # a threaded matrix-vector product leaves OpenBLAS's threads spinning
+            return float((p @ _half_spectrum_weights(nx)).sum()) / (ny * nx)
 
 
 def _half_spectrum_weights(nx: int) -> np.ndarray:
