@@ -772,8 +772,8 @@ def test_plane_scan_counts_finite_and_nonpositive_values_and_finds_the_largest_m
 
 
 def test_low_rank_psf_spectra_equal_the_transformed_rows(monkeypatch):
-    """Gaussian (rank 1) and double-Gaussian (rank 2) stamps get their cell spectra from their
-    singular vectors' 1-D spectra: equal to the column transforms of their rows to < 1e-14 of
+    """Gaussian (rank 1) and double-Gaussian (rank 2) stamps get their cell spectra from the
+    1-D spectra of their column and row terms: equal to the column transforms of their rows to < 1e-14 of
     the peak (the spectrum's DC is 1), and a ZOGY run gives what the row-transform path gives
     to float32 round-off, with the same catalog.  A measured-like stamp (truncated Moffat, high
     rank) keeps the row transforms."""

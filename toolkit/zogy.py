@@ -1284,7 +1284,7 @@ def _stamp_rows(kernels: list[np.ndarray], shape: tuple[int, int], dtype=np.floa
     return sfft.rfft(r, axis=-1, workers=fft_workers(r.size)), rows
 
 
-#: PSF stamps of at most this numerical rank get their spectra from their singular vectors
+#: PSF stamps of at most this rank get their spectra from their column and row terms
 #: (:class:`_PsfColumns`); others from the column transforms of their rows
 LOW_RANK_MAX = 2
 
@@ -1388,8 +1388,8 @@ class _PsfColumns:
 def _full_algebra(psf: _PsfColumns, shape: tuple[int, int], args: tuple, work, want_psf: bool):
     """:func:`_algebra_rows` over the cell's full rfft grid: ``(spectra, pd_hat, ps_hat, F_S sum)``.
 
-    The PSF spectra are made in bands of ~128 columns (column transforms of the stamps' rows, in
-    float64) with the algebra on each band: a few MB at a time instead of two 37 MB cell-size
+    The PSF spectra are made in bands of ~128 columns (:class:`_PsfColumns`, in float64) with
+    the algebra on each band: a few MB at a time instead of two 37 MB cell-size
     complex128 planes, whose fresh pages cost more than the transforms on this kind of machine.
     """
     ny, nx = shape
