@@ -620,9 +620,7 @@ def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: i
     bins = {r: int(np.searchsorted(cum, r, side="right")) for r in ranks}
     used = sorted(set(bins.values()))
     if pre_lo is not None and set(used) <= set(guess):
-        used, lo_hist = guess, pre_lo
-        slot = np.full(65536, len(used), np.int32)
-        slot[used] = np.arange(len(used), dtype=np.int32)
+        lo_hist = pre_lo  # made in the first pass; ``slot`` still maps the guessed bins to it
     else:
         slot = np.full(65536, len(used), np.int32)
         slot[used] = np.arange(len(used), dtype=np.int32)
