@@ -153,12 +153,12 @@ def run(size: int, repeat: int, psf: str = "gauss") -> None:
     peak = mem["engine"][1]
     tm = res.timings
     ker = _cell_kernels(sci.psf.compute_kernel_image(), ref.psf.compute_kernel_image(), *res.flux_scalings, res.cells[0]["var_science"], res.cells[0]["var_template"], outer, True, np.dtype(sci.dtype).type)
-    boxed, _, full, _ = ker.fused_squares()
+    boxed, _, full, _, low = ker.fused_squares()
     print(f"\n== {size}^2 float32 pair, {'Gaussian PSF models' if psf == 'gauss' else '41-px truncated Moffat PSF models (beta 2.5)'}, padded cell {outer[0]}x{outer[1]}")
     print(f"engine       {t_engine:6.3f} s   (prepare {tm['prepare']:.3f}, fourier {tm['fourier']:.3f}, rest {tm['total'] - tm['prepare'] - tm['fourier']:.3f})")
     print(f"FFT floor    {t_floor:6.3f} s   (8 real transforms at {outer[0]}x{outer[1]}, {np.dtype(sci.dtype).name})  engine/floor   = {t_engine / t_floor:5.2f}, run by run {r_floor:5.2f}, best/best {b_floor:5.2f}  (target <= 2)")
     print(f"minimal ZOGY {t_min:6.3f} s   (13 float64 transforms at {size}^2, constant variance)        engine/minimal = {t_engine / t_min:5.2f}, run by run {r_min:5.2f}, best/best {b_min:5.2f}  (target <= 1.2)")
-    print(f"kernel path: P_D/P_S coarse step {ker.coarse}; squared kernels on a box {len(boxed)}, on the full cell {len(full)}")
+    print(f"kernel path: P_D/P_S coarse step {ker.coarse}; squared kernels on a box {len(boxed)} ({len(low)} of them from their cross terms: {', '.join(str(f[0].shape[1]) for f in low.values()) or '-'}), on the full cell {len(full)}")
     print(f"peak traced memory {gb(peak)} (target <= 1 GB at 2048^2); inputs {gb(2 * (sci.image.nbytes + sci.variance.nbytes + sci.mask.nbytes))}")
     # the engine's result is new planes (D, V_D, S, V_S in their padded cells, Scorr, two
     # masks), the floor's four spectra; where new pages are slow, the engine is slowed more

@@ -16,6 +16,7 @@ noise, flux-ratio fit) and a transient catalog, all off unless asked for.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
@@ -898,16 +899,24 @@ class _CellKernels:
 
     @_locked
     def _plan_squares(self) -> tuple:
-        """The pixel-space kernels squared: ``(boxed, full, rows)`` with ``boxed`` the
+        """The pixel-space kernels squared: ``(boxed, full, rows, low)`` with ``boxed`` the
         ``(index, half-size, square)`` of kernels whose square fits a central box, ``full`` the
-        indices of those that need LSST's full-cell square, and ``rows`` the row transforms of
-        the boxed squares (all cut to the largest box; None if no square fits a box).
+        indices of those that need LSST's full-cell square, ``low`` the spectra of the boxed
+        squares' cross terms by kernel index (see below), and ``rows`` the row transforms of
+        the other boxed squares (all cut to the largest box; None if there are none).
 
         A kernel whose square has all but 1e-9 of its sum within a central box (the usual
         case: the score kernels, and whitening kernels of well-sampled PSFs) is squared on that
         box; the neglected tail changes V_D and V_S by < 1e-9 relative, below float32
         resolution.  Long-tailed kernels (truncated PSF stamps whiten into slowly decaying
         kernels) take LSST's full-cell square.
+
+        A boxed square that is the sum of at most ``SQUARE_RANK_MAX`` products of a column
+        and a row, to ``SQUARE_RANK_TOL`` of its sum (smooth kernels are: 4-5 terms for the
+        simulator's Gaussian pairs, 7-17 for truncated Moffats), has its spectrum made as the
+        matrix product of its terms' column and row spectra (:func:`_square_band`): a few
+        complex products a frequency, where the column transforms of its rows cost ~3x more
+        at 2048^2.  The residual moves V_D and V_S by less than the tail already left out.
         """
         if self._square_plan is None:
             ny, nx = self.shape
@@ -947,31 +956,40 @@ class _CellKernels:
                 # the long-tailed kernels' column transforms are the first half of their
                 # full-cell inverse transforms (:meth:`_full_squares`): kept for it, not redone
                 self._cols_y = self._cols_y[full] if full else None
+            cdt = np.complex64 if self.work == np.float32 else np.complex128
+            low = {}
+            for i, r, c2 in boxed:
+                box = c2[rmax - r:rmax + r + 1, rmax - r:rmax + r + 1]
+                terms = _cross_terms(box, SQUARE_RANK_MAX, SQUARE_RANK_TOL)
+                if terms is not None:
+                    low[i] = _square_factors(_term_spectra(terms, box.shape, self.shape), cdt)
             rows_t = None
-            if boxed:
-                r = max(b[1] for b in boxed)
+            by_rows = [b for b in boxed if b[0] not in low]
+            if by_rows:
+                r = max(b[1] for b in by_rows)
                 # every square cut to the largest box needed
-                cut = [c2[rmax - r:rmax + r + 1, rmax - r:rmax + r + 1].astype(self.work) for _, _, c2 in boxed]
+                cut = [c2[rmax - r:rmax + r + 1, rmax - r:rmax + r + 1].astype(self.work) for _, _, c2 in by_rows]
                 rows_t = _stamp_rows(cut, self.shape, self.work)
-            self._square_plan = (boxed, full, rows_t)
+            self._square_plan = (boxed, full, rows_t, low)
             self.boxed = [2 * r + 1 for _, r, _ in boxed]
         return self._square_plan
 
     def fused_squares(self) -> tuple:
         """What the fused pass (:func:`_fourier_fused`) reads for the squared kernels:
-        ``(boxed, rows, full, planes)``: the indices of the kernels whose square fits a box and
-        those squares' row transforms (:func:`_stamp_rows`, or None if there are none), and the
-        indices of the long-tailed kernels with their squares' spectra on the cell's full grid
-        (LSST's full-cell square, see :meth:`_plan_squares`; an array, empty if none)."""
-        boxed, full, rows_t = self._plan_squares()
-        return [i for i, _, _ in boxed], rows_t, full, self._full_squares()
+        ``(boxed, rows, full, planes, low)``: the indices of the kernels whose square fits a
+        box, the row transforms (:func:`_stamp_rows`, or None) of those among them not in
+        ``low``, the indices of the long-tailed kernels with their squares' spectra on the
+        cell's full grid (LSST's full-cell square; an array, empty if none), and ``low``, the
+        boxed squares' cross-term spectra by kernel index (see :meth:`_plan_squares`)."""
+        boxed, full, rows_t, low = self._plan_squares()
+        return [i for i, _, _ in boxed], rows_t, full, self._full_squares(), low
 
     @_locked
     def _full_squares(self) -> np.ndarray:
         """Spectra of the full-cell squares of the long-tailed kernels (in the order of
         :meth:`_plan_squares`' ``full``), made once."""
         if self._full_sq is None:
-            _, full, _ = self._plan_squares()
+            full = self._plan_squares()[1]
             if not full:
                 self._full_sq = np.zeros((0, self.shape[0], self.shape[1] // 2 + 1), np.complex64 if self.work == np.float32 else np.complex128)
             else:
@@ -990,14 +1008,25 @@ class _CellKernels:
         cell's full grid, made on first use: a cell whose variance planes are constant never
         needs them."""
         if self._squares is None:
-            boxed, full, rows_t = self._plan_squares()
-            if not full:
+            boxed, full, rows_t, low = self._plan_squares()
+            ny, nx = self.shape
+            nxh = nx // 2 + 1
+            by_rows = [i for i, _, _ in boxed if i not in low]
+            if not full and not low:
                 sq = _columns(rows_t, self.shape)
             else:
-                sq = np.empty_like(self.spectra)
-                if boxed:
-                    sq[[i for i, _, _ in boxed]] = _columns(rows_t, self.shape)
-                sq[full] = self._full_squares()
+                sq = np.empty((len(boxed) + len(full), ny, nxh), np.complex64 if self.work == np.float32 else np.complex128)
+                if by_rows:
+                    sq[by_rows] = _columns(rows_t, self.shape)
+                if low:
+                    # band by band, as the fused pass makes them (the same products)
+                    with one_blas_thread():
+                        for j in range(0, nxh, _BAND):
+                            cols = slice(j, min(j + _BAND, nxh))
+                            for i, f in low.items():
+                                _square_band(f, cols, sq[i, :, cols])
+                if full:
+                    sq[full] = self._full_squares()
             self._squares = sq
         return self._squares
 
@@ -1287,6 +1316,46 @@ def _stamp_rows(kernels: list[np.ndarray], shape: tuple[int, int], dtype=np.floa
 #: PSF stamps of at most this rank get their spectra from their column and row terms
 #: (:class:`_PsfColumns`); others from the column transforms of their rows
 LOW_RANK_MAX = 2
+#: boxed squared kernels of at most this many cross terms (to SQUARE_RANK_TOL of their sum)
+#: get their spectra as matrix products of the terms' spectra (:meth:`_CellKernels._plan_squares`);
+#: at 2048^2 the product of 24 terms still costs less than the column transforms it replaces
+SQUARE_RANK_MAX = 24
+SQUARE_RANK_TOL = 1e-10
+
+
+def _square_factors(spectra: tuple[np.ndarray, np.ndarray], cdt) -> tuple[np.ndarray, np.ndarray]:
+    """A boxed square's terms' column and row spectra (:func:`_term_spectra`) as
+    :func:`_square_band` reads them: ``((ny, r), (r, nx // 2 + 1))`` in ``cdt``.
+
+    Each term's two spectra are scaled to the same peak, and the real and imaginary parts
+    whose products with the other spectrum's peak are below 1e-12 of the square's spectral
+    peak (its sum: the square is positive) are set to zero.  Why: a smooth kernel's spectra
+    fall to ~1e-20 of their peak at high frequencies (their round-off imaginary parts lower
+    still), where their products are float32 subnormals, and subnormal arithmetic made the
+    products ~15x slower.  What is zeroed moves the spectrum by < 1e-12 of its peak per term
+    and factor, far below the float32 resolution it is stored at."""
+    a, b = (x.copy() for x in spectra)
+    peak = float(np.abs((a[:, :1] * b[:, :1]).sum()))  # the spectrum at frequency 0
+    for t in range(len(a)):
+        pa, pb = float(np.abs(a[t]).max()), float(np.abs(b[t]).max())
+        if pa > 0 and pb > 0:
+            g = np.sqrt(pb / pa)
+            a[t] *= g
+            b[t] /= g
+        for x, other in ((a[t], b[t]), (b[t], a[t])):
+            f = x.view(np.float64)
+            f[np.abs(f) * np.abs(other).max(initial=0.0) < 1e-12 * peak] = 0
+    return np.ascontiguousarray(a.T, dtype=cdt), b.astype(cdt)
+
+
+def _square_band(factors: tuple[np.ndarray, np.ndarray], cols: slice, out: np.ndarray) -> None:
+    """A boxed square's spectrum on the columns ``cols`` into ``out`` (ny, width): the product
+    of its terms' column spectra (ny, r) and row spectra (r, nx // 2 + 1).  Why a BLAS
+    product: a compiled loop over so few terms a frequency ran at a quarter of its speed (the
+    terms are too few for the compiler to keep the sums in registers); callers hold
+    :func:`~toolkit.parallel.one_blas_thread` around it."""
+    a, b = factors
+    np.matmul(a, b[:, cols], out=out)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -1302,9 +1371,9 @@ def _low_rank_band(A, B, c0, w, P):  # pragma: no cover - compiled
                 P[k, v, j] = acc
 
 
-def _cross_terms(k: np.ndarray, max_rank: int) -> tuple[np.ndarray, np.ndarray] | None:
+def _cross_terms(k: np.ndarray, max_rank: int, tol: float = 1e-15) -> tuple[np.ndarray, np.ndarray] | None:
     """``(columns (ky, r), rows (r, kx))`` with ``k`` = columns @ rows to a residual of at most
-    1e-15 of ``k``'s absolute sum, for r <= ``max_rank``; None if more terms would be needed.
+    ``tol`` of ``k``'s absolute sum, for r <= ``max_rank``; None if more terms would be needed.
 
     Cross approximation with full pivoting: each term is the residual's column and row through
     its largest element, which removes that column and row exactly; a stamp of rank r is done
@@ -1314,7 +1383,7 @@ def _cross_terms(k: np.ndarray, max_rank: int) -> tuple[np.ndarray, np.ndarray] 
     res = np.array(k, dtype=np.float64)
     total = float(np.abs(res).sum())
     cols, rows = [], []
-    while float(np.abs(res).sum()) > 1e-15 * total:
+    while float(np.abs(res).sum()) > tol * total:
         if len(cols) == max_rank:
             return None
         p, q = np.unravel_index(int(np.argmax(np.abs(res))), res.shape)
@@ -1325,6 +1394,21 @@ def _cross_terms(k: np.ndarray, max_rank: int) -> tuple[np.ndarray, np.ndarray] 
     if not cols:  # an all-zero stamp
         cols, rows = [np.zeros(res.shape[0])], [np.zeros(res.shape[1])]
     return np.stack(cols, axis=1), np.stack(rows)
+
+
+def _term_spectra(terms: tuple[np.ndarray, np.ndarray], kshape: tuple[int, int], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The 1-D spectra of a stamp's cross terms (:func:`_cross_terms`) on a cell of ``shape``,
+    the stamp's centre at [0, 0] (LSST ``padCenterOriginArray``): ``(fft of the columns
+    (r, ny), rfft of the rows (r, nx // 2 + 1))``, complex128.  The stamp's rfft2 on the cell
+    is ``sum_i outer(cols[i], rows[i])``."""
+    cu, rv = terms
+    ny, nx = shape
+    ky, kx = kshape
+    col = np.zeros((cu.shape[1], ny))
+    col[:, (np.arange(ky) - ky // 2) % ny] = cu.T
+    row = np.zeros((rv.shape[0], nx))
+    row[:, (np.arange(kx) - kx // 2) % nx] = rv
+    return sfft.fft(col, axis=-1), sfft.rfft(row, axis=-1)
 
 
 class _PsfColumns:
@@ -1350,14 +1434,10 @@ class _PsfColumns:
             rank = max(t[0].shape[1] for t in terms)
             A = np.zeros((len(kernels), rank, ny), np.complex128)
             B = np.zeros((len(kernels), rank, nx // 2 + 1), np.complex128)
-            for i, ((cu, rv), k) in enumerate(zip(terms, kernels)):
-                ky, kx = k.shape
-                col = np.zeros((cu.shape[1], ny))
-                col[:, (np.arange(ky) - ky // 2) % ny] = cu.T
-                row = np.zeros((rv.shape[0], nx))
-                row[:, (np.arange(kx) - kx // 2) % nx] = rv
-                A[i, : cu.shape[1]] = sfft.fft(col, axis=-1)
-                B[i, : rv.shape[0]] = sfft.rfft(row, axis=-1)
+            for i, (t, k) in enumerate(zip(terms, kernels)):
+                a, b = _term_spectra(t, k.shape, shape)
+                A[i, : len(a)] = a
+                B[i, : len(b)] = b
             self.factors = (A, B)
         else:
             self.rows = _stamp_rows(kernels, shape)
@@ -1550,8 +1630,9 @@ def _fourier_fused(wides: list[np.ndarray], shape: tuple[int, int], ker: _CellKe
     PSF spectra (float64) and the squared kernels' spectra are made, the kernels are formed and
     applied (:func:`_fused_band`) and the inverse column transforms taken, while the band is in
     cache; then the rows go back.  ``sq`` is :meth:`_CellKernels.fused_squares`: the squares
-    that fit a box come from their rows' column transforms band by band, the long-tailed ones
-    (LSST's full-cell squares, which truncated PSF stamps need) from their stored spectra.
+    that fit a box come band by band from their cross terms' spectra or their rows' column
+    transforms, the long-tailed ones (LSST's full-cell squares, which truncated PSF stamps
+    need) from their stored spectra.
     Why by hand: at 2048^2 the kernel spectra, their squares and the data spectra were twelve
     fresh 18-37 MB planes, whose page faults and memory traffic cost as much as the transforms.
     """
@@ -1565,10 +1646,11 @@ def _fourier_fused(wides: list[np.ndarray], shape: tuple[int, int], ker: _CellKe
     sd, svd = dt.type(scales.get(0, 1.0)), dt.type(scales.get(2, 1.0))
     for w in wides:
         _rows_in_place(w, nx, False)
-    boxed, rows_t, full, planes = sq
+    boxed, rows_t, full, planes, low = sq
     n_sq = len(boxed) + len(full)
-    # the boxed squares transform straight into Q when they are all of them
-    direct = not full
+    by_rows = [i for i in boxed if i not in low]
+    # the squares made from their rows transform straight into Q when they are all of them
+    direct = by_rows == list(range(n_sq))
 
     def run(group: Iterable[slice]) -> None:
         # the stamps' bands: zero but for the stamps' rows, which each band overwrites; their
@@ -1576,19 +1658,21 @@ def _fourier_fused(wides: list[np.ndarray], shape: tuple[int, int], ker: _CellKe
         P_in = ker.psf.scratch(_BAND)
         P = np.empty((2, ny, _BAND), np.complex128)
         Q = np.empty((n_sq, ny, _BAND), cdt)
-        if boxed:
+        if by_rows:
             qx, qrow = rows_t
-            Q_in = np.zeros((len(boxed), ny, _BAND), cdt)
-            Q_box = Q if direct else np.empty((len(boxed), ny, _BAND), cdt)
+            Q_in = np.zeros((len(by_rows), ny, _BAND), cdt)
+            Q_box = Q if direct else np.empty((len(by_rows), ny, _BAND), cdt)
         for cols in group:
             w = cols.stop - cols.start
             ker.psf.band(cols, P, P_in)
-            if boxed:
+            for i, f in low.items():
+                _square_band(f, cols, Q[i, :, :w])
+            if by_rows:
                 q_in = Q_in[:, :, :w]
                 q_in[:, qrow[0]] = qx[:, : len(qrow[0]), cols]
                 _fft_cols_into(q_in, Q_box[:, :, :w])
                 if not direct:
-                    Q[boxed, :, :w] = Q_box[:, :, :w]
+                    Q[by_rows, :, :w] = Q_box[:, :, :w]
             if full:
                 Q[full, :, :w] = planes[:, :, cols]
             band = [c[:, cols] for c in C]
@@ -1598,7 +1682,8 @@ def _fourier_fused(wides: list[np.ndarray], shape: tuple[int, int], ker: _CellKe
             for b in outputs:
                 _fft_cols(band[b], inverse=True)
 
-    map_bands(run, nxh, _BAND)
+    with one_blas_thread() if low else contextlib.nullcontext():
+        map_bands(run, nxh, _BAND)
     for b in outputs:
         _rows_in_place(wides[b], nx, True)
 
