@@ -1182,7 +1182,7 @@ def _algebra_rows(P1, P2, f1, f2, a1, a2, calc_score, want_psf, spectra, pd_hat,
     return part
 
 
-_BAND = 16  # complex columns per band of the fused pass: ~3.3 MB of band arrays per thread at 2160 rows (64 columns, 13 MB, ran ~8 % slower: L2/L3 misses)
+_BAND = 32  # complex columns per band of the fused pass.  At 2048^2 (on 2 cores, 2 MB L2 each) 24-64 ran alike and ~7 % faster than 16 once the squares came from BLAS products (wider products, half the calls); 8 ran ~20 % slower
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
