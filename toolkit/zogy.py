@@ -637,13 +637,17 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
             v2 = mclip(r_var[isl], (mask_r[0][isl], bad_r), factors[3])
             v1 = v1 if v1 > 0 else full_variance(0)
             v2 = v2 if v2 > 0 else full_variance(1)
-        # the two images' padding from two seeded streams (their noise must differ) and the
-        # cell's kernels (~13 ms at 2048^2 with the squares' plan), as three tasks on two
-        # threads (the draws, copies and transforms release the GIL; three end sooner than the
-        # padding pair followed by the kernels) where the cell is big enough to pay for two
-        # threads: a grid's small cells run in the calling thread
-        def pad(a):
-            return lambda: _padded_cell(a[0], a[1], outer, local, a[2], np.random.default_rng([cfg.paddingSeed, ci, a[3]]), work, a[4])
+        # the two images' padding from two seeded streams (their noise must differ), the two
+        # variance planes' and the cell's kernels (~10 ms at 2048^2 with the squares' plan), as
+        # five tasks on two threads (the draws, copies and transforms release the GIL; five
+        # unequal tasks, the longest first, leave less of a thread idle than three) where the
+        # cell is big enough to pay for two threads: a grid's small cells run in the calling
+        # thread
+        def image(img, v, i, f):
+            return lambda: _padded_image(img, outer, local, v, np.random.default_rng([cfg.paddingSeed, ci, i]), work, f)
+
+        def variance(var, v, f):
+            return lambda: _padded_variance(var, outer, local, v, work, f)
 
         def kernels() -> _CellKernels:
             ker = _cell_kernels(k1, k2, f_n, f_r, v1, v2, outer.shape, calculate_score, work)
@@ -651,7 +655,7 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
                 ker.fused_squares()  # made once and kept by the kernels (the fused pass reads it)
             return ker
 
-        ker, (N1, V1, ok1), (N2, V2, ok2) = map_calls([kernels, pad((n_img, n_var, v1, 0, factors[0:2])), pad((r_img, r_var, v2, 1, factors[2:4]))], threaded=outer.shape[0] >= MIN_THREADED_ROWS)
+        ker, (N1, ok1), (N2, ok2), V1, V2 = map_calls([kernels, image(n_img, v1, 0, factors[0]), image(r_img, v2, 1, factors[2]), variance(n_var, v1, factors[1]), variance(r_var, v2, factors[3])], threaded=outer.shape[0] >= MIN_THREADED_ROWS)
         if fast and not (ok1 and ok2):
             raise _NotFinite
         # LSST pasteSubDiffImg: inner box only, D and V_D divided by F_D (and F_D^2) per cell; a
@@ -792,35 +796,55 @@ def _crop_normalize(full: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def _padded_cell(img, var, outer: Box, local: Box, mean_var: float, rng, dtype, factors=(1.0, 1.0)):
     """LSST ``initializeSubImage``: the outer box filled from the image where they overlap and
     with white noise of the cell's mean variance outside the image (variance = that mean).
+    ``(image cell, variance cell, whether every value copied from img is finite)``: the two
+    halves, :func:`_padded_image` and :func:`_padded_variance`, one after the other."""
+    a, finite = _padded_image(img, outer, local, mean_var, rng, dtype, factors[0])
+    return a, _padded_variance(var, outer, local, mean_var, dtype, factors[1]), finite
+
+
+def _strips(outer: Box, local: Box) -> tuple[tuple, list[tuple[slice, slice]]]:
+    """The slices of the cell that the image covers, and of the (up to four) strips outside it."""
+    h, w = outer.shape
+    dst = outer.intersection(local).slices((outer.x0, outer.y0))
+    ya, yb, xa, xb = dst[0].start, dst[0].stop, dst[1].start, dst[1].stop
+    strips = [(slice(0, ya), slice(0, w)), (slice(yb, h), slice(0, w)), (slice(ya, yb), slice(0, xa)), (slice(ya, yb), slice(xb, w))]
+    return dst, [sl for sl in strips if sl[0].stop > sl[0].start and sl[1].stop > sl[1].start]
+
+
+def _padded_image(img, outer: Box, local: Box, mean_var: float, rng, dtype, factor=1.0) -> tuple[np.ndarray, bool]:
+    """The image half of :func:`_padded_cell`: the cell (the left part of rows two floats wider
+    than the cell, where each row's half spectrum fits: :func:`_wide_buffer`) and whether every
+    value copied from ``img`` (times ``factor``, the calibration still to be applied, in
+    ``dtype``) is finite.
 
     Only the outside strips are drawn (a whole-box draw costs ~40 ms at 2k^2 for pixels that are
-    then overwritten).  ``rng`` is shared by both images of a cell, so their noise differs.
-    ``factors``: the calibration still to be applied to ``img`` and ``var`` (in ``dtype``),
-    applied as they are copied.  Also returns whether every value copied from ``img`` (times
-    its factor) is finite.
-    The cells are the left parts of rows two floats wider than the cell, where each row's
-    half spectrum fits (:func:`_wide_buffer`).
+    then overwritten).  ``rng`` is the image's own stream: the two images' noise must differ.
     """
     h, w = outer.shape
     a = _conv_buffer((h, w), dtype)[:, :w]
-    b = _conv_buffer((h, w), dtype)[:, :w]
-    ov = outer.intersection(local)
-    dst = ov.slices((outer.x0, outer.y0))
-    # the image copied (and scaled) by a pass that also says whether every value it wrote is
-    # finite; the variance plane as before (the input checks scanned it)
-    finite = _copy_finite(img[ov.slices()], dtype(factors[0]), a[dst])
-    if factors[1] != 1.0:
-        np.multiply(var[ov.slices()], factors[1], out=b[dst])
-    else:
-        b[dst] = var[ov.slices()]
-    ya, yb, xa, xb = dst[0].start, dst[0].stop, dst[1].start, dst[1].stop
+    dst, strips = _strips(outer, local)
+    # copied (and scaled) by a pass that also says whether every value it wrote is finite
+    finite = _copy_finite(img[outer.intersection(local).slices()], dtype(factor), a[dst])
     sd = np.sqrt(mean_var)
-    for sl in ((slice(0, ya), slice(0, w)), (slice(yb, h), slice(0, w)), (slice(ya, yb), slice(0, xa)), (slice(ya, yb), slice(xb, w))):
-        shape = (sl[0].stop - sl[0].start, sl[1].stop - sl[1].start)
-        if shape[0] > 0 and shape[1] > 0:
-            a[sl] = rng.standard_normal(shape, dtype=dtype) * dtype(sd)
-            b[sl] = mean_var
-    return a, b, finite
+    for sl in strips:
+        a[sl] = rng.standard_normal((sl[0].stop - sl[0].start, sl[1].stop - sl[1].start), dtype=dtype) * dtype(sd)
+    return a, finite
+
+
+def _padded_variance(var, outer: Box, local: Box, mean_var: float, dtype, factor=1.0) -> np.ndarray:
+    """The variance half of :func:`_padded_cell`: the plane (times ``factor``) where the image
+    covers the cell, ``mean_var`` outside; laid out as :func:`_padded_image`'s cell."""
+    h, w = outer.shape
+    b = _conv_buffer((h, w), dtype)[:, :w]
+    dst, strips = _strips(outer, local)
+    src = var[outer.intersection(local).slices()]
+    if factor != 1.0:
+        np.multiply(src, factor, out=b[dst])
+    else:
+        b[dst] = src
+    for sl in strips:
+        b[sl] = mean_var
+    return b
 
 
 @nb.njit(cache=True, nogil=True, fastmath={"reassoc"})  # NaN/inf rules kept
