@@ -888,3 +888,52 @@ def test_images_checked_in_their_padded_copy_send_the_run_back_when_not_finite()
     with pytest.warns(RuntimeWarning, match="calibrating the science image by 7 overflows float32 at 1 pixel"):
         res = zogy(sci, ref)
     assert res.scorr[100, 100] == 0
+
+
+def test_variance_checked_in_its_padded_copy_sends_the_run_back():
+    """Variance planes whose sample looks finite and > 0 are not scanned first either: their
+    copy into the cell checks every value.  A zero the sample misses gives the scanned run's
+    named error; a NaN gives the scanned run's result, bit for bit; a calibration that
+    overflows one is warned about once, as the scanned run does."""
+    import warnings
+
+    import toolkit.zogy as z
+
+    pair = simulate_pair(size=256, seed=4)
+    cfg = ZogyConfig()
+
+    def with_variance(var, calib=None):
+        s = pair.science
+        return Exposure(s.image, var, s.mask, psf=s.psf, photo_calib=s.photo_calib if calib is None else calib)
+
+    var = pair.science.variance.copy()
+    var[37, 91] = 0.0  # off the sample's grid and edges
+    sci = with_variance(var)
+    assert z._looks_finite(sci)
+    with pytest.raises(z._NotFinite):
+        z._zogy(sci, pair.reference, cfg, True, None, trust_images=True)
+    with pytest.raises(InputError, match=r"science variance plane has zero or negative values \(1 pixels\)"):
+        zogy(sci, pair.reference, cfg)
+
+    var = pair.science.variance.copy()
+    var[37, 91] = np.nan
+    sci = with_variance(var)
+    got = zogy(sci, pair.reference, cfg)
+    want = z._zogy(sci, pair.reference, cfg, True, None, trust_images=False)
+    for a, b in ((got.diff.image, want.diff.image), (got.diff.variance, want.diff.variance), (got.scorr, want.scorr)):
+        np.testing.assert_array_equal(a, b)
+    assert got.scorr[37, 91] == 0
+
+    var = pair.science.variance.copy()
+    var[100, 100] = 3e38  # x 7^2 overflows float32
+    ref = Exposure(pair.reference.image, pair.reference.variance, pair.reference.mask, psf=pair.reference.psf, photo_calib=7.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = zogy(with_variance(var, 7.0), ref, cfg)
+    msgs = [str(w.message) for w in caught]
+    assert sum("calibrating the science variance by 49 overflows float32 at 1 pixel" in m for m in msgs) == 1, msgs
+    assert res.scorr[100, 100] == 0
+    # a sample with a zero (or a NaN) goes the scanned way from the start
+    var = pair.science.variance.copy()
+    var[32, 48] = 0.0
+    assert not z._looks_finite(with_variance(var))

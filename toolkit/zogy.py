@@ -288,8 +288,8 @@ def _check_inputs(sci: Exposure, ref: Exposure, scan_images: bool = True) -> dic
     """Named errors for unusable inputs.  Returns ``{id(plane): max |x|}`` for the image and
     variance planes found entirely finite on the way (they need no non-finite pass later, and
     the largest |x| says whether a calibration factor can overflow them).  ``scan_images=False``
-    leaves the image planes to the padding's copy (:func:`_copy_finite`), which finds what
-    this scan would have found."""
+    leaves the image and variance planes to the padding's copies (:func:`_copy_finite`,
+    :func:`_copy_positive`), which find what this scan would have found."""
     for name, e in (("science", sci), ("template", ref)):
         if not isinstance(e, Exposure):
             raise InputError(f"{name} must be an Exposure, got {type(e).__name__}")
@@ -299,7 +299,11 @@ def _check_inputs(sci: Exposure, ref: Exposure, scan_images: bool = True) -> dic
             raise InputError(f"{name} image is empty (shape {e.shape})")
     # each image's two planes scanned once, the two images side by side
     big = sci.image.size >= MIN_THREADED_ROWS**2
-    scans = map_pair(lambda e: (_scan_plane(e.image) if scan_images else (1, 0, np.nan), _scan_plane(e.variance)), sci, ref, threaded=big)
+    if scan_images:
+        scans = map_pair(lambda e: (_scan_plane(e.image), _scan_plane(e.variance)), sci, ref, threaded=big)
+    else:
+        # the padded copies check both planes (see _zogy)
+        scans = [((-1, 0, np.nan), (-1, 0, np.nan))] * 2
     finite: dict[int, float] = {}
     for (name, e), (img, var) in zip((("science", sci), ("template", ref)), scans):
         if img[0] == 0:
@@ -441,26 +445,36 @@ def zogy(science: Exposure, template: Exposure, config: ZogyConfig | None = None
 
 
 def _looks_finite(e: Exposure) -> bool:
-    """Whether a sample of the image (its edge rows and columns and every 16th pixel of every
-    16th row, ~1/256 of it) is finite: an image with NaN borders or blank regions (a JWST
-    mosaic's edges) is then scanned first instead of found out in its padded copy."""
-    a = getattr(e, "image", None)
-    if not isinstance(a, np.ndarray) or a.ndim != 2 or a.size == 0:
+    """Whether a sample of the image and the variance plane (their edge rows and columns and
+    every 16th pixel of every 16th row, ~1/256 of them) is finite, and the variance's > 0: an
+    image with NaN borders or blank regions (a JWST mosaic's edges), or a variance plane with
+    zeros, is then scanned first instead of found out in its padded copy."""
+    a, v = getattr(e, "image", None), getattr(e, "variance", None)
+    if not all(isinstance(x, np.ndarray) and x.ndim == 2 and x.size for x in (a, v)):
         return False  # the input checks name the problem
-    return bool(np.isfinite(a[::16, ::16]).all() and np.isfinite(a[[0, -1]]).all() and np.isfinite(a[:, [0, -1]]).all())
+
+    def sample(x):
+        return np.concatenate([x[::16, ::16].ravel(), x[[0, -1]].ravel(), x[:, [0, -1]].ravel()])
+
+    with np.errstate(invalid="ignore"):
+        return bool(np.isfinite(sample(a)).all() and (sample(v) > 0).all() and np.isfinite(sample(v)).all())
 
 
 class _NotFinite(Exception):
-    """Raised inside :func:`_zogy` when a padded copy of an image that was not scanned for
-    non-finite pixels turns out to hold some."""
+    """Raised inside :func:`_zogy` when a padded copy of a plane that was not scanned turns out
+    to hold a non-finite pixel (or, of a variance plane, one <= 0)."""
 
 
 def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_score: bool, progress: Callable[[str, float], None] | None, trust_images: bool) -> ZogyResult:
     """:func:`zogy`'s body.  ``trust_images``: where nothing reads the images before their cell
-    is padded (whole-image mode, no background, flux-ratio fit or source-noise option), they
-    are not scanned first: a copy into the cells that checks every value (:func:`_copy_finite`) finds any
-    non-finite pixel, or an overflow of its calibration, and raises :class:`_NotFinite` so the
-    caller runs again with them scanned (one 16 MB read of each 2k^2 image saved otherwise)."""
+    is padded (whole-image mode, no background, flux-ratio fit or source-noise option), the
+    images and variance planes are not scanned first: their copies into the cell check every
+    value (:func:`_copy_finite`, :func:`_copy_positive`) and find any non-finite pixel, any
+    variance <= 0 or an overflow of the calibration, and raise :class:`_NotFinite` so the
+    caller runs again with them scanned (which names the problem or handles the pixels as
+    LSST does).  One 16 MB read of each 2k^2 plane is saved otherwise.  (The variance planes'
+    clipped means come first: they skip non-finite pixels, and an unusable result also sends
+    the run back.)"""
     t0 = time.perf_counter()
     lazy = not (cfg.correctBackground or cfg.doFitFluxRatio or cfg.doSourceNoise)
     # (whole-image mode only: a grid's run sent back would have reported progress on the cells
@@ -497,9 +511,9 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
         # max |x| of a plane found entirely finite by the input checks (NaN if it was not)
         big = finite_planes.get(id(a), np.nan)
         a = np.asarray(a, dtype=work)
-        if fast and k % 2 == 0:
-            # an image not scanned: scaled as it is copied into its cell, where any non-finite
-            # value (an input's, or an overflow) sends the run back (see _zogy)
+        if fast:
+            # a plane not scanned: scaled as it is copied into its cell, where any non-finite
+            # value (an input's, or an overflow) or variance <= 0 sends the run back (see _zogy)
             arrays.append(a)
             factors.append(work(c))
             continue
@@ -532,6 +546,10 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
         # afw MEANCLIP (3 sigma, 3 iterations) of the finite pixels without a bad bit; NaN if
         # none.  Of a plane still to be scaled by ``factor``: of a * factor, bit for bit
         m, bits = good
+        if fast:
+            # a plane not scanned may overflow when scaled: the run is then sent back by its copy
+            with np.errstate(over="ignore", invalid="ignore"):
+                return meanclip_masked(a, m, bits, 3.0, 3, None if factor == 1.0 else factor)
         return meanclip_masked(a, m, bits, 3.0, 3, None if factor == 1.0 else factor)
 
     ny, nx = sci.shape
@@ -543,6 +561,8 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
         # computed lazily (in whole-image mode it *is* the single cell's value)
         if which not in full_var:
             v = mclip(n_var, mask_n, factors[1]) if which == 0 else mclip(r_var, mask_r, factors[3])
+            if not v > 0 and fast:
+                raise _NotFinite  # the scanned run names the problem
             if not v > 0:
                 # LSST carried the NaN into the padding and kernels (all-NaN outputs); a named
                 # error says which image and why instead
@@ -567,7 +587,7 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
     nonfinite = None
     arrays = [n_img, n_var, r_img, r_var]
     for i, arr in enumerate(arrays):
-        if (fast and i % 2 == 0) or id(arr) in finite_planes or _all_finite(arr.reshape(-1)):  # one compiled pass, no isfinite plane
+        if fast or id(arr) in finite_planes or _all_finite(arr.reshape(-1)):  # one compiled pass, no isfinite plane
             continue
         bad_px = ~np.isfinite(arr)
         if bad_px.any():
@@ -647,7 +667,7 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
             return lambda: _padded_image(img, outer, local, v, np.random.default_rng([cfg.paddingSeed, ci, i]), work, f)
 
         def variance(var, v, f):
-            return lambda: _padded_variance(var, outer, local, v, work, f)
+            return lambda: _padded_variance(var, outer, local, v, work, f, check=fast)
 
         def kernels() -> _CellKernels:
             ker = _cell_kernels(k1, k2, f_n, f_r, v1, v2, outer.shape, calculate_score, work)
@@ -655,8 +675,8 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
                 ker.fused_squares()  # made once and kept by the kernels (the fused pass reads it)
             return ker
 
-        ker, (N1, ok1), (N2, ok2), V1, V2 = map_calls([kernels, image(n_img, v1, 0, factors[0]), image(r_img, v2, 1, factors[2]), variance(n_var, v1, factors[1]), variance(r_var, v2, factors[3])], threaded=outer.shape[0] >= MIN_THREADED_ROWS)
-        if fast and not (ok1 and ok2):
+        ker, (N1, ok1), (N2, ok2), (V1, ok3), (V2, ok4) = map_calls([kernels, image(n_img, v1, 0, factors[0]), image(r_img, v2, 1, factors[2]), variance(n_var, v1, factors[1]), variance(r_var, v2, factors[3])], threaded=outer.shape[0] >= MIN_THREADED_ROWS)
+        if fast and not (ok1 and ok2 and ok3 and ok4):
             raise _NotFinite
         # LSST pasteSubDiffImg: inner box only, D and V_D divided by F_D (and F_D^2) per cell; a
         # single cell's D and V_D are scaled inside the Fourier pass (the same float products)
@@ -799,7 +819,7 @@ def _padded_cell(img, var, outer: Box, local: Box, mean_var: float, rng, dtype, 
     ``(image cell, variance cell, whether every value copied from img is finite)``: the two
     halves, :func:`_padded_image` and :func:`_padded_variance`, one after the other."""
     a, finite = _padded_image(img, outer, local, mean_var, rng, dtype, factors[0])
-    return a, _padded_variance(var, outer, local, mean_var, dtype, factors[1]), finite
+    return a, _padded_variance(var, outer, local, mean_var, dtype, factors[1])[0], finite
 
 
 def _strips(outer: Box, local: Box) -> tuple[tuple, list[tuple[slice, slice]]]:
@@ -831,20 +851,24 @@ def _padded_image(img, outer: Box, local: Box, mean_var: float, rng, dtype, fact
     return a, finite
 
 
-def _padded_variance(var, outer: Box, local: Box, mean_var: float, dtype, factor=1.0) -> np.ndarray:
+def _padded_variance(var, outer: Box, local: Box, mean_var: float, dtype, factor=1.0, check: bool = False) -> tuple[np.ndarray, bool]:
     """The variance half of :func:`_padded_cell`: the plane (times ``factor``) where the image
-    covers the cell, ``mean_var`` outside; laid out as :func:`_padded_image`'s cell."""
+    covers the cell, ``mean_var`` outside, laid out as :func:`_padded_image`'s cell; and, with
+    ``check``, whether every value copied is finite and > 0 (True without)."""
     h, w = outer.shape
     b = _conv_buffer((h, w), dtype)[:, :w]
     dst, strips = _strips(outer, local)
     src = var[outer.intersection(local).slices()]
-    if factor != 1.0:
+    ok = True
+    if check:
+        ok = _copy_positive(src, dtype(factor), b[dst])
+    elif factor != 1.0:
         np.multiply(src, factor, out=b[dst])
     else:
         b[dst] = src
     for sl in strips:
         b[sl] = mean_var
-    return b
+    return b, ok
 
 
 @nb.njit(cache=True, nogil=True, fastmath={"reassoc"})  # NaN/inf rules kept
@@ -863,6 +887,34 @@ def _copy_finite(src, f, out):  # pragma: no cover - compiled
             r += v - v
         acc += r
     return acc == 0
+
+
+@nb.njit(cache=True, nogil=True)
+def _copy_positive_bits(src, f, out, bits, top):  # pragma: no cover - compiled
+    # out = src * f (in their dtype, as numpy's multiply), and how many products are not
+    # finite and > 0: in integers, as _scan_bits, a float is finite and > 0 exactly when its
+    # bits (``bits``: out's, as unsigned integers) minus 1 lie below ``top`` (the bits of the
+    # largest finite value); counted per row, in SIMD loops
+    one = bits.dtype.type(1)
+    n_bad = 0
+    for i in range(src.shape[0]):
+        s = src[i]
+        o = out[i]
+        ob = bits[i]
+        bad = 0
+        for j in range(s.size):
+            o[j] = s[j] * f
+        for j in range(s.size):
+            bad += (ob[j] - one) >= top
+        n_bad += bad
+    return n_bad
+
+
+def _copy_positive(src: np.ndarray, f, out: np.ndarray) -> bool:
+    """``out[...] = src * f`` (in their float32 or float64 dtype), and whether every product is
+    finite and > 0: the copy of a variance plane that was not scanned (see :func:`_zogy`)."""
+    ut, top = (np.uint32, 0x7F7FFFFF) if out.dtype.itemsize == 4 else (np.uint64, 0x7FEFFFFFFFFFFFFF)
+    return _copy_positive_bits(src, out.dtype.type(f), out, out.view(ut), ut(top)) == 0
 
 
 def _locked(method: Callable) -> Callable:
