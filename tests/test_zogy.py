@@ -342,6 +342,53 @@ def test_fused_pass_equals_unfused(shape, score, monkeypatch):
     assert set(fused) == set(plain)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_fourier_cell_rows_and_finish(fused, monkeypatch):
+    """``rows`` and ``finish``: the rows read come out as without them, and ``finish`` sees
+    every one of those rows once, with S and V_S as they end up (the fused pass hands them over
+    block by block, the other path at the end)."""
+    import toolkit.zogy as zmod
+
+    rng = np.random.default_rng(13)
+    shape = (540, 600)
+    k1 = GaussianPsf(1.6, size=21).compute_kernel_image()
+    k2 = GaussianPsf(1.2, size=21).compute_kernel_image()
+    planes = [rng.normal(0, 10, shape), rng.normal(0, 7, shape), 100 + 50 * rng.random(shape), 49 + 20 * rng.random(shape)]
+    planes = [a.astype(np.float32) for a in planes]
+    if not fused:
+        monkeypatch.setattr(zmod._CellKernels, "fused_squares", lambda self: None)
+    ker = zmod._cell_kernels(k1, k2, 1.3, 0.8, 100.0, 49.0, shape, True, np.float32)
+    want = zmod._fourier_cell(*[a.copy() for a in planes], ker, True, False, (0, 0), scale_d=True)
+    rows = slice(17, 520)
+    seen = np.zeros(rows.stop - rows.start, int)
+    got_s = np.full((rows.stop - rows.start, shape[1]), np.nan, np.float32)
+    got_v = got_s.copy()
+
+    def finish(sl, S, VS):
+        seen[sl] += 1
+        got_s[sl], got_v[sl] = S, VS
+
+    got = zmod._fourier_cell(*[a.copy() for a in planes], ker, True, False, (0, 0), scale_d=True, rows=rows, finish=finish)
+    assert (seen == 1).all()
+    for key in ("D", "VD", "S", "VS"):
+        np.testing.assert_array_equal(got[key][rows], want[key][rows], err_msg=key)
+    np.testing.assert_array_equal(got_s, want["S"][rows])
+    np.testing.assert_array_equal(got_v, want["VS"][rows])
+
+
+def test_single_cell_scorr_is_cleaned_s_over_root_vs():
+    """A single cell's Scorr, made block by block as S and V_S come back, equals S / sqrt(V_S)
+    of the score exposure (cleaned as LSST does: 0 and 1 where V_S is tiny or a pixel was NaN)."""
+    pair = simulate_pair(size=512, seed=21)
+    img = pair.science.image.copy()
+    img[200, 133] = np.nan
+    sci = Exposure(img, pair.science.variance, pair.science.mask, psf=pair.science.psf, photo_calib=pair.science.photo_calib)
+    res = zogy(sci, pair.reference)
+    assert len(res.cells) == 1
+    np.testing.assert_array_equal(res.scorr, res.score.image / np.sqrt(res.score.variance))
+    assert res.scorr[200, 133] == 0 and res.score.variance[200, 133] == 1
+
+
 @pytest.mark.parametrize("score", [True, False])
 def test_fused_pass_with_full_cell_squares_equals_unfused(score, monkeypatch):
     """Truncated Moffat stamps whiten into long-tailed D kernels that need LSST's full-cell
