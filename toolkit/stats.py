@@ -627,9 +627,12 @@ def _masked_order_statistics(x: np.ndarray, mask: np.ndarray | None, bad_bits: i
         lo_hist = np.zeros((len(used) + 1, 65536), np.int32 if n < 2**31 else np.int64)
         _hist_lo32(u, m, bad, use, slot, lo_hist)
     value = {}
+    lo_cum: dict[int, np.ndarray] = {}  # per bin: the ranks share a few (~0.2 ms a cumsum)
     for r, b in bins.items():
         within = r - (int(cum[b - 1]) if b else 0)
-        low = int(np.searchsorted(np.cumsum(lo_hist[slot[b]]), within, side="right"))
+        if b not in lo_cum:
+            lo_cum[b] = np.cumsum(lo_hist[slot[b]])
+        low = int(np.searchsorted(lo_cum[b], within, side="right"))
         key = np.uint32((b << 16) | low)
         bits = key ^ np.uint32(0x80000000) if key & np.uint32(0x80000000) else ~key
         value[r] = float(np.array([bits], np.uint32).view(np.float32)[0])
