@@ -630,6 +630,24 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
     x0, y0 = sci.xy0
     psf_shape1 = sci.psf.compute_kernel_image(center).shape
     one_cell = len(cells) == 1 and work == out_dtype
+    from .masks import remap_mask
+
+    planes = sci.mask_planes.copy()
+    # the OR of the two masks, and (with the score) the score's own copy of it, in blocks of
+    # rows: on this kind of machine the fresh pages of two 2k^2 int32 planes cost more than
+    # the arithmetic.  A single cell's blocks join its padding and kernels as tasks on two
+    # threads (they depend on nothing else, and fill what those leave of a thread); a grid's
+    # are made after its cells.
+    t_mask = remap_mask(template.mask, template.mask_planes, planes)
+    mask = np.empty(sci.shape, np.int32)
+    score_mask = np.empty(sci.shape, np.int32) if calculate_score else None
+
+    def or_rows(sl: slice) -> None:
+        np.bitwise_or(sci.mask[sl], t_mask[sl], out=mask[sl])
+        if score_mask is not None:
+            score_mask[sl] = mask[sl]
+
+    mask_blocks = [slice(j, min(j + -(-ny // 4), ny)) for j in range(0, ny, -(-ny // 4))]
     # a single cell's Scorr (LSST's cleanup included) is made as S and V_S come back to pixel
     # space, block by block while in cache (see _fourier_cell)
     scorr = np.empty((ny, nx), work) if (one_cell and calculate_score and VA is None and not cfg.doSourceNoise) else None
@@ -679,7 +697,8 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
                 ker.fused_squares()  # made once and kept by the kernels (the fused pass reads it)
             return ker
 
-        ker, (N1, ok1), (N2, ok2), (V1, ok3), (V2, ok4) = map_calls([kernels, image(n_img, v1, 0, factors[0]), image(r_img, v2, 1, factors[2]), variance(n_var, v1, factors[1]), variance(r_var, v2, factors[3])], threaded=outer.shape[0] >= MIN_THREADED_ROWS)
+        extra = [functools.partial(or_rows, sl) for sl in mask_blocks] if len(cells) == 1 else []
+        ker, (N1, ok1), (N2, ok2), (V1, ok3), (V2, ok4), *_ = map_calls([kernels, image(n_img, v1, 0, factors[0]), image(r_img, v2, 1, factors[2]), variance(n_var, v1, factors[1]), variance(r_var, v2, factors[3])] + extra, threaded=outer.shape[0] >= MIN_THREADED_ROWS)
         if fast and not (ok1 and ok2 and ok3 and ok4):
             raise _NotFinite
         # LSST pasteSubDiffImg: inner box only, D and V_D divided by F_D (and F_D^2) per cell; a
@@ -731,22 +750,8 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
     timings["fourier"] = time.perf_counter() - t0 - timings["prepare"]
     if FS is None:
         FS = np.broadcast_to(np.float64(cell_info[0]["F_S"]), (ny, nx))
-    from .masks import remap_mask
-
-    planes = sci.mask_planes.copy()
-    # the OR of the two masks, and (with the score) the score's own copy of it, made in one
-    # pass on two threads: on this kind of machine the fresh pages of two 2k^2 int32 planes
-    # cost more than the arithmetic, and two threads fault them in side by side
-    t_mask = remap_mask(template.mask, template.mask_planes, planes)
-    mask = np.empty(sci.shape, np.int32)
-    score_mask = np.empty(sci.shape, np.int32) if calculate_score else None
-
-    def or_rows(sl: slice) -> None:
-        np.bitwise_or(sci.mask[sl], t_mask[sl], out=mask[sl])
-        if score_mask is not None:
-            score_mask[sl] = mask[sl]
-
-    map_row_blocks(or_rows, ny)
+    if len(cells) > 1:
+        map_row_blocks(or_rows, ny)
     pd_psf = ImagePsf(cell_info[0]["P_D"]) if len(cell_info) == 1 else _GridPsf(cell_info, "P_D")
     diff = Exposure(D, VD, mask, planes, psf=pd_psf, photo_calib=1.0, wcs=sci.wcs, xy0=sci.xy0, metadata={"BUNIT": "nJy" if cfg.scaleByCalibration else sci.metadata.get("BUNIT", "")}, copy=False)
     score = None
