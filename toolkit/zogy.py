@@ -1429,17 +1429,16 @@ def _square_factors(spectra: tuple[np.ndarray, np.ndarray], cdt) -> tuple[np.nda
     still), where their products are float32 subnormals, and subnormal arithmetic made the
     products ~15x slower.  What is zeroed moves the spectrum by < 1e-12 of its peak per term
     and factor, far below the float32 resolution it is stored at."""
-    a, b = (x.copy() for x in spectra)
+    a, b = spectra
     peak = float(np.abs((a[:, :1] * b[:, :1]).sum()))  # the spectrum at frequency 0
-    for t in range(len(a)):
-        pa, pb = float(np.abs(a[t]).max()), float(np.abs(b[t]).max())
-        if pa > 0 and pb > 0:
-            g = np.sqrt(pb / pa)
-            a[t] *= g
-            b[t] /= g
-        for x, other in ((a[t], b[t]), (b[t], a[t])):
-            f = x.view(np.float64)
-            f[np.abs(f) * np.abs(other).max(initial=0.0) < 1e-12 * peak] = 0
+    pa, pb = np.abs(a).max(axis=1), np.abs(b).max(axis=1)
+    g = np.sqrt(np.divide(pb, pa, out=np.ones_like(pa), where=(pa > 0) & (pb > 0)))[:, None]
+    a, b = a * g, b / g  # new arrays: the inputs stay as they are
+    # real and imaginary parts alike (a symmetric term's spectrum is real but for round-off,
+    # whose products would be subnormal), each against the other spectrum's peak
+    for x, other in ((a, b), (b, a)):
+        f = x.view(np.float64)
+        f[np.abs(f) * np.abs(other).max(axis=1, keepdims=True) < 1e-12 * peak] = 0
     return np.ascontiguousarray(a.T, dtype=cdt), b.astype(cdt)
 
 
