@@ -7,7 +7,7 @@ from astropy.stats import sigma_clipped_stats
 from toolkit import Box, ConfigError, Exposure, GaussianPsf, ImagePsf, InputError
 from toolkit.config import ZogyConfig
 from toolkit.sim import render_points, simulate_pair
-from toolkit.zogy import generate_grid, split_border, zogy
+from toolkit.zogy import generate_grid, split_border, transient_catalog, zogy
 
 
 def test_fft_convention():
@@ -374,6 +374,31 @@ def test_fourier_cell_rows_and_finish(fused, monkeypatch):
         np.testing.assert_array_equal(got[key][rows], want[key][rows], err_msg=key)
     np.testing.assert_array_equal(got_s, want["S"][rows])
     np.testing.assert_array_equal(got_v, want["VS"][rows])
+
+
+@pytest.mark.parametrize("grid", [False, True])
+def test_catalog_from_counted_rows_equals_full_pass(grid):
+    """ZOGY counts each row's |Scorr| >= threshold pixels as it makes Scorr, and its catalog's
+    footprint pass reads those rows alone: the catalog must equal the one made later from
+    Scorr read whole (both signs, blends, a threshold at a pixel's exact value)."""
+    from toolkit.detection import footprint_pixels
+
+    p = simulate_pair(size=512, seed=8)
+    cfg = ZogyConfig(doSpatialGrid=grid)
+    res = zogy(p.science, p.reference, cfg)
+    assert len(res.catalog) > 0
+    again = transient_catalog(res, cfg.transientThreshold, cfg.transientMinPixels, cfg.transientMinProminence)
+    assert len(again) == len(res.catalog)
+    for col in res.catalog.colnames:
+        np.testing.assert_array_equal(np.asarray(res.catalog[col]), np.asarray(again[col]), err_msg=col)
+    # the rows hint: only the rows given are read, and a seed on a row left out is missed
+    sc = res.scorr
+    full = footprint_pixels(sc, None, 5.0, "positive")
+    rows = np.unique(np.asarray(full[0]) // sc.shape[1])
+    hinted = footprint_pixels(sc, None, 5.0, "positive", rows=rows)
+    assert all(np.array_equal(a, b) for a, b in zip(full[:2], hinted[:2])) and full[2] == hinted[2]
+    if len(rows):
+        assert footprint_pixels(sc, None, 5.0, "positive", rows=rows[1:])[0].size < full[0].size
 
 
 def test_single_cell_scorr_is_cleaned_s_over_root_vs():

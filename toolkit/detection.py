@@ -110,7 +110,7 @@ def threshold_footprints(image: np.ndarray, variance: np.ndarray, threshold: flo
     return lab, n
 
 
-def footprint_pixels(image: np.ndarray, variance: np.ndarray | None, threshold: float, polarity: str = "both", min_pixels: int = 1, grow: int = 0, include_multiplier: float = 1.0, isotropic: bool = True, combined: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
+def footprint_pixels(image: np.ndarray, variance: np.ndarray | None, threshold: float, polarity: str = "both", min_pixels: int = 1, grow: int = 0, include_multiplier: float = 1.0, isotropic: bool = True, combined: bool = True, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """:func:`threshold_footprints` as ``(flat indices, labels, n)`` of the footprint pixels,
     the indices ascending: no label image is made.  ``variance=None`` thresholds an image that
     is in sigma units already (a score image) at ``threshold``.
@@ -129,6 +129,10 @@ def footprint_pixels(image: np.ndarray, variance: np.ndarray | None, threshold: 
     merged with those its growth reaches, so footprints may overlap.  The result then lists
     each footprint's pixels in turn (positive footprints first, each in raster order of its
     first pixel): a pixel appears once per footprint that covers it.
+
+    ``rows``: ascending row indices that hold every seed, for a caller that knows them (ZOGY
+    counts them as it makes Scorr); only those rows are read.  The result is the same as
+    without, provided no other row holds a seed.
 
     Why compiled: footprints cover a few per cent of a warp, so everything runs on row runs
     (afw's own footprint representation) after one thresholding pass: ~10x less work than
@@ -152,7 +156,8 @@ def footprint_pixels(image: np.ndarray, variance: np.ndarray | None, threshold: 
     img = np.ascontiguousarray(img, dtype)
     if not include_multiplier > 0:
         raise ValueError(f"includeThresholdMultiplier must be > 0, got {include_multiplier}")
-    flat, labels, n = _footprint_pixels(img, var, dtype.type(threshold), polarity != "negative", polarity != "positive", int(min_pixels), max(int(grow), 0), dtype.type(threshold * include_multiplier), bool(isotropic), bool(combined))
+    scan = np.arange(img.shape[0], dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+    flat, labels, n = _footprint_pixels(img, var, dtype.type(threshold), polarity != "negative", polarity != "positive", int(min_pixels), max(int(grow), 0), dtype.type(threshold * include_multiplier), bool(isotropic), bool(combined), scan)
     return flat, labels, int(n)
 
 
@@ -269,7 +274,7 @@ def _sorted_merged(runs, n):  # pragma: no cover - compiled
 
 
 @nb.njit(cache=True, nogil=True)
-def _footprint_pixels(img, var, thr, want_pos, want_neg, min_pixels, r, thr_include, isotropic, combined):  # pragma: no cover - compiled
+def _footprint_pixels(img, var, thr, want_pos, want_neg, min_pixels, r, thr_include, isotropic, combined, rows):  # pragma: no cover - compiled
     ny, nx = img.shape
     unit = var.shape[0] == 1 and var.shape[1] == 1 and (ny > 1 or nx > 1)  # a 1x1 variance: sigma units
     pos = np.empty((1024, 3), np.int64)
@@ -280,7 +285,8 @@ def _footprint_pixels(img, var, thr, want_pos, want_neg, min_pixels, r, thr_incl
     flags[nx] = 0  # a sentinel that closes the last run
     edges = np.empty(nx + 2, np.int64)
     kinds = np.empty(nx + 2, np.uint8)
-    for y in range(ny):
+    for yi in range(rows.size):
+        y = rows[yi]
         # a branch-free loop the compiler vectorises (sqrt included), then a scan for runs
         # that mostly sees zeros
         seen = 0

@@ -203,11 +203,13 @@ def _all_finite(a):  # pragma: no cover - compiled
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
-def _scorr_rows(S, VS, nonfinite, has_nonfinite, tiny, out):  # pragma: no cover - compiled
+def _scorr_rows(S, VS, nonfinite, has_nonfinite, tiny, out, thr, hits):  # pragma: no cover - compiled
     # LSST's score cleanup (S = 0 and V_S = 1 where a pixel was non-finite or V_S < tiny or
     # NaN) and Scorr = S / sqrt(V_S), in the score's precision as numpy would compute them
     # (a cleaned pixel's 0 / sqrt(1) is the 0 LSST writes).  Selects rather than branches, on
-    # row views, so the loop is a SIMD loop.
+    # row views, so the loop is a SIMD loop.  ``hits[i]``: how many |Scorr| >= ``thr`` (in the
+    # score's precision, as the catalog's footprint pass compares) row i holds, so that the
+    # catalog reads those rows alone (footprint_pixels' ``rows``)
     zero = S.dtype.type(0.0)
     one = S.dtype.type(1.0)
     for i in range(S.shape[0]):
@@ -215,6 +217,7 @@ def _scorr_rows(S, VS, nonfinite, has_nonfinite, tiny, out):  # pragma: no cover
         v = VS[i]
         o = out[i]
         nf = nonfinite[i] if has_nonfinite else nonfinite[0]
+        h = np.int32(0)
         for j in range(s.size):
             vj = v[j]
             bad = not (vj >= tiny)
@@ -224,7 +227,10 @@ def _scorr_rows(S, VS, nonfinite, has_nonfinite, tiny, out):  # pragma: no cover
             vj = one if bad else vj
             s[j] = sj
             v[j] = vj
-            o[j] = sj / np.sqrt(vj)
+            oj = sj / np.sqrt(vj)
+            o[j] = oj
+            h += np.int32(abs(oj) >= thr)
+        hits[i] = h
 
 
 @nb.njit(cache=True, nogil=True)
@@ -651,6 +657,11 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
     # a single cell's Scorr (LSST's cleanup included) is made as S and V_S come back to pixel
     # space, block by block while in cache (see _fourier_cell)
     scorr = np.empty((ny, nx), work) if (one_cell and calculate_score and VA is None and not cfg.doSourceNoise) else None
+    # per row, how many |Scorr| >= the catalog's threshold (in Scorr's precision): made with
+    # Scorr where _scorr_rows makes it, so the catalog's footprint pass reads those rows alone
+    hits = np.zeros(ny, np.int32)
+    thr = work(cfg.transientThreshold)
+    counted = False
     if not one_cell:
         D, VD = np.empty((ny, nx), out_dtype), np.empty((ny, nx), out_dtype)
         if calculate_score:
@@ -710,7 +721,7 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
             nf = nonfinite if nonfinite is not None else np.zeros((1, 0), bool)
 
             def finish(sl: slice, S_rows: np.ndarray, VS_rows: np.ndarray) -> None:
-                _scorr_rows(S_rows[:, cin[1]], VS_rows[:, cin[1]], nf[sl] if nonfinite is not None else nf, nonfinite is not None, tiny, scorr[sl])
+                _scorr_rows(S_rows[:, cin[1]], VS_rows[:, cin[1]], nf[sl] if nonfinite is not None else nf, nonfinite is not None, tiny, scorr[sl], thr, hits[sl])
 
         out = _fourier_cell(N1, N2, V1, V2, ker, calculate_score, VA is not None, (cfg.astrometricSigmaX, cfg.astrometricSigmaY), scale_d=one_cell, rows=cin[0], finish=finish)
         del N1, N2, V1, V2
@@ -758,12 +769,13 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
     if calculate_score:
         tiny = 100 * np.finfo(VS.dtype).tiny  # LSST: finfo of the score variance's dtype
         if scorr is not None:
-            pass  # a single cell's: made with S and V_S (run_cell)
+            counted = True  # a single cell's: made with S and V_S (run_cell)
         elif VA is None and not cfg.doSourceNoise:
+            counted = True
             # a grid's: LSST's cleanup and Scorr in one compiled pass per block of rows
             scorr = np.empty(S.shape, S.dtype)
             nf = nonfinite if nonfinite is not None else np.zeros((1, 0), bool)
-            map_row_blocks(lambda sl: _scorr_rows(S[sl], VS[sl], nf[sl] if nonfinite is not None else nf, nonfinite is not None, S.dtype.type(tiny), scorr[sl]), ny)
+            map_row_blocks(lambda sl: _scorr_rows(S[sl], VS[sl], nf[sl] if nonfinite is not None else nf, nonfinite is not None, S.dtype.type(tiny), scorr[sl], thr, hits[sl]), ny)
         else:
             cleanup = ~(VS >= tiny)
             if nonfinite is not None:
@@ -783,7 +795,7 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
     timings["total"] = time.perf_counter() - t0
     res = ZogyResult(diff, score, scorr, float(cell_info[0]["F_D"]), FS, cell_info, timings=timings, flux_scalings=(float(f_n), float(f_r)), noise_correlation=float(noise_corr))
     if calculate_score:
-        res.catalog = transient_catalog(res, cfg.transientThreshold, cfg.transientMinPixels, cfg.transientMinProminence)
+        res.catalog = _transient_catalog(res, cfg.transientThreshold, cfg.transientMinPixels, cfg.transientMinProminence, np.flatnonzero(hits) if counted else None)
     return res
 
 
@@ -2076,6 +2088,12 @@ def transient_catalog(result: ZogyResult, threshold: float = 5.0, min_pixels: in
     flux only at the transient's true position; read at the nearest pixel it is low by up to
     ~3 % for a source between pixels (a few-pixel PSF), which the parabolic peak removes.
     """
+    return _transient_catalog(result, threshold, min_pixels, min_prominence, None)
+
+
+def _transient_catalog(result: ZogyResult, threshold: float, min_pixels: int, min_prominence: float | None, seed_rows: np.ndarray | None) -> Table:
+    """:func:`transient_catalog`; ``seed_rows``: the rows that hold every |Scorr| >=
+    ``threshold`` pixel, where ZOGY counted them as it made Scorr (None: every row is read)."""
     from astropy.table import Table
 
     sc = result.scorr
@@ -2098,7 +2116,7 @@ def transient_catalog(result: ZogyResult, threshold: float = 5.0, min_pixels: in
     # image); peaks from those pixels only: ndimage.maximum_position argsorts the whole image
     # (~1 s at 2k^2) when only a few hundred pixels are above threshold.  The two signs' passes
     # over Scorr (compiled, without the GIL) run side by side
-    found = map_pair(lambda polarity: footprint_pixels(sc, None, threshold, polarity), "positive", "negative", threaded=sc.shape[0] >= MIN_THREADED_ROWS)
+    found = map_pair(lambda polarity: footprint_pixels(sc, None, threshold, polarity, rows=seed_rows), "positive", "negative", threaded=sc.shape[0] >= MIN_THREADED_ROWS and seed_rows is None)
     for sign, (flat, labels, n) in zip((1, -1), found):
         if n == 0:
             continue
