@@ -553,11 +553,9 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
         # afw MEANCLIP (3 sigma, 3 iterations) of the finite pixels without a bad bit; NaN if
         # none.  Of a plane still to be scaled by ``factor``: of a * factor, bit for bit
         m, bits = good
-        if fast:
-            # a plane not scanned may overflow when scaled: the run is then sent back by its copy
-            with np.errstate(over="ignore", invalid="ignore"):
-                return meanclip_masked(a, m, bits, 3.0, 3, None if factor == 1.0 else factor)
-        return meanclip_masked(a, m, bits, 3.0, 3, None if factor == 1.0 else factor)
+        # (a plane not scanned may overflow when scaled: the run is then sent back by its copy)
+        with np.errstate(over="ignore", invalid="ignore") if fast else contextlib.nullcontext():
+            return meanclip_masked(a, m, bits, 3.0, 3, None if factor == 1.0 else factor)
 
     ny, nx = sci.shape
     local = Box(0, 0, nx, ny)
@@ -645,8 +643,8 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
     # threads (they depend on nothing else, and fill what those leave of a thread), but only
     # once the kernels are made: where the kernels are the long task (measured PSFs, whose
     # kernels take full-cell transforms on two FFT threads), a block taken before that is left
-    # for after the cell, so it does not hold the core the kernels' transforms want (a JWST
-    # pair ran ~10 ms slower).  A grid's blocks are made after its cells.
+    # for after the cell, so it does not hold the core that their transforms' second worker
+    # wants.  A grid's blocks are made after its cells.
     t_mask = remap_mask(template.mask, template.mask_planes, planes)
     mask = np.empty(sci.shape, np.int32)
     score_mask = np.empty(sci.shape, np.int32) if calculate_score else None
@@ -672,7 +670,6 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
     # Scorr where _scorr_rows makes it, so the catalog's footprint pass reads those rows alone
     hits = np.zeros(ny, np.int32)
     thr = work(cfg.transientThreshold)
-    counted = False
     if not one_cell:
         D, VD = np.empty((ny, nx), out_dtype), np.empty((ny, nx), out_dtype)
         if calculate_score:
@@ -781,9 +778,8 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
     if calculate_score:
         tiny = 100 * np.finfo(VS.dtype).tiny  # LSST: finfo of the score variance's dtype
         if scorr is not None:
-            counted = True  # a single cell's: made with S and V_S (run_cell)
+            pass  # a single cell's: made with S and V_S (run_cell)
         elif VA is None and not cfg.doSourceNoise:
-            counted = True
             # a grid's: LSST's cleanup and Scorr in one compiled pass per block of rows
             scorr = np.empty(S.shape, S.dtype)
             nf = nonfinite if nonfinite is not None else np.zeros((1, 0), bool)
@@ -807,7 +803,9 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
     timings["total"] = time.perf_counter() - t0
     res = ZogyResult(diff, score, scorr, float(cell_info[0]["F_D"]), FS, cell_info, timings=timings, flux_scalings=(float(f_n), float(f_r)), noise_correlation=float(noise_corr))
     if calculate_score:
-        res.catalog = _transient_catalog(res, cfg.transientThreshold, cfg.transientMinPixels, cfg.transientMinProminence, np.flatnonzero(hits) if counted else None)
+        # (_scorr_rows counted the rows wherever it made Scorr)
+        seed_rows = np.flatnonzero(hits) if (VA is None and not cfg.doSourceNoise) else None
+        res.catalog = _transient_catalog(res, cfg.transientThreshold, cfg.transientMinPixels, cfg.transientMinProminence, seed_rows)
     return res
 
 
@@ -856,15 +854,6 @@ def _crop_normalize(full: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return centred / s if s != 0 else centred
 
 
-def _padded_cell(img, var, outer: Box, local: Box, mean_var: float, rng, dtype, factors=(1.0, 1.0)):
-    """LSST ``initializeSubImage``: the outer box filled from the image where they overlap and
-    with white noise of the cell's mean variance outside the image (variance = that mean).
-    ``(image cell, variance cell, whether every value copied from img is finite)``: the two
-    halves, :func:`_padded_image` and :func:`_padded_variance`, one after the other."""
-    a, finite = _padded_image(img, outer, local, mean_var, rng, dtype, factors[0])
-    return a, _padded_variance(var, outer, local, mean_var, dtype, factors[1])[0], finite
-
-
 def _strips(outer: Box, local: Box) -> tuple[tuple, list[tuple[slice, slice]]]:
     """The slices of the cell that the image covers, and of the (up to four) strips outside it."""
     h, w = outer.shape
@@ -875,10 +864,12 @@ def _strips(outer: Box, local: Box) -> tuple[tuple, list[tuple[slice, slice]]]:
 
 
 def _padded_image(img, outer: Box, local: Box, mean_var: float, rng, dtype, factor=1.0) -> tuple[np.ndarray, bool]:
-    """The image half of :func:`_padded_cell`: the cell (the left part of rows two floats wider
-    than the cell, where each row's half spectrum fits: :func:`_wide_buffer`) and whether every
-    value copied from ``img`` (times ``factor``, the calibration still to be applied, in
-    ``dtype``) is finite.
+    """LSST ``initializeSubImage`` for an image: the outer box filled from the image where they
+    overlap and with white noise of the cell's mean variance outside it (the variance plane's
+    half is :func:`_padded_variance`).  Returns the cell (the left part of rows two floats
+    wider than the cell, where each row's half spectrum fits: :func:`_wide_buffer`) and
+    whether every value copied from ``img`` (times ``factor``, the calibration still to be
+    applied, in ``dtype``) is finite.
 
     Only the outside strips are drawn (a whole-box draw costs ~40 ms at 2k^2 for pixels that are
     then overwritten).  ``rng`` is the image's own stream: the two images' noise must differ.
@@ -895,9 +886,9 @@ def _padded_image(img, outer: Box, local: Box, mean_var: float, rng, dtype, fact
 
 
 def _padded_variance(var, outer: Box, local: Box, mean_var: float, dtype, factor=1.0, check: bool = False) -> tuple[np.ndarray, bool]:
-    """The variance half of :func:`_padded_cell`: the plane (times ``factor``) where the image
-    covers the cell, ``mean_var`` outside, laid out as :func:`_padded_image`'s cell; and, with
-    ``check``, whether every value copied is finite and > 0 (True without)."""
+    """LSST ``initializeSubImage`` for a variance plane: the plane (times ``factor``) where the
+    image covers the cell, ``mean_var`` outside, laid out as :func:`_padded_image`'s cell; and,
+    with ``check``, whether every value copied is finite and > 0 (True without)."""
     h, w = outer.shape
     b = _conv_buffer((h, w), dtype)[:, :w]
     dst, strips = _strips(outer, local)
@@ -1031,8 +1022,8 @@ class _CellKernels:
         kernels) take LSST's full-cell square.
 
         A boxed square that is the sum of at most ``SQUARE_RANK_MAX`` products of a column
-        and a row, to ``SQUARE_RANK_TOL`` of its sum (smooth kernels are: 4-5 terms for the
-        simulator's Gaussian pairs, 7-17 for truncated Moffats), has its spectrum made as the
+        and a row, to ``SQUARE_RANK_TOL`` of its sum (smooth kernels are: 4-6 terms for the
+        simulator's Gaussian pairs, 9-20 for truncated Moffats), has its spectrum made as the
         matrix product of its terms' column and row spectra (:func:`_square_band`): a few
         complex products a frequency, where the column transforms of its rows cost ~3x more
         at 2048^2.  The residual moves V_D and V_S by less than the tail already left out.
@@ -1737,7 +1728,7 @@ def _products_in_place(a, b, k1, k2, k3, k4, both: bool, minus: bool, sa=1.0, sb
 
 def _wide_buffer(a: np.ndarray) -> np.ndarray:
     """The :func:`~toolkit.psf_matching._conv_buffer` array whose left part ``a`` is (what
-    :func:`_padded_cell` makes), or such a copy of ``a``: each row then holds its own half
+    :func:`_padded_image` and :func:`_padded_variance` make), or such a copy of ``a``: each row then holds its own half
     spectrum, so the transforms can run in place."""
     ny, nx = a.shape
     w = 2 * (nx // 2 + 1)
