@@ -21,7 +21,6 @@ import functools
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -36,7 +35,7 @@ from .errors import InputError, warn
 from .exposure import Exposure
 from .geom import Box
 from .psf import ImagePsf, Psf
-from .parallel import MIN_THREADED_ROWS, fft_workers, map_bands, map_calls, map_pair, map_row_blocks, n_threads, one_blas_thread
+from .parallel import MIN_THREADED_ROWS, fft_workers, map_bands, map_calls, map_pair, map_row_blocks, one_blas_thread
 from .psf_matching import _conv_buffer, _embed_origin, _fft_cols, _fft_cols_into, _irfft2, _irfft2_into, _rows_in_place
 from .stats import clipped_noise, meanclip_masked
 
@@ -729,8 +728,10 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
             tiny = work(100 * np.finfo(work).tiny)  # LSST: finfo of the score variance's dtype
             nf = nonfinite if nonfinite is not None else np.zeros((1, 0), bool)
 
-            def finish(sl: slice, S_rows: np.ndarray, VS_rows: np.ndarray) -> None:
+            def scorr_block(sl: slice, S_rows: np.ndarray, VS_rows: np.ndarray) -> None:
                 _scorr_rows(S_rows[:, cin[1]], VS_rows[:, cin[1]], nf[sl] if nonfinite is not None else nf, nonfinite is not None, tiny, scorr[sl], thr, hits[sl])
+
+            finish = scorr_block
 
         out = _fourier_cell(N1, N2, V1, V2, ker, calculate_score, VA is not None, (cfg.astrometricSigmaX, cfg.astrometricSigmaY), scale_d=one_cell, rows=cin[0], finish=finish)
         del N1, N2, V1, V2
@@ -1608,13 +1609,9 @@ def _full_algebra(psf: _PsfColumns, shape: tuple[int, int], args: tuple, work, w
 
     step = max(16, -(-nxh // max(2, -(-nxh // 128))))
     bands = [slice(j, min(j + step, nxh)) for j in range(0, nxh, step)]
-    # two threads (the transforms and the compiled loop release the GIL), where there are
-    # bands enough to share
-    if len(bands) < 2 or n_threads(2) < 2:
-        parts = [block(b) for b in bands]
-    else:
-        with ThreadPoolExecutor(2) as ex:
-            parts = list(ex.map(block, bands))
+    # two threads (the transforms and the compiled loop release the GIL; the kept helper of
+    # map_calls, not two new threads), where there are bands enough to share
+    parts = map_calls([functools.partial(block, b) for b in bands])
     return spectra, pd_hat, ps_hat, sum(parts)
 
 
