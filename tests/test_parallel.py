@@ -279,3 +279,58 @@ def test_one_blas_thread_limits_blas_inside_and_restores_it():
         x = np.arange(12.0).reshape(3, 4)
         np.testing.assert_array_equal(x @ x.T, np.einsum("ij,kj->ik", x, x))
     assert blas_threads() == before
+
+
+def test_map_tasks_waits_for_needs_takes_ready_work_first_and_skips_dependents_of_a_failure(monkeypatch):
+    """map_tasks: a call starts only after the calls it needs have returned; while it cannot,
+    the other thread takes later calls that are ready (so an early dependent call does not
+    leave its thread idle); a failing call's dependents (direct or not) are not made and its
+    error is raised; serial under DIFFSTACK_THREADS=1, in list order; needs on later calls are
+    refused."""
+    import time
+
+    import toolkit.parallel as parallel
+    from toolkit.parallel import map_tasks
+
+    monkeypatch.setattr(parallel, "_cpu_count", lambda: 2)
+    for threads in ("2", "1"):
+        monkeypatch.setenv("DIFFSTACK_THREADS", threads)
+        log = []
+        lock = threading.Lock()
+
+        def call(name, delay, value):
+            def run():
+                with lock:
+                    log.append(("start", name))
+                time.sleep(delay)
+                with lock:
+                    log.append(("end", name))
+                return value
+
+            return run
+
+        # a (long) and b (short) first; c needs both; d needs nothing, e needs c
+        calls = [call("a", 0.15, 1), call("b", 0.02, 2), call("c", 0.01, 3), call("d", 0.02, 4), call("e", 0.01, 5)]
+        out = map_tasks(calls, [(), (), (0, 1), (), (2,)])
+        assert out == [1, 2, 3, 4, 5]
+        pos = {ev: i for i, ev in enumerate(log)}
+        for later, first in (("c", "a"), ("c", "b"), ("e", "c")):
+            assert pos[("start", later)] > pos[("end", first)]
+        if threads == "2":
+            # d, though after c in the list, ran while a was still running
+            assert pos[("start", "d")] < pos[("end", "a")]
+        else:
+            assert [name for kind, name in log if kind == "start"] == list("abcde")
+
+    monkeypatch.setenv("DIFFSTACK_THREADS", "2")
+    made = []
+
+    def boom():
+        time.sleep(0.02)
+        raise ValueError("level failed")
+
+    with pytest.raises(ValueError, match="level failed"):
+        map_tasks([boom, lambda: made.append("free"), lambda: made.append("needs boom"), lambda: made.append("needs that")], [(), (), (0,), (2,)])
+    assert made == ["free"]
+    with pytest.raises(ValueError, match="call 1 needs"):
+        map_tasks([lambda: 1, lambda: 2], [(), (1,)])

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["fft_workers", "map_calls", "map_epochs", "map_pair", "map_row_blocks", "n_threads", "one_blas_thread", "worker_scratch"]
+__all__ = ["fft_workers", "map_calls", "map_epochs", "map_pair", "map_row_blocks", "map_tasks", "n_threads", "one_blas_thread", "worker_scratch"]
 
 T = TypeVar("T")
 
@@ -240,6 +240,81 @@ def map_calls(calls: Sequence[Callable[[], T]], threaded: bool = True) -> list[T
                 errors[i] = exc
 
     _drain_on_two_threads(run, list(range(len(calls))))
+    if errors:
+        raise errors[min(errors)]
+    return out
+
+
+def map_tasks(calls: Sequence[Callable[[], T]], needs: Sequence[Iterable[int]] | None = None, threaded: bool = True) -> list[T]:
+    """``[c() for c in calls]``, where call ``i`` starts only once the calls ``needs[i]`` (all
+    earlier in the list) have returned: on two threads (the calling one and a helper) when
+    ``threaded`` and ``DIFFSTACK_THREADS`` allows two, each taking the first call in list order
+    whose needs are met, and waiting only while none is; else in list order.
+
+    For a few unequal tasks of which some need others' results: a plain queue
+    (:func:`map_calls`) either starts a dependent task early and leaves its thread waiting, or
+    queues it late and leaves it off to a late start; here a thread takes whatever is ready.
+    A call that raises is not retried, and the calls that need it (directly or not) are not
+    made; the first exception in list order propagates once both threads have ended.  The
+    list order is the priority: put the calls on the longest chain first.
+    """
+    n = len(calls)
+    need = [frozenset(x) for x in needs] if needs is not None else [frozenset()] * n
+    if len(need) != n:
+        raise ValueError(f"map_tasks: {len(need)} needs for {n} calls")
+    for i, nd in enumerate(need):
+        if any(not 0 <= j < i for j in nd):
+            raise ValueError(f"map_tasks: call {i} needs {sorted(nd)}; a call may need only calls before it")
+    out: list[Any] = [None] * n
+    errors: dict[int, BaseException] = {}
+    if not threaded or n < 2 or n_threads(2) < 2:
+        failed: set[int] = set()
+        for i, c in enumerate(calls):
+            if need[i] & failed:
+                failed.add(i)
+                continue
+            try:
+                out[i] = c()
+            except BaseException as exc:  # the caller re-raises the first one
+                errors[i] = exc
+                failed.add(i)
+    else:
+        pending = list(range(n))
+        done: set[int] = set()
+        bad: set[int] = set()
+        ready = threading.Condition(threading.Lock())
+
+        def take() -> int | None:
+            # the first pending call whose needs are met (None: nothing left); a call whose
+            # needs failed is dropped as failed.  No deadlock: the first pending call's needs
+            # are earlier calls, each done, failed or running on the other thread
+            with ready:
+                while True:
+                    for i in list(pending):
+                        if need[i] & bad:
+                            pending.remove(i)
+                            bad.add(i)
+                            ready.notify_all()
+                        elif need[i] <= done:
+                            pending.remove(i)
+                            return i
+                    if not pending:
+                        return None
+                    ready.wait()
+
+        def run(_: Any) -> None:
+            while (i := take()) is not None:
+                try:
+                    out[i] = calls[i]()
+                    ok = True
+                except BaseException as exc:  # the caller re-raises the first one
+                    errors[i] = exc
+                    ok = False
+                with ready:
+                    (done if ok else bad).add(i)
+                    ready.notify_all()
+
+        _pair_on_two_threads(run, None, None)
     if errors:
         raise errors[min(errors)]
     return out

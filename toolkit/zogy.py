@@ -35,7 +35,7 @@ from .errors import InputError, warn
 from .exposure import Exposure
 from .geom import Box
 from .psf import ImagePsf, Psf
-from .parallel import MIN_THREADED_ROWS, fft_workers, map_bands, map_calls, map_pair, map_row_blocks, one_blas_thread
+from .parallel import MIN_THREADED_ROWS, fft_workers, map_bands, map_calls, map_pair, map_row_blocks, map_tasks, one_blas_thread
 from .psf_matching import _conv_buffer, _embed_origin, _fft_cols, _fft_cols_into, _irfft2, _irfft2_into, _rows_in_place
 from .stats import clipped_noise, meanclip_masked
 
@@ -622,10 +622,6 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
         full_var.clear()
     inner_dims = (max(1, int(border * cfg.gridInnerSize)),) * 2 if cfg.doSpatialGrid else (nx, ny)
     cells = generate_grid(local, (border, border), inner_dims, power_of_two=cfg.powerOfTwoCells, fft_friendly=not cfg.powerOfTwoCells)
-    if len(cells) == 1:
-        # one cell = the whole image: its clipped mean variance *is* fullExpVar; the two planes
-        # are independent, so compute them side by side (numpy releases the GIL)
-        map_pair(full_variance, 0, 1)
     timings["prepare"] = time.perf_counter() - t0
     D = VD = S = VS = None
     FS = np.empty((ny, nx)) if len(cells) > 1 else None
@@ -638,12 +634,10 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
     planes = sci.mask_planes.copy()
     # the OR of the two masks, and (with the score) the score's own copy of it, in blocks of
     # rows: on this kind of machine the fresh pages of two 2k^2 int32 planes cost more than
-    # the arithmetic.  A single cell's blocks join its padding and kernels as tasks on two
-    # threads (they depend on nothing else, and fill what those leave of a thread), but only
-    # once the kernels are made: where the kernels are the long task (measured PSFs, whose
-    # kernels take full-cell transforms on two FFT threads), a block taken before that is left
-    # for after the cell, so it does not hold the core that their transforms' second worker
-    # wants.  A grid's blocks are made after its cells.
+    # the arithmetic.  A single cell's blocks are among its tasks that do not wait for the
+    # noise levels (see run_cell): queued before the kernels, they are done before those
+    # start (measured PSFs' kernels take full-cell transforms on two FFT threads and want both
+    # cores).  A grid's blocks are made after its cells.
     t_mask = remap_mask(template.mask, template.mask_planes, planes)
     mask = np.empty(sci.shape, np.int32)
     score_mask = np.empty(sci.shape, np.int32) if calculate_score else None
@@ -655,13 +649,6 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
 
     mask_blocks = [slice(j, min(j + -(-ny // 4), ny)) for j in range(0, ny, -(-ny // 4))]
     masks_left = list(mask_blocks) if len(cells) > 1 else []
-    kernels_made = threading.Event()
-
-    def mask_block(sl: slice) -> None:
-        if kernels_made.is_set():
-            or_rows(sl)
-        else:
-            masks_left.append(sl)
     # a single cell's Scorr (LSST's cleanup included) is made as S and V_S come back to pixel
     # space, block by block while in cache (see _fourier_cell)
     scorr = np.empty((ny, nx), work) if (one_cell and calculate_score and VA is None and not cfg.doSourceNoise) else None
@@ -690,34 +677,59 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
             # a stamp centred between pixels: LSST's convention puts pixel n//2 at the centre
             raise InputError(f"{exc}: the {' and '.join(even)} PSF stamp has an even side, and pixel n//2 is taken as its centre (LSST's convention), so a PSF centred between pixels is half a pixel off; give it on an odd grid centred on a pixel") from None
         isl = inner.slices()
-        if inner == local:
-            v1, v2 = full_variance(0), full_variance(1)
-        else:
-            v1 = mclip(n_var[isl], (mask_n[0][isl], bad), factors[1])
-            v2 = mclip(r_var[isl], (mask_r[0][isl], bad_r), factors[3])
-            v1 = v1 if v1 > 0 else full_variance(0)
-            v2 = v2 if v2 > 0 else full_variance(1)
-        # the two images' padding from two seeded streams (their noise must differ), the two
-        # variance planes' and the cell's kernels (~10 ms at 2048^2 with the squares' plan), as
-        # five tasks on two threads (the draws, copies and transforms release the GIL; five
-        # unequal tasks, the longest first, leave less of a thread idle than three) where the
-        # cell is big enough to pay for two threads: a grid's small cells run in the calling
-        # thread
-        def image(img, v, i, f):
-            return lambda: _padded_image(img, outer, local, v, np.random.default_rng([cfg.paddingSeed, ci, i]), work, f)
+        # The cell's work as tasks on two threads (the clipped means, copies, draws and
+        # transforms release the GIL) where the cell is big enough to pay for them (a grid's
+        # small cells run in the calling thread).  The two noise levels (afw MEANCLIP of the
+        # variance planes, the largest cost outside the transforms) come first, then what
+        # needs them (the kernels, the padding outside the image), taken as soon as both are
+        # known; what does not (the planes' copies into the cell) fills the threads until
+        # then.  (Run as two stages, each stage's unequal tasks left a thread idle ~15 ms at
+        # 2048^2; queued behind the copies, the kernels started late where they are the long
+        # task: measured PSFs' full-cell squares, ~10 % slower.)  The mask OR's blocks wait
+        # for the kernels: those want both cores for their transforms' two FFT threads.
+        levels: dict[int, float] = {}
 
-        def variance(var, v, f):
-            return lambda: _padded_variance(var, outer, local, v, work, f, check=fast)
+        def level(which: int) -> Callable[[], None]:
+            def task() -> None:
+                if inner == local:
+                    levels[which] = full_variance(which)
+                else:
+                    var, m, bits, f = (n_var, mask_n[0], bad, factors[1]) if which == 0 else (r_var, mask_r[0], bad_r, factors[3])
+                    v = mclip(var[isl], (m[isl], bits), f)
+                    levels[which] = v if v > 0 else full_variance(which)
+
+            return task
+
+        # (allocated here, so a plane's copy and its padding may run in either order)
+        cell_planes = [_cell_buffer(outer, work) for _ in range(4)]
+        N1, N2, V1, V2 = cell_planes
+        copies = [lambda: _padded_image(n_img, cell_planes[0], outer, local, factors[0]), lambda: _padded_image(r_img, cell_planes[1], outer, local, factors[2]), lambda: _padded_variance(n_var, cell_planes[2], outer, local, factors[1], check=fast), lambda: _padded_variance(r_var, cell_planes[3], outer, local, factors[3], check=fast)]
 
         def kernels() -> _CellKernels:
-            ker = _cell_kernels(k1, k2, f_n, f_r, v1, v2, outer.shape, calculate_score, work)
+            ker = _cell_kernels(k1, k2, f_n, f_r, levels[0], levels[1], outer.shape, calculate_score, work)
             if ker.coarse > 1:
                 ker.fused_squares()  # made once and kept by the kernels (the fused pass reads it)
-            kernels_made.set()
             return ker
 
-        extra = [functools.partial(mask_block, sl) for sl in mask_blocks] if len(cells) == 1 else []
-        ker, (N1, ok1), (N2, ok2), (V1, ok3), (V2, ok4), *_ = map_calls([kernels, image(n_img, v1, 0, factors[0]), image(r_img, v2, 1, factors[2]), variance(n_var, v1, factors[1]), variance(r_var, v2, factors[3])] + extra, threaded=outer.shape[0] >= MIN_THREADED_ROWS)
+        def strips(j: int) -> Callable[[], None]:
+            # the padding outside the image: the two images' noise from two seeded streams
+            # (their noise must differ), the variance planes' mean level
+            def task() -> None:
+                if j < 2:
+                    _pad_image_strips(cell_planes[j], outer, local, levels[j], np.random.default_rng([cfg.paddingSeed, ci, j]))
+                else:
+                    _pad_variance_strips(cell_planes[j], outer, local, levels[j - 2])
+
+            return task
+
+        masks = [functools.partial(or_rows, sl) for sl in mask_blocks] if len(cells) == 1 else []
+        tasks = [level(0), level(1), kernels] + [strips(j) for j in range(4)] + copies + masks
+        needs = [(), (), (0, 1)] + [(0, 1)] * 4 + [()] * 4 + [(2,)] * len(masks)
+        done = map_tasks(tasks, needs, threaded=outer.shape[0] >= MIN_THREADED_ROWS)
+        ker = done[2]
+        ok1, ok2, ok3, ok4 = done[7:11]
+        v1, v2 = levels[0], levels[1]
+        cell_planes.clear()  # (the Fourier pass overwrites them: N1..V2 hold the only references)
         if fast and not (ok1 and ok2 and ok3 and ok4):
             raise _NotFinite
         # LSST pasteSubDiffImg: inner box only, D and V_D divided by F_D (and F_D^2) per cell; a
@@ -864,46 +876,58 @@ def _strips(outer: Box, local: Box) -> tuple[tuple, list[tuple[slice, slice]]]:
     return dst, [sl for sl in strips if sl[0].stop > sl[0].start and sl[1].stop > sl[1].start]
 
 
-def _padded_image(img, outer: Box, local: Box, mean_var: float, rng, dtype, factor=1.0) -> tuple[np.ndarray, bool]:
-    """LSST ``initializeSubImage`` for an image: the outer box filled from the image where they
-    overlap and with white noise of the cell's mean variance outside it (the variance plane's
-    half is :func:`_padded_variance`).  Returns the cell (the left part of rows two floats
-    wider than the cell, where each row's half spectrum fits: :func:`_wide_buffer`) and
-    whether every value copied from ``img`` (times ``factor``, the calibration still to be
-    applied, in ``dtype``) is finite.
+def _cell_buffer(outer: Box, dtype) -> np.ndarray:
+    """A cell's plane: the left part of rows two floats wider than the cell, where each row's
+    half spectrum fits (:func:`_wide_buffer`)."""
+    h, w = outer.shape
+    return _conv_buffer((h, w), dtype)[:, :w]
+
+
+def _padded_image(img, a: np.ndarray, outer: Box, local: Box, factor=1.0) -> bool:
+    """The image's half of LSST ``initializeSubImage``: the cell ``a`` (:func:`_cell_buffer`)
+    filled from the image where they overlap, times ``factor`` (the calibration still to be
+    applied, in a's dtype); returns whether every value copied is finite.  The strips outside
+    the image are :func:`_pad_image_strips`' (their noise needs the cell's mean variance, which
+    this copy does not, so the two may run at different times)."""
+    dst, _ = _strips(outer, local)
+    # copied (and scaled) by a pass that also says whether every value it wrote is finite
+    return _copy_finite(img[outer.intersection(local).slices()], a.dtype.type(factor), a[dst])
+
+
+def _pad_image_strips(a: np.ndarray, outer: Box, local: Box, mean_var: float, rng) -> None:
+    """White noise of variance ``mean_var`` in the strips of the cell ``a`` (from
+    :func:`_padded_image`) that the image does not cover.
 
     Only the outside strips are drawn (a whole-box draw costs ~40 ms at 2k^2 for pixels that are
     then overwritten).  ``rng`` is the image's own stream: the two images' noise must differ.
     """
-    h, w = outer.shape
-    a = _conv_buffer((h, w), dtype)[:, :w]
-    dst, strips = _strips(outer, local)
-    # copied (and scaled) by a pass that also says whether every value it wrote is finite
-    finite = _copy_finite(img[outer.intersection(local).slices()], dtype(factor), a[dst])
+    dtype = a.dtype.type
     sd = np.sqrt(mean_var)
-    for sl in strips:
+    for sl in _strips(outer, local)[1]:
         a[sl] = rng.standard_normal((sl[0].stop - sl[0].start, sl[1].stop - sl[1].start), dtype=dtype) * dtype(sd)
-    return a, finite
 
 
-def _padded_variance(var, outer: Box, local: Box, mean_var: float, dtype, factor=1.0, check: bool = False) -> tuple[np.ndarray, bool]:
-    """LSST ``initializeSubImage`` for a variance plane: the plane (times ``factor``) where the
-    image covers the cell, ``mean_var`` outside, laid out as :func:`_padded_image`'s cell; and,
-    with ``check``, whether every value copied is finite and > 0 (True without)."""
-    h, w = outer.shape
-    b = _conv_buffer((h, w), dtype)[:, :w]
-    dst, strips = _strips(outer, local)
+def _padded_variance(var, b: np.ndarray, outer: Box, local: Box, factor=1.0, check: bool = False) -> bool:
+    """The variance plane's half of LSST ``initializeSubImage``: the cell ``b``
+    (:func:`_cell_buffer`) filled from the plane (times ``factor``) where the image covers it
+    (the strips outside are :func:`_pad_variance_strips`'); returns, with ``check``, whether
+    every value copied is finite and > 0 (True without)."""
+    dst, _ = _strips(outer, local)
     src = var[outer.intersection(local).slices()]
-    ok = True
     if check:
-        ok = _copy_positive(src, dtype(factor), b[dst])
-    elif factor != 1.0:
+        return _copy_positive(src, b.dtype.type(factor), b[dst])
+    if factor != 1.0:
         np.multiply(src, factor, out=b[dst])
     else:
         b[dst] = src
-    for sl in strips:
+    return True
+
+
+def _pad_variance_strips(b: np.ndarray, outer: Box, local: Box, mean_var: float) -> None:
+    """The cell's mean variance in the strips of ``b`` (from :func:`_padded_variance`) that
+    the image does not cover."""
+    for sl in _strips(outer, local)[1]:
         b[sl] = mean_var
-    return b, ok
 
 
 @nb.njit(cache=True, nogil=True, fastmath={"reassoc"})  # NaN/inf rules kept
