@@ -13,6 +13,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
+import numba as nb
 import numpy as np
 
 from .errors import InputError
@@ -57,6 +58,44 @@ def _sampled_gaussian_2d(n: int, sigma: float) -> np.ndarray:
     return np.outer(g, g)
 
 
+#: weights below exp(-_Q_CUT / 2) (~1e-20 of the peak) are taken as 0: what the pixels there
+#: add to the sums is below double precision's resolution of them
+_Q_CUT = 92.0
+
+
+@nb.njit(cache=True, nogil=True)
+def _weighted_sums(img, i00, i01, i11, xc, yc):  # pragma: no cover - compiled
+    # one pass of the adaptive-moment iteration: with the weight w = exp(-q/2), q the quadratic
+    # form of the inverse covariance (i00, i01, i11) about (xc, yc), the sums of img w and of
+    # img w times dx, dy, dx^2, dx dy, dy^2 (dx, dy about (xc, yc)).  The exponential is
+    # taken only where the weight is not negligible (a compact PSF in a big stamp: a few
+    # hundred of ~10^4 pixels)
+    s = sx = sy = sxx = sxy = syy = 0.0
+    for iy in range(img.shape[0]):
+        dy = iy - yc
+        for ix in range(img.shape[1]):
+            dx = ix - xc
+            q = i00 * dx * dx + 2.0 * i01 * dx * dy + i11 * dy * dy
+            if q < _Q_CUT:
+                v = img[iy, ix] * np.exp(-0.5 * q)
+                s += v
+                sx += v * dx
+                sy += v * dy
+                sxx += v * dx * dx
+                sxy += v * dx * dy
+                syy += v * dy * dy
+    return s, sx, sy, sxx, sxy, syy
+
+
+def _inv2(a: float, b: float, c: float) -> tuple[float, float, float] | None:
+    """The inverse of the symmetric 2x2 matrix [[a, b], [b, c]] as (a', b', c'); None where it
+    is singular (np.linalg.inv's call overhead was most of an iteration's time)."""
+    det = a * c - b * b
+    if det == 0 or not np.isfinite(det):
+        return None
+    return c / det, -b / det, a / det
+
+
 def adaptive_moments(image: np.ndarray, max_iter: int = 100, tol: float = 1e-8) -> tuple[float, float, float]:
     """Adaptive (elliptical-Gaussian-weighted) second moments ``(Ixx, Iyy, Ixy)`` of a stamp.
 
@@ -64,7 +103,9 @@ def adaptive_moments(image: np.ndarray, max_iter: int = 100, tol: float = 1e-8) 
     iteration is the standard one: measure moments with a Gaussian weight of covariance M, then
     deconvolve the weight, ``C = (Mw^-1 - M^-1)^-1``, and use C as the next weight.  For a
     Gaussian profile it converges to the profile's covariance, so the determinant radius of a
-    Gaussian is its sigma.
+    Gaussian is its sigma.  Each iteration is one compiled pass over the stamp (the weighted
+    moments about the new centroid follow from the sums about the old one): a measured PSF's
+    101-px stamp took ~7 ms in numpy array passes, ahead of every ZOGY run.
     """
     img = np.asarray(image, dtype=np.float64)
     ny, nx = img.shape
@@ -79,27 +120,29 @@ def adaptive_moments(image: np.ndarray, max_iter: int = 100, tol: float = 1e-8) 
     cov[1, 0] = cov[0, 1]
     if np.linalg.det(cov) <= 0:
         cov = np.eye(2)
+    img = np.ascontiguousarray(img)
+    c = (float(cov[0, 0]), float(cov[0, 1]), float(cov[1, 1]))
     for _ in range(max_iter):
-        inv = np.linalg.inv(cov)
-        w = np.exp(-0.5 * (inv[0, 0] * dx * dx + 2 * inv[0, 1] * dx * dy + inv[1, 1] * dy * dy))
-        iw = img * w
-        s = iw.sum()
-        xc_new = (iw * x).sum() / s
-        yc_new = (iw * y).sum() / s
-        dx, dy = x - xc_new, y - yc_new
-        mw = np.array(
-            [[(iw * dx * dx).sum(), (iw * dx * dy).sum()], [(iw * dx * dy).sum(), (iw * dy * dy).sum()]]
-        ) / s
-        try:
-            new = np.linalg.inv(np.linalg.inv(mw) - inv)
-        except np.linalg.LinAlgError:
+        inv = _inv2(*c)
+        if inv is None:
             break
-        if np.linalg.det(new) <= 0 or not np.all(np.isfinite(new)):
+        s, sx, sy, sxx, sxy, syy = _weighted_sums(img, *inv, float(xc), float(yc))
+        if not s > 0:
             break
-        done = np.max(np.abs(new - cov)) < tol * max(1.0, np.max(np.abs(cov)))
-        cov = new
+        # the new centroid, and the moments about it: sum w (d - m)^2 = sum w d^2 - s m^2
+        mx, my = sx / s, sy / s
+        xc, yc = xc + mx, yc + my
+        mw = _inv2(sxx / s - mx * mx, sxy / s - mx * my, syy / s - my * my)
+        if mw is None:
+            break
+        new = _inv2(mw[0] - inv[0], mw[1] - inv[1], mw[2] - inv[2])
+        if new is None or not new[0] * new[2] - new[1] * new[1] > 0:
+            break
+        done = max(abs(n - o) for n, o in zip(new, c)) < tol * max(1.0, max(abs(o) for o in c))
+        c = new
         if done:
             break
+    cov = np.array([[c[0], c[1]], [c[1], c[2]]])
     return float(cov[0, 0]), float(cov[1, 1]), float(cov[0, 1])
 
 
