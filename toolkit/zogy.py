@@ -725,7 +725,9 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
         masks = [functools.partial(or_rows, sl) for sl in mask_blocks] if len(cells) == 1 else []
         tasks = [level(0), level(1), kernels] + [strips(j) for j in range(4)] + copies + masks
         needs = [(), (), (0, 1)] + [(0, 1)] * 4 + [()] * 4 + [(2,)] * len(masks)
+        t_cell = time.perf_counter()
         done = map_tasks(tasks, needs, threaded=outer.shape[0] >= MIN_THREADED_ROWS)
+        timings["cells_setup"] = timings.get("cells_setup", 0.0) + time.perf_counter() - t_cell
         ker = done[2]
         ok1, ok2, ok3, ok4 = done[7:11]
         v1, v2 = levels[0], levels[1]
