@@ -634,10 +634,9 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
     planes = sci.mask_planes.copy()
     # the OR of the two masks, and (with the score) the score's own copy of it, in blocks of
     # rows: on this kind of machine the fresh pages of two 2k^2 int32 planes cost more than
-    # the arithmetic.  A single cell's blocks are among its tasks that do not wait for the
-    # noise levels (see run_cell): queued before the kernels, they are done before those
-    # start (measured PSFs' kernels take full-cell transforms on two FFT threads and want both
-    # cores).  A grid's blocks are made after its cells.
+    # the arithmetic.  A single cell's blocks are among its setup tasks (see run_cell), taken
+    # once its kernels are made (measured PSFs' kernels take full-cell transforms on two FFT
+    # threads and want both cores).  A grid's blocks are made after its cells.
     t_mask = remap_mask(template.mask, template.mask_planes, planes)
     mask = np.empty(sci.shape, np.int32)
     score_mask = np.empty(sci.shape, np.int32) if calculate_score else None
@@ -731,7 +730,7 @@ def _zogy(science: Exposure, template: Exposure, cfg: ZogyConfig, calculate_scor
         ker = done[2]
         ok1, ok2, ok3, ok4 = done[7:11]
         v1, v2 = levels[0], levels[1]
-        cell_planes.clear()  # (the Fourier pass overwrites them: N1..V2 hold the only references)
+        cell_planes.clear()  # (N1..V2 are then the only references: their del below frees a grid cell's planes)
         if fast and not (ok1 and ok2 and ok3 and ok4):
             raise _NotFinite
         # LSST pasteSubDiffImg: inner box only, D and V_D divided by F_D (and F_D^2) per cell; a
