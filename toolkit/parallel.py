@@ -227,22 +227,8 @@ def map_calls(calls: Sequence[Callable[[], T]], threaded: bool = True) -> list[T
     after the other.  For a few unequal tasks that release the GIL (three tasks on two threads
     end sooner than a pair of them followed by the third).  The first exception raised (in the
     order of ``calls``) propagates once both threads have ended."""
-    out: list[Any] = [None] * len(calls)
-    if not threaded or len(calls) < 2 or n_threads(2) < 2:
-        return [c() for c in calls]
-    errors: dict[int, BaseException] = {}
-
-    def run(indices: Iterable[int]) -> None:
-        for i in indices:
-            try:
-                out[i] = calls[i]()
-            except BaseException as exc:  # the caller re-raises the first one
-                errors[i] = exc
-
-    _drain_on_two_threads(run, list(range(len(calls))))
-    if errors:
-        raise errors[min(errors)]
-    return out
+    # (map_tasks without needs: each thread takes the next call in list order)
+    return map_tasks(calls, threaded=threaded)
 
 
 def map_tasks(calls: Sequence[Callable[[], T]], needs: Sequence[Iterable[int]] | None = None, threaded: bool = True) -> list[T]:
